@@ -1,0 +1,82 @@
+"""The `kerasflow` command: run the pipeline once through Prefect, or one DVC stage."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any
+
+import yaml
+
+from kerasflow.runtime import configure_logging, quiet_defaults
+
+logger = logging.getLogger("kerasflow")
+
+
+def parse_assignments(items: list[str]) -> dict[str, Any]:
+    """`train.epochs=5` → {"train.epochs": 5}; values are parsed as YAML."""
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, separator, value = item.partition("=")
+        if not separator or not key:
+            raise SystemExit(f"--set expects KEY=VALUE (e.g. train.epochs=5), got {item!r}")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+def report(result: dict[str, Any]) -> str:
+    registration = result["registration"]
+    lines = ["", "kerasflow: pipeline finished", f"  MLflow run      {result['run_id']}"]
+    lines += [f"  test {name:<10} {value:.4f}   (baseline {result['baseline'].get(name, float('nan')):.4f})" for name, value in result["metrics"].items()]
+    lines += [
+        f"  registered      {registration['model_name']} version {registration['version']} -> {registration['alias']}",
+        f"  decision        {'; '.join(registration['reasons'])}",
+        "",
+        "Review it in the MLflow UI:  .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000",
+        "then open http://127.0.0.1:5000",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    quiet_defaults()
+    configure_logging()
+    parser = argparse.ArgumentParser(prog="kerasflow", description="Keras pipelines on Prefect, DVC and MLflow.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the whole pipeline once as a Prefect flow")
+    run.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a param")
+    run.add_argument("--workdir", default=None, help="where data, models and reports go (default: beside params)")
+    run.add_argument("--json", action="store_true", help="print the result as JSON")
+    stage = commands.add_parser("stage", help="run one stage as `dvc repro` does")
+    stage.add_argument("name")
+    args = parser.parse_args(argv)
+
+    if args.command == "stage":
+        from flows.dvc_stage import main as stage_main
+
+        return stage_main([args.name])
+
+    from kerasflow.config import ConfigError, load_params
+
+    overrides = parse_assignments(args.overrides)
+    try:
+        load_params(args.params, overrides)  # Fail before Prefect starts a server for a bad config.
+    except ConfigError as error:
+        logger.error("%s", error)
+        return 2
+    from flows.training import training_pipeline
+
+    try:
+        result = training_pipeline(params_path=args.params, overrides=overrides or None, workdir=args.workdir)
+    except Exception as error:
+        logger.error("pipeline failed: %s", error)
+        return 1
+    sys.stdout.write((json.dumps(result, indent=2, default=str) if args.json else report(result)) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

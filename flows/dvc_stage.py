@@ -1,0 +1,94 @@
+"""DVC's entry points: `python -m flows.dvc_stage NAME` runs one stage; `--write-dvc-yaml` regenerates dvc.yaml.
+
+Each stage process validates the whole params.yaml first, so a bad key fails
+before any stage does work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kerasflow.runtime import configure_logging, quiet_defaults
+
+logger = logging.getLogger("kerasflow")
+
+PLOTS = [
+    {"loss": {"template": "linear", "x": "epoch", "y": {"reports/history.csv": ["loss", "val_loss"]}}},
+    {"test_predictions": {"template": "confusion", "x": "actual", "y": {"reports/plots/predictions.csv": "predicted"}}},
+    "reports/plots/training_curves.png",
+]
+
+
+def dvc_pipeline(stages: list[Any]) -> dict[str, Any]:
+    """dvc.yaml's content for the given stages."""
+    document: dict[str, Any] = {"stages": {}}
+    for stage in stages:
+        entry: dict[str, Any] = {
+            "cmd": f"python -m flows.dvc_stage {stage.name}",
+            "deps": [*stage.code, *stage.deps],
+            "params": list(stage.params),
+        }
+        outs = [
+            *stage.outs,
+            *({path: {"cache": False}} for path in stage.git_outs),
+            *({path: {"cache": False, "persist": True}} for path in stage.persist),
+        ]
+        if outs:
+            entry["outs"] = outs
+        if stage.metrics:
+            entry["metrics"] = [{path: {"cache": False}} for path in stage.metrics]
+        document["stages"][stage.name] = entry
+    document["plots"] = PLOTS
+    return document
+
+
+def render_dvc_yaml(stages: list[Any]) -> str:
+    header = "# Generated from flows/stages.py by `python -m flows.dvc_stage --write-dvc-yaml`; edit that, not this.\n"
+    return header + yaml.safe_dump(dvc_pipeline(stages), sort_keys=False, width=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    quiet_defaults()
+    configure_logging()
+    parser = argparse.ArgumentParser(prog="python -m flows.dvc_stage", description=__doc__)
+    parser.add_argument("stage", nargs="?", help="the stage to run")
+    parser.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
+    parser.add_argument("--write-dvc-yaml", action="store_true", help="regenerate dvc.yaml and exit")
+    args = parser.parse_args(argv)
+
+    from flows.stages import Context, build_stages
+    from kerasflow.config import ConfigError, load_params
+    from kerasflow.layout import Layout
+
+    root = Path.cwd()
+    layout = Layout(root)
+    stages = build_stages(layout)
+    if args.write_dvc_yaml:
+        (root / "dvc.yaml").write_text(render_dvc_yaml(stages))
+        return 0
+    by_name = {stage.name: stage for stage in stages}
+    if args.stage not in by_name:
+        parser.error(f"stage must be one of {list(by_name)}, got {args.stage!r}")
+    try:
+        params = load_params(root / args.params)
+    except ConfigError as error:
+        logger.error("%s", error)
+        return 2
+    os.environ["KERASFLOW_DVC_STAGE"] = args.stage
+    try:
+        by_name[args.stage].run(params, Context(layout, root))
+    except Exception as error:
+        logger.error("stage %s failed: %s", args.stage, error, exc_info=logger.isEnabledFor(logging.DEBUG))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

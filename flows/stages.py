@@ -1,0 +1,300 @@
+"""The pipeline's stages, defined once.
+
+Each stage function reads its inputs from the layout, calls the work in `tasks/`,
+writes its outputs atomically and does its MLflow logging. The Prefect flow wraps
+these functions as tasks; `python -m flows.dvc_stage NAME` calls the same functions
+for `dvc repro`; `dvc.yaml` is generated from `STAGES`, so the two cannot drift.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from kerasflow import tracking
+from kerasflow.config import Params, flatten
+from kerasflow.io import atomic_path, read_json, write_json, write_text
+from kerasflow.layout import Layout
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where a pipeline run works: its layout and the project root (where mlflow.db lives)."""
+
+    layout: Layout
+    project_root: Path
+
+
+def ingest(params: Params, context: Context) -> dict[str, Any]:
+    """Load the configured source into data/raw (Parquet + metadata with its md5)."""
+    from tasks.ingest import ingest_dataset
+
+    layout = context.layout
+    return ingest_dataset(params.ingest, params.seed, layout.raw_data, layout.raw_meta)
+
+
+def validate(params: Params, context: Context) -> dict[str, Any]:
+    """Check the raw data against the recorded schema (inferred and recorded on the first run)."""
+    from tasks.validate import DataValidationError, validate_dataset
+
+    layout = context.layout
+    meta = read_json(layout.raw_meta)
+    frame = pd.read_parquet(layout.raw_data)
+    recorded = read_json(layout.schema) if layout.schema.is_file() else None
+    try:
+        schema, report = validate_dataset(frame, meta, recorded, params.validate_)
+    except DataValidationError as error:
+        # The report says what went wrong; preprocess refuses to run on a failed report.
+        write_json(layout.validation_report, {"ok": False, "problems": error.problems, "md5": meta["md5"]})
+        raise
+    if recorded is None:
+        write_json(layout.schema, schema)
+        logger.info("recorded the dataset schema in %s", layout.schema)
+    write_json(layout.validation_report, report)
+    return report
+
+
+def preprocess(params: Params, context: Context) -> dict[str, Any]:
+    """Split the validated raw data and fit the scaling statistics."""
+    from tasks.preprocess import preprocess_dataset, write_processed
+
+    layout = context.layout
+    report = read_json(layout.validation_report)
+    meta = read_json(layout.raw_meta)
+    if not report.get("ok") or report.get("md5") != meta["md5"]:
+        raise RuntimeError(f"{layout.validation_report}: the raw dataset has not passed validation; run validate first")
+    splits, state = preprocess_dataset(pd.read_parquet(layout.raw_data), meta, params.preprocess, params.seed)
+    state["data_md5"] = meta["md5"]
+    state["source"] = meta["source"]
+    write_processed(splits, state, layout.processed_dir)
+    return state["rows"]
+
+
+def train(params: Params, context: Context) -> dict[str, Any]:
+    """Build and fit the model; create the MLflow run and log params, lineage, epochs and the model."""
+    import keras
+    import mlflow
+
+    from kerasflow.runtime import set_seeds
+    from tasks.model import DataSpec, build_model
+    from tasks.preprocess import read_split, read_state
+    from tasks.train import device_summary, train_model
+
+    layout = context.layout
+    state = read_state(layout.processed_dir)
+    train_split, val_split = read_split(layout.processed_dir, "train"), read_split(layout.processed_dir, "val")
+    set_seeds(params.seed)
+    # Build before the run exists: a bad model spec fails without leaving a run behind.
+    model = build_model(params.model, DataSpec.from_state(state))
+    experiment_id = tracking.configure(params.tracking, context.project_root)
+    tags = {
+        **tracking.git_tags(context.project_root),
+        **tracking.orchestration_tags(),
+        "data.md5": state["data_md5"],
+        "data.source": ":".join(str(part) for part in state["source"].values() if part),
+        "model.api": params.model.api,
+        **{f"train.{key}": str(value) for key, value in device_summary().items()},
+    }
+    with tracking.open_run(experiment_id) as run_id:
+        mlflow.set_tags(tags)
+        tracking.log_params(flatten(params.to_dict()))
+        lines: list[str] = []
+        model.summary(print_fn=lambda line, *args, **kwargs: lines.append(line))
+        write_text(layout.model_summary, "\n".join(lines) + "\n")
+        mlflow.log_artifact(str(layout.model_summary))
+        history = train_model(
+            model,
+            train_split,
+            val_split,
+            params.train,
+            params.seed,
+            checkpoint_path=layout.checkpoint_file,
+            backup_dir=layout.backup_dir,
+            callbacks=[tracking.epoch_logger()],
+        )
+        layout.checkpoint_file.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(layout.model_file) as temporary:
+            model.save(temporary)
+        frame = pd.DataFrame(history)
+        frame.insert(0, "epoch", range(len(frame)))
+        with atomic_path(layout.history) as temporary:
+            frame.to_csv(temporary, index=False)
+        mlflow.log_metric("epochs_trained", len(frame))
+        model_uri = tracking.log_keras_model(model, val_split.x[:5])
+        payload = {
+            "run_id": run_id,
+            "experiment_id": experiment_id,
+            "model_uri": model_uri,
+            "tracking_uri": mlflow.get_tracking_uri(),
+            "run_url": tracking.run_url(run_id, experiment_id),
+        }
+        write_json(layout.run_file, payload)
+    keras.backend.clear_session()
+    return {**payload, "epochs_trained": len(frame), "final_loss": float(frame["loss"].iloc[-1])}
+
+
+def evaluate(params: Params, context: Context) -> dict[str, Any]:
+    """Score the model and the scikit-learn baseline on the test split; write metrics and plots."""
+    import keras
+    import mlflow
+
+    from tasks.evaluate import (
+        baseline_metrics,
+        is_better,
+        plot_confusion_matrix,
+        plot_training_curves,
+        predictions_frame,
+        primary_metric,
+        score_predictions,
+    )
+    from tasks.preprocess import read_split, read_state
+
+    layout = context.layout
+    run_info = read_json(layout.run_file)
+    state = read_state(layout.processed_dir)
+    task, n_classes = state["task"], len(state.get("classes") or [])
+    train_split, test_split = read_split(layout.processed_dir, "train"), read_split(layout.processed_dir, "test")
+    model = keras.saving.load_model(layout.model_file, safe_mode=True)
+    outputs = model.predict(test_split.x, verbose=0)
+    scores = score_predictions(task, test_split.y, outputs, n_classes)
+    baseline_name, baseline = baseline_metrics(params.evaluate, task, train_split, test_split, n_classes, params.seed)
+    primary = primary_metric(params.evaluate, task)
+    if primary not in scores:
+        raise ValueError(f"evaluate.primary_metric {primary!r} is not a {task} metric; choose from {sorted(scores)}")
+    result = {
+        "task": task,
+        "primary_metric": primary,
+        "test": scores,
+        "baseline": {"name": baseline_name, **baseline},
+        "beats_baseline": is_better(primary, scores[primary], baseline[primary]),
+        "test_rows": len(test_split),
+    }
+    predictions = predictions_frame(task, test_split.y, outputs, state.get("classes"))
+    layout.plots_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(layout.predictions) as temporary:
+        predictions.to_csv(temporary, index=False)
+    pictures = [layout.plots_dir / "training_curves.png"]
+    plot_training_curves(pd.read_csv(layout.history), pictures[0])
+    if task == "classification":
+        pictures.append(layout.plots_dir / "confusion_matrix.png")
+        plot_confusion_matrix(predictions, pictures[1])
+    experiment_id = tracking.configure(params.tracking, context.project_root)
+    with tracking.open_run(experiment_id, run_id=run_info["run_id"]):
+        mlflow.log_metrics({f"test_{name}": value for name, value in scores.items()})
+        mlflow.log_metrics({f"baseline_{name}": value for name, value in baseline.items()})
+        mlflow.set_tag("baseline.model", baseline_name)
+        for picture in pictures:
+            mlflow.log_artifact(str(picture), artifact_path="plots")
+        mlflow.log_artifact(str(layout.history), artifact_path="plots")
+        # The metrics file is written last: it is what register (and dvc metrics) read.
+        write_json(layout.metrics, result)
+        mlflow.log_artifact(str(layout.metrics))
+    return result
+
+
+def register(params: Params, context: Context) -> dict[str, Any]:
+    """Register the model version and move `champion` only if the gate blesses it."""
+    import mlflow
+
+    from tasks.register import apply_decision, champion_metrics, decide, register_version, smoke_test
+    from tasks.preprocess import read_split
+
+    layout = context.layout
+    run_info = read_json(layout.run_file)
+    result = read_json(layout.metrics)
+    name = params.register_.model_name
+    experiment_id = tracking.configure(params.tracking, context.project_root)
+    with tracking.open_run(experiment_id, run_id=run_info["run_id"]) as run_id:
+        champion_version, champion = champion_metrics(name)
+        version = register_version(run_info["model_uri"], name, run_id)
+        example = read_split(layout.processed_dir, "val").x[:5]
+        smoke_ok, smoke_detail = smoke_test(f"models:/{name}/{version}", example)
+        decision = decide(result["test"], result["baseline"], champion, result["primary_metric"], params.register_, smoke_ok)
+        apply_decision(name, version, decision)
+        payload = {
+            "model_name": name,
+            "version": version,
+            "previous_champion": champion_version,
+            "smoke_test": smoke_detail,
+            "run_id": run_id,
+            **decision.to_dict(),
+        }
+        mlflow.set_tags({"registry.model": name, "registry.version": version, "registry.alias": decision.alias})
+        mlflow.log_dict(payload, "registration.json")
+        write_json(layout.registration, payload)
+    logger.info("registered %s version %s as %s: %s", name, version, decision.alias, "; ".join(decision.reasons))
+    return payload
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One pipeline stage, with what `dvc.yaml` declares for it."""
+
+    name: str
+    run: Callable[[Params, Context], dict[str, Any]]
+    code: tuple[str, ...]
+    params: tuple[str, ...]
+    deps: tuple[str, ...] = ()
+    outs: tuple[str, ...] = ()
+    # Small files git keeps (not DVC's cache): reports, the recorded schema.
+    git_outs: tuple[str, ...] = ()
+    persist: tuple[str, ...] = ()
+    metrics: tuple[str, ...] = ()
+
+
+def build_stages(layout: Layout) -> list[Stage]:
+    """The stages in pipeline order, with paths relative to the layout root."""
+    path = layout.relative
+    return [
+        Stage("ingest", ingest, ("tasks/ingest.py",), ("seed", "ingest"), outs=(path(layout.raw_dir),)),
+        Stage(
+            "validate",
+            validate,
+            ("tasks/validate.py",),
+            ("validate",),
+            deps=(path(layout.raw_dir),),
+            git_outs=(path(layout.validation_report),),
+            persist=(path(layout.schema),),
+        ),
+        Stage(
+            "preprocess",
+            preprocess,
+            ("tasks/preprocess.py",),
+            ("seed", "preprocess"),
+            deps=(path(layout.raw_dir), path(layout.validation_report)),
+            outs=(path(layout.processed_dir),),
+        ),
+        Stage(
+            "train",
+            train,
+            ("tasks/model.py", "tasks/train.py"),
+            ("seed", "model", "train", "tracking"),
+            deps=(path(layout.processed_dir),),
+            outs=(path(layout.models_dir),),
+            git_outs=(path(layout.run_file), path(layout.model_summary), path(layout.history)),
+        ),
+        Stage(
+            "evaluate",
+            evaluate,
+            ("tasks/evaluate.py",),
+            ("seed", "evaluate", "tracking"),
+            deps=(path(layout.processed_dir), path(layout.models_dir), path(layout.run_file), path(layout.history)),
+            git_outs=(path(layout.predictions), path(layout.plots_dir / "training_curves.png")),
+            metrics=(path(layout.metrics),),
+        ),
+        Stage(
+            "register",
+            register,
+            ("tasks/register.py",),
+            ("register", "tracking"),
+            deps=(path(layout.metrics), path(layout.run_file), path(layout.processed_dir)),
+            git_outs=(path(layout.registration),),
+        ),
+    ]

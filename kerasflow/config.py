@@ -1,0 +1,354 @@
+"""Typed, validated configuration: `params.yaml` parsed once, at the entry point.
+
+Every entry point (the Prefect flow, each DVC stage) calls `load_params`, so a typo
+or an out-of-range value stops the run before any stage does work, with a message
+that names the key path and what was expected.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+SKLEARN_DATASETS = ("digits", "breast_cancer", "diabetes", "iris", "wine")
+KERAS_DATASETS = ("mnist", "fashion_mnist", "boston_housing", "imdb")
+
+# Layer names a model spec may use, mapped to their Keras class names.
+LAYER_TYPES = {
+    "dense": "Dense",
+    "conv1d": "Conv1D",
+    "conv2d": "Conv2D",
+    "max_pooling1d": "MaxPooling1D",
+    "max_pooling2d": "MaxPooling2D",
+    "average_pooling2d": "AveragePooling2D",
+    "global_average_pooling1d": "GlobalAveragePooling1D",
+    "global_average_pooling2d": "GlobalAveragePooling2D",
+    "global_max_pooling1d": "GlobalMaxPooling1D",
+    "global_max_pooling2d": "GlobalMaxPooling2D",
+    "flatten": "Flatten",
+    "reshape": "Reshape",
+    "dropout": "Dropout",
+    "spatial_dropout1d": "SpatialDropout1D",
+    "spatial_dropout2d": "SpatialDropout2D",
+    "batch_normalization": "BatchNormalization",
+    "layer_normalization": "LayerNormalization",
+    "activation": "Activation",
+    "embedding": "Embedding",
+    "lstm": "LSTM",
+    "gru": "GRU",
+    "simple_rnn": "SimpleRNN",
+    "bidirectional": "Bidirectional",
+    "concatenate": "Concatenate",
+    "add": "Add",
+    "average": "Average",
+    "multiply": "Multiply",
+    "random_flip": "RandomFlip",
+    "random_rotation": "RandomRotation",
+    "random_translation": "RandomTranslation",
+    "random_zoom": "RandomZoom",
+    "random_contrast": "RandomContrast",
+    "gaussian_noise": "GaussianNoise",
+}
+MERGE_LAYERS = ("concatenate", "add", "average", "multiply")
+OPTIMIZERS = ("sgd", "adam", "rmsprop", "adagrad", "adadelta")
+CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc")
+REGRESSION_METRICS = ("rmse", "mae", "r2")
+LOWER_IS_BETTER = ("rmse", "mae")
+
+
+class ConfigError(ValueError):
+    """Raised when params.yaml (or an override) is not a valid kerasflow configuration."""
+
+
+class _Section(BaseModel):
+    # Unknown keys are errors, never silently ignored defaults.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IngestParams(_Section):
+    """Where the raw data comes from."""
+
+    source: Literal["sklearn", "keras", "file"] = "sklearn"
+    dataset: str | None = "digits"
+    path: str | None = None
+    target: str = "target"
+    task: Literal["auto", "classification", "regression"] = "auto"
+    image_shape: list[PositiveInt] | None = None
+    max_rows: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _check_source(self) -> IngestParams:
+        if self.source == "sklearn" and self.dataset not in SKLEARN_DATASETS:
+            raise ValueError(f"dataset must be one of {list(SKLEARN_DATASETS)} for source 'sklearn', got {self.dataset!r}")
+        if self.source == "keras" and self.dataset not in KERAS_DATASETS:
+            raise ValueError(f"dataset must be one of {list(KERAS_DATASETS)} for source 'keras', got {self.dataset!r}")
+        if self.source == "file" and not self.path:
+            raise ValueError("path is required for source 'file' (a .csv or .parquet file)")
+        if self.image_shape is not None and len(self.image_shape) not in (2, 3):
+            raise ValueError(f"image_shape must be [height, width] or [height, width, channels], got {self.image_shape}")
+        return self
+
+
+class ValidateParams(_Section):
+    """Checks applied to every ingest against the recorded schema."""
+
+    min_rows: PositiveInt = 20
+    range_tolerance: float = Field(0.5, ge=0)
+    max_classes: PositiveInt = 1000
+
+
+class PreprocessParams(_Section):
+    """Split and scaling."""
+
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    stratify: bool = True
+    scaling: Literal["auto", "standard", "max", "none"] = "auto"
+
+    @model_validator(mode="after")
+    def _check_fractions(self) -> PreprocessParams:
+        if self.test_fraction + self.val_fraction >= 1:
+            raise ValueError(
+                f"test_fraction + val_fraction must be below 1, got {self.test_fraction} + {self.val_fraction}"
+            )
+        return self
+
+
+class LayerSpec(BaseModel):
+    """One layer: `type` plus the Keras layer's own arguments (e.g. units, filters).
+
+    `l1` / `l2` are shorthands for a kernel regularizer; `name` and `inputs` wire a
+    Functional graph.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    type: str
+    name: str | None = None
+    inputs: list[str] | None = None
+    l1: float = Field(0.0, ge=0)
+    l2: float = Field(0.0, ge=0)
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, value: str) -> str:
+        if value not in LAYER_TYPES:
+            raise ValueError(f"unknown layer type {value!r}; expected one of {sorted(LAYER_TYPES)}")
+        return value
+
+    @property
+    def arguments(self) -> dict[str, Any]:
+        """The arguments passed through to the Keras layer."""
+        return dict(self.model_extra or {})
+
+
+class OptimizerParams(_Section):
+    name: Literal["sgd", "adam", "rmsprop", "adagrad", "adadelta"] = "adam"
+    learning_rate: PositiveFloat = 0.001
+    momentum: float = Field(0.0, ge=0, lt=1)
+    nesterov: bool = False
+
+    @model_validator(mode="after")
+    def _check_momentum(self) -> OptimizerParams:
+        if self.momentum and self.name not in ("sgd", "rmsprop"):
+            raise ValueError(f"momentum applies to sgd and rmsprop only, not {self.name!r}")
+        if self.nesterov and self.name != "sgd":
+            raise ValueError("nesterov applies to sgd only")
+        return self
+
+
+class ModelParams(_Section):
+    """The network: `build_model` turns this into a compiled `keras.Model`."""
+
+    api: Literal["sequential", "functional"] = "sequential"
+    layers: list[LayerSpec] = Field(default_factory=list)
+    output_activation: str = "auto"
+    optimizer: OptimizerParams = OptimizerParams()
+    loss: str = "auto"
+
+    @model_validator(mode="after")
+    def _check_graph(self) -> ModelParams:
+        names: set[str] = {"input"}
+        for index, layer in enumerate(self.layers):
+            if self.api == "sequential" and layer.inputs:
+                raise ValueError(f"layers[{index}].inputs is only for api 'functional'")
+            if self.api == "functional":
+                for source in layer.inputs or []:
+                    if source not in names:
+                        raise ValueError(
+                            f"layers[{index}].inputs names {source!r}, which is not 'input' or an earlier layer's name"
+                        )
+            if layer.type in MERGE_LAYERS and self.api == "functional" and len(layer.inputs or []) < 2:
+                raise ValueError(f"layers[{index}] ({layer.type}) needs at least two inputs")
+            if layer.name:
+                if layer.name in names:
+                    raise ValueError(f"layers[{index}].name {layer.name!r} is used twice")
+                names.add(layer.name)
+        return self
+
+
+class EarlyStoppingParams(_Section):
+    enabled: bool = True
+    monitor: str = "val_loss"
+    patience: PositiveInt = 5
+    min_delta: float = Field(0.0, ge=0)
+    restore_best_weights: bool = True
+
+
+class TrainParams(_Section):
+    epochs: PositiveInt = 30
+    batch_size: PositiveInt = 32
+    early_stopping: EarlyStoppingParams = EarlyStoppingParams()
+    checkpoint: bool = True
+    shuffle: bool = True
+
+
+class EvaluateParams(_Section):
+    primary_metric: str = "auto"
+    baseline: Literal["auto", "logistic_regression", "knn", "linear_regression", "ridge"] = "auto"
+
+    @field_validator("primary_metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        allowed = ("auto", *CLASSIFICATION_METRICS, *REGRESSION_METRICS)
+        if value not in allowed:
+            raise ValueError(f"unknown metric {value!r}; expected one of {list(allowed)}")
+        return value
+
+
+class RegisterParams(_Section):
+    model_name: str = Field("kerasflow-digits-cnn", min_length=1, max_length=256, pattern=r"^[A-Za-z0-9][\w.\- ]*$")
+    # Metric name -> bound: a minimum, or a maximum for error metrics (rmse, mae).
+    thresholds: dict[str, float] = Field(default_factory=dict)
+    require_beat_baseline: bool = True
+    require_beat_champion: bool = True
+
+    @field_validator("thresholds")
+    @classmethod
+    def _known_threshold_metrics(cls, value: dict[str, float]) -> dict[str, float]:
+        allowed = (*CLASSIFICATION_METRICS, *REGRESSION_METRICS)
+        for name in value:
+            if name not in allowed:
+                raise ValueError(f"unknown metric {name!r}; expected one of {list(allowed)}")
+        return value
+
+
+class TrackingParams(_Section):
+    experiment: str = Field("kerasflow", min_length=1)
+    # Used when MLFLOW_TRACKING_URI is unset; relative sqlite paths are taken from the project root.
+    tracking_uri: str = "sqlite:///mlflow.db"
+
+
+class Params(_Section):
+    """The whole of params.yaml."""
+
+    seed: int = Field(42, ge=0, lt=2**32)
+    ingest: IngestParams = IngestParams()
+    validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    preprocess: PreprocessParams = PreprocessParams()
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    register_: RegisterParams = Field(RegisterParams(), alias="register")
+    tracking: TrackingParams = TrackingParams()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict, with keys as they are written in params.yaml."""
+        return self.model_dump(by_alias=True, mode="json")
+
+
+def _format_errors(error: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for item in error.errors():
+        path = ".".join(str(part) for part in item["loc"] if part not in ("function-after",))
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  {path}: unknown key (check the spelling; see params.yaml for the keys each section takes)")
+            continue
+        message = item["msg"].removeprefix("Value error, ")
+        got = item.get("input")
+        shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+        lines.append(f"  {path or '<top level>'}: {message}{shown}")
+    return "\n".join(lines)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    node = tree
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted!r}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def apply_overrides(tree: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """Merge overrides into a params tree.
+
+    Keys may be dotted (`{"train.epochs": 5}`) or nested (`{"train": {"epochs": 5}}`);
+    the top-level shorthands `epochs`, `batch_size` and `learning_rate` are accepted
+    for Prefect runs (`--param epochs=5`).
+    """
+    merged = copy.deepcopy(tree)
+    shorthands = {"epochs": "train.epochs", "batch_size": "train.batch_size", "learning_rate": "model.optimizer.learning_rate"}
+
+    def merge(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and (value or not prefix):
+            for key, child in value.items():
+                merge(f"{prefix}.{key}" if prefix else str(key), child)
+        else:
+            _set_dotted(merged, shorthands.get(prefix, prefix), value)
+
+    merge("", overrides or {})
+    return merged
+
+
+def parse_params(tree: dict[str, Any], source: str = "params.yaml") -> Params:
+    """Validate a params tree; raise ConfigError naming each bad key."""
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections at the top level, got {type(tree).__name__}")
+    try:
+        return Params.model_validate(tree)
+    except ValidationError as error:
+        raise ConfigError(_format_errors(error, source)) from None
+
+
+def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> Params:
+    """Read, merge overrides into, and validate params.yaml."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: file not found (expected the kerasflow params.yaml)")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    source = str(path) if not overrides else f"{path} with overrides {overrides}"
+    return parse_params(apply_overrides(tree, overrides), source)
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested params to dotted keys (lists by index), e.g. for MLflow params."""
+    flat: dict[str, Any] = {}
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree)
+    for key, value in items:
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, (dict, list)) and value:
+            flat.update(flatten(value, name))
+        else:
+            flat[name] = value
+    return flat

@@ -1,0 +1,101 @@
+"""Where each stage reads and writes, relative to one root folder.
+
+`dvc.yaml` and the Prefect flow both take their paths from here, so a run folder
+(for isolated Prefect runs) is just another root.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The files of one pipeline workspace."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root).resolve())
+
+    def relative(self, path: Path) -> str:
+        """A path as written in dvc.yaml (relative to the root, with forward slashes)."""
+        return path.relative_to(self.root).as_posix()
+
+    @property
+    def raw_dir(self) -> Path:
+        return self.root / "data" / "raw"
+
+    @property
+    def raw_data(self) -> Path:
+        return self.raw_dir / "dataset.parquet"
+
+    @property
+    def raw_meta(self) -> Path:
+        return self.raw_dir / "dataset.json"
+
+    @property
+    def schema(self) -> Path:
+        return self.root / "data" / "schema.json"
+
+    @property
+    def processed_dir(self) -> Path:
+        return self.root / "data" / "processed"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def model_file(self) -> Path:
+        return self.models_dir / "model.keras"
+
+    @property
+    def checkpoint_file(self) -> Path:
+        return self.models_dir / "checkpoints" / "best.weights.h5"
+
+    @property
+    def backup_dir(self) -> Path:
+        # Not a DVC output: it must survive a killed run so the next one resumes.
+        return self.root / ".kerasflow" / "backup"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def validation_report(self) -> Path:
+        return self.reports_dir / "validation.json"
+
+    @property
+    def run_file(self) -> Path:
+        return self.reports_dir / "mlflow_run.json"
+
+    @property
+    def history(self) -> Path:
+        return self.reports_dir / "history.csv"
+
+    @property
+    def model_summary(self) -> Path:
+        return self.reports_dir / "model_summary.txt"
+
+    @property
+    def metrics(self) -> Path:
+        return self.reports_dir / "metrics.json"
+
+    @property
+    def plots_dir(self) -> Path:
+        return self.reports_dir / "plots"
+
+    @property
+    def confusion(self) -> Path:
+        return self.plots_dir / "confusion.csv"
+
+    @property
+    def predictions(self) -> Path:
+        return self.plots_dir / "predictions.csv"
+
+    @property
+    def registration(self) -> Path:
+        return self.reports_dir / "registration.json"

@@ -1,0 +1,38 @@
+"""Process-level set-up done by entry points only: quiet defaults and seeds."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+
+import numpy as np
+
+# Telemetry off and TensorFlow's C++ start-up chatter down; users can still override each.
+QUIET_ENVIRONMENT = {
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DVC_NO_ANALYTICS": "1",
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+    "GIT_PYTHON_REFRESH": "quiet",
+}
+
+
+def quiet_defaults() -> None:
+    """Turn telemetry off for this process and its children, unless the user set otherwise."""
+    for name, value in QUIET_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def set_seeds(seed: int) -> None:
+    """Seed Python, NumPy and (if imported) Keras/TensorFlow from one number."""
+    random.seed(seed)
+    np.random.seed(seed)
+    import keras
+
+    keras.utils.set_random_seed(seed)

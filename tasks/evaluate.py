@@ -1,0 +1,149 @@
+"""Evaluate: test-split metrics for the model and a scikit-learn baseline, plus plot data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn import metrics as skm
+from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from kerasflow.config import LOWER_IS_BETTER, EvaluateParams
+from tasks.preprocess import Split
+
+
+def primary_metric(params: EvaluateParams, task: str) -> str:
+    if params.primary_metric != "auto":
+        return params.primary_metric
+    return "accuracy" if task == "classification" else "r2"
+
+
+def is_better(metric: str, candidate: float, reference: float) -> bool:
+    """Strictly better, in the metric's own direction."""
+    return candidate < reference if metric in LOWER_IS_BETTER else candidate > reference
+
+
+def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray, n_classes: int) -> dict[str, float]:
+    """Accuracy, macro precision / recall / F1 and ROC AUC from class probabilities."""
+    if probabilities.ndim == 1 or probabilities.shape[1] == 1:
+        positive = probabilities.reshape(-1)
+        predicted = (positive >= 0.5).astype("int64")
+        scores: np.ndarray = positive
+    else:
+        predicted = probabilities.argmax(axis=1)
+        scores = probabilities
+    result = {
+        "accuracy": skm.accuracy_score(y_true, predicted),
+        "precision": skm.precision_score(y_true, predicted, average="macro", zero_division=0),
+        "recall": skm.recall_score(y_true, predicted, average="macro", zero_division=0),
+        "f1": skm.f1_score(y_true, predicted, average="macro", zero_division=0),
+    }
+    if len(np.unique(y_true)) == max(n_classes, 2):
+        if scores.ndim == 1:
+            result["roc_auc"] = skm.roc_auc_score(y_true, scores)
+        else:
+            # Softmax rows can miss summing to one by float32 rounding; sklearn insists they do.
+            scores = scores / scores.sum(axis=1, keepdims=True)
+            result["roc_auc"] = skm.roc_auc_score(y_true, scores, multi_class="ovr", labels=list(range(n_classes)))
+    return {name: float(value) for name, value in result.items()}
+
+
+def regression_metrics(y_true: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    predicted = predicted.reshape(-1)
+    return {
+        "rmse": float(np.sqrt(skm.mean_squared_error(y_true, predicted))),
+        "mae": float(skm.mean_absolute_error(y_true, predicted)),
+        "r2": float(skm.r2_score(y_true, predicted)),
+    }
+
+
+def score_predictions(task: str, y_true: np.ndarray, outputs: np.ndarray, n_classes: int) -> dict[str, float]:
+    if task == "classification":
+        return classification_metrics(y_true, outputs, n_classes)
+    return regression_metrics(y_true, outputs)
+
+
+def make_baseline(params: EvaluateParams, task: str, seed: int) -> Any:
+    name = params.baseline
+    if name == "auto":
+        name = "logistic_regression" if task == "classification" else "ridge"
+    estimators = {
+        "logistic_regression": lambda: LogisticRegression(max_iter=2000, random_state=seed),
+        "knn": lambda: KNeighborsClassifier(n_neighbors=5),
+        "linear_regression": LinearRegression,
+        "ridge": lambda: Ridge(alpha=1.0),
+    }
+    if (task == "classification") != (name in ("logistic_regression", "knn")):
+        raise ValueError(f"evaluate.baseline {name!r} does not fit a {task} task")
+    return make_pipeline(StandardScaler(), estimators[name]())
+
+
+def baseline_metrics(
+    params: EvaluateParams, task: str, train_split: Split, test_split: Split, n_classes: int, seed: int
+) -> tuple[str, dict[str, float]]:
+    """Fit the scikit-learn baseline on the training split; score it on the test split."""
+    baseline = make_baseline(params, task, seed)
+    flat_train = train_split.x.reshape(len(train_split), -1)
+    flat_test = test_split.x.reshape(len(test_split), -1)
+    baseline.fit(flat_train, train_split.y)
+    if task == "classification":
+        outputs = baseline.predict_proba(flat_test)
+        if outputs.shape[1] == 2:
+            outputs = outputs[:, 1]
+    else:
+        outputs = baseline.predict(flat_test)
+    return type(baseline[-1]).__name__, score_predictions(task, test_split.y, outputs, n_classes)
+
+
+def predictions_frame(task: str, y_true: np.ndarray, outputs: np.ndarray, classes: list[Any] | None) -> pd.DataFrame:
+    """Actual and predicted values per test example (DVC's confusion / scatter plot data)."""
+    if task != "classification":
+        return pd.DataFrame({"actual": y_true, "predicted": outputs.reshape(-1)})
+    if outputs.ndim == 1 or outputs.shape[1] == 1:
+        predicted = (outputs.reshape(-1) >= 0.5).astype("int64")
+    else:
+        predicted = outputs.argmax(axis=1)
+    names = [str(label) for label in classes] if classes else None
+    as_label = (lambda index: names[index]) if names else str
+    return pd.DataFrame({"actual": [as_label(i) for i in y_true], "predicted": [as_label(i) for i in predicted]})
+
+
+def plot_training_curves(history: pd.DataFrame, path: Path) -> None:
+    """Loss and metric per epoch, training against validation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [column for column in history.columns if column != "epoch" and not column.startswith("val_")]
+    figure, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.5), squeeze=False)
+    for axis, name in zip(axes[0], names):
+        axis.plot(history["epoch"], history[name], label="train")
+        if f"val_{name}" in history:
+            axis.plot(history["epoch"], history[f"val_{name}"], label="validation")
+        axis.set_xlabel("epoch")
+        axis.set_title(name)
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def plot_confusion_matrix(predictions: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = sorted(set(predictions["actual"]) | set(predictions["predicted"]), key=lambda v: (len(v), v))
+    matrix = skm.confusion_matrix(predictions["actual"], predictions["predicted"], labels=labels)
+    figure, axis = plt.subplots(figsize=(1 + 0.5 * len(labels), 1 + 0.5 * len(labels)))
+    skm.ConfusionMatrixDisplay(matrix, display_labels=labels).plot(ax=axis, colorbar=False)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

@@ -1,0 +1,162 @@
+"""Ingest: load the raw dataset from its source into one Parquet file plus metadata."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from kerasflow.config import IngestParams
+from kerasflow.io import atomic_path, file_md5, write_json
+
+logger = logging.getLogger(__name__)
+
+# Built-in datasets whose target is a class label; the rest are regressions.
+CLASSIFICATION_DATASETS = {"digits", "breast_cancer", "iris", "wine", "mnist", "fashion_mnist", "imdb"}
+IMAGE_SHAPES = {"digits": [8, 8, 1], "mnist": [28, 28, 1], "fashion_mnist": [28, 28, 1]}
+KERAS_ORIGIN = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
+
+
+class DataSourceError(RuntimeError):
+    """The raw data could not be read or downloaded."""
+
+
+@dataclass(frozen=True)
+class RawDataset:
+    """What ingest produced: the frame and what later stages need to know about it."""
+
+    frame: pd.DataFrame
+    target: str
+    task: str
+    feature_columns: list[str]
+    image_shape: list[int] | None = None
+    text_column: str | None = None
+    source: dict[str, Any] = field(default_factory=dict)
+
+
+def _load_sklearn(name: str) -> pd.DataFrame:
+    from sklearn import datasets
+
+    bunch = getattr(datasets, f"load_{name}")(as_frame=True)
+    frame = bunch.frame.copy()
+    frame.columns = [str(column) for column in frame.columns]
+    return frame
+
+
+def _images_to_frame(images: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
+    flat = images.reshape(len(images), -1)
+    columns = [f"pixel_{index}" for index in range(flat.shape[1])]
+    frame = pd.DataFrame(flat, columns=columns)
+    frame["target"] = labels.astype("int64")
+    return frame
+
+
+def _load_keras(name: str) -> pd.DataFrame:
+    """Download (or read from ~/.keras/datasets) one of the keras.datasets sources."""
+    import keras
+
+    loader = getattr(keras.datasets, name)
+    try:
+        (x_train, y_train), (x_test, y_test) = loader.load_data()
+    except Exception as error:  # Keras raises URLError, OSError or a bare Exception when offline.
+        raise DataSourceError(
+            f"could not load keras.datasets.{name} (downloaded from {KERAS_ORIGIN} on first use, "
+            f"then cached in ~/.keras/datasets): {error}. Check the network, or copy the file into "
+            "the cache, or point ingest at a local file with source: file."
+        ) from error
+    features = np.concatenate([x_train, x_test])
+    labels = np.concatenate([y_train, y_test])
+    if name == "boston_housing":
+        columns = ["crim", "zn", "indus", "chas", "nox", "rm", "age", "dis", "rad", "tax", "ptratio", "b", "lstat"]
+        frame = pd.DataFrame(features, columns=columns)
+        frame["target"] = labels.astype("float64")
+        return frame
+    if name == "imdb":
+        texts = [" ".join(str(token) for token in sequence) for sequence in features]
+        return pd.DataFrame({"text": texts, "target": labels.astype("int64")})
+    return _images_to_frame(features, labels)
+
+
+def _load_file(path: str) -> pd.DataFrame:
+    file = Path(path)
+    if not file.is_file():
+        raise DataSourceError(f"{file}: file not found (ingest.path must name a .csv or .parquet file)")
+    try:
+        if file.suffix.lower() == ".parquet":
+            return pd.read_parquet(file)
+        if file.suffix.lower() in (".csv", ".txt"):
+            return pd.read_csv(file)
+    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as error:
+        raise DataSourceError(f"{file}: could not be read as {file.suffix.lstrip('.')}: {error}") from error
+    raise DataSourceError(f"{file}: unsupported file type {file.suffix!r}; expected .csv or .parquet")
+
+
+def infer_task(frame: pd.DataFrame, target: str, dataset: str | None) -> str:
+    """Classification when the target is a label (text, bool, or few integer values)."""
+    if dataset in CLASSIFICATION_DATASETS:
+        return "classification"
+    column = frame[target]
+    if not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+        return "classification"
+    values = column.dropna()
+    is_integral = bool(len(values)) and bool(np.all(np.mod(values, 1) == 0))
+    return "classification" if is_integral and values.nunique() <= 20 else "regression"
+
+
+def load_dataset(params: IngestParams, seed: int) -> RawDataset:
+    """Load the configured source into a DataFrame (no files written)."""
+    if params.source == "sklearn":
+        frame = _load_sklearn(params.dataset)
+        target = "target"
+    elif params.source == "keras":
+        frame = _load_keras(params.dataset)
+        target = "target"
+    else:
+        frame = _load_file(params.path)
+        target = params.target
+    if target not in frame.columns:
+        raise DataSourceError(
+            f"{params.path or params.dataset}: target column {target!r} not found; columns are {list(frame.columns)[:20]}"
+        )
+    if params.max_rows and len(frame) > params.max_rows:
+        frame = frame.sample(n=params.max_rows, random_state=seed).sort_index().reset_index(drop=True)
+    dataset = params.dataset if params.source != "file" else None
+    task = params.task if params.task != "auto" else infer_task(frame, target, dataset)
+    text_column = "text" if params.dataset == "imdb" and params.source == "keras" else None
+    image_shape = params.image_shape or (IMAGE_SHAPES.get(params.dataset) if params.source != "file" else None)
+    if image_shape and len(image_shape) == 2:
+        image_shape = [*image_shape, 1]
+    features = [column for column in frame.columns if column != target]
+    return RawDataset(
+        frame=frame,
+        target=target,
+        task=task,
+        feature_columns=features,
+        image_shape=list(image_shape) if image_shape else None,
+        text_column=text_column,
+        source={"source": params.source, "dataset": params.dataset, "path": params.path},
+    )
+
+
+def write_raw(dataset: RawDataset, data_path: Path, meta_path: Path) -> dict[str, Any]:
+    """Write the raw frame (Parquet) and its metadata, atomically; return the metadata."""
+    with atomic_path(data_path) as temporary:
+        dataset.frame.to_parquet(temporary, index=False)
+    meta = {
+        **{key: value for key, value in asdict(dataset).items() if key != "frame"},
+        "rows": len(dataset.frame),
+        "md5": file_md5(data_path),
+        "file": data_path.name,
+    }
+    write_json(meta_path, meta)
+    logger.info("ingested %d rows from %s (md5 %s)", meta["rows"], dataset.source, meta["md5"])
+    return meta
+
+
+def ingest_dataset(params: IngestParams, seed: int, data_path: Path, meta_path: Path) -> dict[str, Any]:
+    """Load the source and write it as the raw dataset; returns its metadata (with md5)."""
+    return write_raw(load_dataset(params, seed), data_path, meta_path)

@@ -1,0 +1,131 @@
+"""Register: a gated step. Every candidate becomes a registry version; only a blessed one
+moves the `champion` alias, the others get `challenger`, and the reason is kept.
+
+Blessed means: passes the thresholds in params, beats the scikit-learn baseline,
+is at least as good as the current champion on the primary metric, and survives a
+serving smoke test (the logged model loads back and predicts on its input example).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from kerasflow.config import LOWER_IS_BETTER, RegisterParams
+
+logger = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+
+@dataclass
+class Decision:
+    """The gate's verdict for one candidate."""
+
+    promote: bool
+    reasons: list[str] = field(default_factory=list)
+    checks: dict[str, bool] = field(default_factory=dict)
+
+    @property
+    def alias(self) -> str:
+        return CHAMPION if self.promote else CHALLENGER
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "alias": self.alias}
+
+
+def _passes(metric: str, value: float, bound: float) -> bool:
+    return value <= bound if metric in LOWER_IS_BETTER else value >= bound
+
+
+def decide(
+    candidate: dict[str, float],
+    baseline: dict[str, float],
+    champion: dict[str, float] | None,
+    primary: str,
+    params: RegisterParams,
+    smoke_test_ok: bool = True,
+) -> Decision:
+    """Apply thresholds, the baseline, the current champion and the smoke test; explain each."""
+    checks: dict[str, bool] = {}
+    reasons: list[str] = []
+    for metric, bound in params.thresholds.items():
+        if metric not in candidate:
+            checks[f"threshold.{metric}"] = False
+            reasons.append(f"threshold on {metric}: the model has no {metric} metric")
+            continue
+        ok = _passes(metric, candidate[metric], bound)
+        checks[f"threshold.{metric}"] = ok
+        relation = "<=" if metric in LOWER_IS_BETTER else ">="
+        reasons.append(f"{metric} {candidate[metric]:.4f} {'meets' if ok else 'misses'} threshold {relation} {bound}")
+    value = candidate[primary]
+    if params.require_beat_baseline:
+        reference = baseline[primary]
+        ok = value < reference if primary in LOWER_IS_BETTER else value > reference
+        checks["beats_baseline"] = ok
+        reasons.append(f"{primary} {value:.4f} {'beats' if ok else 'does not beat'} the baseline's {reference:.4f}")
+    if params.require_beat_champion:
+        if champion is None or primary not in champion:
+            checks["at_least_champion"] = True
+            reasons.append("there is no current champion")
+        else:
+            reference = champion[primary]
+            ok = value <= reference if primary in LOWER_IS_BETTER else value >= reference
+            checks["at_least_champion"] = ok
+            reasons.append(
+                f"{primary} {value:.4f} {'is at least as good as' if ok else 'is worse than'} the champion's {reference:.4f}"
+            )
+    checks["smoke_test"] = smoke_test_ok
+    if not smoke_test_ok:
+        reasons.append("the serving smoke test failed: the logged model did not load and predict")
+    return Decision(promote=all(checks.values()), reasons=reasons, checks=checks)
+
+
+def champion_metrics(model_name: str, prefix: str = "test_") -> tuple[str | None, dict[str, float] | None]:
+    """The current champion's version and its test metrics, or (None, None)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    try:
+        version = client.get_model_version_by_alias(model_name, CHAMPION)
+    except MlflowException:
+        return None, None
+    run_metrics = client.get_run(version.run_id).data.metrics if version.run_id else {}
+    found = {name.removeprefix(prefix): value for name, value in run_metrics.items() if name.startswith(prefix)}
+    return version.version, found
+
+
+def smoke_test(model_uri: str, example: np.ndarray) -> tuple[bool, str]:
+    """Load the logged model back through MLflow's pyfunc flavor and predict on its example."""
+    import mlflow
+
+    try:
+        predictions = np.asarray(mlflow.pyfunc.load_model(model_uri).predict(example))
+    except Exception as error:  # Any failure to load or predict means the model is not servable.
+        return False, f"{type(error).__name__}: {error}"
+    if len(predictions) != len(example) or not np.all(np.isfinite(predictions)):
+        return False, f"predictions of shape {predictions.shape} are not one finite row per example"
+    return True, "ok"
+
+
+def register_version(model_uri: str, model_name: str, run_id: str) -> str:
+    """Create a registry version for the logged model; return its version number."""
+    import mlflow
+
+    version = mlflow.register_model(model_uri, model_name, tags={"run_id": run_id})
+    return str(version.version)
+
+
+def apply_decision(model_name: str, version: str, decision: Decision) -> None:
+    """Record the verdict on the version, then move the alias (last, so a failure leaves it be)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    client.set_model_version_tag(model_name, version, "kerasflow.decision", decision.alias)
+    client.set_model_version_tag(model_name, version, "kerasflow.reasons", "; ".join(decision.reasons)[:5000])
+    client.set_registered_model_alias(model_name, decision.alias, version)

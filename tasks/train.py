@@ -1,0 +1,98 @@
+"""Train: `model.fit` on a tf.data pipeline with early stopping, checkpoints and resumable backups.
+
+Tracking is not done here: the caller injects its callbacks (e.g. the MLflow
+per-epoch logger), so this function is the same under Prefect, DVC and tests.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kerasflow.config import TrainParams
+from tasks.preprocess import Split
+
+logger = logging.getLogger(__name__)
+
+
+def device_summary() -> dict[str, Any]:
+    """Which devices TensorFlow will train on (GPU when it sees one)."""
+    gpus = tf.config.list_physical_devices("GPU")
+    return {
+        "device": "GPU" if gpus else "CPU",
+        "gpus": len(gpus),
+        "tensorflow_version": tf.__version__,
+        "keras_version": keras.__version__,
+    }
+
+
+def make_dataset(split: Split, batch_size: int, shuffle: bool, seed: int) -> tf.data.Dataset:
+    """A batched, prefetched tf.data pipeline over one split."""
+    dataset = tf.data.Dataset.from_tensor_slices((split.x, split.y))
+    if shuffle:
+        dataset = dataset.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def training_callbacks(
+    params: TrainParams, checkpoint_path: Path | None, backup_dir: Path | None
+) -> list[keras.callbacks.Callback]:
+    """The callbacks params.yaml asks for, plus NaN protection and resumable backups."""
+    callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN()]
+    stopping = params.early_stopping
+    if stopping.enabled:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor=stopping.monitor,
+                patience=stopping.patience,
+                min_delta=stopping.min_delta,
+                restore_best_weights=stopping.restore_best_weights,
+            )
+        )
+    if params.checkpoint and checkpoint_path is not None:
+        checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
+        callbacks.append(
+            keras.callbacks.ModelCheckpoint(
+                str(checkpoint_path), monitor=stopping.monitor, save_best_only=True, save_weights_only=True
+            )
+        )
+    if backup_dir is not None:
+        # A killed run resumes from its last finished epoch; the backup is removed after success.
+        callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=True))
+    return callbacks
+
+
+def train_model(
+    model: keras.Model,
+    train_split: Split,
+    val_split: Split,
+    params: TrainParams,
+    seed: int,
+    checkpoint_path: Path | None = None,
+    backup_dir: Path | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> dict[str, list[float]]:
+    """Fit `model`; return the per-epoch history (loss, metrics, val_*)."""
+    if len(train_split) == 0 or len(val_split) == 0:
+        raise ValueError("train and validation splits must not be empty")
+    keras.utils.set_random_seed(seed)
+    history = model.fit(
+        make_dataset(train_split, params.batch_size, params.shuffle, seed),
+        validation_data=make_dataset(val_split, params.batch_size, False, seed),
+        epochs=params.epochs,
+        callbacks=[*training_callbacks(params, checkpoint_path, backup_dir), *callbacks],
+        shuffle=False,  # The tf.data pipeline shuffles.
+        verbose=0,
+    )
+    result = {name: [float(value) for value in values] for name, values in history.history.items()}
+    losses = result.get("loss", [])
+    if not losses or not np.all(np.isfinite(losses)):
+        raise FloatingPointError("training stopped: the loss became NaN or infinite (TerminateOnNaN)")
+    logger.info("trained %d epoch(s); final loss %.4f", len(losses), losses[-1])
+    return result

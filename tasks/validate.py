@@ -1,0 +1,151 @@
+"""Validate: infer a schema on first ingest, then check every ingest against it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from kerasflow.config import ValidateParams
+
+
+class DataValidationError(ValueError):
+    """The raw dataset has problems; `problems` lists each one."""
+
+    def __init__(self, problems: list[str], source: str = "raw dataset") -> None:
+        self.problems = problems
+        listing = "\n".join(f"  - {problem}" for problem in problems)
+        super().__init__(f"{source}: {len(problems)} validation problem(s):\n{listing}")
+
+
+def _kind(column: pd.Series) -> str:
+    if pd.api.types.is_bool_dtype(column):
+        return "bool"
+    if pd.api.types.is_numeric_dtype(column):
+        return "numeric"
+    return "string"
+
+
+def infer_schema(frame: pd.DataFrame, meta: dict[str, Any]) -> dict[str, Any]:
+    """Describe columns (kind, range, nulls) and the target (task, label set)."""
+    target = meta["target"]
+    columns: dict[str, Any] = {}
+    for name in frame.columns:
+        column = frame[name]
+        entry: dict[str, Any] = {"kind": _kind(column), "nullable": bool(column.isna().any())}
+        if entry["kind"] == "numeric" and column.notna().any():
+            entry["min"] = float(column.min())
+            entry["max"] = float(column.max())
+        columns[name] = entry
+    schema: dict[str, Any] = {
+        "columns": columns,
+        "target": target,
+        "task": meta["task"],
+        "image_shape": meta.get("image_shape"),
+    }
+    if meta["task"] == "classification":
+        schema["labels"] = sorted(str(label) for label in frame[target].dropna().unique())
+    return schema
+
+
+def check_dataset(frame: pd.DataFrame, meta: dict[str, Any], params: ValidateParams) -> list[str]:
+    """Problems that hold whatever the schema: emptiness, target, types, image size."""
+    target, task = meta["target"], meta["task"]
+    if frame.empty or len(frame.columns) == 0:
+        return ["the dataset is empty (no rows or no columns)"]
+    if target not in frame.columns:
+        return [f"target column {target!r} is missing; columns are {list(frame.columns)[:20]}"]
+    problems: list[str] = []
+    if len(frame) < params.min_rows:
+        problems.append(f"only {len(frame)} rows; validate.min_rows requires at least {params.min_rows}")
+    missing_target = int(frame[target].isna().sum())
+    if missing_target:
+        problems.append(f"target column {target!r} has {missing_target} missing (NaN) value(s)")
+    if task == "classification":
+        classes = frame[target].dropna().nunique()
+        if classes < 2:
+            problems.append(f"target column {target!r} has {classes} class(es); classification needs at least 2")
+        elif classes > params.max_classes:
+            problems.append(f"target column {target!r} has {classes} classes; validate.max_classes is {params.max_classes}")
+    elif not pd.api.types.is_numeric_dtype(frame[target]):
+        problems.append(f"target column {target!r} must be numeric for regression, found {frame[target].dtype}")
+    text_column = meta.get("text_column")
+    for name in meta["feature_columns"]:
+        if name not in frame.columns:
+            continue
+        column = frame[name]
+        if name == text_column:
+            if column.fillna("").astype(str).str.strip().eq("").all():
+                problems.append(f"text column {name!r} is empty in every row")
+            continue
+        if not pd.api.types.is_numeric_dtype(column):
+            sample = column[pd.to_numeric(column, errors="coerce").isna() & column.notna()].head(3).tolist()
+            problems.append(f"column {name!r} must be numeric, found {column.dtype} (e.g. {sample})")
+            continue
+        values = column.to_numpy(dtype="float64", na_value=np.nan)
+        if np.isinf(values).any():
+            problems.append(f"column {name!r} has {int(np.isinf(values).sum())} infinite value(s)")
+        if np.isnan(values).any():
+            problems.append(f"column {name!r} has {int(np.isnan(values).sum())} missing (NaN) value(s)")
+    image_shape = meta.get("image_shape")
+    if image_shape and text_column is None:
+        expected = int(np.prod(image_shape))
+        if len(meta["feature_columns"]) != expected:
+            problems.append(
+                f"image_shape {image_shape} needs {expected} pixel columns, found {len(meta['feature_columns'])}"
+            )
+    return problems
+
+
+def compare_to_schema(frame: pd.DataFrame, schema: dict[str, Any], params: ValidateParams) -> list[str]:
+    """Problems where this ingest drifted from the recorded schema."""
+    problems: list[str] = []
+    expected = schema["columns"]
+    missing = [name for name in expected if name not in frame.columns]
+    extra = [name for name in frame.columns if name not in expected]
+    if missing:
+        problems.append(f"column(s) missing compared with the recorded schema: {missing[:10]}")
+    if extra:
+        problems.append(f"column(s) not in the recorded schema: {extra[:10]}")
+    for name, entry in expected.items():
+        if name not in frame.columns:
+            continue
+        column = frame[name]
+        kind = _kind(column)
+        if kind != entry["kind"]:
+            problems.append(f"column {name!r} is {kind}, the recorded schema says {entry['kind']}")
+            continue
+        if kind == "numeric" and "min" in entry and column.notna().any():
+            slack = params.range_tolerance * max(entry["max"] - entry["min"], 1e-12)
+            low, high = float(column.min()), float(column.max())
+            if low < entry["min"] - slack or high > entry["max"] + slack:
+                problems.append(
+                    f"column {name!r} ranges over [{low:g}, {high:g}], outside the recorded "
+                    f"[{entry['min']:g}, {entry['max']:g}] by more than validate.range_tolerance"
+                )
+    if "labels" in schema and schema["target"] in frame.columns:
+        unseen = sorted(set(str(label) for label in frame[schema["target"]].dropna().unique()) - set(schema["labels"]))
+        if unseen:
+            problems.append(f"target labels not in the recorded schema: {unseen[:10]}")
+    return problems
+
+
+def validate_dataset(
+    frame: pd.DataFrame, meta: dict[str, Any], schema: dict[str, Any] | None, params: ValidateParams
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Check the dataset; return (schema to keep, report). Raise DataValidationError on problems."""
+    problems = check_dataset(frame, meta, params)
+    if not problems and schema is not None:
+        problems = compare_to_schema(frame, schema, params)
+    report = {
+        "ok": not problems,
+        "problems": problems,
+        "rows": len(frame),
+        "columns": len(frame.columns),
+        "schema": "recorded" if schema is not None else "inferred",
+        "md5": meta.get("md5"),
+    }
+    if problems:
+        raise DataValidationError(problems, source=str(meta.get("file", "raw dataset")))
+    return (schema if schema is not None else infer_schema(frame, meta)), report
