@@ -252,14 +252,15 @@ class Stage:
 def build_stages(layout: Layout) -> list[Stage]:
     """The stages in pipeline order, with paths relative to the layout root."""
     path = layout.relative
+    raw = (path(layout.raw_data), path(layout.raw_meta))
     return [
-        Stage("ingest", ingest, ("tasks/ingest.py",), ("seed", "ingest"), outs=(path(layout.raw_dir),)),
+        Stage("ingest", ingest, ("tasks/ingest.py",), ("seed", "ingest"), outs=raw),
         Stage(
             "validate",
             validate,
             ("tasks/validate.py",),
             ("validate",),
-            deps=(path(layout.raw_dir),),
+            deps=raw,
             git_outs=(path(layout.validation_report),),
             persist=(path(layout.schema),),
         ),
@@ -268,7 +269,7 @@ def build_stages(layout: Layout) -> list[Stage]:
             preprocess,
             ("tasks/preprocess.py",),
             ("seed", "preprocess"),
-            deps=(path(layout.raw_dir), path(layout.validation_report)),
+            deps=(*raw, path(layout.validation_report)),
             outs=(path(layout.processed_dir),),
         ),
         Stage(

@@ -10,7 +10,7 @@ import numpy as np
 
 # Telemetry off and TensorFlow's C++ start-up chatter down; users can still override each.
 QUIET_ENVIRONMENT = {
-    "DO_NOT_TRACK": "1",
+    "DO_NOT_TRACK": "true",  # "1" is not enough for MLflow
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DVC_NO_ANALYTICS": "1",

@@ -43,8 +43,8 @@ def configure(params: TrackingParams, project_root: Path) -> str:
     uri = resolve_tracking_uri(params, project_root)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    client = MlflowClient()
     try:
+        client = MlflowClient()
         experiment = client.get_experiment_by_name(params.experiment)
     except Exception as error:  # The store is unreachable or broken: say which one.
         raise ConnectionError(f"MLflow tracking store {uri} is not reachable: {error}") from error

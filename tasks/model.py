@@ -44,9 +44,18 @@ class DataSpec:
         return self.n_classes if self.task == "classification" and self.n_classes > 2 else 1
 
 
+def checked(getter: Any, name: str, key: str) -> str:
+    """`name` if Keras knows it (a loss, an activation), else a ConfigError naming `key`."""
+    try:
+        getter(name)
+    except (ValueError, TypeError):
+        raise ConfigError(f"{key}: Keras does not know {name!r}") from None
+    return name
+
+
 def output_activation(spec: ModelParams, data: DataSpec) -> str:
     if spec.output_activation != "auto":
-        return spec.output_activation
+        return checked(keras.activations.get, spec.output_activation, "model.output_activation")
     if data.task != "classification":
         return "linear"
     return "softmax" if data.output_units > 1 else "sigmoid"
@@ -99,7 +108,9 @@ def scaling_layer(scaling: dict[str, Any] | None, input_shape: tuple[int, ...]) 
         return keras.layers.Rescaling(scaling["scale"], name="scaling")
     mean = np.asarray(scaling["mean"], dtype="float32").reshape(input_shape)
     variance = np.asarray(scaling["variance"], dtype="float32").reshape(input_shape)
-    return keras.layers.Normalization(axis=None, mean=mean, variance=variance, name="scaling")
+    # One mean and variance per input position (per column, or per pixel).
+    axes = tuple(range(1, len(input_shape) + 1))
+    return keras.layers.Normalization(axis=axes, mean=mean, variance=variance, name="scaling")
 
 
 def build_model(spec: ModelParams, data: DataSpec) -> keras.Model:
@@ -137,7 +148,7 @@ def build_model(spec: ModelParams, data: DataSpec) -> keras.Model:
         model = keras.Model(inputs, outputs, name=name)
     model.compile(
         optimizer=make_optimizer(spec),
-        loss=default_loss(data) if spec.loss == "auto" else spec.loss,
+        loss=default_loss(data) if spec.loss == "auto" else checked(keras.losses.get, spec.loss, "model.loss"),
         metrics=default_metrics(data),
     )
     return model

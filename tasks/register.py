@@ -97,7 +97,7 @@ def champion_metrics(model_name: str, prefix: str = "test_") -> tuple[str | None
         return None, None
     run_metrics = client.get_run(version.run_id).data.metrics if version.run_id else {}
     found = {name.removeprefix(prefix): value for name, value in run_metrics.items() if name.startswith(prefix)}
-    return version.version, found
+    return str(version.version), found
 
 
 def smoke_test(model_uri: str, example: np.ndarray) -> tuple[bool, str]:

@@ -1,0 +1,44 @@
+"""Shared fixtures: tiny in-memory data, an isolated MLflow store, quiet telemetry."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kerasflow.runtime import QUIET_ENVIRONMENT
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+for _name, _value in QUIET_ENVIRONMENT.items():
+    os.environ.setdefault(_name, _value)
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch):
+    """A fresh sqlite MLflow store for one test; returns its URI."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    yield uri
+    while mlflow.active_run():
+        mlflow.end_run()
+
+
+@pytest.fixture
+def tabular_frame() -> pd.DataFrame:
+    """60 rows, two numeric features, a balanced binary label that depends on them."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 2))
+    return pd.DataFrame({"a": x[:, 0], "b": x[:, 1], "label": (x[:, 0] + x[:, 1] > 0).astype(int)})
+
+
+@pytest.fixture
+def tabular_meta() -> dict:
+    return {"target": "label", "task": "classification", "feature_columns": ["a", "b"], "md5": "x", "file": "t.parquet"}

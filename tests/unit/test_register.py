@@ -1,0 +1,76 @@
+"""The registration gate: thresholds, baseline, champion and smoke test, each explained."""
+
+from __future__ import annotations
+
+import pytest
+
+from kerasflow.config import RegisterParams
+from tasks.register import CHALLENGER, CHAMPION, apply_decision, champion_metrics, decide, register_version
+
+GOOD = {"accuracy": 0.98, "f1": 0.97}
+BASELINE = {"accuracy": 0.96, "f1": 0.95}
+PARAMS = RegisterParams(model_name="m", thresholds={"accuracy": 0.97})
+
+
+def test_a_candidate_that_passes_everything_is_promoted():
+    decision = decide(GOOD, BASELINE, None, "accuracy", PARAMS)
+    assert decision.promote and decision.alias == CHAMPION
+    assert "there is no current champion" in decision.reasons
+
+
+@pytest.mark.parametrize(
+    ("candidate", "champion", "smoke_ok", "failed_check"),
+    [
+        ({"accuracy": 0.965, "f1": 0.9}, None, True, "threshold.accuracy"),
+        ({"accuracy": 0.95, "f1": 0.9}, None, True, "beats_baseline"),
+        (GOOD, {"accuracy": 0.99}, True, "at_least_champion"),
+        (GOOD, None, False, "smoke_test"),
+    ],
+)
+def test_each_gate_can_hold_a_candidate_back(candidate, champion, smoke_ok, failed_check):
+    decision = decide(candidate, BASELINE, champion, "accuracy", PARAMS, smoke_ok)
+    assert not decision.promote and decision.alias == CHALLENGER
+    assert decision.checks[failed_check] is False
+    assert sum(not ok for ok in decision.checks.values()) >= 1
+
+
+def test_equal_to_the_champion_is_enough():
+    assert decide(GOOD, BASELINE, {"accuracy": 0.98}, "accuracy", PARAMS).promote
+
+
+def test_error_metrics_point_the_other_way():
+    params = RegisterParams(model_name="m", thresholds={"rmse": 1.0})
+    decision = decide({"rmse": 0.8, "r2": 0.5}, {"rmse": 0.9, "r2": 0.4}, {"rmse": 0.85}, "rmse", params)
+    assert decision.promote, decision.reasons
+    assert not decide({"rmse": 1.2, "r2": 0.5}, {"rmse": 0.9, "r2": 0.4}, None, "rmse", params).promote
+
+
+def test_threshold_on_a_metric_the_model_lacks_holds_it_back():
+    decision = decide(GOOD, BASELINE, None, "accuracy", RegisterParams(model_name="m", thresholds={"r2": 0.5}))
+    assert not decision.promote and "has no r2 metric" in decision.reasons[0]
+
+
+def test_registry_round_trip_in_a_real_store(mlflow_store, tmp_path):
+    """Versions, aliases and the champion's metrics, in a real sqlite MLflow registry."""
+    import mlflow
+
+    uris = []
+    for accuracy in (0.9, 0.8):
+        with mlflow.start_run() as run:
+            mlflow.log_metric("test_accuracy", accuracy)
+            # The smallest folder MLflow accepts as a model: an MLmodel file.
+            (tmp_path / "MLmodel").write_text(f"artifact_path: model\nflavors: {{}}\nrun_id: {run.info.run_id}\n")
+            mlflow.log_artifact(str(tmp_path / "MLmodel"), "model")
+        uris.append((f"runs:/{run.info.run_id}/model", run.info.run_id))
+    assert champion_metrics("m") == (None, None)
+    first = register_version(uris[0][0], "m", uris[0][1])
+    apply_decision("m", first, decide({"accuracy": 0.9}, {"accuracy": 0.5}, None, "accuracy", RegisterParams(model_name="m")))
+    assert champion_metrics("m") == (first, {"accuracy": 0.9})
+    second = register_version(uris[1][0], "m", uris[1][1])
+    _, champion = champion_metrics("m")
+    verdict = decide({"accuracy": 0.8}, {"accuracy": 0.5}, champion, "accuracy", RegisterParams(model_name="m"))
+    apply_decision("m", second, verdict)
+    client = mlflow.MlflowClient()
+    assert str(client.get_model_version_by_alias("m", CHAMPION).version) == first
+    assert str(client.get_model_version_by_alias("m", CHALLENGER).version) == second
+    assert client.get_model_version("m", second).tags["kerasflow.decision"] == CHALLENGER

@@ -1,0 +1,72 @@
+"""Tracking helpers: store resolution, run status, secrets, lineage."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+
+from kerasflow import tracking
+from kerasflow.config import TrackingParams
+
+
+def test_relative_sqlite_uri_is_anchored_at_the_project_root(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking.resolve_tracking_uri(TrackingParams(), tmp_path) == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert tracking.resolve_tracking_uri(TrackingParams(), tmp_path) == "http://127.0.0.1:5999"
+
+
+def test_runs_end_finished_or_failed_never_running(mlflow_store, tmp_path):
+    experiment_id = tracking.configure(TrackingParams(experiment="e"), tmp_path)
+    with tracking.open_run(experiment_id) as good:
+        mlflow.log_metric("x", 1)
+    with pytest.raises(RuntimeError):
+        with tracking.open_run(experiment_id, run_id=good):
+            raise RuntimeError("stage failed")
+    with pytest.raises(KeyboardInterrupt):
+        with tracking.open_run(experiment_id) as interrupted:
+            raise KeyboardInterrupt
+    client = mlflow.MlflowClient()
+    assert client.get_run(good).info.status == "FAILED"  # reopened by a later stage that failed
+    assert client.get_run(interrupted).info.status == "FAILED"
+    assert mlflow.active_run() is None
+
+
+def test_experiment_artifacts_live_beside_a_local_store(mlflow_store, tmp_path):
+    experiment_id = tracking.configure(TrackingParams(experiment="here"), tmp_path)
+    location = mlflow.MlflowClient().get_experiment(experiment_id).artifact_location
+    assert location == (tmp_path / "mlartifacts").as_uri()
+    assert tracking.configure(TrackingParams(experiment="here"), tmp_path) == experiment_id
+
+
+def test_unreachable_store_is_named(tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the store's folder should be")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{blocker}/mlflow.db")
+    with pytest.raises(ConnectionError, match="not-a-folder"):
+        tracking.configure(TrackingParams(), tmp_path)
+
+
+def test_secrets_are_not_logged(mlflow_store, tmp_path):
+    experiment_id = tracking.configure(TrackingParams(), tmp_path)
+    with tracking.open_run(experiment_id) as run_id:
+        tracking.log_params({"train.epochs": 3, "storage.api_key": "s3cr3t", "db.PASSWORD": "x", "none": None})
+    logged = mlflow.MlflowClient().get_run(run_id).data.params
+    assert logged == {"train.epochs": "3", "none": ""}
+
+
+def test_git_tags_in_and_out_of_a_checkout(tmp_path):
+    assert tracking.git_tags(tmp_path) == {}
+    import subprocess
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x"], check=True)
+    tags = tracking.git_tags(tmp_path)
+    assert len(tags["git.commit"]) == 40 and tags["git.dirty"] == "False"
+    (tmp_path / "new.txt").write_text("x")
+    assert tracking.git_tags(tmp_path)["git.dirty"] == "True"
+
+
+def test_orchestration_tags_outside_prefect(monkeypatch):
+    monkeypatch.setenv("KERASFLOW_DVC_STAGE", "train")
+    assert tracking.orchestration_tags() == {"dvc.stage": "train", "kerasflow.entry": "dvc"}
