@@ -42,3 +42,12 @@ def tabular_frame() -> pd.DataFrame:
 @pytest.fixture
 def tabular_meta() -> dict:
     return {"target": "label", "task": "classification", "feature_columns": ["a", "b"], "md5": "x", "file": "t.parquet"}
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect server (sqlite) for every flow test in the session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

@@ -1,0 +1,80 @@
+"""The Prefect flow end to end on the bundled digits, under Prefect's test harness."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+
+import mlflow
+import pytest
+
+from flows.stages import build_stages
+from kerasflow.layout import Layout
+from tests.conftest import REPO_ROOT
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A project folder with the shipped params.yaml; its own mlflow.db."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    shutil.copy(REPO_ROOT / "params.yaml", tmp_path / "params.yaml")
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_default_pipeline_registers_a_champion_digits_cnn(prefect_harness, project):
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    from flows.training import training_pipeline
+
+    state = training_pipeline(params_path=str(project / "params.yaml"), return_state=True)
+    assert state.is_completed(), state
+    result = state.result()
+
+    assert result["metrics"]["accuracy"] >= 0.97
+    assert result["metrics"]["accuracy"] > result["baseline"]["accuracy"]
+    registration = result["registration"]
+    assert registration["alias"] == "champion" and registration["promote"]
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    run = client.get_run(result["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.epochs"] == "40" and run.data.params["model.layers.0.type"] == "conv2d"
+    assert run.data.tags["kerasflow.entry"] == "prefect"
+    assert run.data.tags["data.md5"] == json.loads((project / "data/raw/dataset.json").read_text())["md5"]
+    epochs = int(run.data.metrics["epochs_trained"])
+    losses = [point.value for point in client.get_metric_history(run.info.run_id, "loss")]
+    assert len(losses) == epochs and losses[-1] < losses[0]
+    assert str(client.get_model_version_by_alias("kerasflow-digits-cnn", "champion").version) == registration["version"]
+
+    # The Prefect side: one task run per stage, in dvc.yaml's order, and the summary artifact.
+    flow_run_id = run.data.tags["prefect.flow_run_id"]
+    assert flow_run_id == str(state.state_details.flow_run_id)
+
+    async def prefect_records():
+        async with get_client() as prefect:
+            flow_filter = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            task_runs = await prefect.read_task_runs(
+                flow_run_filter=flow_filter, sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=50
+            )
+            return task_runs, await prefect.read_latest_artifacts(limit=50)
+
+    task_runs, artifacts = asyncio.run(prefect_records())
+    ran = [task_run.name.rsplit("-", 1)[0] for task_run in sorted(task_runs, key=lambda t: t.start_time)]
+    assert ran == [stage.name for stage in build_stages(Layout(project))]
+    summary = next(artifact for artifact in artifacts if artifact.key == "training-summary")
+    assert result["run_id"] in summary.data and "champion" in summary.data
+
+
+def test_bad_override_fails_the_flow_before_any_stage(prefect_harness, project):
+    from flows.training import training_pipeline
+
+    state = training_pipeline(params_path=str(project / "params.yaml"), overrides={"train.epochs": -3}, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Exception, match=r"train\.epochs"):
+        state.result()
+    assert not (project / "data").exists() and not (project / "mlflow.db").exists()
