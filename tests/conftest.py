@@ -17,16 +17,24 @@ for _name, _value in QUIET_ENVIRONMENT.items():
     os.environ.setdefault(_name, _value)
 
 
+def use_store(database: Path):
+    """Point MLflow's tracking and registry at one sqlite store; return a client for it."""
+    import mlflow
+
+    uri = f"sqlite:///{database}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)  # Otherwise the registry stays wherever an earlier test pointed it.
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
 @pytest.fixture
 def mlflow_store(tmp_path, monkeypatch):
     """A fresh sqlite MLflow store for one test; returns its URI."""
     import mlflow
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    yield uri
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    use_store(tmp_path / "mlflow.db")
+    yield f"sqlite:///{tmp_path / 'mlflow.db'}"
     while mlflow.active_run():
         mlflow.end_run()
 

@@ -11,7 +11,7 @@ import pytest
 
 from flows.stages import build_stages
 from kerasflow.layout import Layout
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, use_store
 
 
 @pytest.fixture
@@ -39,8 +39,7 @@ def test_default_pipeline_registers_a_champion_digits_cnn(prefect_harness, proje
     registration = result["registration"]
     assert registration["alias"] == "champion" and registration["promote"]
 
-    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
-    client = mlflow.MlflowClient()
+    client = use_store(project / "mlflow.db")
     run = client.get_run(result["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["train.epochs"] == "40" and run.data.params["model.layers.0.type"] == "conv2d"

@@ -1,0 +1,136 @@
+"""`dvc repro` for real, in a temporary git repository: stages, no-ops, partial reruns, MLflow, registry."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import yaml
+
+from tests.conftest import REPO_ROOT, use_store
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+CODE = ["kerasflow", "tasks", "flows", "params.yaml", "dvc.yaml"]
+STAGES = ["ingest", "validate", "preprocess", "train", "evaluate", "register"]
+
+
+def run(command: list[str], cwd: Path, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def stages_run(result: subprocess.CompletedProcess) -> list[str]:
+    return [stage for stage in STAGES if f"Running stage '{stage}'" in result.stdout]
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """A git + DVC repository holding a copy of the project, and the environment to run dvc in."""
+    root = tmp_path_factory.mktemp("project")
+    for name in CODE:
+        source = REPO_ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, root / name)
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(root),
+        "GIT_AUTHOR_NAME": "test",
+        "GIT_AUTHOR_EMAIL": "test@example.com",
+        "GIT_COMMITTER_NAME": "test",
+        "GIT_COMMITTER_EMAIL": "test@example.com",
+    }
+    env.pop("MLFLOW_TRACKING_URI", None)
+    run(["git", "init", "-q"], root, env)
+    run(["dvc", "init", "-q"], root, env)
+    run(["dvc", "config", "core.analytics", "false"], root, env)
+    run(["dvc", "remote", "add", "-d", "local", str(tmp_path_factory.mktemp("remote"))], root, env)
+    (root / ".gitignore").write_text("mlflow.db\nmlartifacts/\n.kerasflow/\n__pycache__/\n")
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-q", "-m", "project"], root, env)
+    return root, env
+
+
+def test_dvc_repro_end_to_end(repo):
+    root, env = repo
+
+    # 1. Every stage runs, in order, and writes its outputs.
+    first = run(["dvc", "repro"], root, env)
+    assert stages_run(first) == STAGES, first.stdout
+    for path in ["data/raw/dataset.parquet", "data/schema.json", "data/processed/x_train.npy", "models/model.keras",
+                 "reports/metrics.json", "reports/registration.json", "reports/history.csv", "reports/plots/predictions.csv"]:
+        assert (root / path).is_file(), path
+    registration = json.loads((root / "reports/registration.json").read_text())
+    assert registration["alias"] == "champion"
+    metrics = json.loads((root / "reports/metrics.json").read_text())
+    assert metrics["test"]["accuracy"] >= 0.97
+
+    # 2. Nothing changed: nothing runs.
+    second = run(["dvc", "repro"], root, env)
+    assert stages_run(second) == [] and "Data and pipelines are up to date" in second.stdout
+
+    # 3. The one MLflow run of the pipeline holds params, epochs, final metrics, plots, lineage and a loadable model.
+    client = use_store(root / "mlflow.db")
+    run_id = json.loads((root / "reports/mlflow_run.json").read_text())["run_id"]
+    record = client.get_run(run_id)
+    assert record.info.status == "FINISHED"
+    assert record.data.params["train.epochs"] == "40" and record.data.params["seed"] == "42"
+    epochs = int(record.data.metrics["epochs_trained"])
+    assert [point.step for point in client.get_metric_history(run_id, "val_loss")] == list(range(epochs))
+    assert record.data.metrics["test_accuracy"] == pytest.approx(metrics["test"]["accuracy"])
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    raw_md5 = next(out["md5"] for out in lock["stages"]["ingest"]["outs"] if out["path"] == "data/raw/dataset.parquet")
+    assert record.data.tags["data.md5"] == raw_md5  # the same content hash DVC records
+    assert record.data.tags["dvc.stage"] == "train" and record.data.tags["kerasflow.entry"] == "dvc"
+    assert len(record.data.tags["git.commit"]) == 40
+    artifacts = {item.path for item in client.list_artifacts(run_id, "plots")}
+    assert {"plots/training_curves.png", "plots/confusion_matrix.png", "plots/history.csv"} <= artifacts
+    model = mlflow.pyfunc.load_model("models:/kerasflow-digits-cnn@champion")
+    x_test = np.load(root / "data/processed/x_test.npy")[:20]
+    y_test = np.load(root / "data/processed/y_test.npy")[:20]
+    assert (np.asarray(model.predict(x_test)).argmax(axis=1) == y_test).mean() >= 0.85
+
+    # 4. DVC reads the metrics and renders the plots; the data pushes to the local remote.
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], root, env).stdout)
+    assert shown[""]["data"]["reports/metrics.json"]["data"]["test"]["accuracy"] == metrics["test"]["accuracy"]
+    run(["dvc", "plots", "show", "-o", str(root / "plots_html")], root, env)
+    assert (root / "plots_html" / "index.html").is_file()
+    assert "pushed" in run(["dvc", "push"], root, env).stdout
+
+    # 5. Only train.epochs changes: train, evaluate and register rerun, nothing upstream.
+    #    One epoch makes a deliberately worse model: it is registered, but does not take `champion`.
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["train"]["epochs"] = 1
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    third = run(["dvc", "repro"], root, env)
+    assert stages_run(third) == ["train", "evaluate", "register"], third.stdout
+    worse = json.loads((root / "reports/registration.json").read_text())
+    assert worse["alias"] == "challenger" and not worse["checks"]["at_least_champion"]
+    assert str(client.get_model_version_by_alias("kerasflow-digits-cnn", "champion").version) == registration["version"]
+    assert str(client.get_model_version_by_alias("kerasflow-digits-cnn", "challenger").version) == worse["version"]
+    assert len(client.search_runs([record.info.experiment_id])) == 2  # one run per pipeline run, not per stage
+
+
+def test_bad_params_stop_dvc_repro_with_the_key_named(repo):
+    root, env = repo
+    original = (root / "params.yaml").read_text()
+    try:
+        (root / "params.yaml").write_text(original.replace("preprocess:\n", "preprocess:\n  tset_fraction: 0.3\n", 1))
+        result = run(["dvc", "repro"], root, env, check=False)
+        assert result.returncode != 0
+        assert "preprocess.tset_fraction: unknown key" in result.stderr + result.stdout
+        assert not (root / "data/processed").exists()  # DVC cleared the stale output; nothing half-written replaced it
+    finally:
+        (root / "params.yaml").write_text(original)

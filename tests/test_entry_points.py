@@ -1,0 +1,64 @@
+"""A bad params.yaml fails at the entry point, before any stage does work, with the key named."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+import pytest
+import yaml
+
+from flows import cli, dvc_stage
+from tests.conftest import REPO_ROOT
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    shutil.copy(REPO_ROOT / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def write_params(project, change):
+    tree = yaml.safe_load((project / "params.yaml").read_text())
+    change(tree)
+    (project / "params.yaml").write_text(yaml.safe_dump(tree))
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda tree: tree["train"].update(epohcs=3), "train.epohcs: unknown key"),
+        (lambda tree: tree["train"].update(batch_size="big"), "train.batch_size"),
+        (lambda tree: tree["model"]["optimizer"].update(name="adamax2"), "model.optimizer.name"),
+    ],
+)
+@pytest.mark.parametrize("stage", ["ingest", "train", "register"])
+def test_every_dvc_stage_refuses_bad_params_before_work(project, caplog, change, expected, stage):
+    write_params(project, change)
+    with caplog.at_level(logging.ERROR):
+        assert dvc_stage.main([stage]) == 2
+    assert expected in caplog.text
+    assert sorted(path.name for path in project.iterdir()) == ["params.yaml"]
+
+
+def test_cli_refuses_a_bad_override_before_starting_prefect(project, caplog):
+    with caplog.at_level(logging.ERROR):
+        assert cli.main(["run", "--set", "train.epochs=0"]) == 2
+    assert "train.epochs: Input should be greater than 0" in caplog.text
+    assert sorted(path.name for path in project.iterdir()) == ["params.yaml"]
+
+
+def test_cli_parses_override_values_as_yaml():
+    assert cli.parse_assignments(["train.epochs=5", "model.optimizer.name=sgd", "ingest.image_shape=[8, 8]"]) == {
+        "train.epochs": 5,
+        "model.optimizer.name": "sgd",
+        "ingest.image_shape": [8, 8],
+    }
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        cli.parse_assignments(["train.epochs"])
+
+
+def test_unknown_stage_is_a_usage_error(project):
+    with pytest.raises(SystemExit):
+        dvc_stage.main(["deploy"])
