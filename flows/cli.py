@@ -29,7 +29,10 @@ def parse_assignments(items: list[str]) -> dict[str, Any]:
 def report(result: dict[str, Any]) -> str:
     registration = result["registration"]
     lines = ["", "kerasflow: pipeline finished", f"  MLflow run      {result['run_id']}"]
-    lines += [f"  test {name:<10} {value:.4f}   (baseline {result['baseline'].get(name, float('nan')):.4f})" for name, value in result["metrics"].items()]
+    lines += [
+        f"  test {name:<10} {value:.4f}   (baseline {result['baseline'].get(name, float('nan')):.4f})"
+        for name, value in result["metrics"].items()
+    ]
     lines += [
         f"  registered      {registration['model_name']} version {registration['version']} -> {registration['alias']}",
         f"  decision        {'; '.join(registration['reasons'])}",
@@ -47,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the whole pipeline once as a Prefect flow")
     run.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a param")
+    run.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a param"
+    )
     run.add_argument("--workdir", default=None, help="where data, models and reports go (default: beside params)")
     run.add_argument("--json", action="store_true", help="print the result as JSON")
     stage = commands.add_parser("stage", help="run one stage as `dvc repro` does")

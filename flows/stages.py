@@ -203,8 +203,8 @@ def register(params: Params, context: Context) -> dict[str, Any]:
     """Register the model version and move `champion` only if the gate blesses it."""
     import mlflow
 
-    from tasks.register import apply_decision, champion_metrics, decide, register_version, smoke_test
     from tasks.preprocess import read_split
+    from tasks.register import apply_decision, champion_metrics, decide, register_version, smoke_test
 
     layout = context.layout
     run_info = read_json(layout.run_file)
@@ -216,7 +216,9 @@ def register(params: Params, context: Context) -> dict[str, Any]:
         version = register_version(run_info["model_uri"], name, run_id)
         example = read_split(layout.processed_dir, "val").x[:5]
         smoke_ok, smoke_detail = smoke_test(f"models:/{name}/{version}", example)
-        decision = decide(result["test"], result["baseline"], champion, result["primary_metric"], params.register_, smoke_ok)
+        decision = decide(
+            result["test"], result["baseline"], champion, result["primary_metric"], params.register_, smoke_ok
+        )
         apply_decision(name, version, decision)
         payload = {
             "model_name": name,

@@ -92,13 +92,17 @@ class IngestParams(_Section):
     @model_validator(mode="after")
     def _check_source(self) -> IngestParams:
         if self.source == "sklearn" and self.dataset not in SKLEARN_DATASETS:
-            raise ValueError(f"dataset must be one of {list(SKLEARN_DATASETS)} for source 'sklearn', got {self.dataset!r}")
+            raise ValueError(
+                f"dataset must be one of {list(SKLEARN_DATASETS)} for source 'sklearn', got {self.dataset!r}"
+            )
         if self.source == "keras" and self.dataset not in KERAS_DATASETS:
             raise ValueError(f"dataset must be one of {list(KERAS_DATASETS)} for source 'keras', got {self.dataset!r}")
         if self.source == "file" and not self.path:
             raise ValueError("path is required for source 'file' (a .csv or .parquet file)")
         if self.image_shape is not None and len(self.image_shape) not in (2, 3):
-            raise ValueError(f"image_shape must be [height, width] or [height, width, channels], got {self.image_shape}")
+            raise ValueError(
+                f"image_shape must be [height, width] or [height, width, channels], got {self.image_shape}"
+            )
         return self
 
 
@@ -305,7 +309,11 @@ def apply_overrides(tree: dict[str, Any], overrides: dict[str, Any] | None) -> d
     for Prefect runs (`--param epochs=5`).
     """
     merged = copy.deepcopy(tree)
-    shorthands = {"epochs": "train.epochs", "batch_size": "train.batch_size", "learning_rate": "model.optimizer.learning_rate"}
+    shorthands = {
+        "epochs": "train.epochs",
+        "batch_size": "train.batch_size",
+        "learning_rate": "model.optimizer.learning_rate",
+    }
 
     def merge(prefix: str, value: Any) -> None:
         if isinstance(value, dict) and (value or not prefix):

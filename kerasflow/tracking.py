@@ -29,8 +29,8 @@ def resolve_tracking_uri(params: TrackingParams, project_root: Path) -> str:
     """MLFLOW_TRACKING_URI if set, else params (a relative sqlite path is taken from the project root)."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or params.tracking_uri
     prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
-        uri = prefix + str((project_root / uri[len(prefix):]).resolve())
+    if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
+        uri = prefix + str((project_root / uri[len(prefix) :]).resolve())
     return uri
 
 

@@ -122,7 +122,7 @@ def plot_training_curves(history: pd.DataFrame, path: Path) -> None:
 
     names = [column for column in history.columns if column != "epoch" and not column.startswith("val_")]
     figure, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.5), squeeze=False)
-    for axis, name in zip(axes[0], names):
+    for axis, name in zip(axes[0], names, strict=True):
         axis.plot(history["epoch"], history[name], label="train")
         if f"val_{name}" in history:
             axis.plot(history["epoch"], history[f"val_{name}"], label="validation")

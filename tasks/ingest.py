@@ -119,8 +119,9 @@ def load_dataset(params: IngestParams, seed: int) -> RawDataset:
         frame = _load_file(params.path)
         target = params.target
     if target not in frame.columns:
+        columns = list(frame.columns)[:20]
         raise DataSourceError(
-            f"{params.path or params.dataset}: target column {target!r} not found; columns are {list(frame.columns)[:20]}"
+            f"{params.path or params.dataset}: target column {target!r} not found; columns are {columns}"
         )
     if params.max_rows and len(frame) > params.max_rows:
         frame = frame.sample(n=params.max_rows, random_state=seed).sort_index().reset_index(drop=True)

@@ -119,13 +119,15 @@ def build_model(spec: ModelParams, data: DataSpec) -> keras.Model:
         raise ConfigError("model.layers: at least one layer is required (e.g. {type: dense, units: 64})")
     layers = [make_layer(layer, f"model.layers[{index}]") for index, layer in enumerate(spec.layers)]
     scaler = scaling_layer(data.scaling, data.input_shape)
-    head = keras.layers.Dense(data.output_units, activation=output_activation(spec, data), dtype="float32", name="output")
+    head = keras.layers.Dense(
+        data.output_units, activation=output_activation(spec, data), dtype="float32", name="output"
+    )
 
     # Wire the graph symbolically first, so a shape error names the layer that caused it.
     inputs = keras.Input(shape=data.input_shape, name="input")
     tensors: dict[str, Any] = {"input": scaler(inputs) if scaler else inputs}
     current = tensors["input"]
-    for index, (layer_spec, layer) in enumerate(zip(spec.layers, layers)):
+    for index, (layer_spec, layer) in enumerate(zip(spec.layers, layers, strict=True)):
         sources = [tensors[name] for name in layer_spec.inputs or []] or [current]
         try:
             current = layer(sources if len(sources) > 1 else sources[0])

@@ -39,7 +39,9 @@ def encode_labels(frame: pd.DataFrame, meta: dict[str, Any]) -> tuple[np.ndarray
         return target.to_numpy(dtype="float32"), None
     classes = sorted(target.unique().tolist(), key=lambda value: (str(type(value)), value))
     index = {label: position for position, label in enumerate(classes)}
-    return target.map(index).to_numpy(dtype="int64"), [value.item() if hasattr(value, "item") else value for value in classes]
+    return target.map(index).to_numpy(dtype="int64"), [
+        value.item() if hasattr(value, "item") else value for value in classes
+    ]
 
 
 def to_features(frame: pd.DataFrame, meta: dict[str, Any]) -> np.ndarray:

@@ -76,9 +76,8 @@ def decide(
             reference = champion[primary]
             ok = value <= reference if primary in LOWER_IS_BETTER else value >= reference
             checks["at_least_champion"] = ok
-            reasons.append(
-                f"{primary} {value:.4f} {'is at least as good as' if ok else 'is worse than'} the champion's {reference:.4f}"
-            )
+            verdict = "is at least as good as" if ok else "is worse than"
+            reasons.append(f"{primary} {value:.4f} {verdict} the champion's {reference:.4f}")
     checks["smoke_test"] = smoke_test_ok
     if not smoke_test_ok:
         reasons.append("the serving smoke test failed: the logged model did not load and predict")

@@ -67,7 +67,9 @@ def check_dataset(frame: pd.DataFrame, meta: dict[str, Any], params: ValidatePar
         if classes < 2:
             problems.append(f"target column {target!r} has {classes} class(es); classification needs at least 2")
         elif classes > params.max_classes:
-            problems.append(f"target column {target!r} has {classes} classes; validate.max_classes is {params.max_classes}")
+            problems.append(
+                f"target column {target!r} has {classes} classes; validate.max_classes is {params.max_classes}"
+            )
     elif not pd.api.types.is_numeric_dtype(frame[target]):
         problems.append(f"target column {target!r} must be numeric for regression, found {frame[target].dtype}")
     text_column = meta.get("text_column")

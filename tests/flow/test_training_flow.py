@@ -6,7 +6,6 @@ import asyncio
 import json
 import shutil
 
-import mlflow
 import pytest
 
 from flows.stages import build_stages
@@ -72,7 +71,9 @@ def test_default_pipeline_registers_a_champion_digits_cnn(prefect_harness, proje
 def test_bad_override_fails_the_flow_before_any_stage(prefect_harness, project):
     from flows.training import training_pipeline
 
-    state = training_pipeline(params_path=str(project / "params.yaml"), overrides={"train.epochs": -3}, return_state=True)
+    state = training_pipeline(
+        params_path=str(project / "params.yaml"), overrides={"train.epochs": -3}, return_state=True
+    )
     assert state.is_failed()
     with pytest.raises(Exception, match=r"train\.epochs"):
         state.result()

@@ -69,8 +69,16 @@ def test_dvc_repro_end_to_end(repo):
     # 1. Every stage runs, in order, and writes its outputs.
     first = run(["dvc", "repro"], root, env)
     assert stages_run(first) == STAGES, first.stdout
-    for path in ["data/raw/dataset.parquet", "data/schema.json", "data/processed/x_train.npy", "models/model.keras",
-                 "reports/metrics.json", "reports/registration.json", "reports/history.csv", "reports/plots/predictions.csv"]:
+    for path in [
+        "data/raw/dataset.parquet",
+        "data/schema.json",
+        "data/processed/x_train.npy",
+        "models/model.keras",
+        "reports/metrics.json",
+        "reports/registration.json",
+        "reports/history.csv",
+        "reports/plots/predictions.csv",
+    ]:
         assert (root / path).is_file(), path
     registration = json.loads((root / "reports/registration.json").read_text())
     assert registration["alias"] == "champion"

@@ -30,7 +30,10 @@ def test_shipped_params_are_valid():
         ({"model": {"optimizer": {"name": "adamw2"}}}, "model.optimizer.name"),
         ({"model": {"optimizer": {"name": "adam", "momentum": 0.9}}}, "momentum applies to sgd and rmsprop only"),
         ({"model": {"layers": [{"type": "dense2"}]}}, "unknown layer type 'dense2'"),
-        ({"model": {"api": "functional", "layers": [{"type": "dense", "units": 2, "inputs": ["nope"]}]}}, "names 'nope'"),
+        (
+            {"model": {"api": "functional", "layers": [{"type": "dense", "units": 2, "inputs": ["nope"]}]}},
+            "names 'nope'",
+        ),
         ({"ingest": {"source": "sklearn", "dataset": "cifar"}}, "ingest: dataset must be one of"),
         ({"ingest": {"source": "file"}}, "path is required for source 'file'"),
         ({"register": {"model_name": "bad/name"}}, "register.model_name"),

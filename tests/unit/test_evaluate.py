@@ -40,16 +40,23 @@ def test_regression_metrics():
     assert scores["r2"] == pytest.approx(1 - 4 / 2)
 
 
-@pytest.mark.parametrize(("metric", "candidate", "reference", "better"), [("accuracy", 0.9, 0.8, True), ("rmse", 0.9, 0.8, False), ("r2", 0.5, 0.5, False)])
+@pytest.mark.parametrize(
+    ("metric", "candidate", "reference", "better"),
+    [("accuracy", 0.9, 0.8, True), ("rmse", 0.9, 0.8, False), ("r2", 0.5, 0.5, False)],
+)
 def test_direction_of_better(metric, candidate, reference, better):
     assert is_better(metric, candidate, reference) is better
 
 
 def test_baselines_fit_the_task(tabular_frame):
     x, y = tabular_frame[["a", "b"]].to_numpy(), tabular_frame["label"].to_numpy()
-    name, scores = baseline_metrics(EvaluateParams(), "classification", Split(x[:40], y[:40]), Split(x[40:], y[40:]), 2, 0)
+    name, scores = baseline_metrics(
+        EvaluateParams(), "classification", Split(x[:40], y[:40]), Split(x[40:], y[40:]), 2, 0
+    )
     assert name == "LogisticRegression" and scores["accuracy"] > 0.8
-    name, scores = baseline_metrics(EvaluateParams(), "regression", Split(x[:40], x[:40, 0] * 3), Split(x[40:], x[40:, 0] * 3), 0, 0)
+    name, scores = baseline_metrics(
+        EvaluateParams(), "regression", Split(x[:40], x[:40, 0] * 3), Split(x[40:], x[40:, 0] * 3), 0, 0
+    )
     assert name == "Ridge" and scores["r2"] > 0.95
     with pytest.raises(ValueError, match="does not fit a regression task"):
         baseline_metrics(EvaluateParams(baseline="knn"), "regression", Split(x, y), Split(x, y), 0, 0)
@@ -62,9 +69,19 @@ def test_primary_metric_defaults():
 
 
 def test_plots_are_written(tmp_path):
-    history = pd.DataFrame({"epoch": [0, 1], "loss": [1.0, 0.5], "val_loss": [1.1, 0.7], "accuracy": [0.5, 0.8], "val_accuracy": [0.4, 0.7]})
+    history = pd.DataFrame(
+        {
+            "epoch": [0, 1],
+            "loss": [1.0, 0.5],
+            "val_loss": [1.1, 0.7],
+            "accuracy": [0.5, 0.8],
+            "val_accuracy": [0.4, 0.7],
+        }
+    )
     plot_training_curves(history, tmp_path / "curves.png")
-    frame = predictions_frame("classification", np.array([0, 1, 1]), np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3]]), ["cat", "dog"])
+    frame = predictions_frame(
+        "classification", np.array([0, 1, 1]), np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3]]), ["cat", "dog"]
+    )
     assert frame.to_dict("list") == {"actual": ["cat", "dog", "dog"], "predicted": ["cat", "dog", "cat"]}
     plot_confusion_matrix(frame, tmp_path / "confusion.png")
     for name in ("curves.png", "confusion.png"):

@@ -84,7 +84,11 @@ def test_keras_download_failure_is_a_clear_error(monkeypatch):
 
 @pytest.mark.parametrize(
     ("values", "expected"),
-    [([1.5, 2.25, 3.0, 4.75], "regression"), ([0, 1, 1, 0], "classification"), (["yes", "no", "yes", "no"], "classification")],
+    [
+        ([1.5, 2.25, 3.0, 4.75], "regression"),
+        ([0, 1, 1, 0], "classification"),
+        (["yes", "no", "yes", "no"], "classification"),
+    ],
 )
 def test_infer_task(values, expected):
     assert infer_task(pd.DataFrame({"y": values}), "y", None) == expected

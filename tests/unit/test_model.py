@@ -10,7 +10,9 @@ from kerasflow.config import ConfigError, ModelParams
 from tasks.model import DataSpec, build_model
 
 IMAGES = DataSpec(input_shape=(8, 8, 1), task="classification", n_classes=10, scaling={"kind": "max", "scale": 1 / 16})
-TABLE = DataSpec(input_shape=(3,), task="regression", scaling={"kind": "standard", "mean": [1, 2, 3], "variance": [1, 4, 9]})
+TABLE = DataSpec(
+    input_shape=(3,), task="regression", scaling={"kind": "standard", "mean": [1, 2, 3], "variance": [1, 4, 9]}
+)
 BINARY = DataSpec(input_shape=(3,), task="classification", n_classes=2)
 
 
@@ -20,7 +22,9 @@ def spec(**values) -> ModelParams:
 
 def test_cnn_sequential_has_scaling_and_softmax_head():
     model = build_model(
-        spec(layers=[{"type": "conv2d", "filters": 4, "kernel_size": 3}, {"type": "max_pooling2d"}, {"type": "flatten"}]),
+        spec(
+            layers=[{"type": "conv2d", "filters": 4, "kernel_size": 3}, {"type": "max_pooling2d"}, {"type": "flatten"}]
+        ),
         IMAGES,
     )
     assert isinstance(model, keras.Sequential)
@@ -88,7 +92,10 @@ def test_lstm_and_bidirectional_layers_build():
         ([], "at least one layer"),
         ([{"type": "dense", "unitz": 3}], r"model.layers\[0\] \(dense\)"),
         ([{"type": "conv2d", "filters": 2, "kernel_size": 3}], "flatten or global pooling"),
-        ([{"type": "dense", "units": 3}, {"type": "dense", "units": 2, "activation": "nonsense"}], r"model.layers\[1\] \(dense\)"),
+        (
+            [{"type": "dense", "units": 3}, {"type": "dense", "units": 2, "activation": "nonsense"}],
+            r"model.layers\[1\] \(dense\)",
+        ),
     ],
 )
 def test_bad_specs_name_the_layer(layers, expected):

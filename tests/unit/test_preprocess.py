@@ -32,7 +32,12 @@ def test_scaling_statistics_come_from_the_training_split(tabular_frame, tabular_
 def test_images_are_reshaped_and_scaled_by_their_maximum():
     frame = pd.DataFrame(np.arange(40 * 4).reshape(40, 4) % 17, columns=[f"p{i}" for i in range(4)])
     frame["target"] = [0, 1] * 20
-    meta = {"target": "target", "task": "classification", "feature_columns": ["p0", "p1", "p2", "p3"], "image_shape": [2, 2, 1]}
+    meta = {
+        "target": "target",
+        "task": "classification",
+        "feature_columns": ["p0", "p1", "p2", "p3"],
+        "image_shape": [2, 2, 1],
+    }
     splits, state = preprocess_dataset(frame, meta, PreprocessParams(), seed=0)
     assert splits["train"].x.shape[1:] == (2, 2, 1) and state["input_shape"] == [2, 2, 1]
     assert state["scaling"] == {"kind": "max", "scale": 1 / 16}

@@ -64,7 +64,9 @@ def test_registry_round_trip_in_a_real_store(mlflow_store, tmp_path):
         uris.append((f"runs:/{run.info.run_id}/model", run.info.run_id))
     assert champion_metrics("m") == (None, None)
     first = register_version(uris[0][0], "m", uris[0][1])
-    apply_decision("m", first, decide({"accuracy": 0.9}, {"accuracy": 0.5}, None, "accuracy", RegisterParams(model_name="m")))
+    apply_decision(
+        "m", first, decide({"accuracy": 0.9}, {"accuracy": 0.5}, None, "accuracy", RegisterParams(model_name="m"))
+    )
     assert champion_metrics("m") == (first, {"accuracy": 0.9})
     second = register_version(uris[1][0], "m", uris[1][1])
     _, champion = champion_metrics("m")

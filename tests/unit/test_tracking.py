@@ -60,7 +60,23 @@ def test_git_tags_in_and_out_of_a_checkout(tmp_path):
     import subprocess
 
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
-    subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x"], check=True)
+    subprocess.run(
+        [
+            "git",
+            "-C",
+            str(tmp_path),
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "x",
+        ],
+        check=True,
+    )
     tags = tracking.git_tags(tmp_path)
     assert len(tags["git.commit"]) == 40 and tags["git.dirty"] == "False"
     (tmp_path / "new.txt").write_text("x")
