@@ -16,7 +16,6 @@ from typing import Any
 
 import pandas as pd
 
-from kerasflow import tracking
 from kerasflow.config import Params, flatten
 from kerasflow.io import atomic_path, read_json, write_json, write_text
 from kerasflow.layout import Layout
@@ -82,6 +81,7 @@ def train(params: Params, context: Context) -> dict[str, Any]:
     import keras
     import mlflow
 
+    from kerasflow import tracking
     from kerasflow.runtime import set_seeds
     from tasks.model import DataSpec, build_model
     from tasks.preprocess import read_split, read_state
@@ -145,6 +145,7 @@ def evaluate(params: Params, context: Context) -> dict[str, Any]:
     import keras
     import mlflow
 
+    from kerasflow import tracking
     from tasks.evaluate import (
         baseline_metrics,
         is_better,
@@ -203,6 +204,7 @@ def register(params: Params, context: Context) -> dict[str, Any]:
     """Register the model version and move `champion` only if the gate blesses it."""
     import mlflow
 
+    from kerasflow import tracking
     from tasks.preprocess import read_split
     from tasks.register import apply_decision, champion_metrics, decide, register_version, smoke_test
 

@@ -5,7 +5,6 @@ Run it with `python -m flows.training` (or `kerasflow run`); deploy it with pref
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -79,5 +78,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    logging.getLogger(__name__)
     sys.exit(main())

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -99,13 +100,12 @@ def git_tags(project_root: Path) -> dict[str, str]:
 def orchestration_tags() -> dict[str, str]:
     """Which Prefect flow run or DVC stage produced this run."""
     tags: dict[str, str] = {}
-    try:
+    # Only a process that imported Prefect can be inside a flow run; DVC stages skip the import.
+    if "prefect" in sys.modules:
         from prefect.runtime import flow_run
 
         if flow_run.id:
             tags.update({"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name)})
-    except ImportError:
-        pass
     if os.environ.get("KERASFLOW_DVC_STAGE"):
         tags["dvc.stage"] = os.environ["KERASFLOW_DVC_STAGE"]
     tags["kerasflow.entry"] = "prefect" if "prefect.flow_run_id" in tags else "dvc" if "dvc.stage" in tags else "python"

@@ -80,6 +80,10 @@ def test_dataset_is_batched_and_seeded(cancer):
     assert len(first) == 64 and np.array_equal(first, again)
 
 
-def test_device_summary_reports_cpu_here():
+def test_device_summary_matches_what_tensorflow_sees():
+    import tensorflow as tf
+
     summary = device_summary()
-    assert summary["device"] in ("CPU", "GPU") and summary["gpus"] == (summary["device"] == "GPU") * summary["gpus"]
+    assert summary["gpus"] == len(tf.config.list_physical_devices("GPU"))
+    assert summary["device"] == ("GPU" if summary["gpus"] else "CPU")
+    assert summary["tensorflow_version"] == tf.__version__
