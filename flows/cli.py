@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from kerasflow.runtime import configure_logging, quiet_defaults
+from kerasflow.runtime import quiet_defaults
 
 logger = logging.getLogger("kerasflow")
 
@@ -29,6 +29,7 @@ def parse_assignments(items: list[str]) -> dict[str, Any]:
 def report(result: dict[str, Any]) -> str:
     registration = result["registration"]
     lines = ["", "kerasflow: pipeline finished", f"  MLflow run      {result['run_id']}"]
+    lines.append(f"  outputs in      {result['workdir']}")
     lines += [
         f"  test {name:<10} {value:.4f}   (baseline {result['baseline'].get(name, float('nan')):.4f})"
         for name, value in result["metrics"].items()
@@ -45,7 +46,6 @@ def report(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     quiet_defaults()
-    configure_logging()
     parser = argparse.ArgumentParser(prog="kerasflow", description="Keras pipelines on Prefect, DVC and MLflow.")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the whole pipeline once as a Prefect flow")
@@ -53,16 +53,33 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a param"
     )
-    run.add_argument("--workdir", default=None, help="where data, models and reports go (default: beside params)")
+    run.add_argument("--workdir", default=None, help="where models and reports go (default: beside params)")
+    run.add_argument("--isolate", action="store_true", help="give the run a folder of its own under runs/")
+    run.add_argument("--no-cache", action="store_true", help="run ingest and preprocess even if cached")
     run.add_argument("--json", action="store_true", help="print the result as JSON")
+    serve = commands.add_parser("serve", help="serve the flow (no work pool needed); trigger runs from Prefect")
+    serve.add_argument("--name", default="kerasflow-serve", help="the deployment name (default: kerasflow-serve)")
+    serve.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
     stage = commands.add_parser("stage", help="run one stage as `dvc repro` does")
     stage.add_argument("name")
     args = parser.parse_args(argv)
 
+    if args.command != "stage" and not logger.handlers:
+        # Prefect formats and ships the logs of flow runs; the command's own errors go to stderr.
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s kerasflow: %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
     if args.command == "stage":
         from flows.dvc_stage import main as stage_main
 
         return stage_main([args.name])
+    if args.command == "serve":
+        from flows.training import training_pipeline
+
+        # Each served run gets its own run folder, like a deployment run on a work pool.
+        training_pipeline.serve(name=args.name, parameters={"params_path": args.params, "isolate": True})
+        return 0
 
     from kerasflow.config import ConfigError, load_params
 
@@ -75,7 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     from flows.training import training_pipeline
 
     try:
-        result = training_pipeline(params_path=args.params, overrides=overrides or None, workdir=args.workdir)
+        result = training_pipeline(
+            params_path=args.params,
+            overrides=overrides or None,
+            workdir=args.workdir,
+            isolate=args.isolate,
+            cache_data=not args.no_cache,
+        )
     except Exception as error:
         logger.error("pipeline failed: %s", error)
         return 1

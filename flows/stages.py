@@ -25,10 +25,28 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Context:
-    """Where a pipeline run works: its layout and the project root (where mlflow.db lives)."""
+    """Where a pipeline run works: its layout, the project root (where mlflow.db lives), and
+    the MLflow run when the caller opened one before the stages (the Prefect flow does)."""
 
     layout: Layout
     project_root: Path
+    run_id: str | None = None
+
+
+def run_tags(context: Context) -> dict[str, str]:
+    """Lineage of a pipeline run: git commit, and the Prefect flow run or DVC stage."""
+    from kerasflow import tracking
+
+    return {**tracking.git_tags(context.project_root), **tracking.orchestration_tags()}
+
+
+def begin_run(params: Params, context: Context) -> str:
+    """Create the MLflow run of a whole pipeline run (left RUNNING), with params and lineage."""
+    from kerasflow import tracking
+
+    experiment_id = tracking.configure(params.tracking, context.project_root)
+    tags = {**run_tags(context), "kerasflow.workdir": str(context.layout.root)}
+    return tracking.create_run(experiment_id, tags, flatten(params.to_dict()))
 
 
 def ingest(params: Params, context: Context) -> dict[str, Any]:
@@ -95,14 +113,13 @@ def train(params: Params, context: Context) -> dict[str, Any]:
     model = build_model(params.model, DataSpec.from_state(state))
     experiment_id = tracking.configure(params.tracking, context.project_root)
     tags = {
-        **tracking.git_tags(context.project_root),
-        **tracking.orchestration_tags(),
+        **run_tags(context),
         "data.md5": state["data_md5"],
         "data.source": ":".join(str(part) for part in state["source"].values() if part),
         "model.api": params.model.api,
         **{f"train.{key}": str(value) for key, value in device_summary().items()},
     }
-    with tracking.open_run(experiment_id) as run_id:
+    with tracking.open_run(experiment_id, run_id=context.run_id) as run_id:
         mlflow.set_tags(tags)
         tracking.log_params(flatten(params.to_dict()))
         lines: list[str] = []

@@ -1,35 +1,79 @@
 """The Prefect training pipeline: ingest → validate → preprocess → train → evaluate → register.
 
-Run it with `python -m flows.training` (or `kerasflow run`); deploy it with prefect.yaml.
+Run it with `kerasflow run` (or `python -m flows.training`); deploy it with prefect.yaml;
+serve it with `kerasflow serve`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
 
-from flows.stages import Context, Stage, build_stages
-from kerasflow.config import load_params
+from flows.stages import Context, Stage, begin_run, build_stages
+from kerasflow import tracking
+from kerasflow.config import Params, load_params
+from kerasflow.io import file_md5
 from kerasflow.layout import Layout
 
 # Stages whose work is I/O that can fail transiently (downloads, the tracking store).
 RETRIES = {"ingest": 2, "register": 2}
+RETRY_DELAYS = [2, 10]
+# Data stages cached on their content: the layout folder each one fills.
+CACHED_OUTPUTS = {"ingest": "raw_dir", "preprocess": "processed_dir"}
+CODE_ROOT = Path(__file__).resolve().parent.parent
 
 
-def as_task(stage: Stage) -> Any:
+def cache_folder(stage: Stage, params: Params, context: Context) -> Path:
+    """A folder named by the hash of everything a data stage's output depends on.
+
+    Its params section and the seed, its code, and its input data (the raw file's md5,
+    which is also the content hash DVC records for it). Same inputs, same folder: a
+    rerun, a concurrent run or another run folder reuses it.
+    """
+    section = params.ingest if stage.name == "ingest" else params.preprocess
+    parts: dict[str, Any] = {
+        "stage": stage.name,
+        "params": section.model_dump(mode="json"),
+        "seed": params.seed,
+        "code": [file_md5(CODE_ROOT / path) for path in stage.code],
+    }
+    if stage.name == "ingest" and params.ingest.source == "file":
+        parts["source_md5"] = file_md5(Path(params.ingest.path))
+    if stage.name == "preprocess":
+        parts["raw_md5"] = json.loads(context.layout.raw_meta.read_text())["md5"]
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
+    return context.project_root / ".kerasflow" / "cache" / f"{stage.name}-{digest}"
+
+
+def as_task(stage: Stage, cache_key: str | None = None, refresh: bool = False) -> Any:
     """The Prefect task that runs one stage (the same function `dvc repro` runs)."""
-    return task(
-        stage.run,
-        name=stage.name,
-        retries=RETRIES.get(stage.name, 0),
-        retry_delay_seconds=[2, 10],
-        cache_policy=NO_CACHE,
-    )
+    options: dict[str, Any] = {
+        "name": stage.name,
+        "retries": RETRIES.get(stage.name, 0),
+        "retry_delay_seconds": RETRY_DELAYS,
+    }
+    if cache_key is None:
+        return task(stage.run, cache_policy=NO_CACHE, **options)
+    # A missing output folder means the cached result is stale: run again and re-record it.
+    return task(stage.run, cache_key_fn=lambda *_: cache_key, persist_result=True, refresh_cache=refresh, **options)
+
+
+def run_folder(project_root: Path, workdir: str | None, isolate: bool) -> Path:
+    """Where this run's models and reports go: `workdir`, a folder of its own, or the project root."""
+    if workdir:
+        return Path(workdir)
+    if isolate:
+        return project_root / "runs" / (flow_run.id or "local")
+    return project_root
 
 
 def summary_markdown(results: dict[str, dict[str, Any]]) -> str:
@@ -38,7 +82,7 @@ def summary_markdown(results: dict[str, dict[str, Any]]) -> str:
         f"| {name} | {value:.4f} | {evaluation['baseline'].get(name, float('nan')):.4f} |"
         for name, value in evaluation["test"].items()
     )
-    run = training.get("run_url") or f"run `{training['run_id']}` in {training['tracking_uri']}"
+    run = training.get("run_url") or f"run `{training['run_id']}` in `{training['tracking_uri']}`"
     return (
         f"# kerasflow training run\n\n"
         f"**Model** `{registration['model_name']}` version {registration['version']} → **{registration['alias']}**\n\n"
@@ -49,22 +93,52 @@ def summary_markdown(results: dict[str, dict[str, Any]]) -> str:
 
 @flow(name="training-pipeline")
 def training_pipeline(
-    params_path: str = "params.yaml", overrides: dict[str, Any] | None = None, workdir: str | None = None
+    params_path: str = "params.yaml",
+    overrides: dict[str, Any] | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    learning_rate: float | None = None,
+    workdir: str | None = None,
+    isolate: bool = False,
+    cache_data: bool = True,
 ) -> dict[str, Any]:
-    """Run every stage in order and return the MLflow run id, test metrics and registration decision.
+    """Run every stage in order; return the MLflow run id, test metrics and registration decision.
 
     Args:
-        params_path: the params file; its folder is the project root (where mlflow.db lives).
+        params_path: the params file; its folder is the project root (mlflow.db, the data cache).
         overrides: params to change for this run, dotted (`{"train.epochs": 5}`) or nested.
-        workdir: where data, models and reports go (default: the project root).
+        epochs: shorthand for `train.epochs`; `batch_size` and `learning_rate` likewise.
+        workdir: where this run's models and reports go (default: the project root).
+        isolate: give this run a folder of its own, `runs/<flow-run-id>/` (deployments do).
+        cache_data: reuse ingest and preprocess outputs whose inputs have not changed.
     """
-    params = load_params(params_path, overrides)
+    shorthands = {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate}
+    changes = {**(overrides or {}), **{key: value for key, value in shorthands.items() if value is not None}}
+    params = load_params(params_path, changes or None)
     project_root = Path(params_path).resolve().parent
-    context = Context(Layout(Path(workdir) if workdir else project_root), project_root)
-    results = {stage.name: as_task(stage)(params, context) for stage in build_stages(context.layout)}
+    layout = Layout(run_folder(project_root, workdir, isolate), schema=project_root / "data" / "schema.json")
+    context = Context(layout, project_root)
+    open_run = task(begin_run, name="begin-run", retries=2, retry_delay_seconds=RETRY_DELAYS, cache_policy=NO_CACHE)
+    context = replace(context, run_id=open_run(params, context))
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        # The stage list dvc.yaml is generated from; this run's paths are in `context`, not in the list.
+        for stage in build_stages(Layout(project_root)):
+            key, refresh = None, False
+            if cache_data and stage.name in CACHED_OUTPUTS:
+                folder = cache_folder(stage, params, context)
+                context = replace(context, layout=replace(context.layout, **{CACHED_OUTPUTS[stage.name]: folder}))
+                key, refresh = folder.name, not any(folder.glob("*.json"))
+            results[stage.name] = as_task(stage, key, refresh)(params, context)
+    except BaseException:
+        tracking.mark_failed(context.run_id)
+        raise
     create_markdown_artifact(markdown=summary_markdown(results), key="training-summary", description="kerasflow run")
+    if results["train"].get("run_url"):
+        create_link_artifact(results["train"]["run_url"], link_text="MLflow run", key="mlflow-run")
     return {
-        "run_id": results["train"]["run_id"],
+        "run_id": context.run_id,
+        "workdir": str(context.layout.root),
         "metrics": results["evaluate"]["test"],
         "baseline": results["evaluate"]["baseline"],
         "registration": results["register"],

@@ -12,20 +12,30 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class Layout:
-    """The files of one pipeline workspace."""
+    """The files of one pipeline workspace.
+
+    `raw_dir`, `processed_dir` and `schema` default to folders under `root`; a Prefect
+    run may point them elsewhere (a content-addressed cache, the project's schema)
+    while its models and reports stay in its own run folder.
+    """
 
     root: Path
+    raw_dir: Path = None  # type: ignore[assignment]
+    processed_dir: Path = None  # type: ignore[assignment]
+    schema: Path = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "root", Path(self.root).resolve())
+        root = Path(self.root).resolve()
+        defaults = {"raw_dir": root / "data" / "raw", "processed_dir": root / "data" / "processed"}
+        defaults["schema"] = root / "data" / "schema.json"
+        object.__setattr__(self, "root", root)
+        for name, default in defaults.items():
+            value = getattr(self, name)
+            object.__setattr__(self, name, Path(value).resolve() if value is not None else default)
 
     def relative(self, path: Path) -> str:
         """A path as written in dvc.yaml (relative to the root, with forward slashes)."""
         return path.relative_to(self.root).as_posix()
-
-    @property
-    def raw_dir(self) -> Path:
-        return self.root / "data" / "raw"
 
     @property
     def raw_data(self) -> Path:
@@ -34,14 +44,6 @@ class Layout:
     @property
     def raw_meta(self) -> Path:
         return self.raw_dir / "dataset.json"
-
-    @property
-    def schema(self) -> Path:
-        return self.root / "data" / "schema.json"
-
-    @property
-    def processed_dir(self) -> Path:
-        return self.root / "data" / "processed"
 
     @property
     def models_dir(self) -> Path:

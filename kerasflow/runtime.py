@@ -16,6 +16,10 @@ QUIET_ENVIRONMENT = {
     "DVC_NO_ANALYTICS": "1",
     "TF_CPP_MIN_LOG_LEVEL": "2",
     "GIT_PYTHON_REFRESH": "quiet",
+    # Prefect shows (and sends to its UI) the logs of kerasflow's own modules too.
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "kerasflow,flows,tasks",
+    # ...and the same modules, used outside a flow run (DVC stages), log locally without complaint.
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
 }
 
 

@@ -68,6 +68,18 @@ def open_run(experiment_id: str, run_id: str | None = None, run_name: str | None
     mlflow.end_run(status="FINISHED")
 
 
+def create_run(experiment_id: str, tags: dict[str, str], flat_params: dict[str, Any]) -> str:
+    """Create a run that stays RUNNING until a stage closes it (or `mark_failed`)."""
+    client = MlflowClient()
+    run_id = client.create_run(experiment_id, tags=tags).info.run_id
+    try:
+        log_params(flat_params, run_id=run_id)
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    return run_id
+
+
 def mark_failed(run_id: str) -> None:
     """Mark a run FAILED from outside it (e.g. a flow that failed after the run closed)."""
     MlflowClient().set_terminated(run_id, status="FAILED")
@@ -77,10 +89,10 @@ def is_secret(name: str) -> bool:
     return any(marker in name.upper() for marker in SECRET_MARKERS)
 
 
-def log_params(flat_params: dict[str, Any]) -> None:
-    """Log flattened params, leaving out anything named like a secret."""
+def log_params(flat_params: dict[str, Any], run_id: str | None = None) -> None:
+    """Log flattened params (to the active run, or `run_id`), leaving out anything named like a secret."""
     safe = {name: ("" if value is None else value) for name, value in flat_params.items() if not is_secret(name)}
-    mlflow.log_params(safe)
+    mlflow.log_params(safe, run_id=run_id)
 
 
 def git_tags(project_root: Path) -> dict[str, str]:

@@ -101,8 +101,10 @@ def champion_metrics(model_name: str, prefix: str = "test_") -> tuple[str | None
 
 def smoke_test(model_uri: str, example: np.ndarray) -> tuple[bool, str]:
     """Load the logged model back through MLflow's pyfunc flavor and predict on its example."""
+    import keras
     import mlflow
 
+    keras.utils.disable_interactive_logging()  # No progress bar in the pipeline's logs.
     try:
         predictions = np.asarray(mlflow.pyfunc.load_model(model_uri).predict(example))
     except Exception as error:  # Any failure to load or predict means the model is not servable.
