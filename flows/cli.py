@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from typing import Any
 
 import yaml
 
 from kerasflow.runtime import quiet_defaults
-
-logger = logging.getLogger("kerasflow")
 
 
 def parse_assignments(items: list[str]) -> dict[str, Any]:
@@ -64,12 +61,6 @@ def main(argv: list[str] | None = None) -> int:
     stage.add_argument("name")
     args = parser.parse_args(argv)
 
-    if args.command != "stage" and not logger.handlers:
-        # Prefect formats and ships the logs of flow runs; the command's own errors go to stderr.
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s kerasflow: %(message)s"))
-        logger.addHandler(handler)
-        logger.propagate = False
     if args.command == "stage":
         from flows.dvc_stage import main as stage_main
 
@@ -87,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         load_params(args.params, overrides)  # Fail before Prefect starts a server for a bad config.
     except ConfigError as error:
-        logger.error("%s", error)
+        # Prefect formats the logs of flow runs; the command's own errors go straight to stderr.
+        sys.stderr.write(f"kerasflow: {error}\n")
         return 2
     from flows.training import training_pipeline
 
@@ -100,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             cache_data=not args.no_cache,
         )
     except Exception as error:
-        logger.error("pipeline failed: %s", error)
+        sys.stderr.write(f"kerasflow: pipeline failed: {error}\n")
         return 1
     sys.stdout.write((json.dumps(result, indent=2, default=str) if args.json else report(result)) + "\n")
     return 0
