@@ -35,9 +35,14 @@ def report(result: dict[str, Any]) -> str:
         f"  registered      {registration['model_name']} version {registration['version']} -> {registration['alias']}",
         f"  decision        {'; '.join(registration['reasons'])}",
         "",
-        "Review it in the MLflow UI:  .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000",
-        "then open http://127.0.0.1:5000",
     ]
+    if result.get("run_url"):
+        lines.append(f"Review it in the MLflow UI: {result['run_url']}")
+    else:
+        lines += [
+            "Review it in the MLflow UI:  .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000",
+            "then open http://127.0.0.1:5000",
+        ]
     return "\n".join(lines)
 
 

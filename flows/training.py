@@ -138,6 +138,7 @@ def training_pipeline(
         create_link_artifact(results["train"]["run_url"], link_text="MLflow run", key="mlflow-run")
     return {
         "run_id": context.run_id,
+        "run_url": results["train"].get("run_url"),
         "workdir": str(context.layout.root),
         "metrics": results["evaluate"]["test"],
         "baseline": results["evaluate"]["baseline"],
