@@ -32,7 +32,21 @@ CACHED_OUTPUTS = {"ingest": "raw_dir", "preprocess": "processed_dir"}
 CODE_ROOT = Path(__file__).resolve().parent.parent
 
 
-def cache_folder(stage: Stage, params: Params, context: Context) -> Path:
+def is_transient(error: BaseException) -> bool:
+    """Worth a retry: the network or a server, not bad input or a bug."""
+    return isinstance(error, (ConnectionError, TimeoutError)) or bool(getattr(error, "transient", False))
+
+
+def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect retry condition: retry a failed stage only when its error was transient."""
+    try:
+        state.result()
+    except Exception as error:  # The failed state re-raises the stage's own exception here.
+        return is_transient(error)
+    return False
+
+
+def cache_folder(stage: Stage, params: Params, context: Context) -> Path | None:
     """A folder named by the hash of everything a data stage's output depends on.
 
     Its params section and the seed, its code, and its input data (the raw file's md5,
@@ -47,6 +61,8 @@ def cache_folder(stage: Stage, params: Params, context: Context) -> Path:
         "code": [file_md5(CODE_ROOT / path) for path in stage.code],
     }
     if stage.name == "ingest" and params.ingest.source == "file":
+        if not Path(params.ingest.path).is_file():
+            return None  # Nothing to key on: let ingest itself say what is wrong with the path.
         parts["source_md5"] = file_md5(Path(params.ingest.path))
     if stage.name == "preprocess":
         parts["raw_md5"] = json.loads(context.layout.raw_meta.read_text())["md5"]
@@ -60,6 +76,7 @@ def as_task(stage: Stage, cache_key: str | None = None, refresh: bool = False) -
         "name": stage.name,
         "retries": RETRIES.get(stage.name, 0),
         "retry_delay_seconds": RETRY_DELAYS,
+        "retry_condition_fn": retry_if_transient,
     }
     if cache_key is None:
         return task(stage.run, cache_policy=NO_CACHE, **options)
@@ -118,15 +135,17 @@ def training_pipeline(
     project_root = Path(params_path).resolve().parent
     layout = Layout(run_folder(project_root, workdir, isolate), schema=project_root / "data" / "schema.json")
     context = Context(layout, project_root)
-    open_run = task(begin_run, name="begin-run", retries=2, retry_delay_seconds=RETRY_DELAYS, cache_policy=NO_CACHE)
+    open_run = task(
+        begin_run, name="begin-run", retries=2, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_if_transient
+    ).with_options(cache_policy=NO_CACHE)
     context = replace(context, run_id=open_run(params, context))
     results: dict[str, dict[str, Any]] = {}
     try:
         # The stage list dvc.yaml is generated from; this run's paths are in `context`, not in the list.
         for stage in build_stages(Layout(project_root)):
             key, refresh = None, False
-            if cache_data and stage.name in CACHED_OUTPUTS:
-                folder = cache_folder(stage, params, context)
+            folder = cache_folder(stage, params, context) if cache_data and stage.name in CACHED_OUTPUTS else None
+            if folder is not None:
                 context = replace(context, layout=replace(context.layout, **{CACHED_OUTPUTS[stage.name]: folder}))
                 key, refresh = folder.name, not any(folder.glob("*.json"))
             results[stage.name] = as_task(stage, key, refresh)(params, context)

@@ -22,7 +22,11 @@ KERAS_ORIGIN = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
 
 
 class DataSourceError(RuntimeError):
-    """The raw data could not be read or downloaded."""
+    """The raw data could not be read or downloaded; `transient` when trying again may help."""
+
+    def __init__(self, message: str, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 @dataclass(frozen=True)
@@ -66,7 +70,8 @@ def _load_keras(name: str) -> pd.DataFrame:
         raise DataSourceError(
             f"could not load keras.datasets.{name} (downloaded from {KERAS_ORIGIN} on first use, "
             f"then cached in ~/.keras/datasets): {error}. Check the network, or copy the file into "
-            "the cache, or point ingest at a local file with source: file."
+            "the cache, or point ingest at a local file with source: file.",
+            transient=True,
         ) from error
     features = np.concatenate([x_train, x_test])
     labels = np.concatenate([y_train, y_test])

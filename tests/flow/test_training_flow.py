@@ -79,3 +79,30 @@ def test_bad_override_fails_the_flow_before_any_stage(prefect_harness, project):
     with pytest.raises(Exception, match=r"train\.epochs"):
         state.result()
     assert not (project / "data").exists() and not (project / "mlflow.db").exists()
+
+
+def test_a_stage_that_fails_for_good_fails_the_flow_and_the_mlflow_run(prefect_harness, project):
+    from flows.training import training_pipeline
+
+    missing = project / "nowhere" / "houses.csv"
+    state = training_pipeline(
+        params_path=str(project / "params.yaml"),
+        overrides={"ingest": {"source": "file", "path": str(missing)}},
+        return_state=True,
+    )
+    assert state.is_failed()
+    with pytest.raises(Exception, match="houses.csv: file not found"):
+        state.result()
+    client = use_store(project / "mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("kerasflow").experiment_id])
+    assert run.info.status == "FAILED"
+    assert run.data.tags["prefect.flow_run_id"] == str(state.state_details.flow_run_id)
+    assert not (project / "reports").exists()
+
+
+def test_only_transient_errors_are_retried():
+    from flows.training import is_transient
+    from tasks.ingest import DataSourceError
+
+    assert is_transient(ConnectionError("refused")) and is_transient(DataSourceError("offline", transient=True))
+    assert not is_transient(DataSourceError("x.csv: file not found")) and not is_transient(ValueError("bad"))
