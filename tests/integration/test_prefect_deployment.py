@@ -57,11 +57,11 @@ def deployment(tmp_path_factory):
             yield project, env, root
 
 
-def trigger(deployment, *params: str) -> str:
+def trigger(deployment, *params: str, name: str = DEPLOYMENT) -> str:
     project, env, _ = deployment
     arguments = [item for param in params for item in ("--param", param)]
     result = subprocess.run(
-        [str(BIN / "prefect"), "--no-prompt", "deployment", "run", DEPLOYMENT, *arguments],
+        [str(BIN / "prefect"), "--no-prompt", "deployment", "run", name, *arguments],
         cwd=project, env=env, capture_output=True, text=True, timeout=120, check=True,
     )  # fmt: skip
     return re.search(r"UUID: ([0-9a-f-]{36})", result.stdout).group(1)
@@ -142,3 +142,23 @@ def test_a_bad_override_fails_the_deployment_run_naming_the_key(deployment):
     state = wait_for(deployment, flow_run_id)[flow_run_id]
     assert state["type"] == "FAILED" and "train.epohcs: unknown key" in state["message"]
     assert not (project / "runs" / flow_run_id).exists()
+
+
+def test_kerasflow_serve_runs_the_flow_without_a_work_pool(deployment):
+    project, env, root = deployment
+    with background([str(BIN / "kerasflow"), "serve", "--name", "served"], root / "serve.log", env, cwd=project):
+        deadline = time.monotonic() + 120
+        while True:
+            listed = subprocess.run(
+                [str(BIN / "prefect"), "deployment", "ls"], env=env, capture_output=True, text=True, timeout=60
+            )
+            if "served" in listed.stdout:
+                break
+            assert time.monotonic() < deadline, (root / "serve.log").read_text()[-3000:]
+            time.sleep(2)
+        flow_run_id = trigger(deployment, "epochs=1", name="training-pipeline/served")
+        state = wait_for(deployment, flow_run_id)[flow_run_id]
+    assert state["type"] == "COMPLETED", (root / "serve.log").read_text()[-3000:]
+    _, run = mlflow_run_of(project, flow_run_id)
+    assert run.data.params["train.epochs"] == "1"
+    assert (project / "runs" / flow_run_id / "reports" / "metrics.json").is_file()  # served runs are isolated too
