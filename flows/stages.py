@@ -8,7 +8,10 @@ for `dvc repro`; `dvc.yaml` is generated from `STAGES`, so the two cannot drift.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +97,39 @@ def preprocess(params: Params, context: Context) -> dict[str, Any]:
     return state["rows"]
 
 
+def backup_folder(params: Params, context: Context, data_md5: str) -> Path:
+    """Where training keeps its per-epoch backup: one folder per (run folder, model, training, data),
+    so a rerun with the same config resumes and a changed config never restores the wrong weights."""
+    config = {"model": params.model.model_dump(mode="json"), "train": params.train.model_dump(mode="json")}
+    config.update(seed=params.seed, data=data_md5)
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+    return context.layout.backup_dir / digest
+
+
+def resume_history(backup: Path, run_id: str) -> pd.DataFrame:
+    """Epochs a killed attempt finished: replayed into this run so its history has each epoch once.
+
+    The killed attempt's own MLflow run (left RUNNING by the kill) is marked FAILED.
+    """
+    from kerasflow import tracking
+    from tasks.train import completed_epochs
+
+    done = completed_epochs(backup)
+    log = backup / "epochs.csv"
+    marker = backup / "mlflow_run.json"
+    if marker.is_file() and (previous := read_json(marker)["run_id"]) != run_id:
+        tracking.mark_failed(previous)
+    write_json(marker, {"run_id": run_id})
+    if not done or not log.is_file():
+        log.unlink(missing_ok=True)
+        return pd.DataFrame()
+    earlier = pd.read_csv(log).drop_duplicates("epoch", keep="last")
+    earlier = earlier[earlier["epoch"] < done].sort_values("epoch")
+    tracking.replay_epochs(earlier.to_dict("records"))
+    logger.info("resuming training after epoch %d of an interrupted attempt", done)
+    return earlier.drop(columns="epoch").reset_index(drop=True)
+
+
 def train(params: Params, context: Context) -> dict[str, Any]:
     """Build and fit the model; create the MLflow run and log params, lineage, epochs and the model."""
     import keras
@@ -119,6 +155,7 @@ def train(params: Params, context: Context) -> dict[str, Any]:
         "model.api": params.model.api,
         **{f"train.{key}": str(value) for key, value in device_summary().items()},
     }
+    backup = backup_folder(params, context, state["data_md5"])
     with tracking.open_run(experiment_id, run_id=context.run_id) as run_id:
         mlflow.set_tags(tags)
         tracking.log_params(flatten(params.to_dict()))
@@ -126,6 +163,7 @@ def train(params: Params, context: Context) -> dict[str, Any]:
         model.summary(print_fn=lambda line, *args, **kwargs: lines.append(line))
         write_text(layout.model_summary, "\n".join(lines) + "\n")
         mlflow.log_artifact(str(layout.model_summary))
+        earlier = resume_history(backup, run_id)
         history = train_model(
             model,
             train_split,
@@ -133,14 +171,14 @@ def train(params: Params, context: Context) -> dict[str, Any]:
             params.train,
             params.seed,
             checkpoint_path=layout.checkpoint_file,
-            backup_dir=layout.backup_dir,
+            backup_dir=backup,
             callbacks=[tracking.epoch_logger()],
         )
+        frame = pd.concat([earlier, pd.DataFrame(history)], ignore_index=True)
+        frame.insert(0, "epoch", range(len(frame)))
         layout.checkpoint_file.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(layout.model_file) as temporary:
             model.save(temporary)
-        frame = pd.DataFrame(history)
-        frame.insert(0, "epoch", range(len(frame)))
         with atomic_path(layout.history) as temporary:
             frame.to_csv(temporary, index=False)
         mlflow.log_metric("epochs_trained", len(frame))
@@ -153,13 +191,30 @@ def train(params: Params, context: Context) -> dict[str, Any]:
             "run_url": tracking.run_url(run_id, experiment_id),
         }
         write_json(layout.run_file, payload)
+    shutil.rmtree(backup, ignore_errors=True)
     keras.backend.clear_session()
     return {**payload, "epochs_trained": len(frame), "final_loss": float(frame["loss"].iloc[-1])}
 
 
+def load_model_safely(path: Path) -> Any:
+    """Load a .keras file with Keras' safe mode: a model that would run code (a Lambda layer) is refused."""
+    import keras
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; run the train stage first")
+    try:
+        return keras.saving.load_model(path, safe_mode=True)
+    except ValueError as error:
+        if "safe_mode" in str(error) or "Lambda" in str(error):
+            raise ValueError(
+                f"{path}: refused to load a model that carries Python code (e.g. a Lambda layer); "
+                "kerasflow loads models with safe_mode=True"
+            ) from error
+        raise
+
+
 def evaluate(params: Params, context: Context) -> dict[str, Any]:
     """Score the model and the scikit-learn baseline on the test split; write metrics and plots."""
-    import keras
     import mlflow
 
     from kerasflow import tracking
@@ -179,7 +234,7 @@ def evaluate(params: Params, context: Context) -> dict[str, Any]:
     state = read_state(layout.processed_dir)
     task, n_classes = state["task"], len(state.get("classes") or [])
     train_split, test_split = read_split(layout.processed_dir, "train"), read_split(layout.processed_dir, "test")
-    model = keras.saving.load_model(layout.model_file, safe_mode=True)
+    model = load_model_safely(layout.model_file)
     outputs = model.predict(test_split.x, verbose=0)
     scores = score_predictions(task, test_split.y, outputs, n_classes)
     baseline_name, baseline = baseline_metrics(params.evaluate, task, train_split, test_split, n_classes, params.seed)

@@ -39,9 +39,32 @@ def is_local_store(uri: str) -> bool:
     return uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri
 
 
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """For a tracking server, one quick health check, so a pipeline fails before training, not after.
+
+    MLflow's own client would retry an unreachable server for minutes.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            return
+    except urllib.error.HTTPError:
+        return  # It answered; authentication or routing is MLflow's business from here on.
+    except (OSError, ValueError) as error:
+        raise ConnectionError(
+            f"MLflow tracking server {uri} is not reachable ({error}); start it, or unset MLFLOW_TRACKING_URI "
+            "to use the local sqlite store"
+        ) from error
+
+
 def configure(params: TrackingParams, project_root: Path) -> str:
     """Point MLflow at the store and make sure the experiment exists; return the experiment id."""
     uri = resolve_tracking_uri(params, project_root)
+    check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:
@@ -134,6 +157,13 @@ def epoch_logger() -> Any:
                 mlflow.log_metrics({name: float(value) for name, value in logs.items()}, step=epoch)
 
     return MlflowEpochLogger()
+
+
+def replay_epochs(rows: list[dict[str, Any]]) -> None:
+    """Log earlier epochs (each a dict with `epoch` and its metrics) to the active run."""
+    for row in rows:
+        values = {name: float(value) for name, value in row.items() if name != "epoch"}
+        mlflow.log_metrics(values, step=int(row["epoch"]))
 
 
 def run_url(run_id: str, experiment_id: str) -> str | None:

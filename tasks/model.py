@@ -73,6 +73,20 @@ def default_metrics(data: DataSpec) -> list[Any]:
     return ["accuracy"]
 
 
+def check_loss(spec: ModelParams, data: DataSpec) -> str:
+    """The loss to compile with; one that cannot fit the labels is a ConfigError naming both."""
+    if spec.loss == "auto":
+        return default_loss(data)
+    loss = checked(keras.losses.get, spec.loss, "model.loss")
+    if data.task == "classification" and data.output_units > 1 and "binary" in spec.loss:
+        raise ConfigError(f"model.loss {spec.loss!r} needs 2 classes, but the data has {data.n_classes}")
+    if data.task == "classification" and data.output_units == 1 and "categorical" in spec.loss:
+        raise ConfigError(f"model.loss {spec.loss!r} needs 3 or more classes; the data has 2 (use binary_crossentropy)")
+    if data.task == "regression" and "crossentropy" in spec.loss:
+        raise ConfigError(f"model.loss {spec.loss!r} is for classification, but the target is a regression target")
+    return loss
+
+
 def make_optimizer(spec: ModelParams) -> keras.optimizers.Optimizer:
     options = spec.optimizer
     arguments: dict[str, Any] = {"learning_rate": options.learning_rate}
@@ -150,7 +164,7 @@ def build_model(spec: ModelParams, data: DataSpec) -> keras.Model:
         model = keras.Model(inputs, outputs, name=name)
     model.compile(
         optimizer=make_optimizer(spec),
-        loss=default_loss(data) if spec.loss == "auto" else checked(keras.losses.get, spec.loss, "model.loss"),
+        loss=check_loss(spec, data),
         metrics=default_metrics(data),
     )
     return model

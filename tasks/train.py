@@ -6,6 +6,7 @@ per-epoch logger), so this function is the same under Prefect, DVC and tests.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,10 +41,22 @@ def make_dataset(split: Split, batch_size: int, shuffle: bool, seed: int) -> tf.
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
+def completed_epochs(backup_dir: Path | None) -> int:
+    """How many epochs a killed earlier attempt finished (0 if there is no backup to resume from)."""
+    metadata = backup_dir / "training_metadata.json" if backup_dir else None
+    if metadata is None or not metadata.is_file():
+        return 0
+    return int(json.loads(metadata.read_text())["epoch"])
+
+
 def training_callbacks(
-    params: TrainParams, checkpoint_path: Path | None, backup_dir: Path | None
+    params: TrainParams,
+    checkpoint_path: Path | None,
+    backup_dir: Path | None,
+    injected: Sequence[keras.callbacks.Callback] = (),
 ) -> list[keras.callbacks.Callback]:
-    """The callbacks params.yaml asks for, plus NaN protection and resumable backups."""
+    """The callbacks params.yaml asks for, the caller's, then per-epoch log and backup (last, so an
+    epoch is logged before the backup says it is done)."""
     callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN()]
     stopping = params.early_stopping
     if stopping.enabled:
@@ -62,8 +75,11 @@ def training_callbacks(
                 str(checkpoint_path), monitor=stopping.monitor, save_best_only=True, save_weights_only=True
             )
         )
+    callbacks.extend(injected)
     if backup_dir is not None:
-        # A killed run resumes from its last finished epoch; the backup is removed after success.
+        # A killed run resumes from its last finished epoch; the epoch log survives with the backup.
+        backup_dir.mkdir(parents=True, exist_ok=True)
+        callbacks.append(keras.callbacks.CSVLogger(str(backup_dir / "epochs.csv"), append=True))
         callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=True))
     return callbacks
 
@@ -86,7 +102,7 @@ def train_model(
         make_dataset(train_split, params.batch_size, params.shuffle, seed),
         validation_data=make_dataset(val_split, params.batch_size, False, seed),
         epochs=params.epochs,
-        callbacks=[*training_callbacks(params, checkpoint_path, backup_dir), *callbacks],
+        callbacks=training_callbacks(params, checkpoint_path, backup_dir, callbacks),
         shuffle=False,  # The tf.data pipeline shuffles.
         verbose=0,
     )

@@ -106,3 +106,17 @@ def test_bad_specs_name_the_layer(layers, expected):
 def test_unknown_loss_is_named():
     with pytest.raises(ConfigError, match="model.loss"):
         build_model(spec(layers=[{"type": "dense", "units": 2}], loss="hinge_of_doom"), BINARY)
+
+
+@pytest.mark.parametrize(
+    ("loss", "data", "expected"),
+    [
+        ("binary_crossentropy", IMAGES, "needs 2 classes, but the data has 10"),
+        ("sparse_categorical_crossentropy", BINARY, "needs 3 or more classes"),
+        ("categorical_crossentropy", TABLE, "is for classification"),
+    ],
+)
+def test_a_loss_that_cannot_fit_the_labels_is_named(loss, data, expected):
+    layers = [{"type": "flatten"}] if data is IMAGES else [{"type": "dense", "units": 2}]
+    with pytest.raises(ConfigError, match=f"model.loss '{loss}' {expected}"):
+        build_model(spec(layers=layers, loss=loss), data)

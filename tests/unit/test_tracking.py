@@ -86,3 +86,25 @@ def test_git_tags_in_and_out_of_a_checkout(tmp_path):
 def test_orchestration_tags_outside_prefect(monkeypatch):
     monkeypatch.setenv("KERASFLOW_DVC_STAGE", "train")
     assert tracking.orchestration_tags() == {"dvc.stage": "train", "kerasflow.entry": "dvc"}
+
+
+def test_an_unreachable_tracking_server_fails_fast_naming_the_uri(tmp_path, monkeypatch):
+    import socket
+    import time
+
+    with socket.socket() as probe:  # a loopback port with nothing listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    started = time.monotonic()
+    with pytest.raises(ConnectionError, match=f"MLflow tracking server http://127.0.0.1:{port} is not reachable"):
+        tracking.configure(TrackingParams(), tmp_path)
+    assert time.monotonic() - started < 10  # not MLflow's minutes of retries
+
+
+def test_replayed_epochs_land_once_per_step(mlflow_store, tmp_path):
+    experiment_id = tracking.configure(TrackingParams(), tmp_path)
+    with tracking.open_run(experiment_id) as run_id:
+        tracking.replay_epochs([{"epoch": 0, "loss": 2.0}, {"epoch": 1, "loss": 1.0}])
+    history = mlflow.MlflowClient().get_metric_history(run_id, "loss")
+    assert [(point.step, point.value) for point in history] == [(0, 2.0), (1, 1.0)]
