@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -159,24 +160,28 @@ def train(params: Params, context: Context) -> dict[str, Any]:
     with tracking.open_run(experiment_id, run_id=context.run_id) as run_id:
         mlflow.set_tags(tags)
         tracking.log_params(flatten(params.to_dict()))
-        lines: list[str] = []
-        model.summary(print_fn=lambda line, *args, **kwargs: lines.append(line))
-        write_text(layout.model_summary, "\n".join(lines) + "\n")
-        mlflow.log_artifact(str(layout.model_summary))
         earlier = resume_history(backup, run_id)
+        # The best-weights checkpoint grows beside the backup; outputs appear only when training succeeded.
+        checkpoint = backup.with_name(f"{backup.name}.best.weights.h5")
         history = train_model(
             model,
             train_split,
             val_split,
             params.train,
             params.seed,
-            checkpoint_path=layout.checkpoint_file,
+            checkpoint_path=checkpoint,
             backup_dir=backup,
             callbacks=[tracking.epoch_logger()],
         )
         frame = pd.concat([earlier, pd.DataFrame(history)], ignore_index=True)
         frame.insert(0, "epoch", range(len(frame)))
         layout.checkpoint_file.parent.mkdir(parents=True, exist_ok=True)
+        if checkpoint.is_file():
+            os.replace(checkpoint, layout.checkpoint_file)
+        lines: list[str] = []
+        model.summary(print_fn=lambda line, *args, **kwargs: lines.append(line))
+        write_text(layout.model_summary, "\n".join(lines) + "\n")
+        mlflow.log_artifact(str(layout.model_summary))
         with atomic_path(layout.model_file) as temporary:
             model.save(temporary)
         with atomic_path(layout.history) as temporary:
