@@ -22,13 +22,15 @@ def project(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_default_pipeline_registers_a_champion_digits_cnn(prefect_harness, project):
+def test_default_pipeline_registers_a_champion_digits_cnn(prefect_harness, project, monkeypatch):
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.client.schemas.sorting import TaskRunSort
 
     from flows.training import training_pipeline
 
+    secret = "s3cr3t-value-that-must-not-leak"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
     state = training_pipeline(params_path=str(project / "params.yaml"), return_state=True)
     assert state.is_completed(), state
     result = state.result()
@@ -66,6 +68,8 @@ def test_default_pipeline_registers_a_champion_digits_cnn(prefect_harness, proje
     ran = [task_run.name.rsplit("-", 1)[0] for task_run in sorted(task_runs, key=lambda t: t.start_time)]
     assert ran == ["begin-run", *(stage.name for stage in build_stages(Layout(project)))]
     summary = next(artifact for artifact in artifacts if artifact.key == "training-summary")
+    recorded = [*run.data.params.values(), *run.data.tags.values(), summary.data]
+    assert not any(secret in str(value) for value in recorded)  # environment secrets are never logged
     assert result["run_id"] in summary.data and "champion" in summary.data
 
 

@@ -279,3 +279,50 @@ def test_a_model_that_carries_code_is_refused(base_project, tmp_path, monkeypatc
         assert dvc_stage.main(["evaluate"]) == 1
     assert "refused to load a model that carries Python code" in caplog.text
     assert (project / "reports" / "metrics.json").read_bytes() == before
+
+
+def test_a_registration_that_fails_half_way_leaves_the_champion(base_project, tmp_path, monkeypatch, caplog):
+    """The store goes away after the version is created: the alias stays where it was."""
+    from mlflow.tracking import MlflowClient
+
+    project = tmp_path / "project"
+    shutil.copytree(base_project, project)
+    monkeypatch.chdir(project)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    client = use_store(project / "mlflow.db")
+    champion = client.get_model_version_by_alias(MODEL, "champion").version
+
+    def store_gone(self, *args, **kwargs):
+        raise ConnectionError("the tracking store went away")
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", store_gone)
+    with caplog.at_level(logging.ERROR):
+        assert dvc_stage.main(["register"]) == 1
+    monkeypatch.undo()
+    assert "the tracking store went away" in caplog.text
+    client = use_store(project / "mlflow.db")
+    assert client.get_model_version_by_alias(MODEL, "champion").version == champion
+    newest = max(client.search_model_versions(f"name='{MODEL}'"), key=lambda version: int(version.version))
+    assert int(newest.version) > int(champion) and not newest.aliases  # created, but promoted nowhere
+    runs = client.search_runs([client.get_experiment_by_name("kerasflow").experiment_id])
+    assert all(run.info.status != "RUNNING" for run in runs)
+
+
+def test_an_unreachable_tracking_server_stops_training_before_it_starts(base_project, tmp_path, monkeypatch, caplog):
+    import socket
+    import time
+
+    project = tmp_path / "project"
+    shutil.copytree(base_project, project)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        uri = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    before = fingerprint(project)
+    started = time.monotonic()
+    with caplog.at_level(logging.ERROR):
+        assert dvc_stage.main(["train"]) == 1
+    assert time.monotonic() - started < 30  # no training time wasted
+    assert f"MLflow tracking server {uri} is not reachable" in caplog.text
+    assert fingerprint(project) == before
