@@ -14,6 +14,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from kerasflow.config import LOWER_IS_BETTER, EvaluateParams
+from kerasflow.io import atomic_path
 from tasks.preprocess import Split
 
 
@@ -130,7 +131,8 @@ def plot_training_curves(history: pd.DataFrame, path: Path) -> None:
         axis.set_title(name)
         axis.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=100, format="png")
     plt.close(figure)
 
 
@@ -145,5 +147,6 @@ def plot_confusion_matrix(predictions: pd.DataFrame, path: Path) -> None:
     figure, axis = plt.subplots(figsize=(1 + 0.5 * len(labels), 1 + 0.5 * len(labels)))
     skm.ConfusionMatrixDisplay(matrix, display_labels=labels).plot(ax=axis, colorbar=False)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=100, format="png")
     plt.close(figure)
