@@ -140,21 +140,23 @@ def train(params: Params, context: Context) -> dict[str, Any]:
     from kerasflow.runtime import set_seeds
     from tasks.model import DataSpec, build_model
     from tasks.preprocess import read_split, read_state
-    from tasks.train import device_summary, train_model
+    from tasks.train import accelerator_plan, device_summary, distribution_strategy, train_model
 
     layout = context.layout
     state = read_state(layout.processed_dir)
     train_split, val_split = read_split(layout.processed_dir, "train"), read_split(layout.processed_dir, "val")
     set_seeds(params.seed)
+    plan = accelerator_plan(params.train)
     # Build before the run exists: a bad model spec fails without leaving a run behind.
-    model = build_model(params.model, DataSpec.from_state(state))
+    with distribution_strategy(plan).scope():
+        model = build_model(params.model, DataSpec.from_state(state), jit_compile=plan["jit_compile"])
     experiment_id = tracking.configure(params.tracking, context.project_root)
     tags = {
         **run_tags(context),
         "data.md5": state["data_md5"],
         "data.source": ":".join(str(part) for part in state["source"].values() if part),
         "model.api": params.model.api,
-        **{f"train.{key}": str(value) for key, value in device_summary().items()},
+        **{f"train.{key}": str(value) for key, value in {**device_summary(), **plan}.items()},
     }
     backup = backup_folder(params, context, state["data_md5"])
     with tracking.open_run(experiment_id, run_id=context.run_id) as run_id:

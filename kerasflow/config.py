@@ -218,6 +218,11 @@ class TrainParams(_Section):
     early_stopping: EarlyStoppingParams = EarlyStoppingParams()
     checkpoint: bool = True
     shuffle: bool = True
+    # The GPU path. auto: mixed precision on a GPU; XLA where Keras finds the model supports it;
+    # MirroredStrategy across GPUs when there are several ("mirrored" also splits CPUs, for tests).
+    mixed_precision: bool | Literal["auto"] = "auto"
+    jit_compile: bool | Literal["auto"] = "auto"
+    distribute: Literal["auto", "off", "mirrored"] = "auto"
 
 
 class EvaluateParams(_Section):

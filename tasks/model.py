@@ -127,8 +127,12 @@ def scaling_layer(scaling: dict[str, Any] | None, input_shape: tuple[int, ...]) 
     return keras.layers.Normalization(axis=axes, mean=mean, variance=variance, name="scaling")
 
 
-def build_model(spec: ModelParams, data: DataSpec) -> keras.Model:
-    """Build and compile the model described by `spec` for data shaped like `data`."""
+def build_model(spec: ModelParams, data: DataSpec, jit_compile: bool | str = "auto") -> keras.Model:
+    """Build and compile the model described by `spec` for data shaped like `data`.
+
+    Call it under a distribution strategy's scope to build a replicated model; `jit_compile`
+    is passed to `compile` (Keras' "auto" turns XLA on where the model supports it).
+    """
     if not spec.layers:
         raise ConfigError("model.layers: at least one layer is required (e.g. {type: dense, units: 64})")
     layers = [make_layer(layer, f"model.layers[{index}]") for index, layer in enumerate(spec.layers)]
@@ -166,5 +170,6 @@ def build_model(spec: ModelParams, data: DataSpec) -> keras.Model:
         optimizer=make_optimizer(spec),
         loss=check_loss(spec, data),
         metrics=default_metrics(data),
+        jit_compile=jit_compile,
     )
     return model

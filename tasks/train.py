@@ -33,6 +33,28 @@ def device_summary() -> dict[str, Any]:
     }
 
 
+def accelerator_plan(params: TrainParams) -> dict[str, Any]:
+    """What the GPU-path switches resolve to on this machine (logged with the run)."""
+    gpus = tf.config.list_physical_devices("GPU")
+    devices = [device.name for device in tf.config.list_logical_devices("GPU" if gpus else "CPU")]
+    mirrored = params.distribute == "mirrored" or (params.distribute == "auto" and len(gpus) > 1)
+    return {
+        "mixed_precision": bool(gpus) if params.mixed_precision == "auto" else params.mixed_precision,
+        "jit_compile": params.jit_compile,
+        "strategy": "MirroredStrategy" if mirrored and len(devices) > 1 else "default",
+        "replicas": len(devices) if mirrored and len(devices) > 1 else 1,
+        "devices": devices if mirrored else devices[:1],
+    }
+
+
+def distribution_strategy(plan: dict[str, Any]) -> tf.distribute.Strategy:
+    """The strategy to build and fit the model under; set the precision policy to match."""
+    keras.mixed_precision.set_global_policy("mixed_float16" if plan["mixed_precision"] else "float32")
+    if plan["strategy"] == "MirroredStrategy":
+        return tf.distribute.MirroredStrategy(plan["devices"])
+    return tf.distribute.get_strategy()
+
+
 def make_dataset(split: Split, batch_size: int, shuffle: bool, seed: int) -> tf.data.Dataset:
     """A batched, prefetched tf.data pipeline over one split."""
     dataset = tf.data.Dataset.from_tensor_slices((split.x, split.y))
