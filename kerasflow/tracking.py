@@ -152,9 +152,14 @@ def epoch_logger() -> Any:
     import keras
 
     class MlflowEpochLogger(keras.callbacks.Callback):
+        # Logged in the background, so a store round trip per epoch does not stall training.
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
             if logs:
-                mlflow.log_metrics({name: float(value) for name, value in logs.items()}, step=epoch)
+                values = {name: float(value) for name, value in logs.items()}
+                mlflow.log_metrics(values, step=epoch, synchronous=False)
+
+        def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+            mlflow.flush_async_logging()
 
     return MlflowEpochLogger()
 

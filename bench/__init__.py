@@ -1,0 +1,1 @@
+"""kerasflow benchmarks: the pipeline against bare Keras scripts doing the same work (`python -m bench`)."""

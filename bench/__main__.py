@@ -1,0 +1,350 @@
+"""Benchmarks: kerasflow against bare Keras scripts doing the same work, in the same invocation.
+
+    python -m bench                       # throughput, fixed cost, scale (about 10 minutes on 2 cores)
+    python -m bench --only throughput --repeats 5
+
+Each comparison alternates a kerasflow run and a bare run, reports medians and ratios, and
+writes bench/results/latest.json and latest.md (also printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+RESULTS = REPO / "bench" / "results"
+ENV = {
+    **os.environ,
+    "PYTHONPATH": str(REPO),
+    "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+    "DO_NOT_TRACK": "true",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DVC_NO_ANALYTICS": "1",
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+}
+ENV.pop("MLFLOW_TRACKING_URI", None)
+
+
+def machine() -> dict[str, Any]:
+    memory_kb = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal"))
+    return {
+        "cores": os.cpu_count(),
+        "memory_gb": round(memory_kb / 1024**2, 1),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "gpu": "none visible to this process (see the GPU path section)",
+    }
+
+
+def run(command: list[str], cwd: Path) -> tuple[float, str]:
+    """Run a command; return its wall time and output, stdout first (raise with the output on failure)."""
+    started = time.perf_counter()
+    result = subprocess.run(command, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=3600)
+    seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+    return seconds, result.stdout + result.stderr
+
+
+def make_project(folder: Path, changes: dict[str, Any], git: bool = False) -> Path:
+    """A project folder with params.yaml (the shipped one, changed), optionally a git + DVC repo."""
+    folder.mkdir(parents=True, exist_ok=True)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for dotted, value in changes.items():
+        node = params
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    if git:
+        for name in ("kerasflow", "tasks", "flows"):
+            shutil.copytree(REPO / name, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy(REPO / "dvc.yaml", folder / "dvc.yaml")
+        (folder / ".gitignore").write_text("mlflow.db\nmlartifacts/\n.kerasflow/\n")
+        for command in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"]):
+            run(command, folder)
+        run(["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost", "commit", "-qm", "bench"], folder)
+    return folder
+
+
+def stage(folder: Path, name: str) -> float:
+    return run([sys.executable, "-m", "flows.dvc_stage", name], folder)[0]
+
+
+def mlflow_epoch_seconds(folder: Path) -> tuple[list[float], int]:
+    """Epoch durations of the pipeline's last training run, from the MLflow timestamps of each epoch."""
+    import mlflow
+
+    run_id = json.loads((folder / "reports" / "mlflow_run.json").read_text())["run_id"]
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
+    stamps = [point.timestamp / 1000 for point in client.get_metric_history(run_id, "loss")]
+    rows = json.loads((folder / "data" / "processed" / "state.json").read_text())["rows"]["train"]
+    return np.diff(stamps).tolist(), rows
+
+
+def last_json(output: str) -> dict[str, Any]:
+    """The last line of output that is a JSON object (scripts print their report last on stdout)."""
+    return json.loads(next(line for line in reversed(output.splitlines()) if line.startswith("{")))
+
+
+def bare(model: str, epochs: int, *extra: str) -> tuple[float, dict[str, Any]]:
+    command = [sys.executable, str(REPO / "bench" / "bare_keras.py"), "--model", model, "--epochs", str(epochs)]
+    seconds, output = run([*command, *extra], REPO)
+    return seconds, last_json(output)
+
+
+def tabular_csv(path: Path, rows: int, columns: int, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, columns)).astype("float32")
+    frame = pd.DataFrame(x, columns=[f"f{index}" for index in range(columns)])
+    frame["label"] = (x[:, : columns // 2].sum(axis=1) > 0).astype("int8")
+    frame.to_parquet(path, index=False) if path.suffix == ".parquet" else frame.to_csv(path, index=False)
+
+
+WORKLOADS = {
+    "digits_cnn": {"train.early_stopping.enabled": False},
+    "tabular_mlp": {
+        "ingest.source": "file",
+        "ingest.target": "label",
+        "train.early_stopping.enabled": False,
+        "train.batch_size": 64,
+        "register.thresholds": {},
+        "model.layers": [
+            {"type": "dense", "units": 64, "activation": "relu"},
+            {"type": "dense", "units": 32, "activation": "relu"},
+        ],
+    },
+}
+
+
+def throughput(work: Path, repeats: int, epochs: int) -> dict[str, Any]:
+    """Samples per second of the training epochs: inside the pipeline's train stage over a bare fit."""
+    results = {}
+    for name, changes in WORKLOADS.items():
+        folder = work / f"throughput-{name}"
+        changes = {**changes, "train.epochs": epochs}
+        if name == "tabular_mlp":
+            folder.mkdir(parents=True)
+            tabular_csv(folder / "table.parquet", 20_000, 20)
+            changes["ingest.path"] = str(folder / "table.parquet")
+        make_project(folder, changes)
+        for name_of_stage in ("ingest", "validate", "preprocess"):
+            stage(folder, name_of_stage)
+        batch = str(changes.get("train.batch_size", 32))
+        pipeline, plain = [], []
+        for _ in range(repeats):  # alternate, so drift in the machine's speed hits both alike
+            stage(folder, "train")
+            seconds, rows = mlflow_epoch_seconds(folder)
+            pipeline.append(rows / statistics.median(seconds[1:]))  # epoch 1 onwards: after tracing
+            _, report = bare(name, epochs, "--processed", str(folder / "data" / "processed"), "--batch-size", batch)
+            plain.append(report["train_rows"] / statistics.median(report["epoch_seconds"][1:]))
+        ratios = [ours / theirs for ours, theirs in zip(pipeline, plain, strict=True)]
+        results[name] = {
+            "kerasflow_samples_per_s": statistics.median(pipeline),
+            "bare_samples_per_s": statistics.median(plain),
+            "ratio": statistics.median(ratios),
+            "ratios": ratios,
+            "train_rows": rows,
+            "epochs": epochs,
+        }
+    return results
+
+
+def fixed_cost(work: Path, repeats: int, epochs: int) -> dict[str, Any]:
+    """Wall time of a forced `dvc repro` and of the Prefect flow over a bare script doing the same work."""
+    changes = {"train.epochs": epochs, "train.early_stopping.enabled": False}
+    repo = make_project(work / "fixed-dvc", changes, git=True)
+    prefect_project = make_project(work / "fixed-prefect", changes)
+    dvc_times, prefect_times, bare_times, bare_training, stages = [], [], [], [], []
+    for _ in range(repeats):
+        dvc_times.append(run(["dvc", "repro", "-f"], repo)[0])
+        seconds, _ = run([str(BIN / "kerasflow"), "run", "--params", str(prefect_project / "params.yaml")], REPO)
+        prefect_times.append(seconds)
+        seconds, report = bare("digits_cnn", epochs, "--from-source", "--save", str(work / "bare.keras"))
+        bare_times.append(seconds)
+        bare_training.append(report["parts"]["training"])
+    # Where the pipeline's time goes: each stage as its own process, as dvc runs it.
+    stages = {name: stage(repo, name) for name in ("ingest", "validate", "preprocess", "train", "evaluate", "register")}
+    epoch_seconds, _ = mlflow_epoch_seconds(repo)
+    noop = [run(["dvc", "repro"], repo)[0] for _ in range(3)]
+    rerun_seconds, rerun_output = run(
+        [str(BIN / "kerasflow"), "run", "--params", str(prefect_project / "params.yaml")], REPO
+    )
+    cached = sorted(set(re.findall(r"Task run '(\w+)-\w+' - Finished in state Cached", rerun_output)))
+    bare_median, dvc_median, prefect_median = map(statistics.median, (bare_times, dvc_times, prefect_times))
+    return {
+        "epochs": epochs,
+        "bare_script_s": bare_median,
+        "bare_training_s": statistics.median(bare_training),
+        "dvc_repro_forced_s": dvc_median,
+        "prefect_flow_s": prefect_median,
+        "dvc_fixed_cost_over_bare_s": dvc_median - bare_median,
+        "prefect_fixed_cost_over_bare_s": prefect_median - bare_median,
+        "dvc_over_bare_ratio": dvc_median / bare_median,
+        "prefect_over_bare_ratio": prefect_median / bare_median,
+        "stage_seconds": stages,
+        "training_epochs_s_inside_train_stage": float(np.sum(epoch_seconds)),
+        "noop_dvc_repro_s": statistics.median(noop),
+        "prefect_rerun_s": rerun_seconds,
+        "prefect_rerun_cached_tasks": cached,
+    }
+
+
+SCALE_PROBE = """
+import json, resource, sys, time
+from pathlib import Path
+from flows.stages import Context, ingest, validate, preprocess
+from kerasflow.config import load_params
+from kerasflow.layout import Layout
+folder = Path(sys.argv[1])
+params = load_params(folder / "params.yaml")
+context = Context(Layout(folder), folder)
+times = {}
+for name, stage in (("ingest", ingest), ("validate", validate), ("preprocess", preprocess)):
+    started = time.perf_counter(); stage(params, context); times[name] = time.perf_counter() - started
+import keras
+from tasks.model import DataSpec, build_model
+from tasks.preprocess import read_split, read_state
+from tasks.train import train_model
+started = time.perf_counter()
+state = read_state(context.layout.processed_dir)
+model = build_model(params.model, DataSpec.from_state(state))
+train_model(model, read_split(context.layout.processed_dir, "train"), read_split(context.layout.processed_dir, "val"),
+            params.train, params.seed)
+times["one_epoch"] = time.perf_counter() - started
+print(json.dumps({"seconds": times, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def scale(work: Path, sizes: list[int]) -> dict[str, Any]:
+    """Ingest, validate, preprocess and one epoch on N rows x 50 columns: time and peak memory."""
+    results = {}
+    for rows in sizes:
+        folder = work / f"scale-{rows}"
+        folder.mkdir(parents=True)
+        tabular_csv(folder / "table.parquet", rows, 50)
+        make_project(folder, {**WORKLOADS["tabular_mlp"], "ingest.path": str(folder / "table.parquet"),
+                              "train.epochs": 1, "train.batch_size": 256})  # fmt: skip
+        seconds, output = run([sys.executable, "-c", SCALE_PROBE, str(folder)], REPO)
+        report = last_json(output)
+        results[str(rows)] = {"wall_s": seconds, **report}
+        shutil.rmtree(folder, ignore_errors=True)
+    sizes_sorted = sorted(results, key=int)
+    if len(sizes_sorted) > 1:
+        small, large = sizes_sorted[0], sizes_sorted[-1]
+        work_ratio = sum(results[large]["seconds"].values()) / sum(results[small]["seconds"].values())
+        results["time_growth_vs_rows"] = {"rows_ratio": int(large) / int(small), "time_ratio": work_ratio}
+    return results
+
+
+def gpu_path() -> dict[str, Any]:
+    from kerasflow.config import TrainParams
+    from tasks.train import accelerator_plan
+
+    here = accelerator_plan(TrainParams())
+    return {
+        "here": here,
+        "on_a_gpu": "mixed_precision on (mixed_float16, float32 output layer), jit_compile auto (XLA where "
+        "the model supports it), MirroredStrategy across the GPUs when there are several",
+    }
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = [f"# kerasflow benchmarks ({results['date']})", "", f"Machine: {results['machine']}", ""]
+    if "throughput" in results:
+        lines += ["## Training throughput (samples/s, median of alternating runs)", "",
+                  "| workload | kerasflow | bare Keras | ratio (target >= 0.95) |", "|---|---|---|---|"]  # fmt: skip
+        for name, row in results["throughput"].items():
+            lines.append(
+                f"| {name} ({row['train_rows']} rows) | {row['kerasflow_samples_per_s']:.0f} | "
+                f"{row['bare_samples_per_s']:.0f} | {row['ratio']:.3f} |"
+            )
+        lines.append("")
+    if "fixed_cost" in results:
+        row = results["fixed_cost"]
+        lines += [
+            f"## Fixed cost (digits CNN, {row['epochs']} epochs)", "",
+            f"- bare script end to end: {row['bare_script_s']:.1f} s (training {row['bare_training_s']:.1f} s)",
+            f"- forced `dvc repro`: {row['dvc_repro_forced_s']:.1f} s: fixed cost over bare "
+            f"{row['dvc_fixed_cost_over_bare_s']:.1f} s (target <= 15 s), ratio {row['dvc_over_bare_ratio']:.2f}",
+            f"- Prefect flow (`kerasflow run`, temporary server included): {row['prefect_flow_s']:.1f} s: fixed "
+            f"cost over bare {row['prefect_fixed_cost_over_bare_s']:.1f} s, ratio {row['prefect_over_bare_ratio']:.2f}",
+            "- per stage (own process each): " + ", ".join(f"{k} {v:.1f} s" for k, v in row["stage_seconds"].items()),
+            f"- training epochs inside the train stage: {row['training_epochs_s_inside_train_stage']:.1f} s",
+            f"- no-op `dvc repro`: {row['noop_dvc_repro_s']:.2f} s (target < 3 s)",
+            f"- Prefect rerun: {row['prefect_rerun_s']:.1f} s, cached tasks: {row['prefect_rerun_cached_tasks']}",
+            "",
+        ]  # fmt: skip
+    if "scale" in results:
+        lines += [
+            "## Scale (N rows x 50 columns: ingest, validate, preprocess, one epoch)", "",
+            "| rows | ingest s | validate s | preprocess s | one epoch s | peak RSS MB |", "|---|---|---|---|---|---|",
+        ]  # fmt: skip
+        for rows, row in results["scale"].items():
+            if rows.isdigit():
+                seconds = row["seconds"]
+                lines.append(
+                    f"| {int(rows):,} | {seconds['ingest']:.1f} | {seconds['validate']:.1f} | "
+                    f"{seconds['preprocess']:.1f} | {seconds['one_epoch']:.1f} | {row['peak_rss_mb']:.0f} |"
+                )
+        if "time_growth_vs_rows" in results["scale"]:
+            growth = results["scale"]["time_growth_vs_rows"]
+            lines.append(f"\nTime grew {growth['time_ratio']:.1f}x for {growth['rows_ratio']:.0f}x the rows.")
+        lines.append("")
+    if "gpu_path" in results:
+        lines += ["## GPU path", "", f"- here: {results['gpu_path']['here']}",
+                  f"- on a GPU: {results['gpu_path']['on_a_gpu']}", ""]  # fmt: skip
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--only", choices=["throughput", "fixed_cost", "scale"], action="append")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--sizes", default="10000,100000,1000000", help="rows for the scale benchmark")
+    parser.add_argument("--output", default=str(RESULTS / "latest"), help="results path, without extension")
+    args = parser.parse_args()
+    chosen = args.only or ["throughput", "fixed_cost", "scale"]
+    results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine()}
+    with tempfile.TemporaryDirectory(prefix="kerasflow-bench-") as folder:
+        work = Path(folder)
+        if "throughput" in chosen:
+            results["throughput"] = throughput(work, args.repeats, args.epochs)
+        if "fixed_cost" in chosen:
+            results["fixed_cost"] = fixed_cost(work, args.repeats, args.epochs)
+        if "scale" in chosen:
+            results["scale"] = scale(work, [int(rows) for rows in args.sizes.split(",")])
+    results["gpu_path"] = gpu_path()
+    results["benchmark_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    report = markdown(results)
+    output.with_suffix(".md").write_text(report + "\n")
+    sys.stdout.write(report + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
