@@ -3,7 +3,10 @@
 Each stage function reads its inputs from the layout, calls the work in `tasks/`,
 writes its outputs atomically and does its MLflow logging. The Prefect flow wraps
 these functions as tasks; `python -m flows.dvc_stage NAME` calls the same functions
-for `dvc repro`; `dvc.yaml` is generated from `STAGES`, so the two cannot drift.
+for `dvc repro`; `dvc.yaml` is generated from `build_stages`, so the two cannot drift.
+
+TensorFlow and MLflow are imported inside the stages that use them, so a DVC process
+running a data stage does not pay for them.
 """
 
 from __future__ import annotations

@@ -90,3 +90,12 @@ def test_drift_from_the_recorded_schema_is_stopped(tabular_frame, tabular_meta, 
 def test_wrong_pixel_count_for_the_image_shape(tabular_frame, tabular_meta):
     with pytest.raises(DataValidationError, match=r"image_shape \[8, 8, 1\] needs 64 pixel columns, found 2"):
         validate_dataset(tabular_frame, {**tabular_meta, "image_shape": [8, 8, 1]}, None, PARAMS)
+
+
+def test_an_empty_text_column_is_named():
+    import pandas as pd
+
+    frame = pd.DataFrame({"text": ["", "  ", None, ""] * 10, "target": [0, 1] * 20})
+    meta = {"target": "target", "task": "classification", "feature_columns": ["text"], "text_column": "text"}
+    with pytest.raises(DataValidationError, match="text column 'text' is empty in every row"):
+        validate_dataset(frame, meta, None, PARAMS)
