@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,7 +14,21 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from tests.conftest import REPO_ROOT
+
 BIN = Path(sys.executable).parent
+
+
+def copy_project(names: list[str], destination: Path) -> Path:
+    """Copy the project's code and config files (no caches) into `destination`."""
+    destination.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        source = REPO_ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, destination / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, destination / name)
+    return destination
 
 
 def free_port() -> int:

@@ -309,14 +309,13 @@ def test_a_registration_that_fails_half_way_leaves_the_champion(base_project, tm
 
 
 def test_an_unreachable_tracking_server_stops_training_before_it_starts(base_project, tmp_path, monkeypatch, caplog):
-    import socket
     import time
+
+    from tests.integration.servers import free_port
 
     project = tmp_path / "project"
     shutil.copytree(base_project, project)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        uri = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     monkeypatch.chdir(project)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     before = fingerprint(project)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,8 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import REPO_ROOT, use_store
+from tests.conftest import use_store
+from tests.integration.servers import copy_project
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -36,13 +36,7 @@ def stages_run(result: subprocess.CompletedProcess) -> list[str]:
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     """A git + DVC repository holding a copy of the project, and the environment to run dvc in."""
-    root = tmp_path_factory.mktemp("project")
-    for name in CODE:
-        source = REPO_ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(source, root / name)
+    root = copy_project(CODE, tmp_path_factory.mktemp("project"))
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",

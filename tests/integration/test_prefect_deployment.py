@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -13,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT, use_store
-from tests.integration.servers import BIN, background, free_port, wait_healthy
+from tests.conftest import use_store
+from tests.integration.servers import BIN, background, copy_project, free_port, wait_healthy
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -26,12 +25,7 @@ DEPLOYMENT = "training-pipeline/digits-cnn"
 def deployment(tmp_path_factory):
     """A project with its Prefect server, work pool, deployment and worker; all stopped afterwards."""
     root = tmp_path_factory.mktemp("deployed")
-    project = root / "project"
-    project.mkdir()
-    for name in CODE:
-        source = REPO_ROOT / name
-        copy = shutil.copytree if source.is_dir() else shutil.copy
-        copy(source, project / name, **({"ignore": shutil.ignore_patterns("__pycache__")} if source.is_dir() else {}))
+    project = copy_project(CODE, root / "project")
     port = free_port()
     env = {
         **os.environ,

@@ -89,12 +89,11 @@ def test_orchestration_tags_outside_prefect(monkeypatch):
 
 
 def test_an_unreachable_tracking_server_fails_fast_naming_the_uri(tmp_path, monkeypatch):
-    import socket
     import time
 
-    with socket.socket() as probe:  # a loopback port with nothing listening
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    from tests.integration.servers import free_port
+
+    port = free_port()  # a loopback port with nothing listening
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
     started = time.monotonic()
     with pytest.raises(ConnectionError, match=f"MLflow tracking server http://127.0.0.1:{port} is not reachable"):
