@@ -175,7 +175,7 @@ def fixed_cost(work: Path, repeats: int, epochs: int) -> dict[str, Any]:
     changes = {"train.epochs": epochs, "train.early_stopping.enabled": False}
     repo = make_project(work / "fixed-dvc", changes, git=True)
     prefect_project = make_project(work / "fixed-prefect", changes)
-    dvc_times, prefect_times, bare_times, bare_training, stages = [], [], [], [], []
+    dvc_times, prefect_times, bare_times, bare_training = [], [], [], []
     for _ in range(repeats):
         dvc_times.append(run(["dvc", "repro", "-f"], repo)[0])
         seconds, _ = run([str(BIN / "kerasflow"), "run", "--params", str(prefect_project / "params.yaml")], REPO)
