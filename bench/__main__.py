@@ -254,14 +254,17 @@ times = {}
 for name, stage in (("ingest", ingest), ("validate", validate), ("preprocess", preprocess)):
     started = time.perf_counter(); stage(params, context); times[name] = time.perf_counter() - started
 import keras
+from tasks.features import adapt_inputs, target_scaling
 from tasks.model import DataSpec, build_model
 from tasks.preprocess import read_split, read_state
 from tasks.train import train_model
 started = time.perf_counter()
 state = read_state(context.layout.processed_dir)
-model = build_model(params.model, DataSpec.from_state(state))
-train_model(model, read_split(context.layout.processed_dir, "train"), read_split(context.layout.processed_dir, "val"),
-            params.train, params.seed)
+train, val = read_split(context.layout.processed_dir, "train"), read_split(context.layout.processed_dir, "val")
+fitted = adapt_inputs(state["inputs"], train.x, params.preprocess)
+fitted["target"] = target_scaling(train.y, state["task"], params.preprocess)
+model = build_model(params.model, DataSpec.from_state(state, fitted))
+train_model(model, train, val, state["inputs"], params.train, params.seed)
 times["one_epoch"] = time.perf_counter() - started
 print(json.dumps({"seconds": times, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """

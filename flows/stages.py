@@ -24,10 +24,13 @@ from typing import Any
 import pandas as pd
 
 from kerasflow.config import Params, flatten
-from kerasflow.io import atomic_path, read_json, write_json, write_text
+from kerasflow.io import atomic_dir, atomic_path, read_json, write_json, write_text
 from kerasflow.layout import Layout
 
 logger = logging.getLogger(__name__)
+
+# How far the logged model's predictions may stray from the trained model's (float32 rounding).
+ROUND_TRIP_TOLERANCE = 1e-5
 
 
 @dataclass(frozen=True)
@@ -56,12 +59,20 @@ def begin_run(params: Params, context: Context) -> str:
     return tracking.create_run(experiment_id, tags, flatten(params.to_dict()))
 
 
+def source_params(params: Params, project_root: Path) -> Any:
+    """The ingest section with a relative `path` taken from the project root (the params file's folder)."""
+    path = params.ingest.path
+    if not path or Path(path).is_absolute():
+        return params.ingest
+    return params.ingest.model_copy(update={"path": str(project_root / path)})
+
+
 def ingest(params: Params, context: Context) -> dict[str, Any]:
     """Load the configured source into data/raw (Parquet + metadata with its md5)."""
     from tasks.ingest import ingest_dataset
 
     layout = context.layout
-    return ingest_dataset(params.ingest, params.seed, layout.raw_data, layout.raw_meta)
+    return ingest_dataset(source_params(params, context.project_root), params.seed, layout.raw_data, layout.raw_meta)
 
 
 def validate(params: Params, context: Context) -> dict[str, Any]:
@@ -135,33 +146,61 @@ def resume_history(backup: Path, run_id: str) -> pd.DataFrame:
 
 
 def train(params: Params, context: Context) -> dict[str, Any]:
-    """Build and fit the model; create the MLflow run and log params, lineage, epochs and the model."""
+    """Adapt the input layers and fit the model; log params, lineage, epochs and the model to the MLflow run."""
     import keras
     import mlflow
 
     from kerasflow import tracking
     from kerasflow.runtime import set_seeds
-    from tasks.model import DataSpec, build_model
+    from tasks.backbone import unfreeze
+    from tasks.features import adapt_inputs, raw_example, target_scaling
+    from tasks.model import DataSpec, build_model, compile_model, export_for_serving
     from tasks.preprocess import read_split, read_state
-    from tasks.train import accelerator_plan, device_summary, distribution_strategy, train_model
+    from tasks.train import (
+        accelerator_plan,
+        class_weights,
+        device_summary,
+        distribution_strategy,
+        predict,
+        train_model,
+    )
 
     layout = context.layout
     state = read_state(layout.processed_dir)
+    inputs = state["inputs"]
     train_split, val_split = read_split(layout.processed_dir, "train"), read_split(layout.processed_dir, "val")
     set_seeds(params.seed)
     plan = accelerator_plan(params.train)
-    # Build before the run exists: a bad model spec fails without leaving a run behind.
-    with distribution_strategy(plan).scope():
-        model = build_model(params.model, DataSpec.from_state(state), jit_compile=plan["jit_compile"])
+    # Adapt and build before the run exists: a bad model spec fails without leaving a run behind.
+    fitted = adapt_inputs(inputs, train_split.x, params.preprocess)
+    fitted["target"] = target_scaling(train_split.y, state["task"], params.preprocess)
+    data = DataSpec.from_state(state, fitted)
+    strategy = distribution_strategy(plan)
+    with strategy.scope():
+        model = build_model(params.model, data, jit_compile=plan["jit_compile"])
+    weights = class_weights(params.train.class_weight, train_split.y, state.get("classes"))
+
+    def fine_tune(model: keras.Model) -> None:
+        with strategy.scope():
+            unfreeze(model, params.train.fine_tune.layers)
+            compile_model(model, params.model, data, plan["jit_compile"], params.train.fine_tune.learning_rate)
+
     experiment_id = tracking.configure(params.tracking, context.project_root)
     tags = {
         **run_tags(context),
         "data.md5": state["data_md5"],
         "data.source": ":".join(str(part) for part in state["source"].values() if part),
+        "data.inputs": inputs["kind"],
         "model.api": params.model.api,
         **{f"train.{key}": str(value) for key, value in {**device_summary(), **plan}.items()},
     }
     backup = backup_folder(params, context, state["data_md5"])
+    model_config = {
+        "task": state["task"],
+        "classes": state.get("classes"),
+        "inputs": inputs,
+        "threshold": params.model.decision_threshold,
+    }
     with tracking.open_run(experiment_id, run_id=context.run_id) as run_id:
         mlflow.set_tags(tags)
         tracking.log_params(flatten(params.to_dict()))
@@ -172,27 +211,48 @@ def train(params: Params, context: Context) -> dict[str, Any]:
             model,
             train_split,
             val_split,
+            inputs,
             params.train,
             params.seed,
             checkpoint_path=checkpoint,
             backup_dir=backup,
             callbacks=[tracking.epoch_logger()],
+            class_weight=weights,
+            fine_tune=fine_tune,
         )
         frame = pd.concat([earlier, pd.DataFrame(history)], ignore_index=True)
         frame.insert(0, "epoch", range(len(frame)))
-        layout.checkpoint_file.parent.mkdir(parents=True, exist_ok=True)
-        if checkpoint.is_file():
-            os.replace(checkpoint, layout.checkpoint_file)
         lines: list[str] = []
         model.summary(print_fn=lambda line, *args, **kwargs: lines.append(line))
         write_text(layout.model_summary, "\n".join(lines) + "\n")
         mlflow.log_artifact(str(layout.model_summary))
-        with atomic_path(layout.model_file) as temporary:
-            model.save(temporary)
+        example = raw_example(val_split.x, inputs)
+        with atomic_dir(layout.models_dir) as folder:
+            # models/ appears whole, and only once the logged model has proved it predicts what this one does.
+            model.save(folder / layout.model_file.name)
+            export_for_serving(model, folder / layout.saved_model_dir.name, inputs)
+            write_json(folder / layout.model_config.name, model_config)
+            if checkpoint.is_file():
+                (folder / "checkpoints").mkdir()
+                os.replace(checkpoint, folder / "checkpoints" / layout.checkpoint_file.name)
+            model_uri = tracking.log_model(
+                folder / layout.model_file.name,
+                model_config,
+                example,
+                saved_model=folder / layout.saved_model_dir.name,
+            )
+            difference = tracking.round_trip_difference(
+                model_uri, example, predict(model, example, inputs), state.get("classes")
+            )
+            mlflow.log_metric("roundtrip_max_abs_diff", difference)
+            if difference > ROUND_TRIP_TOLERANCE:
+                raise RuntimeError(
+                    f"the logged model's predictions differ from the trained model's by {difference:g} "
+                    f"(tolerance {ROUND_TRIP_TOLERANCE:g}); not publishing it"
+                )
         with atomic_path(layout.history) as temporary:
             frame.to_csv(temporary, index=False)
         mlflow.log_metric("epochs_trained", len(frame))
-        model_uri = tracking.log_keras_model(model, val_split.x[:5])
         payload = {
             "run_id": run_id,
             "experiment_id": experiment_id,
@@ -231,6 +291,7 @@ def evaluate(params: Params, context: Context) -> dict[str, Any]:
     from tasks.evaluate import (
         baseline_metrics,
         is_better,
+        plot_binary_curves,
         plot_confusion_matrix,
         plot_training_curves,
         predictions_frame,
@@ -238,16 +299,20 @@ def evaluate(params: Params, context: Context) -> dict[str, Any]:
         score_predictions,
     )
     from tasks.preprocess import read_split, read_state
+    from tasks.train import predict
 
     layout = context.layout
     run_info = read_json(layout.run_file)
     state = read_state(layout.processed_dir)
-    task, n_classes = state["task"], len(state.get("classes") or [])
+    threshold = read_json(layout.model_config).get("threshold", 0.5)
+    task, n_classes, inputs = state["task"], len(state.get("classes") or []), state["inputs"]
     train_split, test_split = read_split(layout.processed_dir, "train"), read_split(layout.processed_dir, "test")
     model = load_model_safely(layout.model_file)
-    outputs = model.predict(test_split.x, verbose=0)
-    scores = score_predictions(task, test_split.y, outputs, n_classes)
-    baseline_name, baseline = baseline_metrics(params.evaluate, task, train_split, test_split, n_classes, params.seed)
+    outputs = predict(model, test_split.x, inputs)
+    scores = score_predictions(task, test_split.y, outputs, n_classes, threshold)
+    baseline_name, baseline = baseline_metrics(
+        params.evaluate, task, train_split, test_split, n_classes, params.seed, inputs, threshold
+    )
     primary = primary_metric(params.evaluate, task)
     if primary not in scores:
         raise ValueError(f"evaluate.primary_metric {primary!r} is not a {task} metric; choose from {sorted(scores)}")
@@ -258,8 +323,9 @@ def evaluate(params: Params, context: Context) -> dict[str, Any]:
         "baseline": {"name": baseline_name, **baseline},
         "beats_baseline": is_better(primary, scores[primary], baseline[primary]),
         "test_rows": len(test_split),
+        "decision_threshold": threshold if n_classes == 2 else None,
     }
-    predictions = predictions_frame(task, test_split.y, outputs, state.get("classes"))
+    predictions = predictions_frame(task, test_split.y, outputs, state.get("classes"), threshold)
     layout.plots_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(layout.predictions) as temporary:
         predictions.to_csv(temporary, index=False)
@@ -267,7 +333,10 @@ def evaluate(params: Params, context: Context) -> dict[str, Any]:
     plot_training_curves(pd.read_csv(layout.history), pictures[0])
     if task == "classification":
         pictures.append(layout.plots_dir / "confusion_matrix.png")
-        plot_confusion_matrix(predictions, pictures[1])
+        plot_confusion_matrix(predictions, pictures[-1])
+    if n_classes == 2:
+        pictures += [layout.plots_dir / "roc_curve.png", layout.plots_dir / "precision_recall_curve.png"]
+        plot_binary_curves(test_split.y, outputs, threshold, pictures[-2], pictures[-1])
     experiment_id = tracking.configure(params.tracking, context.project_root)
     with tracking.open_run(experiment_id, run_id=run_info["run_id"]):
         mlflow.log_metrics({f"test_{name}": value for name, value in scores.items()})
@@ -298,7 +367,7 @@ def register(params: Params, context: Context) -> dict[str, Any]:
     with tracking.open_run(experiment_id, run_id=run_info["run_id"]) as run_id:
         champion_version, champion = champion_metrics(name)
         version = register_version(run_info["model_uri"], name, run_id)
-        example = read_split(layout.processed_dir, "val").x[:5]
+        example = read_split(layout.processed_dir, "val").x[:5]  # Raw input, as a caller would send it.
         smoke_ok, smoke_detail = smoke_test(f"models:/{name}/{version}", example)
         decision = decide(
             result["test"], result["baseline"], champion, result["primary_metric"], params.register_, smoke_ok
@@ -353,7 +422,7 @@ def build_stages(layout: Layout) -> list[Stage]:
         Stage(
             "preprocess",
             preprocess,
-            ("tasks/preprocess.py",),
+            ("tasks/preprocess.py", "tasks/features.py"),
             ("seed", "preprocess"),
             deps=(*raw, path(layout.validation_report)),
             outs=(path(layout.processed_dir),),
@@ -361,8 +430,9 @@ def build_stages(layout: Layout) -> list[Stage]:
         Stage(
             "train",
             train,
-            ("tasks/model.py", "tasks/train.py"),
-            ("seed", "model", "train", "tracking"),
+            ("tasks/features.py", "tasks/backbone.py", "tasks/model.py", "tasks/train.py", "kerasflow/pyfunc_model.py"),
+            # preprocess: the input layers are adapted here (scaling, categories, text vocabulary).
+            ("seed", "preprocess", "model", "train", "tracking"),
             deps=(path(layout.processed_dir),),
             outs=(path(layout.models_dir),),
             git_outs=(path(layout.run_file), path(layout.model_summary), path(layout.history)),
@@ -385,3 +455,8 @@ def build_stages(layout: Layout) -> list[Stage]:
             git_outs=(path(layout.registration),),
         ),
     ]
+
+
+def run_pipeline(params: Params, context: Context) -> dict[str, dict[str, Any]]:
+    """Every stage in order, in this process, without Prefect or DVC (for notebooks and tests)."""
+    return {stage.name: stage.run(params, context) for stage in build_stages(context.layout)}

@@ -18,7 +18,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from flows.stages import Context, Stage, begin_run, build_stages
+from flows.stages import Context, Stage, begin_run, build_stages, source_params
 from kerasflow import tracking
 from kerasflow.config import Params, load_params
 from kerasflow.io import file_md5
@@ -60,10 +60,12 @@ def cache_folder(stage: Stage, params: Params, context: Context) -> Path | None:
         "seed": params.seed,
         "code": [file_md5(CODE_ROOT / path) for path in stage.code],
     }
-    if stage.name == "ingest" and params.ingest.source == "file":
-        if not Path(params.ingest.path).is_file():
+    if stage.name == "ingest" and params.ingest.source in ("file", "image_folder"):
+        source = Path(source_params(params, context.project_root).path)
+        files = sorted(path for path in source.rglob("*") if path.is_file()) if source.is_dir() else [source]
+        if not source.exists() or not files:
             return None  # Nothing to key on: let ingest itself say what is wrong with the path.
-        parts["source_md5"] = file_md5(Path(params.ingest.path))
+        parts["source_md5"] = [(path.relative_to(source).as_posix(), file_md5(path)) for path in files]
     if stage.name == "preprocess":
         parts["raw_md5"] = json.loads(context.layout.raw_meta.read_text())["md5"]
     digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]

@@ -81,11 +81,17 @@ class _Section(BaseModel):
 class IngestParams(_Section):
     """Where the raw data comes from."""
 
-    source: Literal["sklearn", "keras", "file"] = "sklearn"
+    source: Literal["sklearn", "keras", "file", "image_folder"] = "sklearn"
     dataset: str | None = "digits"
+    # A .csv / .parquet file (source: file), or a folder with one sub-folder of images per class (image_folder).
     path: str | None = None
     target: str = "target"
     task: Literal["auto", "classification", "regression"] = "auto"
+    # The feature columns to use (default: every column but the target).
+    features: list[str] | None = None
+    # A column of free text: the model gets a TextVectorization layer for it and takes raw strings.
+    text_column: str | None = None
+    # [height, width] or [height, width, channels]: pixel columns of a table, or the size image folders are resized to.
     image_shape: list[PositiveInt] | None = None
     max_rows: PositiveInt | None = None
 
@@ -99,6 +105,13 @@ class IngestParams(_Section):
             raise ValueError(f"dataset must be one of {list(KERAS_DATASETS)} for source 'keras', got {self.dataset!r}")
         if self.source == "file" and not self.path:
             raise ValueError("path is required for source 'file' (a .csv or .parquet file)")
+        if self.source == "image_folder" and not (self.path and self.image_shape):
+            raise ValueError(
+                "source 'image_folder' needs path (a folder with one sub-folder per class) and image_shape "
+                "([height, width, channels], the size images are resized to)"
+            )
+        if self.text_column and self.image_shape:
+            raise ValueError("text_column and image_shape cannot both be set")
         if self.image_shape is not None and len(self.image_shape) not in (2, 3):
             raise ValueError(
                 f"image_shape must be [height, width] or [height, width, channels], got {self.image_shape}"
@@ -112,15 +125,36 @@ class ValidateParams(_Section):
     min_rows: PositiveInt = 20
     range_tolerance: float = Field(0.5, ge=0)
     max_classes: PositiveInt = 1000
+    # Share of missing values a feature column may have (the model imputes them); 0 refuses any.
+    max_missing_fraction: float = Field(0.0, ge=0, lt=1)
+
+
+class TextParams(_Section):
+    """The TextVectorization layer a text column gets (adapted on the training split)."""
+
+    max_tokens: PositiveInt = 20000
+    sequence_length: PositiveInt = 200
+    standardize: Literal["lower_and_strip_punctuation", "lower", "strip_punctuation", "none"] = (
+        "lower_and_strip_punctuation"
+    )
 
 
 class PreprocessParams(_Section):
-    """Split and scaling."""
+    """Split, and the preprocessing layers built into the model (adapted on the training split)."""
 
     test_fraction: float = Field(0.2, gt=0, lt=1)
     val_fraction: float = Field(0.1, gt=0, lt=1)
     stratify: bool = True
+    # Numeric inputs: auto = divide by the maximum for images, standardize (Normalization) for columns.
     scaling: Literal["auto", "standard", "max", "none"] = "auto"
+    # Regression: learn the target in standard deviations; the model's last layer maps back to target units.
+    scale_target: bool = True
+    # Categorical columns: one_hot (StringLookup + one-hot) or integer ids for an embedding in the spec.
+    categorical_encoding: Literal["one_hot", "integer"] = "one_hot"
+    max_categories: PositiveInt = 1000
+    # Numeric columns to treat as categories (e.g. a zip code); text columns are always categorical.
+    categorical_columns: list[str] = Field(default_factory=list)
+    text: TextParams = TextParams()
 
     @model_validator(mode="after")
     def _check_fractions(self) -> PreprocessParams:
@@ -174,18 +208,41 @@ class OptimizerParams(_Section):
         return self
 
 
+# Tensors a functional spec may name in `inputs`, besides earlier layers (which exist depends on the data).
+INPUT_TENSORS = ("input", "features", "numeric", "categorical", "text", "image")
+
+
+class BackboneParams(_Section):
+    """A pretrained `keras.applications` network under the layers of the spec (transfer learning)."""
+
+    name: str
+    # A local weights file (.weights.h5 / .h5), "imagenet" (downloaded on first use), or null (random).
+    weights: str | None = None
+    pooling: Literal["avg", "max"] = "avg"
+    trainable: bool = False
+
+
 class ModelParams(_Section):
     """The network: `build_model` turns this into a compiled `keras.Model`."""
 
     api: Literal["sequential", "functional"] = "sequential"
+    # Image augmentation applied to the input, in training only (Keras' random_* layers pass through at inference).
+    augmentation: list[LayerSpec] = Field(default_factory=list)
+    backbone: BackboneParams | None = None
+    # No layers (and no backbone) is a linear model: the output layer alone.
     layers: list[LayerSpec] = Field(default_factory=list)
     output_activation: str = "auto"
+    # Binary classification: the probability from which the model calls an example positive.
+    decision_threshold: float = Field(0.5, gt=0, lt=1)
     optimizer: OptimizerParams = OptimizerParams()
     loss: str = "auto"
 
     @model_validator(mode="after")
     def _check_graph(self) -> ModelParams:
-        names: set[str] = {"input"}
+        for index, layer in enumerate(self.augmentation):
+            if not layer.type.startswith("random_") and layer.type != "gaussian_noise":
+                raise ValueError(f"augmentation[{index}]: {layer.type!r} is not an augmentation layer (random_*)")
+        names: set[str] = set(INPUT_TENSORS)
         for index, layer in enumerate(self.layers):
             if self.api == "sequential" and layer.inputs:
                 raise ValueError(f"layers[{index}].inputs is only for api 'functional'")
@@ -193,7 +250,8 @@ class ModelParams(_Section):
                 for source in layer.inputs or []:
                     if source not in names:
                         raise ValueError(
-                            f"layers[{index}].inputs names {source!r}, which is not 'input' or an earlier layer's name"
+                            f"layers[{index}].inputs names {source!r}, which is not one of {list(INPUT_TENSORS)} "
+                            "or an earlier layer's name"
                         )
             if layer.type in MERGE_LAYERS and self.api == "functional" and len(layer.inputs or []) < 2:
                 raise ValueError(f"layers[{index}] ({layer.type}) needs at least two inputs")
@@ -212,9 +270,21 @@ class EarlyStoppingParams(_Section):
     restore_best_weights: bool = True
 
 
+class FineTuneParams(_Section):
+    """After training the head on a frozen backbone: unfreeze it and train on at a low learning rate."""
+
+    epochs: int = Field(0, ge=0)
+    learning_rate: PositiveFloat = 1e-5
+    # Unfreeze only the last N layers of the backbone (null: all of them).
+    layers: PositiveInt | None = None
+
+
 class TrainParams(_Section):
     epochs: PositiveInt = 30
     batch_size: PositiveInt = 32
+    # null, "balanced" (inverse class frequency on the training split), or {label: weight}.
+    class_weight: Literal["balanced"] | dict[str, PositiveFloat] | None = None
+    fine_tune: FineTuneParams = FineTuneParams()
     early_stopping: EarlyStoppingParams = EarlyStoppingParams()
     checkpoint: bool = True
     shuffle: bool = True

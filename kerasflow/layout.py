@@ -54,6 +54,16 @@ class Layout:
         return self.models_dir / "model.keras"
 
     @property
+    def saved_model_dir(self) -> Path:
+        # The TensorFlow SavedModel export, for TF Serving.
+        return self.models_dir / "saved_model"
+
+    @property
+    def model_config(self) -> Path:
+        # What the pyfunc wrapper needs besides the .keras file: inputs, classes, decision threshold.
+        return self.models_dir / "model.json"
+
+    @property
     def checkpoint_file(self) -> Path:
         return self.models_dir / "checkpoints" / "best.weights.h5"
 

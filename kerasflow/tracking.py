@@ -12,6 +12,7 @@ import logging
 import os
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -179,27 +180,92 @@ def run_url(run_id: str, experiment_id: str) -> str | None:
     return None
 
 
-def log_keras_model(model: Any, example: Any, artifact_path: str = "model") -> str:
-    """Log a Keras model with the Keras flavor, its signature and an input example; return its URI.
+def raw_signature(example: Any, model_config: dict[str, Any]) -> Any:
+    """The MLflow signature on raw input: one column per raw column, or the image tensor.
 
-    The model is saved with `mlflow.keras.save_model` into a folder made here and logged
-    as run artifacts, because `mlflow.keras.log_model` with an input example fails on a
-    folder it never creates (mlflow/mlflow#16183). The requirements are given, not
-    inferred, which saves a subprocess that loads the model again.
+    Numeric columns are typed `any`: MLflow would refuse int64 values for a double column and
+    missing values for a long one, while the model takes both (it converts, then imputes).
     """
-    import tempfile
+    import numpy as np
+    from mlflow.models import ModelSignature, infer_signature
+    from mlflow.types.schema import AnyType, ColSpec, Schema, TensorSpec
 
-    import keras
-    import tensorflow as tf
-    from mlflow.models import infer_signature
-
-    signature = infer_signature(example, model.predict(example, verbose=0))
-    requirements = [f"mlflow=={mlflow.__version__}", f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"]
-    with tempfile.TemporaryDirectory() as folder:
-        target = Path(folder) / artifact_path
-        target.mkdir()
-        mlflow.keras.save_model(
-            model, str(target), signature=signature, input_example=example, pip_requirements=requirements
+    inputs = model_config["inputs"]
+    if inputs["kind"] == "image":
+        input_schema = Schema([TensorSpec(np.dtype("float32"), (-1, *inputs["shape"]))])
+    else:
+        inferred = {spec.name: spec for spec in infer_signature(example).inputs.inputs}
+        input_schema = Schema(
+            [
+                ColSpec(AnyType(), entry["column"], required=True)
+                if entry["kind"] == "numeric"
+                else ColSpec("string", entry["column"], required=inferred[entry["column"]].required)
+                for entry in inputs["columns"]
+            ]
         )
-        mlflow.log_artifacts(str(target), artifact_path)
-    return f"runs:/{mlflow.active_run().info.run_id}/{artifact_path}"
+    classes = model_config.get("classes")
+    if classes:
+        outputs = [ColSpec("string", "label")] + [ColSpec("double", f"probability_{label}") for label in classes]
+    else:
+        outputs = [ColSpec("double", "prediction")]
+    return ModelSignature(inputs=input_schema, outputs=Schema(outputs))
+
+
+def log_model(
+    keras_file: Path, model_config: dict[str, Any], example: Any, saved_model: Path | None = None, name: str = "model"
+) -> str:
+    """Log the model as an MLflow pyfunc that takes raw input; return its URI.
+
+    The `.keras` file is the model's one artifact: the pyfunc wrapper (`pyfunc_model.py`,
+    logged as model from code) loads it with safe_mode and only maps raw columns to the
+    model's named inputs, so the signature is on the raw columns. The SavedModel export
+    for TF Serving is logged beside it. Requirements are given, not inferred, which saves
+    a subprocess that loads the model again.
+    """
+    import keras
+    import pandas as pd
+    import tensorflow as tf
+
+    wrapper = Path(__file__).with_name("pyfunc_model.py")
+    signature = raw_signature(example, model_config)
+    requirements = [
+        f"mlflow=={mlflow.__version__}",
+        f"tensorflow=={tf.__version__}",
+        f"keras=={keras.__version__}",
+        f"pandas=={pd.__version__}",
+    ]
+    with warnings.catch_warnings():
+        # MLflow asks for predict() type hints, which would make it validate a raw DataFrame against list[...].
+        warnings.filterwarnings("ignore", message=".*[Tt]ype hint.*", category=UserWarning)
+        info = mlflow.pyfunc.log_model(
+            name=name,
+            python_model=str(wrapper),
+            artifacts={"keras_model": str(keras_file)},
+            model_config=model_config,
+            signature=signature,
+            input_example=example,
+            pip_requirements=requirements,
+        )
+    if saved_model is not None and saved_model.is_dir():
+        mlflow.log_artifacts(str(saved_model), "saved_model")
+    return info.model_uri
+
+
+def pyfunc_outputs(frame: Any, classes: list[Any] | None) -> Any:
+    """The pyfunc wrapper's DataFrame back to the Keras model's output array (probabilities or values)."""
+
+    if not classes:
+        return frame["prediction"].to_numpy(dtype="float32").reshape(-1, 1)
+    columns = [f"probability_{label}" for label in classes]
+    values = frame[columns].to_numpy(dtype="float32")
+    # A binary model has one sigmoid unit: the positive (second) class's probability.
+    return values[:, 1:] if len(classes) == 2 else values
+
+
+def round_trip_difference(model_uri: str, example: Any, expected: Any, classes: list[Any] | None) -> float:
+    """Largest difference between the logged model's predictions (loaded back through MLflow) and `expected`."""
+    import numpy as np
+
+    loaded = mlflow.pyfunc.load_model(model_uri)
+    outputs = pyfunc_outputs(loaded.predict(example), classes)
+    return float(np.max(np.abs(outputs - np.asarray(expected, dtype="float32").reshape(outputs.shape))))

@@ -29,11 +29,20 @@ def is_better(metric: str, candidate: float, reference: float) -> bool:
     return candidate < reference if metric in LOWER_IS_BETTER else candidate > reference
 
 
-def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray, n_classes: int) -> dict[str, float]:
-    """Accuracy, macro precision / recall / F1 and ROC AUC from class probabilities."""
+def predicted_classes(outputs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Class indices from model outputs: the threshold on a single sigmoid, else the most probable class."""
+    if outputs.ndim == 1 or outputs.shape[1] == 1:
+        return (outputs.reshape(-1) >= threshold).astype("int64")
+    return outputs.argmax(axis=1)
+
+
+def classification_metrics(
+    y_true: np.ndarray, probabilities: np.ndarray, n_classes: int, threshold: float = 0.5
+) -> dict[str, float]:
+    """Accuracy, macro precision / recall / F1 (at `threshold` for two classes) and ROC AUC."""
     if probabilities.ndim == 1 or probabilities.shape[1] == 1:
         positive = probabilities.reshape(-1)
-        predicted = (positive >= 0.5).astype("int64")
+        predicted = predicted_classes(positive, threshold)
         scores: np.ndarray = positive
     else:
         predicted = probabilities.argmax(axis=1)
@@ -63,13 +72,39 @@ def regression_metrics(y_true: np.ndarray, predicted: np.ndarray) -> dict[str, f
     }
 
 
-def score_predictions(task: str, y_true: np.ndarray, outputs: np.ndarray, n_classes: int) -> dict[str, float]:
+def score_predictions(
+    task: str, y_true: np.ndarray, outputs: np.ndarray, n_classes: int, threshold: float = 0.5
+) -> dict[str, float]:
     if task == "classification":
-        return classification_metrics(y_true, outputs, n_classes)
+        return classification_metrics(y_true, outputs, n_classes, threshold)
     return regression_metrics(y_true, outputs)
 
 
-def make_baseline(params: EvaluateParams, task: str, seed: int) -> Any:
+def baseline_features(inputs: dict[str, Any]) -> Any:
+    """scikit-learn's version of the model's input preprocessing: scaling, imputation, one-hot, TF-IDF."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.impute import SimpleImputer
+    from sklearn.preprocessing import FunctionTransformer, OneHotEncoder
+
+    if inputs["kind"] == "image":
+        return make_pipeline(FunctionTransformer(lambda x: np.asarray(x).reshape(len(x), -1)), StandardScaler())
+    parts = []
+    for entry in inputs["columns"]:
+        column = entry["column"]
+        if entry["kind"] == "numeric":
+            steps = make_pipeline(SimpleImputer(strategy="mean", keep_empty_features=True), StandardScaler())
+            parts.append((f"numeric_{column}", steps, [column]))
+        elif entry["kind"] == "categorical":
+            as_text = FunctionTransformer(lambda x: x.astype("string").fillna("").astype(str))
+            steps = make_pipeline(as_text, OneHotEncoder(handle_unknown="ignore"))
+            parts.append((f"categorical_{column}", steps, [column]))
+        else:
+            parts.append((f"text_{column}", TfidfVectorizer(max_features=20000), column))
+    return ColumnTransformer(parts)
+
+
+def make_baseline(params: EvaluateParams, task: str, seed: int, inputs: dict[str, Any]) -> Any:
     name = params.baseline
     if name == "auto":
         name = "logistic_regression" if task == "classification" else "ridge"
@@ -81,34 +116,38 @@ def make_baseline(params: EvaluateParams, task: str, seed: int) -> Any:
     }
     if (task == "classification") != (name in ("logistic_regression", "knn")):
         raise ValueError(f"evaluate.baseline {name!r} does not fit a {task} task")
-    return make_pipeline(StandardScaler(), estimators[name]())
+    return make_pipeline(baseline_features(inputs), estimators[name]())
 
 
 def baseline_metrics(
-    params: EvaluateParams, task: str, train_split: Split, test_split: Split, n_classes: int, seed: int
+    params: EvaluateParams,
+    task: str,
+    train_split: Split,
+    test_split: Split,
+    n_classes: int,
+    seed: int,
+    inputs: dict[str, Any],
+    threshold: float = 0.5,
 ) -> tuple[str, dict[str, float]]:
-    """Fit the scikit-learn baseline on the training split; score it on the test split."""
-    baseline = make_baseline(params, task, seed)
-    flat_train = train_split.x.reshape(len(train_split), -1)
-    flat_test = test_split.x.reshape(len(test_split), -1)
-    baseline.fit(flat_train, train_split.y)
+    """Fit the scikit-learn baseline on the training split (same raw features); score it on the test split."""
+    baseline = make_baseline(params, task, seed, inputs)
+    baseline.fit(train_split.x, train_split.y)
     if task == "classification":
-        outputs = baseline.predict_proba(flat_test)
+        outputs = baseline.predict_proba(test_split.x)
         if outputs.shape[1] == 2:
             outputs = outputs[:, 1]
     else:
-        outputs = baseline.predict(flat_test)
-    return type(baseline[-1]).__name__, score_predictions(task, test_split.y, outputs, n_classes)
+        outputs = baseline.predict(test_split.x)
+    return type(baseline[-1]).__name__, score_predictions(task, test_split.y, outputs, n_classes, threshold)
 
 
-def predictions_frame(task: str, y_true: np.ndarray, outputs: np.ndarray, classes: list[Any] | None) -> pd.DataFrame:
+def predictions_frame(
+    task: str, y_true: np.ndarray, outputs: np.ndarray, classes: list[Any] | None, threshold: float = 0.5
+) -> pd.DataFrame:
     """Actual and predicted values per test example (DVC's confusion / scatter plot data)."""
     if task != "classification":
         return pd.DataFrame({"actual": y_true, "predicted": outputs.reshape(-1)})
-    if outputs.ndim == 1 or outputs.shape[1] == 1:
-        predicted = (outputs.reshape(-1) >= 0.5).astype("int64")
-    else:
-        predicted = outputs.argmax(axis=1)
+    predicted = predicted_classes(outputs, threshold)
     names = [str(label) for label in classes] if classes else None
     as_label = (lambda index: names[index]) if names else str
     return pd.DataFrame({"actual": [as_label(i) for i in y_true], "predicted": [as_label(i) for i in predicted]})
@@ -150,3 +189,31 @@ def plot_confusion_matrix(predictions: pd.DataFrame, path: Path) -> None:
     with atomic_path(path) as temporary:
         figure.savefig(temporary, dpi=100, format="png")
     plt.close(figure)
+
+
+def plot_binary_curves(
+    y_true: np.ndarray, outputs: np.ndarray, threshold: float, roc_path: Path, pr_path: Path
+) -> None:
+    """ROC and precision-recall curves of a binary classifier, with the decision threshold marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scores = outputs.reshape(-1)
+    predicted = scores >= threshold
+    for path, display, point in (
+        (roc_path, skm.RocCurveDisplay, (np.mean(predicted[y_true == 0]), np.mean(predicted[y_true == 1]))),
+        (pr_path, skm.PrecisionRecallDisplay, (np.mean(y_true[predicted]) if predicted.any() else 1.0,)),
+    ):
+        figure, axis = plt.subplots(figsize=(4.5, 4))
+        display.from_predictions(y_true, scores, ax=axis, name="model")
+        if display is skm.RocCurveDisplay:
+            axis.plot(*point, "o", label=f"threshold {threshold}")
+        else:
+            axis.plot(np.mean(predicted[y_true == 1]), point[0], "o", label=f"threshold {threshold}")
+        axis.legend(loc="lower right" if display is skm.RocCurveDisplay else "lower left")
+        figure.tight_layout()
+        with atomic_path(path) as temporary:
+            figure.savefig(temporary, dpi=100, format="png")
+        plt.close(figure)

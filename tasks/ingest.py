@@ -86,6 +86,42 @@ def _load_keras(name: str) -> pd.DataFrame:
     return _images_to_frame(features, labels)
 
 
+def _load_image_folder(path: str, image_shape: list[int]) -> pd.DataFrame:
+    """Images laid out one sub-folder per class, resized to image_shape, as pixel columns and a label."""
+    import keras
+
+    folder = Path(path)
+    if not folder.is_dir():
+        raise DataSourceError(
+            f"{folder}: folder not found (ingest.path must name a folder with one sub-folder per class)"
+        )
+    height, width, *rest = image_shape
+    channels = rest[0] if rest else 3
+    modes = {1: "grayscale", 3: "rgb", 4: "rgba"}
+    if channels not in modes:
+        raise DataSourceError(f"ingest.image_shape: {channels} channels; image folders give 1, 3 or 4")
+    try:
+        dataset = keras.utils.image_dataset_from_directory(
+            folder,
+            labels="inferred",
+            label_mode="int",
+            color_mode=modes[channels],
+            image_size=(height, width),
+            batch_size=None,
+            shuffle=False,
+            verbose=False,
+        )
+    except (ValueError, OSError) as error:
+        raise DataSourceError(f"{folder}: could not read images: {error}") from error
+    images = np.stack([image.numpy() for image, _ in dataset]) if dataset.cardinality() else np.empty((0,))
+    if not len(images):
+        raise DataSourceError(f"{folder}: no images found in its class sub-folders")
+    labels = np.array([dataset.class_names[int(label)] for _, label in dataset])
+    frame = _images_to_frame(images.astype("float32"), np.zeros(len(images)))
+    frame["target"] = labels
+    return frame
+
+
 def _load_file(path: str) -> pd.DataFrame:
     file = Path(path)
     if not file.is_file():
@@ -120,6 +156,9 @@ def load_dataset(params: IngestParams, seed: int) -> RawDataset:
     elif params.source == "keras":
         frame = _load_keras(params.dataset)
         target = "target"
+    elif params.source == "image_folder":
+        frame = _load_image_folder(params.path, params.image_shape)
+        target = "target"
     else:
         frame = _load_file(params.path)
         target = params.target
@@ -130,13 +169,28 @@ def load_dataset(params: IngestParams, seed: int) -> RawDataset:
         )
     if params.max_rows and len(frame) > params.max_rows:
         frame = frame.sample(n=params.max_rows, random_state=seed).sort_index().reset_index(drop=True)
-    dataset = params.dataset if params.source != "file" else None
+    builtin = params.source in ("sklearn", "keras")
+    dataset = params.dataset if builtin else None
     task = params.task if params.task != "auto" else infer_task(frame, target, dataset)
-    text_column = "text" if params.dataset == "imdb" and params.source == "keras" else None
-    image_shape = params.image_shape or (IMAGE_SHAPES.get(params.dataset) if params.source != "file" else None)
+    text_column = params.text_column or ("text" if params.dataset == "imdb" and params.source == "keras" else None)
+    image_shape = params.image_shape or (IMAGE_SHAPES.get(params.dataset) if builtin else None)
     if image_shape and len(image_shape) == 2:
         image_shape = [*image_shape, 1]
     features = [column for column in frame.columns if column != target]
+    if params.features:
+        unknown = [column for column in params.features if column not in frame.columns or column == target]
+        if unknown:
+            raise DataSourceError(
+                f"{params.path or params.dataset}: ingest.features names {unknown}, which are not feature columns; "
+                f"columns are {features[:20]}"
+            )
+        features = list(params.features)
+        frame = frame[[*features, target]]
+    if text_column and text_column not in features:
+        raise DataSourceError(
+            f"{params.path or params.dataset}: ingest.text_column {text_column!r} is not a feature column; "
+            f"columns are {features[:20]}"
+        )
     return RawDataset(
         frame=frame,
         target=target,
@@ -144,7 +198,7 @@ def load_dataset(params: IngestParams, seed: int) -> RawDataset:
         feature_columns=features,
         image_shape=list(image_shape) if image_shape else None,
         text_column=text_column,
-        source={"source": params.source, "dataset": params.dataset, "path": params.path},
+        source={"source": params.source, "dataset": dataset, "path": params.path},
     )
 
 

@@ -8,13 +8,15 @@ layer, so the model takes raw values.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import keras
-import numpy as np
 
 from kerasflow.config import LAYER_TYPES, ConfigError, LayerSpec, ModelParams
+from tasks.backbone import backbone_features
+from tasks.features import input_graph, vocabulary_size
 
 OPTIMIZER_CLASSES = {
     "sgd": keras.optimizers.SGD,
@@ -27,17 +29,17 @@ OPTIMIZER_CLASSES = {
 
 @dataclass(frozen=True)
 class DataSpec:
-    """What the model needs to know about its data (from the preprocessing state)."""
+    """What the model needs to know about its data: the inputs (from the preprocessing state),
+    the constants their preprocessing layers were adapted to, and the task."""
 
-    input_shape: tuple[int, ...]
+    inputs: dict[str, Any]
     task: str
     n_classes: int = 0
-    scaling: dict[str, Any] | None = None
+    fitted: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> DataSpec:
-        classes = state.get("classes") or []
-        return cls(tuple(state["input_shape"]), state["task"], len(classes), state.get("scaling"))
+    def from_state(cls, state: dict[str, Any], fitted: dict[str, Any]) -> DataSpec:
+        return cls(state["inputs"], state["task"], len(state.get("classes") or []), fitted)
 
     @property
     def output_units(self) -> int:
@@ -87,9 +89,9 @@ def check_loss(spec: ModelParams, data: DataSpec) -> str:
     return loss
 
 
-def make_optimizer(spec: ModelParams) -> keras.optimizers.Optimizer:
+def make_optimizer(spec: ModelParams, learning_rate: float | None = None) -> keras.optimizers.Optimizer:
     options = spec.optimizer
-    arguments: dict[str, Any] = {"learning_rate": options.learning_rate}
+    arguments: dict[str, Any] = {"learning_rate": learning_rate or options.learning_rate}
     if options.name == "sgd":
         arguments.update(momentum=options.momentum, nesterov=options.nesterov)
     elif options.name == "rmsprop":
@@ -97,9 +99,16 @@ def make_optimizer(spec: ModelParams) -> keras.optimizers.Optimizer:
     return OPTIMIZER_CLASSES[options.name](**arguments)
 
 
-def make_layer(layer: LayerSpec, position: str) -> keras.layers.Layer:
-    """One Keras layer from its spec; bad arguments raise ConfigError naming the layer."""
+def make_layer(layer: LayerSpec, position: str, vocabulary: int | None = None) -> keras.layers.Layer:
+    """One Keras layer from its spec; bad arguments raise ConfigError naming the layer.
+
+    An embedding without `input_dim` gets the size of the adapted vocabulary (`vocabulary`).
+    """
     arguments = layer.arguments
+    if layer.type == "embedding" and "input_dim" not in arguments:
+        if vocabulary is None:
+            raise ConfigError(f"{position} (embedding): input_dim is required (the data has no text or categories)")
+        arguments["input_dim"] = vocabulary
     if layer.l1 or layer.l2:
         arguments["kernel_regularizer"] = keras.regularizers.L1L2(l1=layer.l1, l2=layer.l2)
     if layer.name:
@@ -115,37 +124,66 @@ def make_layer(layer: LayerSpec, position: str) -> keras.layers.Layer:
         raise ConfigError(f"{position} ({layer.type}): {error}") from None
 
 
-def scaling_layer(scaling: dict[str, Any] | None, input_shape: tuple[int, ...]) -> keras.layers.Layer | None:
-    if not scaling or scaling["kind"] == "none":
-        return None
-    if scaling["kind"] == "max":
-        return keras.layers.Rescaling(scaling["scale"], name="scaling")
-    mean = np.asarray(scaling["mean"], dtype="float32").reshape(input_shape)
-    variance = np.asarray(scaling["variance"], dtype="float32").reshape(input_shape)
-    # One mean and variance per input position (per column, or per pixel).
-    axes = tuple(range(1, len(input_shape) + 1))
-    return keras.layers.Normalization(axis=axes, mean=mean, variance=variance, name="scaling")
+def compile_model(
+    model: keras.Model, spec: ModelParams, data: DataSpec, jit_compile: bool | str, learning_rate: float | None = None
+) -> keras.Model:
+    """Compile with the spec's optimizer (optionally at another learning rate), the loss and the task's metrics."""
+    loss = check_loss(spec, data)
+    target = data.fitted.get("target")
+    # The output layer learns in standard deviations; weighting the loss to match keeps its gradients
+    # (and the logged loss) on that scale for every optimizer, while the metrics stay in target units.
+    power = 2 if loss in ("mean_squared_error", "mse") else 1 if loss in ("mean_absolute_error", "mae") else 0
+    weight = 1.0 / target["std"] ** power if target and power else None
+    model.compile(
+        optimizer=make_optimizer(spec, learning_rate),
+        loss=loss,
+        loss_weights=weight,
+        metrics=default_metrics(data),
+        jit_compile=jit_compile,
+    )
+    return model
 
 
 def build_model(spec: ModelParams, data: DataSpec, jit_compile: bool | str = "auto") -> keras.Model:
     """Build and compile the model described by `spec` for data shaped like `data`.
 
+    The model starts with its input preprocessing (scaling, imputation, lookups, text
+    vectorization), then the augmentation and backbone for images, then the spec's layers
+    (in order, or wired by name for a functional spec), then an output layer for the task.
     Call it under a distribution strategy's scope to build a replicated model; `jit_compile`
     is passed to `compile` (Keras' "auto" turns XLA on where the model supports it).
     """
-    if not spec.layers:
-        raise ConfigError("model.layers: at least one layer is required (e.g. {type: dense, units: 64})")
-    layers = [make_layer(layer, f"model.layers[{index}]") for index, layer in enumerate(spec.layers)]
-    scaler = scaling_layer(data.scaling, data.input_shape)
-    head = keras.layers.Dense(
-        data.output_units, activation=output_activation(spec, data), dtype="float32", name="output"
-    )
+    vocabulary = vocabulary_size(data.fitted)
+    layers = [make_layer(layer, f"model.layers[{index}]", vocabulary) for index, layer in enumerate(spec.layers)]
+    inputs, tensors = input_graph(data.inputs, data.fitted)
+    if (spec.augmentation or spec.backbone) and "image" not in tensors:
+        raise ConfigError("model.augmentation and model.backbone need image data (ingest.image_shape)")
+    if spec.api == "sequential" and "text" in tensors and "features" in tensors:
+        raise ConfigError(
+            "the data has a text column and other columns; a sequential model takes only one of them. Use "
+            "api: functional (start branches from 'text' and 'features'), or choose columns with ingest.features"
+        )
+    if spec.api == "sequential" and data.fitted.get("categorical_encoding") == "integer" and "categorical" in tensors:
+        raise ConfigError(
+            "preprocess.categorical_encoding 'integer' needs api: functional (embed the 'categorical' tensor)"
+        )
+    # A backbone does its own input scaling, so it starts from the raw image.
+    current = inputs if spec.backbone else tensors["input"]
+    for index, layer_spec in enumerate(spec.augmentation):
+        current = make_layer(layer_spec, f"model.augmentation[{index}]")(current)
+    if spec.backbone:
+        current = backbone_features(spec.backbone, current)
+    tensors["input"] = current
 
-    # Wire the graph symbolically first, so a shape error names the layer that caused it.
-    inputs = keras.Input(shape=data.input_shape, name="input")
-    tensors: dict[str, Any] = {"input": scaler(inputs) if scaler else inputs}
-    current = tensors["input"]
+    # Wire the graph symbolically, so a shape error names the layer that caused it.
     for index, (layer_spec, layer) in enumerate(zip(spec.layers, layers, strict=True)):
+        if spec.api == "functional":
+            missing = [name for name in layer_spec.inputs or [] if name not in tensors]
+            if missing:
+                raise ConfigError(
+                    f"model.layers[{index}].inputs names {missing}, which this data does not have; "
+                    f"available: {sorted(tensors)}"
+                )
         sources = [tensors[name] for name in layer_spec.inputs or []] or [current]
         try:
             current = layer(sources if len(sources) > 1 else sources[0])
@@ -158,18 +196,35 @@ def build_model(spec: ModelParams, data: DataSpec, jit_compile: bool | str = "au
             f"model.layers: the last layer outputs shape {tuple(current.shape)}; add a flatten or global "
             "pooling layer so the output layer gets one vector per example"
         )
-    outputs = head(current)
-
-    name = f"kerasflow_{spec.api}"
-    if spec.api == "sequential":
-        stack = [scaler, *layers, head] if scaler else [*layers, head]
-        model: keras.Model = keras.Sequential([keras.Input(shape=data.input_shape, name="input"), *stack], name=name)
-    else:
-        model = keras.Model(inputs, outputs, name=name)
-    model.compile(
-        optimizer=make_optimizer(spec),
-        loss=check_loss(spec, data),
-        metrics=default_metrics(data),
-        jit_compile=jit_compile,
+    head = keras.layers.Dense(
+        data.output_units, activation=output_activation(spec, data), dtype="float32", name="output"
     )
-    return model
+    outputs = head(current)
+    if data.fitted.get("target"):
+        target = data.fitted["target"]
+        outputs = keras.layers.Rescaling(target["std"], offset=target["mean"], name="target_scaling")(outputs)
+    model = keras.Model(inputs, outputs, name=f"kerasflow_{spec.api}")
+    return compile_model(model, spec, data, jit_compile)
+
+
+def export_for_serving(model: keras.Model, path: Path, inputs: dict[str, Any]) -> None:
+    """A TensorFlow SavedModel with one `serve` endpoint for TF Serving, always in inference mode.
+
+    `model.export` would trace the model without `training=False`, and Keras' random augmentation
+    layers then default to training mode and alter the images they serve.
+    """
+    import tensorflow as tf
+
+    if inputs["kind"] == "image":
+        signature: Any = tf.TensorSpec((None, *inputs["shape"]), tf.float32, name="image")
+    else:
+        signature = {
+            entry["input"]: tf.TensorSpec(
+                (None, 1), tf.float32 if entry["kind"] == "numeric" else tf.string, entry["input"]
+            )
+            for entry in inputs["columns"]
+        }
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(name="serve", fn=lambda features: model(features, training=False), input_signature=[signature])
+    archive.write_out(str(path), verbose=False)

@@ -1,8 +1,9 @@
-"""Preprocess: seeded (stratified) train / validation / test split and scaling statistics.
+"""Preprocess: seeded (stratified) train / validation / test split of the raw features.
 
-The scaling statistics are fitted on the training split only and written to the
-preprocessing state; `build_model` puts them into the model as its first layer, so
-the trained model takes raw values and nothing has to be pickled beside it.
+The features stay raw (images as arrays, columns as they are, text as strings): the
+preprocessing layers are fitted on the training split when the model is built
+(`tasks/features.py`), so the trained model takes raw input and nothing has to be
+pickled beside it. The state records what each input is.
 """
 
 from __future__ import annotations
@@ -17,15 +18,16 @@ from sklearn.model_selection import train_test_split
 
 from kerasflow.config import PreprocessParams
 from kerasflow.io import atomic_dir, read_json, write_json
+from tasks.features import describe_inputs, feature_matrix
 
 SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
 class Split:
-    """Features and labels of one split."""
+    """Raw features (an image array or a DataFrame of columns) and labels of one split."""
 
-    x: np.ndarray
+    x: np.ndarray | pd.DataFrame
     y: np.ndarray
 
     def __len__(self) -> int:
@@ -44,36 +46,8 @@ def encode_labels(frame: pd.DataFrame, meta: dict[str, Any]) -> tuple[np.ndarray
     ]
 
 
-def to_features(frame: pd.DataFrame, meta: dict[str, Any]) -> np.ndarray:
-    """Feature matrix as float32, reshaped to (rows, height, width, channels) for images."""
-    if meta.get("text_column"):
-        raise ValueError(
-            f"column {meta['text_column']!r} holds text; text models are not supported by this preprocessing yet"
-        )
-    x = frame[meta["feature_columns"]].to_numpy(dtype="float32")
-    if meta.get("image_shape"):
-        x = x.reshape(len(x), *meta["image_shape"])
-    return x
-
-
-def fit_scaling(x_train: np.ndarray, kind: str, is_image: bool) -> dict[str, Any]:
-    """Scaling statistics from the training split: 'max' for images, 'standard' for columns."""
-    if kind == "auto":
-        kind = "max" if is_image else "standard"
-    if kind == "none":
-        return {"kind": "none"}
-    if kind == "max":
-        peak = float(np.abs(x_train).max()) or 1.0
-        return {"kind": "max", "scale": 1.0 / peak}
-    flat = x_train.reshape(len(x_train), -1)
-    variance = flat.var(axis=0)
-    # Constant columns keep variance 1 so the normalization divides by one, not zero.
-    variance = np.where(variance > 0, variance, 1.0)
-    return {"kind": "standard", "mean": flat.mean(axis=0).tolist(), "variance": variance.tolist()}
-
-
 def split_dataset(
-    x: np.ndarray, y: np.ndarray, params: PreprocessParams, seed: int, classification: bool
+    x: np.ndarray | pd.DataFrame, y: np.ndarray, params: PreprocessParams, seed: int, classification: bool
 ) -> dict[str, Split]:
     """Seeded train / val / test split; stratified on the label for classification."""
     rows = len(y)
@@ -94,24 +68,26 @@ def split_dataset(
     x_train, x_val, y_train, y_val = train_test_split(
         x_rest, y_rest, test_size=val_rows, random_state=seed, stratify=stratify
     )
+    if isinstance(x, pd.DataFrame):
+        x_train, x_val, x_test = (part.reset_index(drop=True) for part in (x_train, x_val, x_test))
     return {"train": Split(x_train, y_train), "val": Split(x_val, y_val), "test": Split(x_test, y_test)}
 
 
 def preprocess_dataset(
     frame: pd.DataFrame, meta: dict[str, Any], params: PreprocessParams, seed: int
 ) -> tuple[dict[str, Split], dict[str, Any]]:
-    """Split and fit scaling; return the splits and the preprocessing state."""
-    x = to_features(frame, meta)
+    """Split the raw features; return the splits and the preprocessing state (what each input is)."""
+    inputs = describe_inputs(frame, meta, params)
+    x = feature_matrix(frame, meta, inputs)
     y, classes = encode_labels(frame, meta)
     classification = meta["task"] == "classification"
     splits = split_dataset(x, y, params, seed, classification)
     state = {
         "task": meta["task"],
         "classes": classes,
-        "input_shape": list(x.shape[1:]),
+        "inputs": inputs,
+        "target": meta["target"],
         "feature_columns": meta["feature_columns"],
-        "image_shape": meta.get("image_shape"),
-        "scaling": fit_scaling(splits["train"].x, params.scaling, bool(meta.get("image_shape"))),
         "rows": {name: len(split) for name, split in splits.items()},
         "seed": seed,
     }
@@ -119,19 +95,25 @@ def preprocess_dataset(
 
 
 def write_processed(splits: dict[str, Split], state: dict[str, Any], directory: Path) -> None:
-    """Write splits as .npy (memory-mappable) and the state as JSON, swapping the folder in atomically."""
+    """Write images as .npy, columns as Parquet, labels as .npy and the state as JSON; swap the folder in at once."""
     with atomic_dir(directory) as temporary:
         for name, split in splits.items():
-            np.save(temporary / f"x_{name}.npy", split.x)
+            if isinstance(split.x, pd.DataFrame):
+                split.x.to_parquet(temporary / f"x_{name}.parquet", index=False)
+            else:
+                np.save(temporary / f"x_{name}.npy", split.x)
             np.save(temporary / f"y_{name}.npy", split.y)
         write_json(temporary / "state.json", state)
 
 
 def read_split(directory: Path, name: str) -> Split:
     directory = Path(directory)
-    if not (directory / f"x_{name}.npy").is_file():
-        raise FileNotFoundError(f"{directory}/x_{name}.npy: not found; run the preprocess stage first")
-    return Split(np.load(directory / f"x_{name}.npy"), np.load(directory / f"y_{name}.npy"))
+    labels = directory / f"y_{name}.npy"
+    if not labels.is_file():
+        raise FileNotFoundError(f"{labels}: not found; run the preprocess stage first")
+    table = directory / f"x_{name}.parquet"
+    x = pd.read_parquet(table) if table.is_file() else np.load(directory / f"x_{name}.npy")
+    return Split(x, np.load(labels))
 
 
 def read_state(directory: Path) -> dict[str, Any]:

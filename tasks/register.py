@@ -99,17 +99,19 @@ def champion_metrics(model_name: str, prefix: str = "test_") -> tuple[str | None
     return str(version.version), found
 
 
-def smoke_test(model_uri: str, example: np.ndarray) -> tuple[bool, str]:
-    """Load the logged model back through MLflow's pyfunc flavor and predict on its example."""
+def smoke_test(model_uri: str, example: Any) -> tuple[bool, str]:
+    """Load the registered model back through MLflow's pyfunc flavor and predict on raw input."""
     import keras
     import mlflow
+    import pandas as pd
 
     keras.utils.disable_interactive_logging()  # No progress bar in the pipeline's logs.
     try:
-        predictions = np.asarray(mlflow.pyfunc.load_model(model_uri).predict(example))
+        predictions = pd.DataFrame(mlflow.pyfunc.load_model(model_uri).predict(example))
     except Exception as error:  # Any failure to load or predict means the model is not servable.
         return False, f"{type(error).__name__}: {error}"
-    if len(predictions) != len(example) or not np.all(np.isfinite(predictions)):
+    numbers = predictions.select_dtypes("number").to_numpy(dtype="float64")
+    if len(predictions) != len(example) or not np.all(np.isfinite(numbers)):
         return False, f"predictions of shape {predictions.shape} are not one finite row per example"
     return True, "ok"
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kerasflow.config import TrainParams
+from kerasflow.config import ConfigError, TrainParams
+from tasks.features import model_inputs
 from tasks.preprocess import Split
 
 logger = logging.getLogger(__name__)
@@ -55,12 +56,41 @@ def distribution_strategy(plan: dict[str, Any]) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
-def make_dataset(split: Split, batch_size: int, shuffle: bool, seed: int) -> tf.data.Dataset:
-    """A batched, prefetched tf.data pipeline over one split."""
-    dataset = tf.data.Dataset.from_tensor_slices((split.x, split.y))
+def make_dataset(
+    split: Split, inputs: dict[str, Any], batch_size: int, shuffle: bool = False, seed: int = 0, labels: bool = True
+) -> tf.data.Dataset:
+    """A batched, prefetched tf.data pipeline over one split's raw features (and labels)."""
+    features = model_inputs(split.x, inputs)
+    dataset = tf.data.Dataset.from_tensor_slices((features, split.y) if labels else features)
     if shuffle:
         dataset = dataset.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def predict(model: keras.Model, x: Any, inputs: dict[str, Any], batch_size: int = 256) -> np.ndarray:
+    """The model's outputs on raw features (Keras' predict refuses NumPy strings, so it goes through tf.data)."""
+    dataset = make_dataset(Split(x, np.zeros(len(x))), inputs, batch_size, labels=False)
+    return np.asarray(model.predict(dataset, verbose=0))
+
+
+def class_weights(
+    setting: str | dict[str, float] | None, y_train: np.ndarray, classes: list[Any] | None
+) -> dict[int, float] | None:
+    """Keras `class_weight` from train.class_weight: null, "balanced", or {label: weight}."""
+    if setting is None:
+        return None
+    if not classes:
+        raise ConfigError("train.class_weight applies to classification only")
+    if setting == "balanced":
+        counts = np.bincount(y_train, minlength=len(classes)).astype("float64")
+        # The scikit-learn rule: rows / (classes * rows of the class); absent classes weigh 1.
+        weights = np.where(counts > 0, len(y_train) / (len(classes) * np.maximum(counts, 1)), 1.0)
+        return {index: float(weight) for index, weight in enumerate(weights)}
+    names = [str(label) for label in classes]
+    unknown = [label for label in setting if label not in names]
+    if unknown:
+        raise ConfigError(f"train.class_weight: labels {unknown} are not classes of the data {names[:20]}")
+    return {index: float(setting.get(name, 1.0)) for index, name in enumerate(names)}
 
 
 def completed_epochs(backup_dir: Path | None) -> int:
@@ -110,25 +140,51 @@ def train_model(
     model: keras.Model,
     train_split: Split,
     val_split: Split,
+    inputs: dict[str, Any],
     params: TrainParams,
     seed: int,
     checkpoint_path: Path | None = None,
     backup_dir: Path | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
+    class_weight: dict[int, float] | None = None,
+    fine_tune: Callable[[keras.Model], None] | None = None,
 ) -> dict[str, list[float]]:
-    """Fit `model`; return the per-epoch history (loss, metrics, val_*)."""
+    """Fit `model`; return the per-epoch history (loss, metrics, val_*).
+
+    With `train.fine_tune.epochs`, `fine_tune` (which unfreezes and recompiles the model)
+    runs after the first phase, and training goes on for those epochs.
+    """
     if len(train_split) == 0 or len(val_split) == 0:
         raise ValueError("train and validation splits must not be empty")
     keras.utils.set_random_seed(seed)
+    train_data = make_dataset(train_split, inputs, params.batch_size, params.shuffle, seed)
+    val_data = make_dataset(val_split, inputs, params.batch_size, False, seed)
     history = model.fit(
-        make_dataset(train_split, params.batch_size, params.shuffle, seed),
-        validation_data=make_dataset(val_split, params.batch_size, False, seed),
+        train_data,
+        validation_data=val_data,
         epochs=params.epochs,
         callbacks=training_callbacks(params, checkpoint_path, backup_dir, callbacks),
+        class_weight=class_weight,
         shuffle=False,  # The tf.data pipeline shuffles.
         verbose=0,
     )
     result = {name: [float(value) for value in values] for name, values in history.history.items()}
+    if params.fine_tune.epochs and fine_tune is not None:
+        done = len(result.get("loss", []))
+        fine_tune(model)
+        # No backup in this phase: a killed fine-tune starts over from the trained head.
+        more = model.fit(
+            train_data,
+            validation_data=val_data,
+            initial_epoch=done,
+            epochs=done + params.fine_tune.epochs,
+            callbacks=training_callbacks(params, None, None, callbacks),
+            class_weight=class_weight,
+            shuffle=False,
+            verbose=0,
+        )
+        for name, values in more.history.items():
+            result.setdefault(name, []).extend(float(value) for value in values)
     losses = result.get("loss", [])
     if not losses or not np.all(np.isfinite(losses)):
         raise FloatingPointError("training stopped: the loss became NaN or infinite (TerminateOnNaN)")

@@ -49,6 +49,19 @@ def infer_schema(frame: pd.DataFrame, meta: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
+def _missing_problems(name: str, column: pd.Series, allowed_fraction: float) -> list[str]:
+    """A column with more missing values than validate.max_missing_fraction allows (or with no values)."""
+    missing = int(column.isna().sum())
+    if not missing or (missing < len(column) and missing / len(column) <= allowed_fraction):
+        return []
+    hint = (
+        f" (validate.max_missing_fraction is {allowed_fraction}; raise it to let the model impute them)"
+        if missing < len(column)
+        else ""
+    )
+    return [f"column {name!r} has {missing} missing (NaN) value(s){hint}"]
+
+
 def check_dataset(frame: pd.DataFrame, meta: dict[str, Any], params: ValidateParams) -> list[str]:
     """Problems that hold whatever the schema: emptiness, target, types, image size."""
     target, task = meta["target"], meta["task"]
@@ -73,6 +86,7 @@ def check_dataset(frame: pd.DataFrame, meta: dict[str, Any], params: ValidatePar
     elif not pd.api.types.is_numeric_dtype(frame[target]):
         problems.append(f"target column {target!r} must be numeric for regression, found {frame[target].dtype}")
     text_column = meta.get("text_column")
+    image_shape = meta.get("image_shape")
     for name in meta["feature_columns"]:
         if name not in frame.columns:
             continue
@@ -81,16 +95,18 @@ def check_dataset(frame: pd.DataFrame, meta: dict[str, Any], params: ValidatePar
             if column.fillna("").astype(str).str.strip().eq("").all():
                 problems.append(f"text column {name!r} is empty in every row")
             continue
+        problems.extend(_missing_problems(name, column, 0.0 if image_shape else params.max_missing_fraction))
         if not pd.api.types.is_numeric_dtype(column):
-            sample = column[pd.to_numeric(column, errors="coerce").isna() & column.notna()].head(3).tolist()
-            problems.append(f"column {name!r} must be numeric, found {column.dtype} (e.g. {sample})")
+            present = column.dropna()
+            numbers = pd.to_numeric(present, errors="coerce")
+            # Mostly numbers with a few strings is a broken numeric column, not a categorical one.
+            if image_shape or (len(present) and numbers.notna().mean() >= 0.9):
+                sample = present[numbers.isna()].head(3).tolist()
+                problems.append(f"column {name!r} must be numeric, found {column.dtype} (e.g. {sample})")
             continue
         values = column.to_numpy(dtype="float64", na_value=np.nan)
         if np.isinf(values).any():
             problems.append(f"column {name!r} has {int(np.isinf(values).sum())} infinite value(s)")
-        if np.isnan(values).any():
-            problems.append(f"column {name!r} has {int(np.isnan(values).sum())} missing (NaN) value(s)")
-    image_shape = meta.get("image_shape")
     if image_shape and text_column is None:
         expected = int(np.prod(image_shape))
         if len(meta["feature_columns"]) != expected:

@@ -39,6 +39,31 @@ def test_shipped_params_are_valid():
         ({"register": {"model_name": "bad/name"}}, "register.model_name"),
         ({"register": {"thresholds": {"accuracyy": 0.5}}}, "unknown metric 'accuracyy'"),
         ({"evaluate": {"primary_metric": "auc"}}, "evaluate.primary_metric"),
+        ({"ingest": {"source": "image_folder", "path": "images"}}, "source 'image_folder' needs path"),
+        ({"ingest": {"source": "images"}}, "ingest.source"),
+        (
+            {"ingest": {"text_column": "review", "image_shape": [8, 8]}},
+            "text_column and image_shape cannot both be set",
+        ),
+        ({"validate": {"max_missing_fraction": 1.0}}, "validate.max_missing_fraction: Input should be less than 1"),
+        ({"validate": {"max_missing_fraction": -0.1}}, "validate.max_missing_fraction"),
+        ({"preprocess": {"categorical_encoding": "hash"}}, "preprocess.categorical_encoding"),
+        ({"preprocess": {"max_categories": 0}}, "preprocess.max_categories"),
+        ({"preprocess": {"text": {"standardize": "upper"}}}, "preprocess.text.standardize"),
+        ({"preprocess": {"text": {"max_tokens": 0}}}, "preprocess.text.max_tokens"),
+        (
+            {"model": {"augmentation": [{"type": "dense", "units": 2}]}},
+            "augmentation[0]: 'dense' is not an augmentation",
+        ),
+        ({"model": {"backbone": {"name": "MobileNetV2", "pooling": "sum"}}}, "model.backbone.pooling"),
+        ({"model": {"backbone": {"weights": "imagenet"}}}, "model.backbone.name: Field required"),
+        ({"model": {"decision_threshold": 1.0}}, "model.decision_threshold: Input should be less than 1"),
+        ({"model": {"decision_threshold": 0}}, "model.decision_threshold: Input should be greater than 0"),
+        ({"train": {"class_weight": "balance"}}, "train.class_weight"),
+        ({"train": {"class_weight": {"yes": -1.0}}}, "train.class_weight"),
+        ({"train": {"fine_tune": {"epochs": -1}}}, "train.fine_tune.epochs"),
+        ({"train": {"fine_tune": {"layers": 0}}}, "train.fine_tune.layers: Input should be greater than 0"),
+        ({"train": {"fine_tune": {"learning_rate": 0}}}, "train.fine_tune.learning_rate"),
     ],
 )
 def test_bad_values_name_the_key(tree, expected):
@@ -91,3 +116,77 @@ def test_apply_overrides_leaves_the_input_alone():
 
 def test_flatten_uses_dotted_keys_and_list_indices():
     assert flatten({"a": {"b": 1, "c": [{"d": 2}]}, "e": []}) == {"a.b": 1, "a.c.0.d": 2, "e": []}
+
+
+def test_new_sections_parse_with_their_values():
+    params = parse_params(
+        {
+            "ingest": {"source": "file", "path": "d.csv", "features": ["a", "b"], "text_column": "b"},
+            "validate": {"max_missing_fraction": 0.2},
+            "preprocess": {
+                "categorical_encoding": "integer",
+                "max_categories": 50,
+                "categorical_columns": ["a"],
+                "text": {"max_tokens": 100, "sequence_length": 20, "standardize": "none"},
+            },
+            "model": {
+                "augmentation": [
+                    {"type": "random_flip", "mode": "horizontal"},
+                    {"type": "gaussian_noise", "stddev": 1},
+                ],
+                "backbone": {"name": "MobileNetV2", "weights": "/w.weights.h5", "pooling": "max", "trainable": True},
+                "decision_threshold": 0.3,
+            },
+            "train": {"class_weight": {"yes": 3.0}, "fine_tune": {"epochs": 2, "learning_rate": 1e-4, "layers": 10}},
+        }
+    )
+    assert params.ingest.features == ["a", "b"] and params.ingest.text_column == "b"
+    assert params.validate_.max_missing_fraction == 0.2
+    assert params.preprocess.categorical_columns == ["a"] and params.preprocess.text.standardize == "none"
+    assert [layer.type for layer in params.model.augmentation] == ["random_flip", "gaussian_noise"]
+    assert params.model.backbone.pooling == "max" and params.model.backbone.trainable is True
+    assert params.train.class_weight == {"yes": 3.0} and params.train.fine_tune.layers == 10
+    assert parse_params({"train": {"class_weight": "balanced"}}).train.class_weight == "balanced"
+
+
+def test_new_defaults_change_nothing():
+    params = Params()
+    assert params.validate_.max_missing_fraction == 0.0  # missing values are refused unless allowed
+    assert params.model.augmentation == [] and params.model.backbone is None and params.model.layers == []
+    assert params.model.decision_threshold == 0.5
+    assert params.train.class_weight is None and params.train.fine_tune.epochs == 0
+    assert params.preprocess.categorical_encoding == "one_hot" and params.preprocess.categorical_columns == []
+
+
+@pytest.mark.parametrize("tensor", ["input", "features", "numeric", "categorical", "text", "image"])
+def test_functional_layers_may_start_from_each_named_input_tensor(tensor):
+    params = parse_params(
+        {"model": {"api": "functional", "layers": [{"type": "dense", "units": 2, "inputs": [tensor]}]}}
+    )
+    assert params.model.layers[0].inputs == [tensor]
+
+
+EXAMPLES = sorted((REPO_ROOT / "examples").glob("*/params.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.parent.name)
+def test_shipped_examples_are_valid(path):
+    params = load_params(path)
+    if params.ingest.path:  # relative paths are taken from the example's folder
+        assert (path.parent / params.ingest.path).exists(), params.ingest.path
+
+
+def test_each_example_registers_its_own_model():
+    names = [load_params(path).register_.model_name for path in EXAMPLES]
+    assert len(names) >= 10 and len(set(names)) == len(names)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=ConfigError,
+    reason="source bug: train.class_weight is dict[str, float], so YAML `{0: 1.0, 1: 5.0}` (integer labels, "
+    "e.g. breast_cancer) is refused with 'Input should be a valid string'; only quoted keys work",
+)
+def test_class_weight_accepts_integer_labels_as_yaml_writes_them():
+    params = parse_params(yaml.safe_load("train: {class_weight: {0: 1.0, 1: 5.0}}"))
+    assert params.train.class_weight == {"0": 1.0, "1": 5.0}

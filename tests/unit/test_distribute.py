@@ -13,53 +13,92 @@ from kerasflow.config import TrainParams
 from tests.conftest import REPO_ROOT
 
 # Logical devices must be configured before TensorFlow starts, so this runs in its own process.
+# Two datasets: numeric columns (with missing values, imputed in the model) and the same plus a
+# categorical column (a StringLookup in the model); each trained on one device and mirrored on two.
 SCRIPT = """
 import json, sys
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras
+import numpy as np
 from sklearn.datasets import load_breast_cancer
-from kerasflow.config import ModelParams, TrainParams
+from kerasflow.config import ModelParams, PreprocessParams, TrainParams
+from tasks.features import adapt_inputs, describe_inputs, feature_matrix
 from tasks.model import DataSpec, build_model
-from tasks.preprocess import Split, fit_scaling
-from tasks.train import accelerator_plan, distribution_strategy, train_model
+from tasks.preprocess import Split
+from tasks.train import accelerator_plan, distribution_strategy, predict, train_model
 
-x, y = load_breast_cancer(return_X_y=True)
-x = x.astype("float32")
-train, val = Split(x[:384], y[:384]), Split(x[384:], y[384:])
-spec = ModelParams.model_validate({"layers": [{"type": "dense", "units": 16, "activation": "relu"}]})
-data = DataSpec((30,), "classification", 2, fit_scaling(train.x, "standard", is_image=False))
 results = {}
-for distribute in ("off", "mirrored"):
-    params = TrainParams.model_validate({"epochs": 3, "batch_size": 64, "shuffle": False, "distribute": distribute,
-                                         "jit_compile": False, "early_stopping": {"enabled": False}})
-    plan = accelerator_plan(params)
-    keras.utils.set_random_seed(0)
-    with distribution_strategy(plan).scope():
-        model = build_model(spec, data, jit_compile=plan["jit_compile"])
-    history = train_model(model, train, val, params, seed=0)
-    replicas = model.distribute_strategy.num_replicas_in_sync
-    predictions = model.predict(val.x[:20], verbose=0).ravel().tolist()
-    results[distribute] = {"plan": plan, "loss": history["loss"], "replicas": replicas, "predictions": predictions}
+for dataset in ("numeric", "categorical"):
+    frame = load_breast_cancer(as_frame=True).frame
+    frame.loc[::7, "mean texture"] = np.nan
+    if dataset == "categorical":
+        frame["size"] = np.where(frame["mean radius"] > 14, "large", "small")
+    meta = {"target": "target", "task": "classification", "feature_columns": [c for c in frame if c != "target"]}
+    inputs = describe_inputs(frame, meta, PreprocessParams())
+    x, y = feature_matrix(frame, meta, inputs), frame["target"].to_numpy()
+    train, val = Split(x[:384], y[:384]), Split(x[384:].reset_index(drop=True), y[384:])
+    data = DataSpec(inputs, "classification", 2, adapt_inputs(inputs, train.x, PreprocessParams()))
+    spec = ModelParams.model_validate({"layers": [{"type": "dense", "units": 16, "activation": "relu"}]})
+    for distribute in ("off", "mirrored"):
+        params = TrainParams.model_validate({"epochs": 3, "batch_size": 64, "shuffle": False, "distribute": distribute,
+                                             "jit_compile": False, "early_stopping": {"enabled": False}})
+        plan = accelerator_plan(params)
+        keras.utils.set_random_seed(0)
+        try:
+            with distribution_strategy(plan).scope():
+                model = build_model(spec, data, jit_compile=plan["jit_compile"])
+            history = train_model(model, train, val, inputs, params, seed=0)
+        except Exception as error:
+            results[f"{dataset}.{distribute}"] = {"error": f"{type(error).__name__}: {str(error)[:300]}"}
+            continue
+        replicas = model.distribute_strategy.num_replicas_in_sync
+        predictions = predict(model, val.x[:20], inputs).ravel().tolist()
+        results[f"{dataset}.{distribute}"] = {
+            "plan": plan, "loss": history["loss"], "replicas": replicas, "predictions": predictions
+        }
 print(json.dumps(results))
 """
 
 
-@pytest.mark.slow
-def test_mirrored_strategy_over_two_cpu_devices_matches_one_device():
+@pytest.fixture(scope="module")
+def runs():
     result = subprocess.run(
         [sys.executable, "-c", SCRIPT], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    runs = json.loads(result.stdout.strip().splitlines()[-1])
-    single, mirrored = runs["off"], runs["mirrored"]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _check_mirrored_matches_single(runs, dataset):
+    single, mirrored = runs[f"{dataset}.off"], runs[f"{dataset}.mirrored"]
+    assert "error" not in single, single
+    assert "error" not in mirrored, mirrored
     assert single["replicas"] == 1 and single["plan"]["strategy"] == "default"
     assert mirrored["replicas"] == 2 and mirrored["plan"]["strategy"] == "MirroredStrategy"
     assert mirrored["plan"]["devices"] == ["/device:CPU:0", "/device:CPU:1"]
     assert mirrored["loss"][-1] < mirrored["loss"][0]
     np.testing.assert_allclose(mirrored["loss"], single["loss"], rtol=1e-3)
     np.testing.assert_allclose(mirrored["predictions"], single["predictions"], atol=1e-3)
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_over_two_cpu_devices_matches_one_device(runs):
+    _check_mirrored_matches_single(runs, "numeric")
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="source bug: with a categorical (or text) column the model takes string inputs, and Keras' fit under "
+    "MirroredStrategy reduces the first distributed batch with MEAN (trainer._maybe_symbolic_build), which fails "
+    "on strings: InvalidArgumentError ... AddN ... string",
+)
+def test_mirrored_strategy_trains_a_model_with_string_inputs(runs):
+    assert "error" not in runs["categorical.off"], runs["categorical.off"]  # one device is fine
+    _check_mirrored_matches_single(runs, "categorical")
 
 
 def test_auto_switches_resolve_to_cpu_defaults_here():

@@ -1,4 +1,4 @@
-"""Preprocess splits reproducibly, keeps class balance, and fits scaling on train only."""
+"""Preprocess splits reproducibly, keeps class balance, and keeps the features raw (the model adapts to them)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,15 @@ import pandas as pd
 import pytest
 
 from kerasflow.config import PreprocessParams
-from tasks.preprocess import fit_scaling, preprocess_dataset, read_split, read_state, split_dataset, write_processed
+from tasks.preprocess import preprocess_dataset, read_split, read_state, split_dataset, write_processed
+from tests.unit.helpers import mixed_frame
+
+MIXED_META = {
+    "target": "label",
+    "task": "classification",
+    "feature_columns": ["size", "color", "note"],
+    "text_column": "note",
+}
 
 
 def test_split_sizes_stratification_and_seed(tabular_frame, tabular_meta):
@@ -19,17 +27,32 @@ def test_split_sizes_stratification_and_seed(tabular_frame, tabular_meta):
         assert abs(split.y.mean() - overall) < 0.1  # stratified: each split keeps the class balance
     again, _ = preprocess_dataset(tabular_frame, tabular_meta, params, seed=7)
     other, _ = preprocess_dataset(tabular_frame, tabular_meta, params, seed=8)
-    assert np.array_equal(splits["test"].x, again["test"].x)
-    assert not np.array_equal(splits["test"].x, other["test"].x)
+    assert splits["test"].x.equals(again["test"].x)
+    assert not splits["test"].x.equals(other["test"].x)
 
 
-def test_scaling_statistics_come_from_the_training_split(tabular_frame, tabular_meta):
-    splits, state = preprocess_dataset(tabular_frame, tabular_meta, PreprocessParams(), seed=0)
-    assert np.allclose(state["scaling"]["mean"], splits["train"].x.mean(axis=0))
-    assert not np.allclose(state["scaling"]["mean"], tabular_frame[["a", "b"]].to_numpy().mean(axis=0))
+def test_columns_stay_raw_and_the_state_describes_the_inputs():
+    frame = mixed_frame(rows=100)
+    splits, state = preprocess_dataset(frame, MIXED_META, PreprocessParams(), seed=0)
+    assert "scaling" not in state and "input_shape" not in state
+    assert state["inputs"]["kind"] == "columns"
+    assert {entry["column"]: entry["kind"] for entry in state["inputs"]["columns"]} == {
+        "size": "numeric",
+        "color": "categorical",
+        "note": "text",
+    }
+    assert state["target"] == "label" and state["classes"] == [0, 1]
+    train = splits["train"].x
+    assert isinstance(train, pd.DataFrame) and list(train.columns) == ["size", "color", "note"]
+    assert list(train.index) == list(range(len(train)))  # index reset after the shuffle
+    # Nothing is scaled, imputed or encoded here: the rows are the raw rows, missing values included.
+    rows = pd.concat([split.x for split in splits.values()])
+    assert rows["size"].isna().sum() == frame["size"].isna().sum()
+    assert sorted(rows["size"].dropna()) == sorted(frame["size"].dropna())
+    assert set(rows["color"].dropna()) == {"red", "green", "blue"}
 
 
-def test_images_are_reshaped_and_scaled_by_their_maximum():
+def test_images_are_reshaped_and_left_unscaled():
     frame = pd.DataFrame(np.arange(40 * 4).reshape(40, 4) % 17, columns=[f"p{i}" for i in range(4)])
     frame["target"] = [0, 1] * 20
     meta = {
@@ -39,8 +62,9 @@ def test_images_are_reshaped_and_scaled_by_their_maximum():
         "image_shape": [2, 2, 1],
     }
     splits, state = preprocess_dataset(frame, meta, PreprocessParams(), seed=0)
-    assert splits["train"].x.shape[1:] == (2, 2, 1) and state["input_shape"] == [2, 2, 1]
-    assert state["scaling"] == {"kind": "max", "scale": 1 / 16}
+    assert splits["train"].x.shape[1:] == (2, 2, 1) and splits["train"].x.dtype == np.float32
+    assert state["inputs"] == {"kind": "image", "shape": [2, 2, 1]}
+    assert splits["train"].x.max() == 16  # raw pixel values; the model's first layer scales them
 
 
 def test_string_labels_are_encoded_and_kept(tabular_frame, tabular_meta):
@@ -49,9 +73,15 @@ def test_string_labels_are_encoded_and_kept(tabular_frame, tabular_meta):
     assert state["classes"] == ["no", "yes"] and set(splits["train"].y) == {0, 1}
 
 
-def test_constant_columns_do_not_divide_by_zero():
-    scaling = fit_scaling(np.ones((5, 2), dtype="float32"), "standard", is_image=False)
-    assert scaling["variance"] == [1.0, 1.0]
+def test_regression_labels_are_floats(tabular_frame, tabular_meta):
+    meta = {**tabular_meta, "task": "regression"}
+    splits, state = preprocess_dataset(tabular_frame.assign(label=tabular_frame["a"] * 2), meta, PreprocessParams(), 0)
+    assert state["classes"] is None and splits["train"].y.dtype == np.float32
+
+
+def test_unknown_categorical_columns_stop_preprocess(tabular_frame, tabular_meta):
+    with pytest.raises(ValueError, match=r"categorical_columns names \['zip'\]"):
+        preprocess_dataset(tabular_frame, tabular_meta, PreprocessParams(categorical_columns=["zip"]), seed=0)
 
 
 def test_too_few_rows_for_the_split():
@@ -60,13 +90,33 @@ def test_too_few_rows_for_the_split():
         split_dataset(x, y, PreprocessParams(test_fraction=0.2, val_fraction=0.1), seed=0, classification=True)
 
 
-def test_outputs_round_trip_and_replace_atomically(tmp_path, tabular_frame, tabular_meta):
-    splits, state = preprocess_dataset(tabular_frame, tabular_meta, PreprocessParams(), seed=0)
+def test_columns_round_trip_through_parquet(tmp_path):
+    splits, state = preprocess_dataset(mixed_frame(rows=100), MIXED_META, PreprocessParams(), seed=0)
     folder = tmp_path / "processed"
     write_processed(splits, state, folder)
     write_processed(splits, state, folder)  # a rerun swaps the folder, it does not nest or merge
-    assert np.array_equal(read_split(folder, "val").y, splits["val"].y)
-    assert read_state(folder)["rows"] == state["rows"]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [f"x_{name}.parquet" for name in splits] + [f"y_{name}.npy" for name in splits] + ["state.json"]
+    )
+    for name, split in splits.items():
+        back = read_split(folder, name)
+        pd.testing.assert_frame_equal(back.x, split.x, check_dtype=False)  # NaN and None survive
+        assert np.array_equal(back.y, split.y)
+    assert read_state(folder) == state
     assert sorted(p.name for p in tmp_path.iterdir()) == ["processed"]
+
+
+def test_images_round_trip_as_npy(tmp_path):
+    x = np.arange(30 * 4, dtype="float32").reshape(30, 4)
+    frame = pd.DataFrame(x, columns=list("abcd")).assign(target=[0, 1, 2] * 10)
+    meta = {"target": "target", "task": "classification", "feature_columns": list("abcd"), "image_shape": [2, 2, 1]}
+    splits, state = preprocess_dataset(frame, meta, PreprocessParams(), seed=0)
+    write_processed(splits, state, tmp_path / "processed")
+    assert (tmp_path / "processed" / "x_train.npy").is_file()
+    assert not list((tmp_path / "processed").glob("*.parquet"))
+    assert np.array_equal(read_split(tmp_path / "processed", "test").x, splits["test"].x)
+
+
+def test_reading_before_preprocess_names_the_stage(tmp_path):
     with pytest.raises(FileNotFoundError, match="run the preprocess stage first"):
         read_split(tmp_path / "nowhere", "train")

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from kerasflow.config import RegisterParams
-from tasks.register import CHALLENGER, CHAMPION, apply_decision, champion_metrics, decide, register_version
+from tasks.register import (
+    CHALLENGER,
+    CHAMPION,
+    apply_decision,
+    champion_metrics,
+    decide,
+    register_version,
+    smoke_test,
+)
 
 GOOD = {"accuracy": 0.98, "f1": 0.97}
 BASELINE = {"accuracy": 0.96, "f1": 0.95}
@@ -76,3 +85,25 @@ def test_registry_round_trip_in_a_real_store(mlflow_store, tmp_path):
     assert str(client.get_model_version_by_alias("m", CHAMPION).version) == first
     assert str(client.get_model_version_by_alias("m", CHALLENGER).version) == second
     assert client.get_model_version("m", second).tags["kerasflow.decision"] == CHALLENGER
+
+
+def test_smoke_test_loads_the_logged_pyfunc_and_predicts_on_raw_rows(mlflow_store, tmp_path):
+    from kerasflow import tracking
+    from kerasflow.config import TrackingParams
+    from tests.unit.helpers import log_mixed_model
+
+    experiment_id = tracking.configure(TrackingParams(), tmp_path)
+    with tracking.open_run(experiment_id):
+        uri, _, _, example = log_mixed_model(tmp_path, "classification")
+    assert smoke_test(uri, example) == (True, "ok")
+    rows = example.copy()
+    rows.loc[0, "size"] = np.nan
+    assert smoke_test(uri, rows) == (True, "ok")
+    ok, detail = smoke_test(uri, example.drop(columns="color"))
+    assert not ok and "color" in detail
+    garbage = example.astype({"size": object})
+    garbage.loc[2, "size"] = "twelve"
+    ok, detail = smoke_test(uri, garbage)
+    assert not ok and "'size' must be numeric" in detail and "twelve" in detail
+    ok, detail = smoke_test("runs:/0123456789abcdef/model", example)
+    assert not ok and "0123456789abcdef" in detail

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import mlflow
+import numpy as np
+import pandas as pd
 import pytest
 
 from kerasflow import tracking
 from kerasflow.config import TrackingParams
+from tests.unit.helpers import log_mixed_model
 
 
 def test_relative_sqlite_uri_is_anchored_at_the_project_root(tmp_path, monkeypatch):
@@ -107,3 +110,76 @@ def test_replayed_epochs_land_once_per_step(mlflow_store, tmp_path):
         tracking.replay_epochs([{"epoch": 0, "loss": 2.0}, {"epoch": 1, "loss": 1.0}])
     history = mlflow.MlflowClient().get_metric_history(run_id, "loss")
     assert [(point.step, point.value) for point in history] == [(0, 2.0), (1, 1.0)]
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_logged_model_is_a_pyfunc_on_raw_columns(mlflow_store, tmp_path, task):
+    from tasks.train import predict
+
+    experiment_id = tracking.configure(TrackingParams(), tmp_path)
+    with tracking.open_run(experiment_id) as run_id:
+        uri, model, prepared, example = log_mixed_model(tmp_path, task, export=task == "classification")
+    loaded = mlflow.pyfunc.load_model(uri)
+    assert [spec.name for spec in loaded.metadata.get_input_schema().inputs] == ["size", "color"]
+    rows = example.copy()
+    rows.loc[0, "size"] = np.nan  # imputed inside the model
+    rows.loc[1, "color"] = "violet"  # out of vocabulary
+    result = loaded.predict(rows)
+    expected = predict(model, rows, prepared.inputs).ravel()
+    if task == "regression":
+        assert list(result.columns) == ["prediction"]
+        np.testing.assert_allclose(result["prediction"], expected, atol=1e-5)
+    else:
+        assert list(result.columns) == ["label", "probability_0", "probability_1"]
+        np.testing.assert_allclose(result["probability_1"], expected, atol=1e-5)
+        np.testing.assert_allclose(result["probability_0"] + result["probability_1"], 1.0, atol=1e-6)
+        assert result["label"].tolist() == ["1" if value >= 0.5 else "0" for value in expected]
+        # The decision threshold is part of the model's config.
+        strict = mlflow.pyfunc.load_model(uri, model_config={"threshold": 0.999}).predict(rows)
+        assert set(strict["label"]) == {"0"}
+        artifacts = {item.path for item in mlflow.MlflowClient().list_artifacts(run_id)}
+        assert "saved_model" in artifacts  # the TF Serving export beside the pyfunc
+    assert uri.startswith("models:/")
+    classes = [0, 1] if task == "classification" else None
+    assert tracking.round_trip_difference(uri, example, predict(model, example, prepared.inputs), classes) < 1e-5
+    assert tracking.round_trip_difference(uri, example, predict(model, example, prepared.inputs) + 0.1, classes) > 0.09
+
+
+def test_raw_signature_types_numbers_as_any_and_names_the_outputs():
+    example = pd.DataFrame({"count": [1.0, np.nan], "city": ["a", "b"]})
+    inputs = {
+        "kind": "columns",
+        "columns": [
+            {"column": "count", "input": "count", "kind": "numeric"},
+            {"column": "city", "input": "city", "kind": "categorical"},
+        ],
+    }
+    signature = tracking.raw_signature(example, {"inputs": inputs, "classes": ["no", "yes"]})
+    columns = {spec.name: spec for spec in signature.inputs.inputs}
+    # Any: int64 values, floats and missing values are all accepted for a numeric column.
+    assert str(columns["count"].type) == "Any" and columns["city"].type.name == "string"
+    assert [spec.name for spec in signature.outputs.inputs] == ["label", "probability_no", "probability_yes"]
+    regression = tracking.raw_signature(example, {"inputs": inputs, "classes": None})
+    assert [spec.name for spec in regression.outputs.inputs] == ["prediction"]
+    images = tracking.raw_signature(np.zeros((2, 4, 4, 1)), {"inputs": {"kind": "image", "shape": [4, 4, 1]}})
+    assert images.inputs.inputs[0].shape == (-1, 4, 4, 1)
+
+
+@pytest.mark.parametrize(
+    ("frame", "classes", "expected"),
+    [
+        (pd.DataFrame({"prediction": [1.5, 2.5]}), None, [[1.5], [2.5]]),
+        (
+            pd.DataFrame({"label": ["y", "n"], "probability_n": [0.2, 0.9], "probability_y": [0.8, 0.1]}),
+            ["n", "y"],
+            [[0.8], [0.1]],
+        ),
+        (
+            pd.DataFrame({"label": ["b"], "probability_a": [0.2], "probability_b": [0.5], "probability_c": [0.3]}),
+            ["a", "b", "c"],
+            [[0.2, 0.5, 0.3]],
+        ),
+    ],
+)
+def test_pyfunc_outputs_back_to_the_keras_outputs(frame, classes, expected):
+    np.testing.assert_allclose(tracking.pyfunc_outputs(frame, classes), expected, rtol=1e-6)

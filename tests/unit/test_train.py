@@ -1,34 +1,53 @@
-"""Training really learns: the loss goes down and the model beats chance."""
+"""Training really learns from raw columns, text and images: the loss goes down and the model beats chance."""
 
 from __future__ import annotations
 
 import keras
 import numpy as np
+import pandas as pd
 import pytest
+import tensorflow as tf
 from sklearn.datasets import load_breast_cancer
 
-from kerasflow.config import ModelParams, TrainParams
-from tasks.model import DataSpec, build_model
-from tasks.preprocess import Split, fit_scaling
-from tasks.train import device_summary, make_dataset, train_model
+from kerasflow.config import ConfigError, ModelParams, PreprocessParams, TrainParams
+from kerasflow.samples import linear
+from tasks.features import model_inputs, target_scaling
+from tasks.model import DataSpec, build_model, compile_model
+from tasks.preprocess import Split
+from tasks.train import class_weights, device_summary, make_dataset, predict, train_model
+from tests.unit.helpers import mixed_frame, prepare, review_frame
+
+QUICK = {"early_stopping": {"enabled": False}, "checkpoint": False}
+
+
+def train_params(**values) -> TrainParams:
+    return TrainParams.model_validate({**QUICK, **values})
+
+
+def splits(prepared, train_rows: int) -> tuple[Split, Split]:
+    x, y = prepared.x, prepared.y
+    return Split(x.iloc[:train_rows], y[:train_rows]), Split(x.iloc[train_rows:].reset_index(drop=True), y[train_rows:])
 
 
 @pytest.fixture(scope="module")
 def cancer():
-    x, y = load_breast_cancer(return_X_y=True)
-    x = x.astype("float32")
-    return Split(x[:400], y[:400]), Split(x[400:], y[400:])
+    """Breast cancer columns as raw DataFrame columns (names with spaces), adapted on the first 400 rows."""
+    frame = load_breast_cancer(as_frame=True).frame
+    return prepare(frame, "target", "classification", train_rows=400)
 
 
-def make_model(train_split):
-    spec = ModelParams.model_validate({"layers": [{"type": "dense", "units": 16, "activation": "relu"}]})
-    data = DataSpec((30,), "classification", 2, fit_scaling(train_split.x, "standard", is_image=False))
-    return build_model(spec, data)
+def make_model(prepared, **values):
+    values.setdefault("layers", [{"type": "dense", "units": 16, "activation": "relu"}])
+    return build_model(ModelParams.model_validate(values), prepared.data)
+
+
+def accuracy(model, split: Split, inputs) -> float:
+    return float(np.mean((predict(model, split.x, inputs).ravel() >= 0.5) == split.y))
 
 
 @pytest.mark.slow
 def test_loss_goes_down_and_accuracy_beats_chance(cancer, tmp_path):
-    train_split, val_split = cancer
+    train_split, val_split = splits(cancer, 400)
     keras.utils.set_random_seed(0)
     seen = []
 
@@ -37,9 +56,10 @@ def test_loss_goes_down_and_accuracy_beats_chance(cancer, tmp_path):
             seen.append(epoch)
 
     history = train_model(
-        make_model(train_split),
+        make_model(cancer),
         train_split,
         val_split,
+        cancer.inputs,
         TrainParams(epochs=8, batch_size=32),
         seed=0,
         checkpoint_path=tmp_path / "best.weights.h5",
@@ -54,36 +74,247 @@ def test_loss_goes_down_and_accuracy_beats_chance(cancer, tmp_path):
 
 
 def test_early_stopping_stops_before_the_epoch_budget(cancer):
-    train_split, val_split = cancer
+    train_split, val_split = splits(cancer, 400)
     params = TrainParams.model_validate({"epochs": 200, "early_stopping": {"patience": 1, "min_delta": 10.0}})
-    history = train_model(make_model(train_split), train_split, val_split, params, seed=0)
+    history = train_model(make_model(cancer), train_split, val_split, cancer.inputs, params, seed=0)
     assert len(history["loss"]) == 2
 
 
 def test_nan_loss_stops_training_with_a_clear_error(cancer):
-    train_split, val_split = cancer
-    poisoned = Split(np.full_like(train_split.x, np.nan), train_split.y)
+    train_split, val_split = splits(cancer, 400)
+    # Missing values are imputed inside the model; infinite ones are not, and poison the loss.
+    poisoned = Split(train_split.x.map(lambda value: np.inf), train_split.y)
     with pytest.raises(FloatingPointError, match="NaN"):
-        train_model(make_model(train_split), poisoned, val_split, TrainParams(epochs=3), seed=0)
+        train_model(make_model(cancer), poisoned, val_split, cancer.inputs, train_params(epochs=3), seed=0)
 
 
 def test_empty_split_is_refused(cancer):
-    train_split, _ = cancer
+    train_split, _ = splits(cancer, 400)
+    empty = Split(train_split.x.iloc[:0], train_split.y[:0])
     with pytest.raises(ValueError, match="must not be empty"):
-        train_model(make_model(train_split), train_split, Split(train_split.x[:0], train_split.y[:0]), TrainParams(), 0)
+        train_model(make_model(cancer), train_split, empty, cancer.inputs, TrainParams(), 0)
 
 
-def test_dataset_is_batched_and_seeded(cancer):
-    train_split, _ = cancer
-    first = next(iter(make_dataset(train_split, 64, shuffle=True, seed=1)))[1].numpy()
-    again = next(iter(make_dataset(train_split, 64, shuffle=True, seed=1)))[1].numpy()
-    assert len(first) == 64 and np.array_equal(first, again)
+def test_dataset_is_batched_seeded_and_keyed_by_input_name():
+    prepared = prepare(mixed_frame(rows=100), "label", "classification", text_column="note")
+    split = Split(prepared.x, prepared.y)
+    features, labels = next(iter(make_dataset(split, prepared.inputs, 64, shuffle=True, seed=1)))
+    _, again = next(iter(make_dataset(split, prepared.inputs, 64, shuffle=True, seed=1)))
+    _, other = next(iter(make_dataset(split, prepared.inputs, 64, shuffle=True, seed=2)))
+    assert len(labels) == 64 and np.array_equal(labels.numpy(), again.numpy())
+    assert not np.array_equal(labels.numpy(), other.numpy())
+    assert sorted(features) == ["color", "note", "size"]
+    assert features["size"].dtype == tf.float32 and features["size"].shape == (64, 1)
+    assert features["color"].dtype == tf.string and features["note"].dtype == tf.string
+    unlabelled = next(iter(make_dataset(split, prepared.inputs, 8, labels=False)))
+    assert isinstance(unlabelled, dict) and unlabelled["size"].shape == (8, 1)
+
+
+def test_predict_takes_raw_columns(cancer):
+    model = make_model(cancer)
+    rows = cancer.x.head(5)
+    outputs = predict(model, rows, cancer.inputs, batch_size=2)
+    assert outputs.shape == (5, 1)
+    np.testing.assert_allclose(outputs, np.asarray(model(model_inputs(rows, cancer.inputs))), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("setting", "y", "classes", "expected"),
+    [
+        (None, [0, 1, 1], ["no", "yes"], None),
+        # scikit-learn's "balanced": rows / (classes * rows of the class).
+        ("balanced", [0, 0, 0, 1], ["no", "yes"], {0: 4 / 6, 1: 2.0}),
+        ("balanced", [0, 0, 2, 2], ["a", "b", "c"], {0: 4 / 6, 1: 1.0, 2: 4 / 6}),  # "b" is absent: weight 1
+        ({"yes": 5.0}, [0, 1], ["no", "yes"], {0: 1.0, 1: 5.0}),  # unnamed classes keep weight 1
+        ({"1": 3.0, "0": 0.5}, [0, 1], [0, 1], {0: 0.5, 1: 3.0}),  # integer classes are named as strings
+    ],
+)
+def test_class_weights(setting, y, classes, expected):
+    weights = class_weights(setting, np.array(y), classes)
+    assert weights == (pytest.approx(expected) if expected else None)
+
+
+@pytest.mark.parametrize(
+    ("setting", "classes", "expected"),
+    [
+        ({"maybe": 2.0}, ["no", "yes"], r"labels \['maybe'\] are not classes of the data \['no', 'yes'\]"),
+        ("balanced", None, "applies to classification only"),
+        ({"1": 2.0}, [], "applies to classification only"),
+    ],
+)
+def test_class_weights_that_cannot_apply_are_named(setting, classes, expected):
+    with pytest.raises(ConfigError, match=expected):
+        class_weights(setting, np.array([0, 1]), classes)
+
+
+def test_balanced_class_weight_moves_predictions_towards_the_minority_class():
+    """On a noise feature with one positive in five, unweighted training predicts ~0.2; balanced, ~0.5."""
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"noise": rng.normal(size=250), "label": (np.arange(250) % 5 == 0).astype(int)})
+    prepared = prepare(frame, "label", "classification", train_rows=200)
+    train_split, val_split = splits(prepared, 200)
+    weights = class_weights("balanced", train_split.y, [0, 1])
+    assert weights == pytest.approx({0: 200 / (2 * 160), 1: 200 / (2 * 40)})
+    means = {}
+    for name, weight in (("none", None), ("balanced", weights)):
+        keras.utils.set_random_seed(0)
+        model = make_model(prepared, layers=[], optimizer={"learning_rate": 0.05})
+        history = train_model(
+            model, train_split, val_split, prepared.inputs, train_params(epochs=6), seed=0, class_weight=weight
+        )
+        assert history["loss"][-1] < history["loss"][0]
+        means[name] = float(predict(model, val_split.x, prepared.inputs).mean())
+    assert means["none"] < 0.3 and means["balanced"] > 0.4
+
+
+def test_fine_tune_phase_extends_the_history(cancer):
+    train_split, val_split = splits(cancer, 400)
+    spec = ModelParams.model_validate({"layers": [{"type": "dense", "units": 8, "activation": "relu"}]})
+    keras.utils.set_random_seed(0)
+    model = build_model(spec, cancer.data)
+    seen, calls = [], []
+
+    class Recorder(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(epoch)
+
+    def fine_tune(trained):
+        calls.append(len(seen))  # called once the first phase is done
+        compile_model(trained, spec, cancer.data, jit_compile=False, learning_rate=1e-4)
+
+    params = train_params(epochs=3, fine_tune={"epochs": 2, "learning_rate": 1e-4})
+    history = train_model(
+        model, train_split, val_split, cancer.inputs, params, 0, callbacks=[Recorder()], fine_tune=fine_tune
+    )
+    assert calls == [3]
+    assert len(history["loss"]) == len(history["val_loss"]) == 3 + 2
+    assert seen == [0, 1, 2, 3, 4]  # the second phase carries the epoch count on
+    assert float(model.optimizer.learning_rate) == pytest.approx(1e-4)
+    assert history["loss"][-1] < history["loss"][0]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="source bug: after BackupAndRestore resumed the first phase, model._initial_epoch keeps the restored "
+    "epoch, so the fine-tune fit (tasks/train.py) starts from it: more epochs than fine_tune.epochs, renumbered "
+    "over the first phase's (and `done` counts only this attempt's epochs)",
+)
+def test_fine_tune_after_a_resumed_first_phase(cancer, tmp_path):
+    train_split, val_split = splits(cancer, 400)
+    params = train_params(epochs=4, fine_tune={"epochs": 2})
+    seen = []
+
+    class Recorder(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(epoch)
+
+    class Killed(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise RuntimeError("killed")
+
+    backup = tmp_path / "backup"
+    with pytest.raises(RuntimeError, match="killed"):  # the backup keeps epoch 0
+        train_model(make_model(cancer), train_split, val_split, cancer.inputs, params, 0, None, backup, [Killed()])
+    resumed = make_model(cancer)
+    history = train_model(
+        resumed, train_split, val_split, cancer.inputs, params, 0, None, backup, [Recorder()], None, lambda m: None
+    )
+    assert seen[:3] == [1, 2, 3]  # the first phase resumes after epoch 0
+    assert seen == [1, 2, 3, 4, 5]  # and the fine-tune epochs follow its four
+    assert len(history["loss"]) == 3 + 2
+
+
+@pytest.mark.parametrize("fine_tune_epochs", [0, 2])
+def test_no_fine_tune_phase_without_epochs_or_a_callback(cancer, fine_tune_epochs):
+    train_split, val_split = splits(cancer, 400)
+    calls = []
+    params = train_params(epochs=2, fine_tune={"epochs": fine_tune_epochs})
+    callback = calls.append if fine_tune_epochs == 0 else None
+    history = train_model(make_model(cancer), train_split, val_split, cancer.inputs, params, 0, fine_tune=callback)
+    assert len(history["loss"]) == 2 and calls == []
+
+
+def test_text_model_learns_from_raw_strings():
+    params = PreprocessParams.model_validate({"text": {"max_tokens": 100, "sequence_length": 10}})
+    prepared = prepare(review_frame(200), "sentiment", "classification", params, text_column="review", train_rows=150)
+    train_split, val_split = splits(prepared, 150)
+    keras.utils.set_random_seed(0)
+    model = build_model(
+        ModelParams.model_validate(
+            {
+                "layers": [
+                    {"type": "embedding", "output_dim": 8, "mask_zero": True},
+                    {"type": "global_average_pooling1d"},
+                ],
+                "optimizer": {"learning_rate": 0.02},
+            }
+        ),
+        prepared.data,
+    )
+    history = train_model(model, train_split, val_split, prepared.inputs, train_params(epochs=10, batch_size=16), 0)
+    assert history["loss"][-1] < history["loss"][0] * 0.8
+    assert accuracy(model, val_split, prepared.inputs) > 0.8  # balanced classes: chance is 0.5
+
+
+def test_columns_with_missing_values_and_categories_are_learned():
+    prepared = prepare(
+        mixed_frame(rows=300, seed=2, text_signal=False).drop(columns="note"), "label", "classification", train_rows=220
+    )
+    train_split, val_split = splits(prepared, 220)
+    keras.utils.set_random_seed(0)
+    model = make_model(prepared, optimizer={"learning_rate": 0.02})
+    history = train_model(model, train_split, val_split, prepared.inputs, train_params(epochs=15, batch_size=32), 0)
+    majority = max(val_split.y.mean(), 1 - val_split.y.mean())
+    assert history["loss"][-1] < history["loss"][0] * 0.9
+    assert accuracy(model, val_split, prepared.inputs) > majority + 0.05
+
+
+def test_a_linear_model_fits_a_linear_target():
+    prepared = prepare(linear(rows=300, seed=0), "y", "regression", train_rows=240)
+    train_split, val_split = splits(prepared, 240)
+    keras.utils.set_random_seed(0)
+    model = build_model(ModelParams.model_validate({"optimizer": {"learning_rate": 0.1}}), prepared.data)
+    history = train_model(model, train_split, val_split, prepared.inputs, train_params(epochs=25, batch_size=16), 0)
+    predicted = predict(model, val_split.x, prepared.inputs).ravel()
+    residual = np.sum((val_split.y - predicted) ** 2) / np.sum((val_split.y - val_split.y.mean()) ** 2)
+    assert history["loss"][-1] < history["loss"][0] * 0.1
+    assert 1 - residual > 0.95  # r2; predicting the mean scores 0
 
 
 def test_device_summary_matches_what_tensorflow_sees():
-    import tensorflow as tf
-
     summary = device_summary()
     assert summary["gpus"] == len(tf.config.list_physical_devices("GPU"))
     assert summary["device"] == ("GPU" if summary["gpus"] else "CPU")
     assert summary["tensorflow_version"] == tf.__version__
+
+
+def test_splits_keep_raw_frames(cancer):
+    train_split, val_split = splits(cancer, 400)
+    assert isinstance(train_split.x, pd.DataFrame) and len(train_split) == 400 and len(val_split) == 169
+
+
+@pytest.mark.parametrize("scale_target", [True, False])
+def test_a_scaled_target_makes_large_regression_targets_learnable(scale_target):
+    """Prices in the hundreds of thousands: learned in standard deviations, the same small budget fits them."""
+    frame = linear(rows=300, seed=0)
+    frame["y"] = 100_000 + 20_000 * frame["y"]
+    params = PreprocessParams(scale_target=scale_target)
+    prepared = prepare(frame, "y", "regression", params, train_rows=240)
+    train_split, val_split = splits(prepared, 240)
+    fitted = {**prepared.fitted, "target": target_scaling(train_split.y, "regression", params)}
+    keras.utils.set_random_seed(0)
+    model = build_model(
+        ModelParams.model_validate({"optimizer": {"learning_rate": 0.1}}),
+        DataSpec(prepared.inputs, "regression", 0, fitted),
+    )
+    history = train_model(model, train_split, val_split, prepared.inputs, train_params(epochs=10, batch_size=16), 0)
+    predicted = predict(model, val_split.x, prepared.inputs).ravel()
+    r2 = 1 - np.sum((val_split.y - predicted) ** 2) / np.sum((val_split.y - val_split.y.mean()) ** 2)
+    if scale_target:
+        assert history["loss"][0] < 10  # the loss is on the standardized scale
+        assert history["loss"][-1] < history["loss"][0] * 0.1 and r2 > 0.95
+        assert history["val_rmse"][-1] < 0.3 * val_split.y.std()  # metrics stay in target units
+    else:
+        assert history["loss"][0] > 1e8 and r2 < 0.5  # raw units: the same budget does not get there

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from kerasflow.config import ValidateParams
-from tasks.validate import DataValidationError, validate_dataset
+from tasks.validate import DataValidationError, check_dataset, validate_dataset
 
 PARAMS = ValidateParams(min_rows=10)
 
@@ -93,9 +94,87 @@ def test_wrong_pixel_count_for_the_image_shape(tabular_frame, tabular_meta):
 
 
 def test_an_empty_text_column_is_named():
-    import pandas as pd
-
     frame = pd.DataFrame({"text": ["", "  ", None, ""] * 10, "target": [0, 1] * 20})
     meta = {"target": "target", "task": "classification", "feature_columns": ["text"], "text_column": "text"}
     with pytest.raises(DataValidationError, match="text column 'text' is empty in every row"):
         validate_dataset(frame, meta, None, PARAMS)
+
+
+def test_string_columns_are_categorical_features(tabular_frame, tabular_meta):
+    frame = tabular_frame.assign(color=["red", "green", "blue"] * 20)
+    meta = {**tabular_meta, "feature_columns": ["a", "b", "color"]}
+    schema, report = validate_dataset(frame, meta, None, PARAMS)
+    assert report["ok"] and schema["columns"]["color"] == {"kind": "string", "nullable": False}
+    # A later ingest where the column turned into numbers has drifted.
+    with pytest.raises(DataValidationError, match="column 'color' is numeric, the recorded schema says string"):
+        validate_dataset(frame.assign(color=1.0), meta, schema, PARAMS)
+
+
+@pytest.mark.parametrize(
+    ("strings", "refused"),
+    [(1, True), (6, True), (7, False), (60, False)],  # up to 10% strings: a broken numeric column
+)
+def test_a_mostly_numeric_column_with_a_few_strings_is_still_refused(tabular_frame, tabular_meta, strings, refused):
+    frame = tabular_frame.copy()
+    frame["a"] = frame["a"].astype(object)
+    frame.loc[: strings - 1, "a"] = "twelve"
+    problems = check_dataset(frame, tabular_meta, PARAMS)
+    assert any("column 'a' must be numeric" in problem and "twelve" in problem for problem in problems) is refused
+
+
+def _with_missing(frame, column, rows):
+    frame = frame.copy()
+    frame.loc[: rows - 1, column] = np.nan if pd.api.types.is_numeric_dtype(frame[column]) else None
+    return frame
+
+
+@pytest.mark.parametrize(
+    ("column", "missing", "allowed", "expected"),
+    [
+        ("b", 1, 0.0, "column 'b' has 1 missing (NaN) value(s) (validate.max_missing_fraction is 0.0; raise it"),
+        ("b", 6, 0.1, None),  # 10% of 60 rows: the model imputes them
+        ("b", 7, 0.1, "column 'b' has 7 missing (NaN) value(s) (validate.max_missing_fraction is 0.1;"),
+        ("color", 3, 0.1, None),
+        ("color", 3, 0.0, "column 'color' has 3 missing (NaN) value(s)"),
+        ("b", 60, 0.9, "column 'b' has 60 missing (NaN) value(s)"),  # a column with no values at all
+    ],
+)
+def test_missing_values_up_to_max_missing_fraction(tabular_frame, tabular_meta, column, missing, allowed, expected):
+    frame = _with_missing(tabular_frame.assign(color=["red", "blue"] * 30), column, missing)
+    meta = {**tabular_meta, "feature_columns": ["a", "b", "color"]}
+    params = ValidateParams(min_rows=10, max_missing_fraction=allowed)
+    problems = check_dataset(frame, meta, params)
+    if expected is None:
+        assert problems == []
+        schema, _ = validate_dataset(frame, meta, None, params)
+        assert schema["columns"][column]["nullable"] is True
+    else:
+        assert any(expected in problem for problem in problems), problems
+    if missing == len(frame):
+        assert not any("raise it" in problem for problem in problems)  # raising the limit would not help
+
+
+def test_image_data_never_allows_missing_pixels():
+    frame = pd.DataFrame(np.ones((40, 4)), columns=["p0", "p1", "p2", "p3"]).assign(label=[0, 1] * 20)
+    frame.loc[0, "p2"] = np.nan
+    meta = {"target": "label", "task": "classification", "feature_columns": ["p0", "p1", "p2", "p3"]}
+    params = ValidateParams(min_rows=10, max_missing_fraction=0.5)
+    assert check_dataset(frame, meta, params) == []  # columns: imputed
+    problems = check_dataset(frame, {**meta, "image_shape": [2, 2, 1]}, params)
+    assert any("column 'p2' has 1 missing (NaN) value(s)" in problem for problem in problems), problems
+
+
+def test_image_pixels_must_be_numbers():
+    frame = pd.DataFrame(np.ones((40, 4)), columns=["p0", "p1", "p2", "p3"]).assign(label=[0, 1] * 20)
+    frame["p1"] = ["dark", "light"] * 20  # would be a categorical column in a table
+    meta = {"target": "label", "task": "classification", "feature_columns": ["p0", "p1", "p2", "p3"]}
+    assert check_dataset(frame, meta, PARAMS) == []
+    problems = check_dataset(frame, {**meta, "image_shape": [2, 2, 1]}, PARAMS)
+    assert any("column 'p1' must be numeric" in problem for problem in problems), problems
+
+
+def test_a_text_column_may_miss_some_values():
+    frame = pd.DataFrame({"text": ["good film", None, "bad plot", ""] * 10, "target": [0, 1] * 20})
+    meta = {"target": "target", "task": "classification", "feature_columns": ["text"], "text_column": "text"}
+    _, report = validate_dataset(frame, meta, None, PARAMS)
+    assert report["ok"]

@@ -1,0 +1,215 @@
+"""Model inputs: what each raw column is, and the constants adapted on the training split only."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kerasflow.config import PreprocessParams
+from tasks.features import (
+    MISSING,
+    adapt_inputs,
+    column_values,
+    describe_inputs,
+    feature_matrix,
+    input_name,
+    model_inputs,
+    raw_example,
+    target_scaling,
+    vocabulary_size,
+)
+from tests.unit.helpers import mixed_frame
+
+
+def meta_for(frame: pd.DataFrame, **extra) -> dict:
+    return {"target": "y", "task": "classification", "feature_columns": [c for c in frame if c != "y"], **extra}
+
+
+def kinds(inputs: dict) -> dict[str, str]:
+    return {entry["column"]: entry["kind"] for entry in inputs["columns"]}
+
+
+@pytest.mark.parametrize(
+    ("values", "kind"),
+    [
+        ([1.5, 2.0, np.nan, 4.0], "numeric"),
+        ([1, 2, 3, 4], "numeric"),
+        ([True, False, True, False], "numeric"),
+        (["red", "blue", None, "red"], "categorical"),
+        (pd.Series(["a", "b", "a", "b"], dtype="category"), "categorical"),
+    ],
+)
+def test_each_column_kind_is_described(values, kind):
+    frame = pd.DataFrame({"col": values, "y": [0, 1, 0, 1]})
+    inputs = describe_inputs(frame, meta_for(frame), PreprocessParams())
+    assert inputs == {"kind": "columns", "columns": [{"column": "col", "input": "col", "kind": kind}]}
+
+
+def test_text_column_and_images_are_described():
+    frame = mixed_frame(rows=20)
+    inputs = describe_inputs(
+        frame, meta_for(frame.rename(columns={"label": "y"}), text_column="note"), PreprocessParams()
+    )
+    assert kinds(inputs) == {"size": "numeric", "color": "categorical", "note": "text"}
+    pixels = pd.DataFrame(np.zeros((4, 12)), columns=[f"p{i}" for i in range(12)]).assign(y=[0, 1, 0, 1])
+    image = describe_inputs(pixels, meta_for(pixels, image_shape=[2, 2, 3]), PreprocessParams())
+    assert image == {"kind": "image", "shape": [2, 2, 3]}
+    x = feature_matrix(pixels, meta_for(pixels, image_shape=[2, 2, 3]), image)
+    assert x.shape == (4, 2, 2, 3) and x.dtype == np.float32
+
+
+def test_categorical_columns_forces_a_numeric_column_to_categories():
+    frame = pd.DataFrame({"zip": [10, 20, 30, 10], "area": [1.0, 2.0, 3.0, 4.0], "y": [0, 1, 0, 1]})
+    assert kinds(describe_inputs(frame, meta_for(frame), PreprocessParams())) == {"zip": "numeric", "area": "numeric"}
+    forced = describe_inputs(frame, meta_for(frame), PreprocessParams(categorical_columns=["zip"]))
+    assert kinds(forced) == {"zip": "categorical", "area": "numeric"}
+    # The numbers become category names, looked up as strings.
+    assert model_inputs(frame[["zip", "area"]], forced)["zip"].ravel().tolist() == ["10", "20", "30", "10"]
+
+
+def test_unknown_categorical_columns_are_named():
+    frame = pd.DataFrame({"zip": [10, 20], "y": [0, 1]})
+    with pytest.raises(ValueError, match=r"preprocess.categorical_columns names \['zap'\]"):
+        describe_inputs(frame, meta_for(frame), PreprocessParams(categorical_columns=["zap"]))
+
+
+def test_only_one_text_column_is_supported():
+    frame = pd.DataFrame({"a": ["x y", "z"], "y": [0, 1]})
+    inputs = describe_inputs(frame, meta_for(frame, text_column="a"), PreprocessParams())
+    assert kinds(inputs) == {"a": "text"}
+    # A second "text" column is categorical, never a second vectorizer.
+    two = frame.assign(b=["p q", "r"])
+    assert kinds(describe_inputs(two, meta_for(two, text_column="a"), PreprocessParams())) == {
+        "a": "text",
+        "b": "categorical",
+    }
+
+
+@pytest.mark.parametrize(
+    ("columns", "expected"),
+    [
+        (["price ($)"], ["price____"]),
+        (["a b", "a_b", "a/b"], ["a_b", "a_b_2", "a_b_3"]),
+        (["_hidden", "9lives"], ["c__hidden", "9lives"]),
+        ([""], ["c_"]),
+    ],
+)
+def test_input_names_are_safe_and_unique(columns, expected):
+    taken: set[str] = set()
+    assert [input_name(column, taken) for column in columns] == expected
+
+
+def test_model_inputs_are_one_named_column_each_with_missing_values_marked():
+    frame = pd.DataFrame({"size": [1.0, np.nan], "color": ["red", None], "count": [3, 4]})
+    inputs = describe_inputs(frame.assign(y=[0, 1]), meta_for(frame.assign(y=[0, 1])), PreprocessParams())
+    values = model_inputs(frame, inputs)
+    assert set(values) == {"size", "color", "count"}
+    assert values["size"].dtype == np.float32 and values["size"].shape == (2, 1)
+    assert values["size"][0, 0] == 1.0 and np.isnan(values["size"][1, 0])  # the model imputes, not this
+    assert values["color"].ravel().tolist() == ["red", MISSING]
+    assert values["count"].dtype == np.float32
+    images = np.arange(8, dtype="int64").reshape(2, 2, 2, 1)
+    assert model_inputs(images, {"kind": "image", "shape": [2, 2, 1]}).dtype == np.float32
+
+
+def test_column_values_treat_garbage_in_a_numeric_column_as_missing():
+    values = column_values(pd.Series(["1.5", "n/a", None]), "numeric")
+    assert values[0, 0] == 1.5 and np.isnan(values[1:, 0]).all()
+
+
+def test_raw_example_is_what_a_caller_sends():
+    frame = pd.DataFrame({"count": [1, 2, 3, 4, 5, 6], "color": ["a", None, "b", "a", "b", "a"]})
+    inputs = describe_inputs(frame.assign(y=0), meta_for(frame.assign(y=0)), PreprocessParams())
+    example = raw_example(frame, inputs, rows=3)
+    assert len(example) == 3
+    assert example["count"].dtype == np.float64  # a missing number at serving time still fits the signature
+    assert example["color"].tolist() == ["a", MISSING, "b"]
+    images = np.ones((10, 2, 2, 1), dtype="float64")
+    image_example = raw_example(images, {"kind": "image", "shape": [2, 2, 1]})
+    assert image_example.shape == (5, 2, 2, 1) and image_example.dtype == np.float32
+
+
+def test_adapt_uses_the_training_split_only():
+    train = pd.DataFrame({"size": [1.0, 2.0, np.nan, 3.0], "color": ["red", "red", "blue", None]})
+    test = pd.DataFrame({"size": [100.0, 200.0], "color": ["violet", "violet"]})
+    params = PreprocessParams()
+    whole = pd.concat([train, test], ignore_index=True)
+    inputs = describe_inputs(whole.assign(y=0), meta_for(whole.assign(y=0)), params)
+    fitted = adapt_inputs(inputs, train, params)
+    numeric = fitted["numeric"]["size"]
+    # The fill is the training mean of the values present; the normalization is fitted after imputing.
+    assert numeric["fill"] == pytest.approx(2.0)
+    assert numeric["mean"] == pytest.approx([2.0]) and numeric["variance"] == pytest.approx([0.5])
+    assert numeric["fill"] != pytest.approx(float(whole["size"].mean()))
+    vocabulary = fitted["categorical"]["color"]["vocabulary"]
+    assert vocabulary[0] == "red" and set(vocabulary) == {"red", "blue", MISSING}
+    assert "violet" not in vocabulary  # a category only in the test split is out of vocabulary
+    everything = adapt_inputs(inputs, whole, params)
+    assert "violet" in everything["categorical"]["color"]["vocabulary"]
+
+
+def test_adapted_text_vocabulary_comes_from_the_training_rows():
+    params = PreprocessParams.model_validate({"text": {"max_tokens": 50, "sequence_length": 7, "standardize": "lower"}})
+    frame = pd.DataFrame({"note": ["Great Item", "great thing", "dull item", "Unseen words here"]})
+    inputs = describe_inputs(frame.assign(y=0), meta_for(frame.assign(y=0), text_column="note"), params)
+    fitted = adapt_inputs(inputs, frame.head(3), params)
+    text = fitted["text"]["note"]
+    assert set(text["vocabulary"]) == {"great", "item", "thing", "dull"}  # lower-cased, no padding / OOV tokens
+    assert text["sequence_length"] == 7 and text["standardize"] == "lower"
+    assert vocabulary_size(fitted) == 4 + 2
+
+
+def test_max_categories_keeps_the_most_frequent():
+    train = pd.DataFrame({"color": ["red"] * 5 + ["blue"] * 3 + ["green"]})
+    params = PreprocessParams(max_categories=2)
+    inputs = describe_inputs(train.assign(y=0), meta_for(train.assign(y=0)), params)
+    assert adapt_inputs(inputs, train, params)["categorical"]["color"]["vocabulary"] == ["red", "blue"]
+
+
+@pytest.mark.parametrize(
+    ("scaling", "kind"),
+    [("auto", "standard"), ("standard", "standard"), ("none", "none")],
+)
+def test_numeric_scaling_follows_preprocess_scaling(scaling, kind):
+    train = pd.DataFrame({"a": [1.0, 1.0, 1.0]})  # constant: the variance stays 1, never 0
+    params = PreprocessParams(scaling=scaling)
+    inputs = describe_inputs(train.assign(y=0), meta_for(train.assign(y=0)), params)
+    numeric = adapt_inputs(inputs, train, params)["numeric"]["a"]
+    assert numeric["kind"] == kind and numeric["fill"] == 1.0
+    if kind == "standard":
+        assert numeric["variance"] == [1.0]
+
+
+@pytest.mark.parametrize("scaling", ["auto", "max", "standard", "none"])
+def test_image_scaling_is_fitted_on_the_training_images(scaling):
+    train = np.array([0.0, 2.0, 4.0, 8.0], dtype="float32").reshape(2, 2, 1, 1)
+    fitted = adapt_inputs({"kind": "image", "shape": [2, 1, 1]}, train, PreprocessParams(scaling=scaling))
+    expected = {
+        "auto": {"kind": "max", "scale": 1 / 8},
+        "max": {"kind": "max", "scale": 1 / 8},
+        "standard": {"kind": "standard", "mean": [2.0, 5.0], "variance": [4.0, 9.0]},  # per pixel
+        "none": {"kind": "none"},
+    }[scaling]
+    assert set(fitted["scaling"]) == set(expected) and fitted["scaling"]["kind"] == expected["kind"]
+    for key in set(expected) - {"kind"}:
+        assert fitted["scaling"][key] == pytest.approx(expected[key])
+
+
+def test_vocabulary_size_for_categories_and_for_none():
+    assert vocabulary_size({"categorical": {"a": {"vocabulary": ["x", "y"]}, "b": {"vocabulary": ["z"]}}}) == 3
+    assert vocabulary_size({"numeric": {"a": {}}, "categorical": {}, "text": {}}) is None
+
+
+@pytest.mark.parametrize(
+    ("y", "task", "scale", "expected"),
+    [
+        ([10.0, 20.0, 30.0, 40.0], "regression", True, {"mean": 25.0, "std": float(np.std([10, 20, 30, 40]))}),
+        ([5.0, 5.0, 5.0], "regression", True, {"mean": 5.0, "std": 1.0}),  # constant: never divide by zero
+        ([10.0, 20.0], "regression", False, None),
+        ([0, 1, 1, 0], "classification", True, None),
+    ],
+)
+def test_target_scaling_comes_from_the_training_labels(y, task, scale, expected):
+    scaling = target_scaling(np.array(y, dtype="float32"), task, PreprocessParams(scale_target=scale))
+    assert scaling == (pytest.approx(expected) if expected else None)
