@@ -170,7 +170,8 @@ def train(params: Params, context: Context) -> dict[str, Any]:
     inputs = state["inputs"]
     train_split, val_split = read_split(layout.processed_dir, "train"), read_split(layout.processed_dir, "val")
     set_seeds(params.seed)
-    plan = accelerator_plan(params.train)
+    strings = any(entry["kind"] != "numeric" for entry in inputs.get("columns", []))
+    plan = accelerator_plan(params.train, string_inputs=strings)
     # Adapt and build before the run exists: a bad model spec fails without leaving a run behind.
     fitted = adapt_inputs(inputs, train_split.x, params.preprocess)
     fitted["target"] = target_scaling(train_split.y, state["task"], params.preprocess)

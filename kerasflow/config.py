@@ -294,6 +294,12 @@ class TrainParams(_Section):
     jit_compile: bool | Literal["auto"] = "auto"
     distribute: Literal["auto", "off", "mirrored"] = "auto"
 
+    @field_validator("class_weight", mode="before")
+    @classmethod
+    def _labels_as_text(cls, value: Any) -> Any:
+        # YAML reads `{0: 1.0, 1: 5.0}` with integer keys; labels are compared as text.
+        return {str(label): weight for label, weight in value.items()} if isinstance(value, dict) else value
+
 
 class EvaluateParams(_Section):
     primary_metric: str = "auto"

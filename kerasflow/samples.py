@@ -155,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Write the examples' synthetic datasets.")
     parser.add_argument("folder", type=Path, help="the examples folder")
     folder = parser.parse_args(argv).folder
+    for name in ("house_prices", "churn_binary", "text_lstm", "linear_regression"):
+        (folder / name).mkdir(parents=True, exist_ok=True)
     house_prices().to_csv(folder / "house_prices" / "house_prices.csv", index=False)
     churn().to_csv(folder / "churn_binary" / "churn.csv", index=False)
     reviews().to_csv(folder / "text_lstm" / "reviews.csv", index=False)

@@ -100,7 +100,8 @@ def baseline_features(inputs: dict[str, Any]) -> Any:
             steps = make_pipeline(as_text, OneHotEncoder(handle_unknown="ignore"))
             parts.append((f"categorical_{column}", steps, [column]))
         else:
-            parts.append((f"text_{column}", TfidfVectorizer(max_features=20000), column))
+            as_text = FunctionTransformer(lambda x: x.astype("string").fillna("").astype(str))
+            parts.append((f"text_{column}", make_pipeline(as_text, TfidfVectorizer(max_features=20000)), column))
     return ColumnTransformer(parts)
 
 

@@ -18,6 +18,10 @@ import pandas as pd
 from kerasflow.config import PreprocessParams
 
 NUMERIC, CATEGORICAL, TEXT = "numeric", "categorical", "text"
+# Names of layers the model adds itself: a column named like one gets a different input name.
+RESERVED_NAMES = frozenset(
+    {"image", "output", "scaling", "features", "categories", "numeric_columns", "target_scaling", "backbone"}
+)
 # What a missing categorical or text value becomes (the pyfunc wrapper fills the same way).
 MISSING = ""
 
@@ -46,7 +50,7 @@ def describe_inputs(frame: pd.DataFrame, meta: dict[str, Any], params: Preproces
         raise ValueError(
             f"preprocess.categorical_columns names {unknown}, which are not feature columns {features[:20]}"
         )
-    taken: set[str] = set()
+    taken: set[str] = set(RESERVED_NAMES)
     columns = []
     for name in features:
         column = frame[name]
@@ -137,11 +141,16 @@ def adapt_inputs(
         matrix = np.hstack([column_values(x_train[entry["column"]], NUMERIC) for entry in numeric])
         fill = np.nan_to_num(np.nanmean(matrix, axis=0), nan=0.0) if len(matrix) else np.zeros(len(numeric))
         matrix = np.where(np.isnan(matrix), fill, matrix)
-        constants = {"kind": "none"}
+        constants: dict[str, Any] = {"kind": "none"}
         if params.scaling in ("auto", "standard"):
             layer = keras.layers.Normalization(axis=-1)
             layer.adapt(matrix)
             constants = _normalization_constants(layer)
+        elif params.scaling == "max":
+            # Divide by the largest absolute value: a Normalization with mean 0 and variance max².
+            peak = np.abs(matrix).max(axis=0) if len(matrix) else np.ones(len(numeric))
+            peak = np.where(peak > 0, peak, 1.0)
+            constants = {"kind": "standard", "mean": [0.0] * len(numeric), "variance": (peak**2).tolist()}
         for position, entry in enumerate(numeric):
             fitted["numeric"][entry["input"]] = {"fill": float(fill[position]), "kind": constants["kind"]}
             if constants["kind"] == "standard":
@@ -273,9 +282,11 @@ def _image_scaling(scaling: dict[str, Any] | None, shape: tuple[int, ...]) -> An
     return layers.Normalization(axis=axes, mean=mean, variance=variance, name="scaling")
 
 
-def vocabulary_size(fitted: dict[str, Any]) -> int | None:
-    """The input_dim an embedding needs: the text vocabulary, or the largest categorical one (with OOV)."""
-    for spec in fitted.get("text", {}).values():
-        return len(spec["vocabulary"]) + 2
-    sizes = [len(spec["vocabulary"]) + 1 for spec in fitted.get("categorical", {}).values()]
-    return max(sizes) if sizes else None
+def vocabulary_size(fitted: dict[str, Any], source: str = "input") -> int | None:
+    """The input_dim an embedding of `source` needs: the text vocabulary (with padding and OOV), or
+    the largest categorical vocabulary (with OOV) for the `categorical` tensor or data without text."""
+    text = [len(spec["vocabulary"]) + 2 for spec in fitted.get("text", {}).values()]
+    categories = [len(spec["vocabulary"]) + 1 for spec in fitted.get("categorical", {}).values()]
+    if source == "categorical" or not text:
+        return max(categories) if categories else None
+    return text[0]

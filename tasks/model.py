@@ -153,8 +153,10 @@ def build_model(spec: ModelParams, data: DataSpec, jit_compile: bool | str = "au
     Call it under a distribution strategy's scope to build a replicated model; `jit_compile`
     is passed to `compile` (Keras' "auto" turns XLA on where the model supports it).
     """
-    vocabulary = vocabulary_size(data.fitted)
-    layers = [make_layer(layer, f"model.layers[{index}]", vocabulary) for index, layer in enumerate(spec.layers)]
+    layers = [
+        make_layer(layer, f"model.layers[{index}]", vocabulary_size(data.fitted, (layer.inputs or ["input"])[0]))
+        for index, layer in enumerate(spec.layers)
+    ]
     inputs, tensors = input_graph(data.inputs, data.fitted)
     if (spec.augmentation or spec.backbone) and "image" not in tensors:
         raise ConfigError("model.augmentation and model.backbone need image data (ingest.image_shape)")

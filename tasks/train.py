@@ -34,11 +34,20 @@ def device_summary() -> dict[str, Any]:
     }
 
 
-def accelerator_plan(params: TrainParams) -> dict[str, Any]:
-    """What the GPU-path switches resolve to on this machine (logged with the run)."""
+def accelerator_plan(params: TrainParams, string_inputs: bool = False) -> dict[str, Any]:
+    """What the GPU-path switches resolve to on this machine (logged with the run).
+
+    Models that take strings (categorical or text columns) train on one device: Keras' fit under
+    MirroredStrategy averages the first batch across replicas, which fails on string tensors.
+    """
     gpus = tf.config.list_physical_devices("GPU")
     devices = [device.name for device in tf.config.list_logical_devices("GPU" if gpus else "CPU")]
-    mirrored = params.distribute == "mirrored" or (params.distribute == "auto" and len(gpus) > 1)
+    if string_inputs and params.distribute == "mirrored":
+        raise ConfigError(
+            "train.distribute: mirrored cannot train a model that takes strings (categorical or text columns); "
+            "use auto or off"
+        )
+    mirrored = params.distribute == "mirrored" or (params.distribute == "auto" and len(gpus) > 1 and not string_inputs)
     return {
         "mixed_precision": bool(gpus) if params.mixed_precision == "auto" else params.mixed_precision,
         "jit_compile": params.jit_compile,
@@ -157,6 +166,7 @@ def train_model(
     if len(train_split) == 0 or len(val_split) == 0:
         raise ValueError("train and validation splits must not be empty")
     keras.utils.set_random_seed(seed)
+    resumed = completed_epochs(backup_dir)  # epochs an interrupted attempt finished (BackupAndRestore resumes)
     train_data = make_dataset(train_split, inputs, params.batch_size, params.shuffle, seed)
     val_data = make_dataset(val_split, inputs, params.batch_size, False, seed)
     history = model.fit(
@@ -170,7 +180,9 @@ def train_model(
     )
     result = {name: [float(value) for value in values] for name, values in history.history.items()}
     if params.fine_tune.epochs and fine_tune is not None:
-        done = len(result.get("loss", []))
+        done = resumed + len(result.get("loss", []))
+        # BackupAndRestore leaves its restored start epoch on the model; the second phase sets its own.
+        model._initial_epoch = None
         fine_tune(model)
         # No backup in this phase: a killed fine-tune starts over from the trained head.
         more = model.fit(

@@ -99,8 +99,10 @@ def check_dataset(frame: pd.DataFrame, meta: dict[str, Any], params: ValidatePar
         if not pd.api.types.is_numeric_dtype(column):
             present = column.dropna()
             numbers = pd.to_numeric(present, errors="coerce")
-            # Mostly numbers with a few strings is a broken numeric column, not a categorical one.
-            if image_shape or (len(present) and numbers.notna().mean() >= 0.9):
+            # Mostly numbers with a few strings is a broken numeric column, not a categorical one
+            # (text that is all number-like, such as zip codes kept as strings, is a category).
+            parsed = numbers.notna().mean() if len(present) else 0.0
+            if image_shape or 0.9 <= parsed < 1.0:
                 sample = present[numbers.isna()].head(3).tolist()
                 problems.append(f"column {name!r} must be numeric, found {column.dtype} (e.g. {sample})")
             continue

@@ -102,7 +102,10 @@ def test_dvc_repro_end_to_end(repo):
     model = mlflow.pyfunc.load_model("models:/kerasflow-digits-cnn@champion")
     x_test = np.load(root / "data/processed/x_test.npy")[:20]
     y_test = np.load(root / "data/processed/y_test.npy")[:20]
-    assert (np.asarray(model.predict(x_test)).argmax(axis=1) == y_test).mean() >= 0.85
+    served = model.predict(x_test)  # raw 8x8 images in, labels and class probabilities out
+    assert (served["label"].astype(int).to_numpy() == y_test).mean() >= 0.85
+    probabilities = served[[f"probability_{digit}" for digit in range(10)]].to_numpy()
+    assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
 
     # 4. DVC reads the metrics and renders the plots; the data pushes to the local remote.
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], root, env).stdout)

@@ -181,12 +181,6 @@ def test_each_example_registers_its_own_model():
     assert len(names) >= 10 and len(set(names)) == len(names)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ConfigError,
-    reason="source bug: train.class_weight is dict[str, float], so YAML `{0: 1.0, 1: 5.0}` (integer labels, "
-    "e.g. breast_cancer) is refused with 'Input should be a valid string'; only quoted keys work",
-)
 def test_class_weight_accepts_integer_labels_as_yaml_writes_them():
     params = parse_params(yaml.safe_load("train: {class_weight: {0: 1.0, 1: 5.0}}"))
     assert params.train.class_weight == {"0": 1.0, "1": 5.0}

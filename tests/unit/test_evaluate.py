@@ -115,12 +115,6 @@ def test_baseline_on_mixed_columns_with_missing_values():
     assert not np.isnan(features.toarray() if hasattr(features, "toarray") else features).any()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="source bug: validate and the model accept a text column with some missing values (filled with ''), "
-    "but the baseline's TfidfVectorizer gets the NaN and raises 'np.nan is an invalid document'",
-)
 def test_baseline_accepts_missing_text():
     prepared = prepare(mixed_frame(rows=120), "label", "classification", text_column="note")
     x = prepared.x.copy()

@@ -181,6 +181,15 @@ def test_numeric_scaling_follows_preprocess_scaling(scaling, kind):
         assert numeric["variance"] == [1.0]
 
 
+def test_max_scaling_of_columns_divides_by_the_largest_absolute_training_value():
+    train = pd.DataFrame({"a": [-8.0, 2.0, np.nan], "b": [0.0, 0.0, 0.0]})
+    params = PreprocessParams(scaling="max")
+    inputs = describe_inputs(train.assign(y=0), meta_for(train.assign(y=0)), params)
+    numeric = adapt_inputs(inputs, train, params)["numeric"]
+    assert numeric["a"]["mean"] == [0.0] and numeric["a"]["variance"] == [64.0]
+    assert numeric["b"]["variance"] == [1.0]  # an all-zero column is left as it is
+
+
 @pytest.mark.parametrize("scaling", ["auto", "max", "standard", "none"])
 def test_image_scaling_is_fitted_on_the_training_images(scaling):
     train = np.array([0.0, 2.0, 4.0, 8.0], dtype="float32").reshape(2, 2, 1, 1)

@@ -49,7 +49,7 @@ def mixed():
 
 
 @pytest.fixture(scope="module")
-def tabular(mixed):
+def tabular():
     """The mixed data without its text column (a sequential model can take it)."""
     return prepare(mixed_frame().drop(columns="note"), "label", "classification", train_rows=100)
 
@@ -340,12 +340,6 @@ def test_data_spec_from_the_preprocessing_state(binary):
     assert (regression.n_classes, regression.output_units) == (0, 1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="source bug: a column named like a layer build_model adds ('output', 'scaling', 'features', ...) "
-    "gets an Input of the same name (tasks/features.py input_name does not reserve them)",
-)
 @pytest.mark.parametrize("column", ["output", "features"])
 def test_a_column_named_like_an_internal_layer_still_builds(column):
     frame = pd.DataFrame({column: np.arange(10.0), "other": ["a", "b"] * 5, "label": [0, 1] * 5})
@@ -354,13 +348,6 @@ def test_a_column_named_like_an_internal_layer_still_builds(column):
     assert np.isfinite(predict(model, data.x, data.inputs)).all()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=tf.errors.InvalidArgumentError,
-    reason="source bug: vocabulary_size (tasks/features.py) returns the text vocabulary whenever there is a text "
-    "column, so an embedding of the integer 'categorical' tensor gets too small an input_dim and its lookups "
-    "go out of range",
-)
 def test_an_embedding_of_categories_beside_a_text_column_covers_every_category():
     frame = mixed_frame(rows=120).assign(city=[f"city{index % 40}" for index in range(120)])
     params = PreprocessParams.model_validate({"categorical_encoding": "integer", "text": {"sequence_length": 6}})

@@ -193,13 +193,6 @@ def test_fine_tune_phase_extends_the_history(cancer):
     assert history["loss"][-1] < history["loss"][0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="source bug: after BackupAndRestore resumed the first phase, model._initial_epoch keeps the restored "
-    "epoch, so the fine-tune fit (tasks/train.py) starts from it: more epochs than fine_tune.epochs, renumbered "
-    "over the first phase's (and `done` counts only this attempt's epochs)",
-)
 def test_fine_tune_after_a_resumed_first_phase(cancer, tmp_path):
     train_split, val_split = splits(cancer, 400)
     params = train_params(epochs=4, fine_tune={"epochs": 2})

@@ -110,6 +110,13 @@ def test_string_columns_are_categorical_features(tabular_frame, tabular_meta):
         validate_dataset(frame.assign(color=1.0), meta, schema, PARAMS)
 
 
+def test_text_that_is_all_number_like_is_a_category_not_a_broken_number(tabular_frame, tabular_meta):
+    zip_codes = ["02134", "10001", "94105"] * 20  # kept as strings (e.g. in Parquet), leading zeros matter
+    frame = tabular_frame.assign(zip=zip_codes)
+    meta = {**tabular_meta, "feature_columns": ["a", "b", "zip"]}
+    assert check_dataset(frame, meta, PARAMS) == []
+
+
 @pytest.mark.parametrize(
     ("strings", "refused"),
     [(1, True), (6, True), (7, False), (60, False)],  # up to 10% strings: a broken numeric column
