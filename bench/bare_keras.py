@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 STARTED = time.perf_counter()
 
@@ -51,7 +52,7 @@ def tabular_mlp(mean: np.ndarray, variance: np.ndarray, outputs: int) -> keras.M
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", choices=["digits_cnn", "tabular_mlp"], required=True)
-    parser.add_argument("--processed", help="folder with x_train.npy ... (the pipeline's processed splits)")
+    parser.add_argument("--processed", help="folder with the pipeline's processed splits (x_train.npy / .parquet ...)")
     parser.add_argument("--from-source", action="store_true", help="load scikit-learn's digits and split here")
     parser.add_argument("--epochs", type=int, required=True)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -69,7 +70,16 @@ def main() -> None:
         x_rest, x_test, y_rest, y_test = train_test_split(x, digits.target, test_size=0.2, random_state=args.seed)
         x_train, x_val, y_train, y_val = train_test_split(x_rest, y_rest, test_size=0.1, random_state=args.seed)
     else:
-        load = lambda name: np.load(f"{args.processed}/{name}.npy")  # noqa: E731
+
+        def load(name: str) -> np.ndarray:
+            # The pipeline keeps tables as Parquet (raw columns) and images as .npy.
+            table = Path(args.processed) / f"{name}.parquet"
+            if table.is_file():
+                import pandas as pd
+
+                return pd.read_parquet(table).to_numpy(dtype="float32")
+            return np.load(f"{args.processed}/{name}.npy")
+
         x_train, y_train, x_val, y_val = load("x_train"), load("y_train"), load("x_val"), load("y_val")
         x_test, y_test = load("x_test"), load("y_test")
     loaded = time.perf_counter()

@@ -37,7 +37,7 @@ class KerasRawInputModel(mlflow.pyfunc.PythonModel):
         if not isinstance(data, pd.DataFrame):
             columns = [entry["column"] for entry in inputs["columns"]]
             data = pd.DataFrame(data, columns=columns) if not isinstance(data, dict) else pd.DataFrame(data)
-        features = {}
+        features: dict[str, Any] = {}
         for entry in inputs["columns"]:
             if entry["column"] not in data.columns:
                 raise ValueError(f"input column {entry['column']!r} is missing; the model takes {list(data.columns)}")
@@ -47,11 +47,12 @@ class KerasRawInputModel(mlflow.pyfunc.PythonModel):
                 broken = series[numbers.isna() & series.notna()]
                 if len(broken):
                     raise ValueError(f"column {entry['column']!r} must be numeric, got {broken.head(3).tolist()}")
-                values = numbers.to_numpy(dtype="float32", na_value=np.nan)
+                values = numbers.to_numpy(dtype="float32", na_value=np.nan).reshape(-1, 1)
             else:
-                values = series.astype("string").fillna("").to_numpy(dtype=object).astype(str)
-            features[entry["input"]] = values.reshape(-1, 1)
-        return features
+                values = series.astype("string").fillna("").to_numpy(dtype=object).astype(str).reshape(-1, 1)
+            # Numeric columns share one input (a matrix, in column order); each string column has its own.
+            features.setdefault(entry["input"], []).append(values)
+        return {name: np.hstack(parts) for name, parts in features.items()}
 
     def predict(self, context, model_input, params=None):  # noqa: ANN001 (MLflow reads type hints as a schema)
         import tensorflow as tf

@@ -20,8 +20,10 @@ from kerasflow.config import PreprocessParams
 NUMERIC, CATEGORICAL, TEXT = "numeric", "categorical", "text"
 # Names of layers the model adds itself: a column named like one gets a different input name.
 RESERVED_NAMES = frozenset(
-    {"image", "output", "scaling", "features", "categories", "numeric_columns", "target_scaling", "backbone"}
+    {"image", "numeric", "output", "scaling", "features", "categories", "numeric_columns", "target_scaling", "backbone"}
 )
+# All numeric columns go into the model as one matrix input (one tensor per batch, not one per column).
+NUMERIC_INPUT = "numeric"
 # What a missing categorical or text value becomes (the pyfunc wrapper fills the same way).
 MISSING = ""
 
@@ -62,7 +64,8 @@ def describe_inputs(frame: pd.DataFrame, meta: dict[str, Any], params: Preproces
             kind = NUMERIC
         else:
             kind = NUMERIC
-        columns.append({"column": name, "input": input_name(name, taken), "kind": kind})
+        model_input = NUMERIC_INPUT if kind == NUMERIC else input_name(name, taken)
+        columns.append({"column": name, "input": model_input, "kind": kind})
     if sum(entry["kind"] == TEXT for entry in columns) > 1:
         raise ValueError("only one text column is supported")
     return {"kind": "columns", "columns": columns}
@@ -86,10 +89,26 @@ def column_values(series: pd.Series, kind: str) -> np.ndarray:
 
 
 def model_inputs(x: np.ndarray | pd.DataFrame, inputs: dict[str, Any]) -> np.ndarray | dict[str, np.ndarray]:
-    """Raw features to what the Keras model is called with: the image array, or {input name: column}."""
+    """Raw features to what the Keras model is called with: the image array, or {input name: values}
+    (the numeric columns side by side as one float32 matrix, each string column as (rows, 1))."""
     if inputs["kind"] == "image":
         return np.asarray(x, dtype="float32")
-    return {entry["input"]: column_values(x[entry["column"]], entry["kind"]) for entry in inputs["columns"]}
+    features: dict[str, np.ndarray] = {}
+    numeric = [entry["column"] for entry in inputs["columns"] if entry["kind"] == NUMERIC]
+    if numeric:
+        features[NUMERIC_INPUT] = numeric_matrix(x, numeric)
+    for entry in inputs["columns"]:
+        if entry["kind"] != NUMERIC:
+            features[entry["input"]] = column_values(x[entry["column"]], entry["kind"])
+    return features
+
+
+def numeric_matrix(x: pd.DataFrame, columns: list[str]) -> np.ndarray:
+    """Numeric columns as one float32 matrix, NaN where a value is missing."""
+    table = x[columns]
+    if not all(pd.api.types.is_numeric_dtype(table[column]) for column in columns):
+        table = table.apply(pd.to_numeric, errors="coerce")
+    return table.to_numpy(dtype="float32", na_value=np.nan)
 
 
 def raw_example(x: np.ndarray | pd.DataFrame, inputs: dict[str, Any], rows: int = 5) -> np.ndarray | pd.DataFrame:
@@ -138,7 +157,7 @@ def adapt_inputs(
     numeric = [entry for entry in inputs["columns"] if entry["kind"] == NUMERIC]
     if numeric:
         # One Normalization adapted over every numeric column at once (one pass over the data).
-        matrix = np.hstack([column_values(x_train[entry["column"]], NUMERIC) for entry in numeric])
+        matrix = numeric_matrix(x_train, [entry["column"] for entry in numeric])
         fill = np.nan_to_num(np.nanmean(matrix, axis=0), nan=0.0) if len(matrix) else np.zeros(len(numeric))
         matrix = np.where(np.isnan(matrix), fill, matrix)
         constants: dict[str, Any] = {"kind": "none"}
@@ -152,9 +171,9 @@ def adapt_inputs(
             peak = np.where(peak > 0, peak, 1.0)
             constants = {"kind": "standard", "mean": [0.0] * len(numeric), "variance": (peak**2).tolist()}
         for position, entry in enumerate(numeric):
-            fitted["numeric"][entry["input"]] = {"fill": float(fill[position]), "kind": constants["kind"]}
+            fitted["numeric"][entry["column"]] = {"fill": float(fill[position]), "kind": constants["kind"]}
             if constants["kind"] == "standard":
-                fitted["numeric"][entry["input"]].update(
+                fitted["numeric"][entry["column"]].update(
                     mean=[constants["mean"][position]], variance=[constants["variance"][position]]
                 )
     for entry in inputs["columns"]:
@@ -209,17 +228,17 @@ def input_graph(inputs: dict[str, Any], fitted: dict[str, Any]) -> tuple[Any, di
 
     model_inputs: dict[str, Any] = {}
     tensors: dict[str, Any] = {}
-    numeric_inputs, numeric_fit = [], []
+    numeric_fit = [fitted["numeric"][entry["column"]] for entry in inputs["columns"] if entry["kind"] == NUMERIC]
     categorical = []
     text = None
+    if numeric_fit:
+        model_inputs[NUMERIC_INPUT] = keras.Input(shape=(len(numeric_fit),), dtype="float32", name=NUMERIC_INPUT)
     for entry in inputs["columns"]:
         name, kind = entry["input"], entry["kind"]
-        dtype = "float32" if kind == NUMERIC else "string"
-        model_inputs[name] = keras.Input(shape=(1,), dtype=dtype, name=name)
         if kind == NUMERIC:
-            numeric_inputs.append(model_inputs[name])
-            numeric_fit.append(fitted["numeric"][name])
-        elif kind == CATEGORICAL:
+            continue
+        model_inputs[name] = keras.Input(shape=(1,), dtype="string", name=name)
+        if kind == CATEGORICAL:
             vocabulary = fitted["categorical"][name]["vocabulary"]
             one_hot = fitted["categorical_encoding"] == "one_hot"
             lookup = layers.StringLookup(
@@ -240,12 +259,8 @@ def input_graph(inputs: dict[str, Any], fitted: dict[str, Any]) -> tuple[Any, di
             )
             text = vectorize(model_inputs[name])
             tensors["text"] = text
-    if numeric_inputs:
-        joined = (
-            numeric_inputs[0]
-            if len(numeric_inputs) == 1
-            else layers.Concatenate(name="numeric_columns")(numeric_inputs)
-        )
+    if numeric_fit:
+        joined = model_inputs[NUMERIC_INPUT]
         fill = np.array([entry["fill"] for entry in numeric_fit], dtype="float32")
         # Missing numbers become the training split's mean (an op in the graph, so it is saved with the model).
         joined = ops.where(ops.isnan(joined), fill, joined)

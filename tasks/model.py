@@ -220,12 +220,14 @@ def export_for_serving(model: keras.Model, path: Path, inputs: dict[str, Any]) -
     if inputs["kind"] == "image":
         signature: Any = tf.TensorSpec((None, *inputs["shape"]), tf.float32, name="image")
     else:
+        numeric = sum(1 for entry in inputs["columns"] if entry["kind"] == "numeric")
         signature = {
-            entry["input"]: tf.TensorSpec(
-                (None, 1), tf.float32 if entry["kind"] == "numeric" else tf.string, entry["input"]
-            )
+            entry["input"]: tf.TensorSpec((None, 1), tf.string, entry["input"])
             for entry in inputs["columns"]
+            if entry["kind"] != "numeric"
         }
+        if numeric:
+            signature["numeric"] = tf.TensorSpec((None, numeric), tf.float32, "numeric")
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(name="serve", fn=lambda features: model(features, training=False), input_signature=[signature])

@@ -43,7 +43,9 @@ def kinds(inputs: dict) -> dict[str, str]:
 def test_each_column_kind_is_described(values, kind):
     frame = pd.DataFrame({"col": values, "y": [0, 1, 0, 1]})
     inputs = describe_inputs(frame, meta_for(frame), PreprocessParams())
-    assert inputs == {"kind": "columns", "columns": [{"column": "col", "input": "col", "kind": kind}]}
+    # Numeric columns share the one matrix input "numeric"; a string column has an input of its own.
+    expected_input = "numeric" if kind == "numeric" else "col"
+    assert inputs == {"kind": "columns", "columns": [{"column": "col", "input": expected_input, "kind": kind}]}
 
 
 def test_text_column_and_images_are_described():
@@ -100,15 +102,15 @@ def test_input_names_are_safe_and_unique(columns, expected):
     assert [input_name(column, taken) for column in columns] == expected
 
 
-def test_model_inputs_are_one_named_column_each_with_missing_values_marked():
+def test_model_inputs_are_a_numeric_matrix_and_one_input_per_string_column_with_missing_values_marked():
     frame = pd.DataFrame({"size": [1.0, np.nan], "color": ["red", None], "count": [3, 4]})
     inputs = describe_inputs(frame.assign(y=[0, 1]), meta_for(frame.assign(y=[0, 1])), PreprocessParams())
     values = model_inputs(frame, inputs)
-    assert set(values) == {"size", "color", "count"}
-    assert values["size"].dtype == np.float32 and values["size"].shape == (2, 1)
-    assert values["size"][0, 0] == 1.0 and np.isnan(values["size"][1, 0])  # the model imputes, not this
+    assert set(values) == {"numeric", "color"}
+    # The numeric columns side by side, in column order: size, count.
+    assert values["numeric"].dtype == np.float32 and values["numeric"].shape == (2, 2)
+    assert values["numeric"][0].tolist() == [1.0, 3.0] and np.isnan(values["numeric"][1, 0])  # the model imputes
     assert values["color"].ravel().tolist() == ["red", MISSING]
-    assert values["count"].dtype == np.float32
     images = np.arange(8, dtype="int64").reshape(2, 2, 2, 1)
     assert model_inputs(images, {"kind": "image", "shape": [2, 2, 1]}).dtype == np.float32
 

@@ -128,8 +128,8 @@ def test_functional_branches_start_from_text_and_features(mixed):
         ),
         mixed.data,
     )
-    assert sorted(model.input) == ["color", "note", "size"]  # one named raw input per column
-    assert model.input["note"].dtype == "string" and model.input["size"].dtype == "float32"
+    assert sorted(model.input) == ["color", "note", "numeric"]  # the numbers as one matrix, each string column
+    assert model.input["note"].dtype == "string" and model.input["numeric"].dtype == "float32"
     # numeric (1) + one-hot colours (3 + missing + OOV): the `features` tensor.
     assert model.get_layer("columns").input.shape[-1] == 1 + len(mixed.fitted["categorical"]["color"]["vocabulary"]) + 1
     outputs = predict(model, mixed.x.head(4), mixed.inputs)

@@ -103,11 +103,11 @@ def test_dataset_is_batched_seeded_and_keyed_by_input_name():
     _, other = next(iter(make_dataset(split, prepared.inputs, 64, shuffle=True, seed=2)))
     assert len(labels) == 64 and np.array_equal(labels.numpy(), again.numpy())
     assert not np.array_equal(labels.numpy(), other.numpy())
-    assert sorted(features) == ["color", "note", "size"]
-    assert features["size"].dtype == tf.float32 and features["size"].shape == (64, 1)
+    assert sorted(features) == ["color", "note", "numeric"]
+    assert features["numeric"].dtype == tf.float32 and features["numeric"].shape == (64, 1)
     assert features["color"].dtype == tf.string and features["note"].dtype == tf.string
     unlabelled = next(iter(make_dataset(split, prepared.inputs, 8, labels=False)))
-    assert isinstance(unlabelled, dict) and unlabelled["size"].shape == (8, 1)
+    assert isinstance(unlabelled, dict) and unlabelled["numeric"].shape == (8, 1)
 
 
 def test_predict_takes_raw_columns(cancer):
