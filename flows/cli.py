@@ -39,8 +39,9 @@ def report(result: dict[str, Any]) -> str:
     if result.get("run_url"):
         lines.append(f"Review it in the MLflow UI: {result['run_url']}")
     else:
+        store = result.get("tracking_uri") or "sqlite:///mlflow.db"
         lines += [
-            "Review it in the MLflow UI:  .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000",
+            f"Review it in the MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {store} --port 5000",
             "then open http://127.0.0.1:5000",
         ]
     return "\n".join(lines)

@@ -160,6 +160,7 @@ def training_pipeline(
     return {
         "run_id": context.run_id,
         "run_url": results["train"].get("run_url"),
+        "tracking_uri": results["train"].get("tracking_uri"),
         "workdir": str(context.layout.root),
         "metrics": results["evaluate"]["test"],
         "baseline": results["evaluate"]["baseline"],

@@ -13,6 +13,7 @@ QUIET_ENVIRONMENT = {
     "DO_NOT_TRACK": "true",  # "1" is not enough for MLflow
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "MLFLOW_DISABLE_TELEMETRY": "true",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     "DVC_NO_ANALYTICS": "1",
     "TF_CPP_MIN_LOG_LEVEL": "2",
     "GIT_PYTHON_REFRESH": "quiet",
