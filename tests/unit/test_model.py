@@ -263,10 +263,11 @@ def test_augmentation_is_active_in_training_only(images):
     scaled = np.asarray(model.get_layer("scaling")(x))
     augmented = keras.Model(model.input, model.get_layer("flip").output)
     np.testing.assert_array_equal(np.asarray(augmented(x, training=False)), scaled)  # identity at inference
-    assert not np.allclose(np.asarray(augmented(x, training=True)), scaled)
+    # A flip is drawn at random (it may leave a batch as it is), so a few training calls must change something.
+    assert any(not np.allclose(np.asarray(augmented(x, training=True)), scaled) for _ in range(10))
     inference = np.asarray(model(x, training=False))
     np.testing.assert_array_equal(np.asarray(model(x, training=False)), inference)
-    assert not np.allclose(np.asarray(model(x, training=True)), inference)
+    assert any(not np.allclose(np.asarray(model(x, training=True)), inference) for _ in range(10))
 
 
 @pytest.mark.parametrize(
