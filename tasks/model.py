@@ -86,6 +86,10 @@ def check_loss(spec: ModelParams, data: DataSpec) -> str:
         raise ConfigError(f"model.loss {spec.loss!r} needs 3 or more classes; the data has 2 (use binary_crossentropy)")
     if data.task == "regression" and "crossentropy" in spec.loss:
         raise ConfigError(f"model.loss {spec.loss!r} is for classification, but the target is a regression target")
+    if loss == "categorical_crossentropy":
+        # The tutorials one-hot the labels for it; the pipeline keeps class indices, for which the same
+        # loss is sparse_categorical_crossentropy.
+        return "sparse_categorical_crossentropy"
     return loss
 
 

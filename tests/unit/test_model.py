@@ -270,6 +270,14 @@ def test_augmentation_is_active_in_training_only(images):
     assert any(not np.allclose(np.asarray(model(x, training=True)), inference) for _ in range(10))
 
 
+def test_categorical_crossentropy_takes_the_class_indices_the_pipeline_keeps(images):
+    model = build_model(spec(layers=[{"type": "flatten"}], loss="categorical_crossentropy"), images.data)
+    assert model.loss == "sparse_categorical_crossentropy"
+    labels = np.arange(6) % images.data.n_classes
+    history = model.fit(images.x[:6], labels, epochs=2, verbose=0)  # integer labels fit without one-hot
+    assert np.isfinite(history.history["loss"]).all()
+
+
 @pytest.mark.parametrize(
     ("values", "prepared", "expected"),
     [
