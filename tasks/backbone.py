@@ -114,7 +114,9 @@ def unfreeze(model: keras.Model, last_layers: int | None) -> int:
         raise ConfigError("train.fine_tune.epochs needs a model.backbone to fine-tune") from None
     backbone.trainable = True
     layers = backbone.layers
-    frozen = layers[:-last_layers] if last_layers else []
-    for layer in frozen:
-        layer.trainable = False
+    first = len(layers) - last_layers if last_layers else 0
+    for position, layer in enumerate(layers):
+        # BatchNormalization stays frozen: Keras 3 runs an unfrozen one on batch statistics inside fit even
+        # where the backbone was called with training=False (keras-team/keras#20285).
+        layer.trainable = position >= first and not isinstance(layer, keras.layers.BatchNormalization)
     return sum(1 for layer in layers if layer.trainable and layer.weights)

@@ -116,6 +116,8 @@ def test_unfreeze_makes_only_the_last_layers_trainable(last):
         layer for layer in chosen if layer.weights and not isinstance(layer, keras.layers.BatchNormalization)
     ]
     assert convolutions and all(layer.trainable for layer in convolutions)
+    # BatchNormalization stays frozen (an unfrozen one would run on batch statistics inside fit).
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in training)
     assert count == len(training)
     assert len(backbone.trainable_weights) == sum(len(layer.trainable_weights) for layer in training)
     assert len(model.trainable_weights) == 2 + len(backbone.trainable_weights)
