@@ -89,6 +89,8 @@ def baseline_features(inputs: dict[str, Any]) -> Any:
 
     if inputs["kind"] == "image":
         return make_pipeline(FunctionTransformer(lambda x: np.asarray(x).reshape(len(x), -1)), StandardScaler())
+    # Missing strings become "" in the model's lookups; the same here.
+    as_text = FunctionTransformer(lambda x: x.astype("string").fillna("").astype(str))
     parts = []
     for entry in inputs["columns"]:
         column = entry["column"]
@@ -96,11 +98,9 @@ def baseline_features(inputs: dict[str, Any]) -> Any:
             steps = make_pipeline(SimpleImputer(strategy="mean", keep_empty_features=True), StandardScaler())
             parts.append((f"numeric_{column}", steps, [column]))
         elif entry["kind"] == "categorical":
-            as_text = FunctionTransformer(lambda x: x.astype("string").fillna("").astype(str))
             steps = make_pipeline(as_text, OneHotEncoder(handle_unknown="ignore"))
             parts.append((f"categorical_{column}", steps, [column]))
         else:
-            as_text = FunctionTransformer(lambda x: x.astype("string").fillna("").astype(str))
             parts.append((f"text_{column}", make_pipeline(as_text, TfidfVectorizer(max_features=20000)), column))
     return ColumnTransformer(parts)
 
@@ -154,13 +154,25 @@ def predictions_frame(
     return pd.DataFrame({"actual": [as_label(i) for i in y_true], "predicted": [as_label(i) for i in predicted]})
 
 
-def plot_training_curves(history: pd.DataFrame, path: Path) -> None:
-    """Loss and metric per epoch, training against validation."""
+def _pyplot() -> Any:
+    """matplotlib's pyplot, drawing to files only (no display)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save_figure(figure: Any, path: Path) -> None:
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=100, format="png")
+    _pyplot().close(figure)
+
+
+def plot_training_curves(history: pd.DataFrame, path: Path) -> None:
+    """Loss and metric per epoch, training against validation."""
+    plt = _pyplot()
     names = [column for column in history.columns if column != "epoch" and not column.startswith("val_")]
     figure, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.5), squeeze=False)
     for axis, name in zip(axes[0], names, strict=True):
@@ -171,50 +183,36 @@ def plot_training_curves(history: pd.DataFrame, path: Path) -> None:
         axis.set_title(name)
         axis.legend()
     figure.tight_layout()
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, dpi=100, format="png")
-    plt.close(figure)
+    _save_figure(figure, path)
 
 
 def plot_confusion_matrix(predictions: pd.DataFrame, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     labels = sorted(set(predictions["actual"]) | set(predictions["predicted"]), key=lambda v: (len(v), v))
     matrix = skm.confusion_matrix(predictions["actual"], predictions["predicted"], labels=labels)
     figure, axis = plt.subplots(figsize=(1 + 0.5 * len(labels), 1 + 0.5 * len(labels)))
     skm.ConfusionMatrixDisplay(matrix, display_labels=labels).plot(ax=axis, colorbar=False)
     figure.tight_layout()
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, dpi=100, format="png")
-    plt.close(figure)
+    _save_figure(figure, path)
 
 
 def plot_binary_curves(
     y_true: np.ndarray, outputs: np.ndarray, threshold: float, roc_path: Path, pr_path: Path
 ) -> None:
     """ROC and precision-recall curves of a binary classifier, with the decision threshold marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     scores = outputs.reshape(-1)
-    predicted = scores >= threshold
-    for path, display, point in (
-        (roc_path, skm.RocCurveDisplay, (np.mean(predicted[y_true == 0]), np.mean(predicted[y_true == 1]))),
-        (pr_path, skm.PrecisionRecallDisplay, (np.mean(y_true[predicted]) if predicted.any() else 1.0,)),
+    called = scores >= threshold
+    recall = np.mean(called[y_true == 1])
+    false_positive_rate = np.mean(called[y_true == 0])
+    precision = np.mean(y_true[called]) if called.any() else 1.0
+    for path, display, point, corner in (
+        (roc_path, skm.RocCurveDisplay, (false_positive_rate, recall), "lower right"),
+        (pr_path, skm.PrecisionRecallDisplay, (recall, precision), "lower left"),
     ):
         figure, axis = plt.subplots(figsize=(4.5, 4))
         display.from_predictions(y_true, scores, ax=axis, name="model")
-        if display is skm.RocCurveDisplay:
-            axis.plot(*point, "o", label=f"threshold {threshold}")
-        else:
-            axis.plot(np.mean(predicted[y_true == 1]), point[0], "o", label=f"threshold {threshold}")
-        axis.legend(loc="lower right" if display is skm.RocCurveDisplay else "lower left")
+        axis.plot(*point, "o", label=f"threshold {threshold}")
+        axis.legend(loc=corner)
         figure.tight_layout()
-        with atomic_path(path) as temporary:
-            figure.savefig(temporary, dpi=100, format="png")
-        plt.close(figure)
+        _save_figure(figure, path)

@@ -1,10 +1,10 @@
 """Model inputs: what each raw column is, and the Keras preprocessing layers that take it raw.
 
-A dataset is either images (one array input) or columns (one named input per raw column):
-numeric columns are imputed and normalized, categorical ones looked up in a vocabulary, a
-text column vectorized. The statistics and vocabularies are fitted with each layer's `adapt`
-on the training split only, then built into the model, so the saved model takes a raw
-DataFrame row, image or string and nothing has to be pickled beside it.
+A dataset is either images (one array input) or columns: the numeric columns enter as one
+matrix input and are imputed and normalized, each categorical column has a named input looked
+up in a vocabulary, a text column one that is vectorized. The statistics and vocabularies are
+fitted with each layer's `adapt` on the training split only, then built into the model, so the
+saved model takes a raw DataFrame row, image or string and nothing has to be pickled beside it.
 """
 
 from __future__ import annotations
@@ -60,10 +60,8 @@ def describe_inputs(frame: pd.DataFrame, meta: dict[str, Any], params: Preproces
             kind = TEXT
         elif name in params.categorical_columns or not pd.api.types.is_numeric_dtype(column):
             kind = CATEGORICAL
-        elif pd.api.types.is_bool_dtype(column):
-            kind = NUMERIC
         else:
-            kind = NUMERIC
+            kind = NUMERIC  # booleans too, as 0 / 1
         model_input = NUMERIC_INPUT if kind == NUMERIC else input_name(name, taken)
         columns.append({"column": name, "input": model_input, "kind": kind})
     if sum(entry["kind"] == TEXT for entry in columns) > 1:
@@ -177,9 +175,9 @@ def adapt_inputs(
                     mean=[constants["mean"][position]], variance=[constants["variance"][position]]
                 )
     for entry in inputs["columns"]:
-        values = column_values(x_train[entry["column"]], entry["kind"])
         if entry["kind"] == NUMERIC:
-            continue
+            continue  # adapted above, all at once
+        values = column_values(x_train[entry["column"]], entry["kind"])
         if entry["kind"] == CATEGORICAL:
             layer = keras.layers.StringLookup(max_tokens=params.max_categories + 1, num_oov_indices=1)
             layer.adapt(values)
