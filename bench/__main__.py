@@ -51,7 +51,7 @@ def machine() -> dict[str, Any]:
         "memory_gb": round(memory_kb / 1024**2, 1),
         "python": platform.python_version(),
         "machine": platform.machine(),
-        "gpu": "none visible to this process (see the GPU path section)",
+        "gpu": "see the GPU path section",
     }
 
 
@@ -97,7 +97,8 @@ def mlflow_epoch_seconds(folder: Path) -> tuple[list[float], int]:
 
     run_id = json.loads((folder / "reports" / "mlflow_run.json").read_text())["run_id"]
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
-    stamps = [point.timestamp / 1000 for point in client.get_metric_history(run_id, "loss")]
+    # Between the moments successive epochs were logged: every callback (checkpoint, backup, logging) counts.
+    stamps = [point.timestamp / 1000 for point in client.get_metric_history(run_id, "train_loss")]
     rows = json.loads((folder / "data" / "processed" / "state.json").read_text())["rows"]["train"]
     return np.diff(stamps).tolist(), rows
 
@@ -191,7 +192,7 @@ def fixed_cost(work: Path, repeats: int, epochs: int) -> dict[str, Any]:
     rerun_seconds, rerun_output = run(
         [str(BIN / "kerasflow"), "run", "--params", str(prefect_project / "params.yaml")], REPO
     )
-    cached = sorted(set(re.findall(r"Task run '(\w+)-\w+' - Finished in state Cached", rerun_output)))
+    cached = sorted(set(re.findall(r"Task run '(\w+)' - Finished in state Cached", rerun_output)))
     bare_median, dvc_median, prefect_median = map(statistics.median, (bare_times, dvc_times, prefect_times))
     return {
         "epochs": epochs,
@@ -244,15 +245,15 @@ def prefect_with_running_server(work: Path, project: Path, repeats: int) -> floa
 SCALE_PROBE = """
 import json, resource, sys, time
 from pathlib import Path
-from flows.stages import Context, ingest, validate, preprocess
+from flows.stages import Context, build_stages
 from kerasflow.config import load_params
 from kerasflow.layout import Layout
 folder = Path(sys.argv[1])
 params = load_params(folder / "params.yaml")
 context = Context(Layout(folder), folder)
 times = {}
-for name, stage in (("ingest", ingest), ("validate", validate), ("preprocess", preprocess)):
-    started = time.perf_counter(); stage(params, context); times[name] = time.perf_counter() - started
+for stage in build_stages(context.layout)[:3]:  # ingest, validate, preprocess
+    started = time.perf_counter(); stage.run(params, context); times[stage.name] = time.perf_counter() - started
 import keras
 from tasks.features import adapt_inputs, target_scaling
 from tasks.model import DataSpec, build_model
@@ -261,10 +262,10 @@ from tasks.train import train_model
 started = time.perf_counter()
 state = read_state(context.layout.processed_dir)
 train, val = read_split(context.layout.processed_dir, "train"), read_split(context.layout.processed_dir, "val")
-fitted = adapt_inputs(state["inputs"], train.x, params.preprocess)
-fitted["target"] = target_scaling(train.y, state["task"], params.preprocess)
+target = target_scaling(train.y, state.task, params.preprocess)
+fitted = adapt_inputs(state.inputs, train.x, params.preprocess, target)
 model = build_model(params.model, DataSpec.from_state(state, fitted))
-train_model(model, train, val, state["inputs"], params.train, params.seed)
+train_model(model, train, val, state.inputs, params.train, params.seed)
 times["one_epoch"] = time.perf_counter() - started
 print(json.dumps({"seconds": times, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
@@ -292,14 +293,17 @@ def scale(work: Path, sizes: list[int]) -> dict[str, Any]:
 
 
 def gpu_path() -> dict[str, Any]:
+    """What the GPU-path switches resolve to here, and GPU figures only if a GPU was there to measure them."""
+    import tensorflow as tf
+
     from kerasflow.config import TrainParams
     from tasks.train import accelerator_plan
 
-    here = accelerator_plan(TrainParams())
+    gpus = tf.config.list_physical_devices("GPU")
     return {
-        "here": here,
-        "on_a_gpu": "mixed_precision on (mixed_float16, float32 output layer), jit_compile auto (XLA where "
-        "the model supports it), MirroredStrategy across the GPUs when there are several",
+        "here": accelerator_plan(TrainParams()),
+        "gpus": len(gpus),
+        "on_a_gpu": "measured" if gpus else "not measured: no GPU on this machine",
     }
 
 

@@ -50,8 +50,19 @@ def dvc_pipeline(stages: list[Any]) -> dict[str, Any]:
 
 
 def render_dvc_yaml(stages: list[Any]) -> str:
-    header = "# Generated from flows/stages.py by `python -m flows.dvc_stage --write-dvc-yaml`; edit that, not this.\n"
+    header = (
+        "# Generated from the stage list in flows/stages/__init__.py (and the files params.yaml names) by\n"
+        "# `python -m flows.dvc_stage --write-dvc-yaml`; edit those, not this.\n"
+    )
     return header + yaml.safe_dump(dvc_pipeline(stages), sort_keys=False, width=120)
+
+
+def undeclared_deps(dvc_yaml: Path, stage: Any) -> list[str]:
+    """Files params.yaml names for `stage` (a data file, backbone weights) that dvc.yaml does not list."""
+    if not dvc_yaml.is_file():
+        return []
+    declared = yaml.safe_load(dvc_yaml.read_text()).get("stages", {}).get(stage.name, {}).get("deps", [])
+    return [path for path in stage.deps if path not in declared]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,17 +80,26 @@ def main(argv: list[str] | None = None) -> int:
 
     root = Path.cwd()
     layout = Layout(root)
-    stages = build_stages(layout)
+    try:
+        params = load_params(root / args.params)
+    except ConfigError as error:
+        logger.error("%s", error)
+        return 2
+    stages = build_stages(layout, params)
     if args.write_dvc_yaml:
         (root / "dvc.yaml").write_text(render_dvc_yaml(stages))
         return 0
     by_name = {stage.name: stage for stage in stages}
     if args.stage not in by_name:
         parser.error(f"stage must be one of {list(by_name)}, got {args.stage!r}")
-    try:
-        params = load_params(root / args.params)
-    except ConfigError as error:
-        logger.error("%s", error)
+    stale = undeclared_deps(root / "dvc.yaml", by_name[args.stage])
+    if stale:
+        logger.error(
+            "dvc.yaml does not list %s as dependencies of stage %s, so `dvc repro` would not notice when they "
+            "change; run `python -m flows.dvc_stage --write-dvc-yaml`",
+            stale,
+            args.stage,
+        )
         return 2
     os.environ["KERASFLOW_DVC_STAGE"] = args.stage
     try:

@@ -1,35 +1,35 @@
 """The Prefect training pipeline: ingest → validate → preprocess → train → evaluate → register.
 
-Run it with `kerasflow run` (or `python -m flows.training`); deploy it with prefect.yaml;
-serve it with `kerasflow serve`.
+Run it with `kerasflow run`; deploy it with prefect.yaml; serve it with `kerasflow serve`.
+Each stage is one task running the same function `dvc repro` runs, drawn as a chain in the
+Prefect graph; the MLflow run is opened first, so a run that fails in any stage is marked
+FAILED in MLflow too.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
-from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from flows.stages import Context, Stage, begin_run, build_stages, source_params
-from kerasflow import tracking
+from flows.stages import PROJECT_ROOT, Context, Stage, build_stages
 from kerasflow.config import Params, load_params
 from kerasflow.io import file_md5
 from kerasflow.layout import Layout
+from kerasflow.runtime import attach_to_prefect_logging, quiet_defaults
 
-# Stages whose work is I/O that can fail transiently (downloads, the tracking store).
-RETRIES = {"ingest": 2, "register": 2}
+# Stages whose work can fail transiently (downloads, the tracking store). A retried train resumes
+# from its per-epoch backup in the same run folder.
+RETRIES = {"ingest": 2, "train": 2, "register": 2}
 RETRY_DELAYS = [2, 10]
 # Data stages cached on their content: the layout folder each one fills.
 CACHED_OUTPUTS = {"ingest": "raw_dir", "preprocess": "processed_dir"}
-CODE_ROOT = Path(__file__).resolve().parent.parent
 
 
 def is_transient(error: BaseException) -> bool:
@@ -58,10 +58,10 @@ def cache_folder(stage: Stage, params: Params, context: Context) -> Path | None:
         "stage": stage.name,
         "params": section.model_dump(mode="json"),
         "seed": params.seed,
-        "code": [file_md5(CODE_ROOT / path) for path in stage.code],
+        "code": [file_md5(PROJECT_ROOT / path) for path in stage.code],
     }
     if stage.name == "ingest" and params.ingest.source in ("file", "image_folder"):
-        source = Path(source_params(params, context.project_root).path)
+        source = Path(params.ingest.path)
         files = sorted(path for path in source.rglob("*") if path.is_file()) if source.is_dir() else [source]
         if not source.exists() or not files:
             return None  # Nothing to key on: let ingest itself say what is wrong with the path.
@@ -76,6 +76,7 @@ def as_task(stage: Stage, cache_key: str | None = None, refresh: bool = False) -
     """The Prefect task that runs one stage (the same function `dvc repro` runs)."""
     options: dict[str, Any] = {
         "name": stage.name,
+        "task_run_name": stage.name,
         "retries": RETRIES.get(stage.name, 0),
         "retry_delay_seconds": RETRY_DELAYS,
         "retry_condition_fn": retry_if_transient,
@@ -93,6 +94,13 @@ def run_folder(project_root: Path, workdir: str | None, isolate: bool) -> Path:
     if isolate:
         return project_root / "runs" / (flow_run.id or "local")
     return project_root
+
+
+def open_mlflow_run(params: Params, context: Context) -> str:
+    """Create the MLflow run of the whole pipeline run (left RUNNING until a stage closes it)."""
+    from kerasflow import tracking
+
+    return tracking.begin_pipeline_run(params, context.project_root, context.layout.root)
 
 
 def summary_markdown(results: dict[str, dict[str, Any]]) -> str:
@@ -131,16 +139,29 @@ def training_pipeline(
         isolate: give this run a folder of its own, `runs/<flow-run-id>/` (deployments do).
         cache_data: reuse ingest and preprocess outputs whose inputs have not changed.
     """
+    from prefect.artifacts import create_link_artifact, create_markdown_artifact
+
+    quiet_defaults()
+    attach_to_prefect_logging()
+    from kerasflow import tracking
+
     shorthands = {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate}
     changes = {**(overrides or {}), **{key: value for key, value in shorthands.items() if value is not None}}
     params = load_params(params_path, changes or None)
     project_root = Path(params_path).resolve().parent
     layout = Layout(run_folder(project_root, workdir, isolate), schema=project_root / "data" / "schema.json")
     context = Context(layout, project_root)
-    open_run = task(
-        begin_run, name="begin-run", retries=2, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_if_transient
-    ).with_options(cache_policy=NO_CACHE)
-    context = replace(context, run_id=open_run(params, context))
+    begin = task(
+        open_mlflow_run,
+        name="open-mlflow-run",
+        task_run_name="open-mlflow-run",
+        retries=2,
+        retry_delay_seconds=RETRY_DELAYS,
+        retry_condition_fn=retry_if_transient,
+        cache_policy=NO_CACHE,
+    )
+    previous = begin(params, context, return_state=True)
+    context = replace(context, run_id=previous.result())
     results: dict[str, dict[str, Any]] = {}
     try:
         # The stage list dvc.yaml is generated from; this run's paths are in `context`, not in the list.
@@ -150,7 +171,9 @@ def training_pipeline(
             if folder is not None:
                 context = replace(context, layout=replace(context.layout, **{CACHED_OUTPUTS[stage.name]: folder}))
                 key, refresh = folder.name, not any(folder.glob("*.json"))
-            results[stage.name] = as_task(stage, key, refresh)(params, context)
+            # Each stage waits for the one before: Prefect draws the pipeline as a chain.
+            previous = as_task(stage, key, refresh)(params, context, wait_for=[previous], return_state=True)
+            results[stage.name] = previous.result()
     except BaseException:
         tracking.mark_failed(context.run_id)
         raise
@@ -166,13 +189,3 @@ def training_pipeline(
         "baseline": results["evaluate"]["baseline"],
         "registration": results["register"],
     }
-
-
-def main(argv: list[str] | None = None) -> int:
-    from flows.cli import main as cli_main
-
-    return cli_main(["run", *(argv if argv is not None else sys.argv[1:])])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

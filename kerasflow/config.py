@@ -23,6 +23,8 @@ from pydantic import (
     model_validator,
 )
 
+from kerasflow.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS
+
 SKLEARN_DATASETS = ("digits", "breast_cancer", "diabetes", "iris", "wine")
 KERAS_DATASETS = ("mnist", "fashion_mnist", "boston_housing", "imdb")
 
@@ -64,9 +66,6 @@ LAYER_TYPES = {
 }
 MERGE_LAYERS = ("concatenate", "add", "average", "multiply")
 OPTIMIZERS = ("sgd", "adam", "rmsprop", "adagrad", "adadelta")
-CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc")
-REGRESSION_METRICS = ("rmse", "mae", "r2")
-LOWER_IS_BETTER = ("rmse", "mae")
 
 
 class ConfigError(ValueError):
@@ -293,6 +292,8 @@ class TrainParams(_Section):
     mixed_precision: bool | Literal["auto"] = "auto"
     jit_compile: bool | Literal["auto"] = "auto"
     distribute: Literal["auto", "off", "mirrored"] = "auto"
+    # Deterministic ops (tf.config.experimental.enable_op_determinism): the same seed gives the same weights.
+    deterministic: bool = False
 
     @field_validator("class_weight", mode="before")
     @classmethod
@@ -418,7 +419,7 @@ def parse_params(tree: dict[str, Any], source: str = "params.yaml") -> Params:
 
 
 def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> Params:
-    """Read, merge overrides into, and validate params.yaml."""
+    """Read, merge overrides into, and validate params.yaml; relative file paths in it are taken from its folder."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: file not found (expected the kerasflow params.yaml)")
@@ -427,7 +428,23 @@ def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | No
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
     source = str(path) if not overrides else f"{path} with overrides {overrides}"
-    return parse_params(apply_overrides(tree, overrides), source)
+    return with_paths_from(parse_params(apply_overrides(tree, overrides), source), path.resolve().parent)
+
+
+def with_paths_from(params: Params, folder: Path) -> Params:
+    """`params` with its relative file paths (ingest.path, model.backbone.weights) taken from `folder`."""
+
+    def absolute(value: str | None) -> str | None:
+        if not value or value == "imagenet" or Path(value).is_absolute():
+            return value
+        return str(folder / value)
+
+    ingest = params.ingest.model_copy(update={"path": absolute(params.ingest.path)})
+    model = params.model
+    if model.backbone is not None:
+        backbone = model.backbone.model_copy(update={"weights": absolute(model.backbone.weights)})
+        model = model.model_copy(update={"backbone": backbone})
+    return params.model_copy(update={"ingest": ingest, "model": model})
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -101,10 +101,6 @@ class Layout:
         return self.reports_dir / "plots"
 
     @property
-    def confusion(self) -> Path:
-        return self.plots_dir / "confusion.csv"
-
-    @property
     def predictions(self) -> Path:
         return self.plots_dir / "predictions.csv"
 

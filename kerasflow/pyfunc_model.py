@@ -1,10 +1,12 @@
 """The MLflow pyfunc wrapper of a kerasflow model, logged as "model from code".
 
 MLflow copies this file into the logged model and runs it when the model is loaded
-(`mlflow.pyfunc.load_model`, `mlflow models serve`), so it imports nothing from
-kerasflow. All preprocessing lives in the Keras model; this wrapper only turns what a
-caller sends (a DataFrame of raw columns, an image array, a list of strings) into the
-model's named inputs, and names the outputs:
+(`mlflow.pyfunc.load_model`, `mlflow models serve`), so it imports nothing from an installed
+kerasflow. All preprocessing lives in the Keras model; raw input (a DataFrame of raw columns,
+an image array, records) becomes the model's inputs through the copy of
+`kerasflow/model_interface.py` logged with the model: the same code training used, loaded
+from the model's own files, so every registered version keeps the conversion it was trained
+with. Outputs:
 
 - classification: `label` (the predicted class, with `threshold` for two classes) and
   one `probability_<class>` column per class;
@@ -13,11 +15,27 @@ model's named inputs, and names the outputs:
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+import uuid
 from typing import Any
 
 import mlflow
 import numpy as np
 import pandas as pd
+
+# Small batches (serving) run the model eagerly; large ones (batch scoring) through a compiled predict.
+EAGER_ROWS = 2048
+
+
+def load_interface(path: str) -> Any:
+    """The model's own copy of model_interface.py, as a module of a name no other model shares."""
+    name = f"kerasflow_model_interface_{uuid.uuid4().hex}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
 
 
 class KerasRawInputModel(mlflow.pyfunc.PythonModel):
@@ -26,57 +44,26 @@ class KerasRawInputModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         import keras
 
-        self.model = keras.saving.load_model(context.artifacts["keras_model"], safe_mode=True)
-        self.config = dict(context.model_config or {})
+        self.interface = load_interface(context.artifacts["model_interface"])
+        # Predicting needs no optimizer: compile=False skips restoring its state.
+        self.model = keras.saving.load_model(context.artifacts["keras_model"], safe_mode=True, compile=False)
+        self.config = self.interface.ModelConfig.from_dict(dict(context.model_config or {}))
 
-    def _inputs(self, data: Any) -> Any:
-        inputs = self.config["inputs"]
-        if inputs["kind"] == "image":
-            array = data.to_numpy() if isinstance(data, pd.DataFrame) else np.asarray(data)
-            return array.astype("float32").reshape(len(array), *inputs["shape"])
-        if not isinstance(data, pd.DataFrame):
-            columns = [entry["column"] for entry in inputs["columns"]]
-            data = pd.DataFrame(data, columns=columns) if not isinstance(data, dict) else pd.DataFrame(data)
-        features: dict[str, Any] = {}
-        for entry in inputs["columns"]:
-            if entry["column"] not in data.columns:
-                raise ValueError(f"input column {entry['column']!r} is missing; the model takes {list(data.columns)}")
-            series = data[entry["column"]]
-            if entry["kind"] == "numeric":
-                numbers = pd.to_numeric(series, errors="coerce")
-                broken = series[numbers.isna() & series.notna()]
-                if len(broken):
-                    raise ValueError(f"column {entry['column']!r} must be numeric, got {broken.head(3).tolist()}")
-                values = numbers.to_numpy(dtype="float32", na_value=np.nan).reshape(-1, 1)
-            else:
-                values = series.astype("string").fillna("").to_numpy(dtype=object).astype(str).reshape(-1, 1)
-            # Numeric columns share one input (a matrix, in column order); each string column has its own.
-            features.setdefault(entry["input"], []).append(values)
-        return {name: np.hstack(parts) for name, parts in features.items()}
+    # A DataFrame hint tells MLflow to infer no schema from it: the signature logged with the model applies.
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        features = self.interface.to_model_inputs(model_input, self.config.inputs)
+        return self.interface.prediction_frame(self.outputs(features), self.config)
 
-    def predict(self, context, model_input, params=None):  # noqa: ANN001 (MLflow reads type hints as a schema)
+    def outputs(self, features: Any) -> np.ndarray:
         import tensorflow as tf
 
-        features = self._inputs(model_input)
+        rows = len(features) if isinstance(features, np.ndarray) else len(next(iter(features.values())))
+        if rows > EAGER_ROWS:
+            batches = tf.data.Dataset.from_tensor_slices(features).batch(EAGER_ROWS).prefetch(2)
+            return np.asarray(self.model.predict(batches, verbose=0))
+        # A handful of rows: called directly, no tf.function is traced.
         batches = tf.data.Dataset.from_tensor_slices(features).batch(256)
-        # Called per batch, not through predict(): no tf.function is traced for a handful of rows.
-        outputs = np.concatenate([np.asarray(self.model(batch, training=False)) for batch in batches])
-        classes = self.config.get("classes")
-        outputs = outputs.astype("float64")
-        if not classes:
-            return pd.DataFrame({"prediction": outputs.reshape(-1)})
-        names = [str(label) for label in classes]
-        if outputs.ndim == 1 or outputs.shape[1] == 1:
-            positive = outputs.reshape(-1)
-            probabilities = np.stack([1 - positive, positive], axis=1)
-            predicted = (positive >= self.config.get("threshold", 0.5)).astype("int64")
-        else:
-            probabilities = outputs
-            predicted = outputs.argmax(axis=1)
-        frame = pd.DataFrame({"label": [names[index] for index in predicted]})
-        for position, name in enumerate(names):
-            frame[f"probability_{name}"] = probabilities[:, position]
-        return frame
+        return np.concatenate([np.asarray(self.model(batch, training=False)) for batch in batches])
 
 
 mlflow.models.set_model(KerasRawInputModel())

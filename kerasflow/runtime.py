@@ -1,14 +1,21 @@
-"""Process-level set-up done by entry points only: quiet defaults and seeds."""
+"""Process-level set-up done by entry points only: the quiet environment, logging and seeds.
+
+`QUIET_ENVIRONMENT` is the one definition of the environment kerasflow runs in: the command
+line, the DVC stages and the Prefect flow (also when a worker starts it) call `quiet_defaults`,
+and `scripts/env.sh` exports the same values for the shell (`python -m kerasflow.runtime`).
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import random
+import shlex
+import sys
 
 import numpy as np
 
-# Telemetry off and TensorFlow's C++ start-up chatter down; users can still override each.
+# Telemetry off and TensorFlow's C++ start-up chatter down; users can override each.
 QUIET_ENVIRONMENT = {
     "DO_NOT_TRACK": "true",  # "1" is not enough for MLflow
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -22,19 +29,43 @@ QUIET_ENVIRONMENT = {
     # ...and the same modules, used outside a flow run (DVC stages), log locally without complaint.
     "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
 }
+PROJECT_LOGGERS = ("kerasflow", "flows", "tasks")
 
 
 def quiet_defaults() -> None:
-    """Turn telemetry off for this process and its children, unless the user set otherwise."""
+    """Set the quiet environment for this process and its children, unless the user set otherwise."""
     for name, value in QUIET_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
 
 
 def configure_logging(level: int = logging.INFO) -> None:
+    """Plain-text logs on stderr for processes without Prefect (the DVC stages)."""
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # One line per HTTP request to the Prefect or MLflow server is noise, not news.
+    show_project_logs(level)
+
+
+def show_project_logs(level: int = logging.INFO) -> None:
+    """Let kerasflow's own INFO lines through (the root logger's WARNING would drop them), and keep
+    one line per HTTP request to the Prefect or MLflow server out."""
+    for name in PROJECT_LOGGERS:
+        logging.getLogger(name).setLevel(level)
     for noisy in ("httpx", "httpcore", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def attach_to_prefect_logging() -> None:
+    """Send kerasflow's logs to the Prefect run's logs and console, as PREFECT_LOGGING_EXTRA_LOGGERS does.
+
+    A flow run that a worker starts configures Prefect's logging before the flow's code can set
+    that variable, so the flow attaches its loggers itself (once).
+    """
+    handlers = logging.getLogger("prefect.extra").handlers
+    for name in PROJECT_LOGGERS:
+        logger = logging.getLogger(name)
+        for handler in handlers:
+            if handler not in logger.handlers:
+                logger.addHandler(handler)
+    show_project_logs()
 
 
 def set_seeds(seed: int) -> None:
@@ -44,3 +75,12 @@ def set_seeds(seed: int) -> None:
     import keras
 
     keras.utils.set_random_seed(seed)
+
+
+def shell_exports() -> str:
+    """The quiet environment as `export` lines, for `eval "$(python -m kerasflow.runtime)"`."""
+    return "\n".join(f"export {name}={shlex.quote(value)}" for name, value in QUIET_ENVIRONMENT.items())
+
+
+if __name__ == "__main__":
+    sys.stdout.write(shell_exports() + "\n")

@@ -12,7 +12,7 @@ import logging
 import os
 import subprocess
 import sys
-import warnings
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,8 @@ from typing import Any
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from kerasflow.config import TrackingParams
+from kerasflow.config import Params, TrackingParams, flatten
+from kerasflow.model_interface import ModelConfig, model_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +116,8 @@ def is_secret(name: str) -> bool:
 
 def log_params(flat_params: dict[str, Any], run_id: str | None = None) -> None:
     """Log flattened params (to the active run, or `run_id`), leaving out anything named like a secret."""
-    safe = {name: ("" if value is None else value) for name, value in flat_params.items() if not is_secret(name)}
+    # Empty values say nothing and show as blanks in the UI: left out.
+    safe = {name: value for name, value in flat_params.items() if not is_secret(name) and value is not None}
     mlflow.log_params(safe, run_id=run_id)
 
 
@@ -133,6 +135,18 @@ def git_tags(project_root: Path) -> dict[str, str]:
         return {}
 
 
+def lineage_tags(project_root: Path) -> dict[str, str]:
+    """Lineage of a pipeline run: git commit, and the Prefect flow run or DVC stage."""
+    return {**git_tags(project_root), **orchestration_tags()}
+
+
+def begin_pipeline_run(params: Params, project_root: Path, workdir: Path) -> str:
+    """Create the MLflow run of a whole pipeline run (left RUNNING), with params and lineage."""
+    experiment_id = configure(params.tracking, project_root)
+    tags = {**lineage_tags(project_root), "kerasflow.workdir": str(workdir)}
+    return create_run(experiment_id, tags, flatten(params.to_dict()))
+
+
 def orchestration_tags() -> dict[str, str]:
     """Which Prefect flow run or DVC stage produced this run."""
     tags: dict[str, str] = {}
@@ -148,28 +162,51 @@ def orchestration_tags() -> dict[str, str]:
     return tags
 
 
-def epoch_logger() -> Any:
-    """A Keras callback that logs every epoch's metrics to the active MLflow run."""
+def epoch_metric_name(name: str) -> str:
+    """Keras' per-epoch names as the run shows them: `loss` is `train_loss`, so the last epoch's
+    training values never read like the final (`test_`) ones; `val_*` stay as they are."""
+    keep = name.startswith("val_") or name in ("learning_rate", "epoch_seconds", "samples_per_second")
+    return name if keep else f"train_{name}"
+
+
+def epoch_logger(run_id: str, samples: int) -> Any:
+    """A Keras callback that logs each epoch's metrics, learning rate, seconds and samples per second to `run_id`.
+
+    One synchronous `log_batch` per epoch (a few milliseconds on a local store): the epoch is in
+    the record before the resumable backup says it is done, and nothing waits at the end.
+    """
     import keras
 
-    class MlflowEpochLogger(keras.callbacks.Callback):
-        # Logged in the background, so a store round trip per epoch does not stall training.
-        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-            if logs:
-                values = {name: float(value) for name, value in logs.items()}
-                mlflow.log_metrics(values, step=epoch, synchronous=False)
+    client = MlflowClient()
 
-        def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-            mlflow.flush_async_logging()
+    class MlflowEpochLogger(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            seconds = time.perf_counter() - self.started
+            values = {name: float(value) for name, value in (logs or {}).items()}
+            values.setdefault("learning_rate", float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
+            values.update(epoch_seconds=seconds, samples_per_second=samples / seconds if seconds else 0.0)
+            log_epoch(client, run_id, epoch, values)
 
     return MlflowEpochLogger()
 
 
-def replay_epochs(rows: list[dict[str, Any]]) -> None:
-    """Log earlier epochs (each a dict with `epoch` and its metrics) to the active run."""
+def log_epoch(client: MlflowClient, run_id: str, epoch: int, values: dict[str, float]) -> None:
+    from mlflow.entities import Metric
+
+    timestamp = int(time.time() * 1000)
+    metrics = [Metric(epoch_metric_name(name), value, timestamp, epoch) for name, value in values.items()]
+    client.log_batch(run_id, metrics=metrics, synchronous=True)
+
+
+def replay_epochs(run_id: str, rows: list[dict[str, Any]]) -> None:
+    """Log earlier epochs (each a dict with `epoch` and its metrics, as in the epoch log) to `run_id`."""
+    client = MlflowClient()
     for row in rows:
-        values = {name: float(value) for name, value in row.items() if name != "epoch"}
-        mlflow.log_metrics(values, step=int(row["epoch"]))
+        values = {name: float(value) for name, value in row.items() if name != "epoch" and value == value}
+        log_epoch(client, run_id, int(row["epoch"]), values)
 
 
 def run_url(run_id: str, experiment_id: str) -> str | None:
@@ -180,92 +217,95 @@ def run_url(run_id: str, experiment_id: str) -> str | None:
     return None
 
 
-def raw_signature(example: Any, model_config: dict[str, Any]) -> Any:
-    """The MLflow signature on raw input: one column per raw column, or the image tensor.
+def raw_signature(example: Any, config: ModelConfig) -> Any:
+    """The MLflow signature on raw input: one named column per raw column, or the image tensor.
 
-    Numeric columns are typed `any`: MLflow would refuse int64 values for a double column and
-    missing values for a long one, while the model takes both (it converts, then imputes).
+    Numeric columns are `double`, so a missing value (null) is accepted in any of them and CSV
+    bodies parse; send numbers as floats (MLflow refuses to turn int64 into double). The label
+    has the classes' own type.
     """
     import numpy as np
-    from mlflow.models import ModelSignature, infer_signature
-    from mlflow.types.schema import AnyType, ColSpec, Schema, TensorSpec
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, Schema, TensorSpec
 
-    inputs = model_config["inputs"]
-    if inputs["kind"] == "image":
-        input_schema = Schema([TensorSpec(np.dtype("float32"), (-1, *inputs["shape"]))])
+    inputs = config.inputs
+    if inputs.kind == "image":
+        input_schema = Schema([TensorSpec(np.dtype("float32"), (-1, *inputs.shape), name="image")])
     else:
-        inferred = {spec.name: spec for spec in infer_signature(example).inputs.inputs}
         input_schema = Schema(
-            [
-                ColSpec(AnyType(), entry["column"], required=True)
-                if entry["kind"] == "numeric"
-                else ColSpec("string", entry["column"], required=inferred[entry["column"]].required)
-                for entry in inputs["columns"]
-            ]
+            [ColSpec("double" if entry.kind == "numeric" else "string", entry.column) for entry in inputs.columns]
         )
-    classes = model_config.get("classes")
-    if classes:
-        outputs = [ColSpec("string", "label")] + [ColSpec("double", f"probability_{label}") for label in classes]
+    if config.classes:
+        label_type = "string"
+        if all(isinstance(label, bool) for label in config.classes):
+            label_type = "boolean"
+        elif all(isinstance(label, int) for label in config.classes):
+            label_type = "long"
+        outputs = [ColSpec(label_type, "label")] + [
+            ColSpec("double", f"probability_{label}") for label in config.classes
+        ]
     else:
         outputs = [ColSpec("double", "prediction")]
     return ModelSignature(inputs=input_schema, outputs=Schema(outputs))
 
 
 def log_model(
-    keras_file: Path, model_config: dict[str, Any], example: Any, saved_model: Path | None = None, name: str = "model"
+    keras_file: Path, config: ModelConfig, example: Any, saved_model: Path | None = None, name: str = "model"
 ) -> str:
     """Log the model as an MLflow pyfunc that takes raw input; return its URI.
 
     The `.keras` file is the model's one artifact: the pyfunc wrapper (`pyfunc_model.py`,
-    logged as model from code) loads it with safe_mode and only maps raw columns to the
-    model's named inputs, so the signature is on the raw columns. The SavedModel export
-    for TF Serving is logged beside it. Requirements are given, not inferred, which saves
-    a subprocess that loads the model again.
+    logged as model from code) loads it with safe_mode, and turns raw input into the model's
+    inputs with the copy of `model_interface.py` logged beside it, the same code training used.
+    The SavedModel export for TF Serving is logged beside it. Requirements are given, not
+    inferred, which saves a subprocess that loads the model again.
     """
     import keras
     import pandas as pd
     import tensorflow as tf
 
-    wrapper = Path(__file__).with_name("pyfunc_model.py")
-    signature = raw_signature(example, model_config)
+    package = Path(__file__).parent
     requirements = [
         f"mlflow=={mlflow.__version__}",
         f"tensorflow=={tf.__version__}",
         f"keras=={keras.__version__}",
         f"pandas=={pd.__version__}",
     ]
-    with warnings.catch_warnings():
-        # MLflow asks for predict() type hints, which would make it validate a raw DataFrame against list[...].
-        warnings.filterwarnings("ignore", message=".*[Tt]ype hint.*", category=UserWarning)
-        info = mlflow.pyfunc.log_model(
-            name=name,
-            python_model=str(wrapper),
-            artifacts={"keras_model": str(keras_file)},
-            model_config=model_config,
-            signature=signature,
-            input_example=example,
-            pip_requirements=requirements,
-        )
+    info = mlflow.pyfunc.log_model(
+        name=name,
+        python_model=str(package / "pyfunc_model.py"),
+        artifacts={"keras_model": str(keras_file), "model_interface": str(package / "model_interface.py")},
+        model_config=config.to_dict(),
+        signature=raw_signature(example, config),
+        input_example=example,
+        pip_requirements=requirements,
+    )
     if saved_model is not None and saved_model.is_dir():
         mlflow.log_artifacts(str(saved_model), "saved_model")
     return info.model_uri
 
 
-def pyfunc_outputs(frame: Any, classes: list[Any] | None) -> Any:
-    """The pyfunc wrapper's DataFrame back to the Keras model's output array (probabilities or values)."""
+def artifact_digest(folder: str | Path) -> str:
+    """SHA-256 over every file of a downloaded model (relative paths and bytes): the same files, the same digest.
 
-    if not classes:
-        return frame["prediction"].to_numpy(dtype="float32").reshape(-1, 1)
-    columns = [f"probability_{label}" for label in classes]
-    values = frame[columns].to_numpy(dtype="float32")
-    # A binary model has one sigmoid unit: the positive (second) class's probability.
-    return values[:, 1:] if len(classes) == 2 else values
+    `registered_model_meta` is left out: MLflow's client writes it into each download (the
+    registered name and version it was fetched as), it is not stored with the model.
+    """
+    import hashlib
+
+    root = Path(folder)
+    digest = hashlib.sha256()
+    files = [item for item in root.rglob("*") if item.is_file() and item.name != "registered_model_meta"]
+    for path in sorted(files):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
 
 
-def round_trip_difference(model_uri: str, example: Any, expected: Any, classes: list[Any] | None) -> float:
+def round_trip_difference(model_path: str | Path, example: Any, expected: Any, config: ModelConfig) -> float:
     """Largest difference between the logged model's predictions (loaded back through MLflow) and `expected`."""
     import numpy as np
 
-    loaded = mlflow.pyfunc.load_model(model_uri)
-    outputs = pyfunc_outputs(loaded.predict(example), classes)
+    loaded = mlflow.pyfunc.load_model(str(model_path))
+    outputs = model_outputs(loaded.predict(example), config)
     return float(np.max(np.abs(outputs - np.asarray(expected, dtype="float32").reshape(outputs.shape))))

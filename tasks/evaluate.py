@@ -13,8 +13,9 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from kerasflow.config import LOWER_IS_BETTER, EvaluateParams
+from kerasflow.config import EvaluateParams
 from kerasflow.io import atomic_path
+from kerasflow.model_interface import MISSING, ModelInputs, positive_share, predicted_classes
 from tasks.preprocess import Split
 
 
@@ -24,29 +25,13 @@ def primary_metric(params: EvaluateParams, task: str) -> str:
     return "accuracy" if task == "classification" else "r2"
 
 
-def is_better(metric: str, candidate: float, reference: float) -> bool:
-    """Strictly better, in the metric's own direction."""
-    return candidate < reference if metric in LOWER_IS_BETTER else candidate > reference
-
-
-def predicted_classes(outputs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    """Class indices from model outputs: the threshold on a single sigmoid, else the most probable class."""
-    if outputs.ndim == 1 or outputs.shape[1] == 1:
-        return (outputs.reshape(-1) >= threshold).astype("int64")
-    return outputs.argmax(axis=1)
-
-
 def classification_metrics(
     y_true: np.ndarray, probabilities: np.ndarray, n_classes: int, threshold: float = 0.5
 ) -> dict[str, float]:
     """Accuracy, macro precision / recall / F1 (at `threshold` for two classes) and ROC AUC."""
-    if probabilities.ndim == 1 or probabilities.shape[1] == 1:
-        positive = probabilities.reshape(-1)
-        predicted = predicted_classes(positive, threshold)
-        scores: np.ndarray = positive
-    else:
-        predicted = probabilities.argmax(axis=1)
-        scores = probabilities
+    positive = positive_share(probabilities)
+    predicted = predicted_classes(probabilities, threshold)
+    scores: np.ndarray = positive if positive is not None else probabilities
     result = {
         "accuracy": skm.accuracy_score(y_true, predicted),
         "precision": skm.precision_score(y_true, predicted, average="macro", zero_division=0),
@@ -80,24 +65,24 @@ def score_predictions(
     return regression_metrics(y_true, outputs)
 
 
-def baseline_features(inputs: dict[str, Any]) -> Any:
+def baseline_features(inputs: ModelInputs) -> Any:
     """scikit-learn's version of the model's input preprocessing: scaling, imputation, one-hot, TF-IDF."""
     from sklearn.compose import ColumnTransformer
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.impute import SimpleImputer
     from sklearn.preprocessing import FunctionTransformer, OneHotEncoder
 
-    if inputs["kind"] == "image":
+    if inputs.kind == "image":
         return make_pipeline(FunctionTransformer(lambda x: np.asarray(x).reshape(len(x), -1)), StandardScaler())
-    # Missing strings become "" in the model's lookups; the same here.
-    as_text = FunctionTransformer(lambda x: x.astype("string").fillna("").astype(str))
+    # Missing strings become MISSING in the model's lookups; the same here.
+    as_text = FunctionTransformer(lambda x: x.astype("string").fillna(MISSING).astype(str))
     parts = []
-    for entry in inputs["columns"]:
-        column = entry["column"]
-        if entry["kind"] == "numeric":
+    for entry in inputs.columns:
+        column = entry.column
+        if entry.kind == "numeric":
             steps = make_pipeline(SimpleImputer(strategy="mean", keep_empty_features=True), StandardScaler())
             parts.append((f"numeric_{column}", steps, [column]))
-        elif entry["kind"] == "categorical":
+        elif entry.kind == "categorical":
             steps = make_pipeline(as_text, OneHotEncoder(handle_unknown="ignore"))
             parts.append((f"categorical_{column}", steps, [column]))
         else:
@@ -105,7 +90,7 @@ def baseline_features(inputs: dict[str, Any]) -> Any:
     return ColumnTransformer(parts)
 
 
-def make_baseline(params: EvaluateParams, task: str, seed: int, inputs: dict[str, Any]) -> Any:
+def make_baseline(params: EvaluateParams, task: str, seed: int, inputs: ModelInputs) -> Any:
     name = params.baseline
     if name == "auto":
         name = "logistic_regression" if task == "classification" else "ridge"
@@ -127,7 +112,7 @@ def baseline_metrics(
     test_split: Split,
     n_classes: int,
     seed: int,
-    inputs: dict[str, Any],
+    inputs: ModelInputs,
     threshold: float = 0.5,
 ) -> tuple[str, dict[str, float]]:
     """Fit the scikit-learn baseline on the training split (same raw features); score it on the test split."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ import pandas as pd
 
 from kerasflow.config import IngestParams
 from kerasflow.io import atomic_path, file_md5, write_json
+from kerasflow.records import RawDatasetInfo
 
 logger = logging.getLogger(__name__)
 
@@ -73,16 +74,17 @@ def _load_keras(name: str) -> pd.DataFrame:
             "the cache, or point ingest at a local file with source: file.",
             transient=True,
         ) from error
-    features = np.concatenate([x_train, x_test])
     labels = np.concatenate([y_train, y_test])
+    if name == "imdb":
+        # Reviews are word-id sequences of any length: joined as lists, never stacked as arrays.
+        texts = [" ".join(str(token) for token in sequence) for sequence in [*x_train, *x_test]]
+        return pd.DataFrame({"text": texts, "target": labels.astype("int64")})
+    features = np.concatenate([x_train, x_test])
     if name == "boston_housing":
         columns = ["crim", "zn", "indus", "chas", "nox", "rm", "age", "dis", "rad", "tax", "ptratio", "b", "lstat"]
         frame = pd.DataFrame(features, columns=columns)
         frame["target"] = labels.astype("float64")
         return frame
-    if name == "imdb":
-        texts = [" ".join(str(token) for token in sequence) for sequence in features]
-        return pd.DataFrame({"text": texts, "target": labels.astype("int64")})
     return _images_to_frame(features, labels)
 
 
@@ -202,21 +204,32 @@ def load_dataset(params: IngestParams, seed: int) -> RawDataset:
     )
 
 
-def write_raw(dataset: RawDataset, data_path: Path, meta_path: Path) -> dict[str, Any]:
-    """Write the raw frame (Parquet) and its metadata, atomically; return the metadata."""
+def write_raw(dataset: RawDataset, data_path: Path, meta_path: Path) -> RawDatasetInfo:
+    """Write the raw frame (Parquet) and its description, atomically; return the description."""
     with atomic_path(data_path) as temporary:
         dataset.frame.to_parquet(temporary, index=False)
-    meta = {
-        **{key: value for key, value in asdict(dataset).items() if key != "frame"},
-        "rows": len(dataset.frame),
-        "md5": file_md5(data_path),
-        "file": data_path.name,
-    }
-    write_json(meta_path, meta)
-    logger.info("ingested %d rows from %s (md5 %s)", meta["rows"], dataset.source, meta["md5"])
-    return meta
+    info = RawDatasetInfo(
+        target=dataset.target,
+        task=dataset.task,
+        feature_columns=dataset.feature_columns,
+        image_shape=dataset.image_shape,
+        text_column=dataset.text_column,
+        source=dataset.source,
+        rows=len(dataset.frame),
+        md5=file_md5(data_path),
+        file=data_path.name,
+    )
+    write_json(meta_path, info.to_dict())
+    logger.info(
+        "ingested %d rows x %d columns from %s (md5 %s)",
+        info.rows,
+        len(info.feature_columns) + 1,
+        info.source_label,
+        info.md5,
+    )
+    return info
 
 
-def ingest_dataset(params: IngestParams, seed: int, data_path: Path, meta_path: Path) -> dict[str, Any]:
+def ingest_dataset(params: IngestParams, seed: int, data_path: Path, meta_path: Path) -> RawDatasetInfo:
     """Load the source and write it as the raw dataset; returns its metadata (with md5)."""
     return write_raw(load_dataset(params, seed), data_path, meta_path)

@@ -1,9 +1,9 @@
 """Build model: the `model` section of params.yaml to a compiled `keras.Model`.
 
 Sequential specs apply the layers in order; Functional specs wire layers by name
-(`inputs: [input]`, `inputs: [branch_a, branch_b]`). The output layer is added from
-the data (classes, task), and the scaling fitted in preprocess becomes the first
-layer, so the model takes raw values.
+(`inputs: [input]`, `inputs: [branch_a, branch_b]`). The input preprocessing adapted on the
+training split comes first (so the model takes raw values), the output layer last, from the
+data (classes, task).
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ from typing import Any
 import keras
 
 from kerasflow.config import LAYER_TYPES, ConfigError, LayerSpec, ModelParams
+from kerasflow.model_interface import NUMERIC_INPUT, ModelInputs
+from kerasflow.records import FittedInputs, PreprocessState
 from tasks.backbone import backbone_features
-from tasks.features import input_graph, vocabulary_size
+from tasks.features import input_graph
 
 OPTIMIZER_CLASSES = {
     "sgd": keras.optimizers.SGD,
@@ -32,14 +34,14 @@ class DataSpec:
     """What the model needs to know about its data: the inputs (from the preprocessing state),
     the constants their preprocessing layers were adapted to, and the task."""
 
-    inputs: dict[str, Any]
+    inputs: ModelInputs
     task: str
     n_classes: int = 0
-    fitted: dict[str, Any] = field(default_factory=dict)
+    fitted: FittedInputs = field(default_factory=FittedInputs)
 
     @classmethod
-    def from_state(cls, state: dict[str, Any], fitted: dict[str, Any]) -> DataSpec:
-        return cls(state["inputs"], state["task"], len(state.get("classes") or []), fitted)
+    def from_state(cls, state: PreprocessState, fitted: FittedInputs) -> DataSpec:
+        return cls(state.inputs, state.task, state.n_classes, fitted)
 
     @property
     def output_units(self) -> int:
@@ -117,15 +119,35 @@ def make_layer(layer: LayerSpec, position: str, vocabulary: int | None = None) -
         arguments["kernel_regularizer"] = keras.regularizers.L1L2(l1=layer.l1, l2=layer.l2)
     if layer.name:
         arguments["name"] = layer.name
+    layer_class = getattr(keras.layers, LAYER_TYPES[layer.type])
+    check_arguments(layer_class, arguments, f"{position} ({layer.type})")
     try:
         if layer.type == "bidirectional":
             inner = arguments.pop("layer", None)
             if not isinstance(inner, dict):
                 raise ValueError("bidirectional needs `layer: {type: lstm, units: ...}`")
             arguments["layer"] = make_layer(LayerSpec(**inner), f"{position}.layer")
-        return getattr(keras.layers, LAYER_TYPES[layer.type])(**arguments)
+        return layer_class(**arguments)
     except (TypeError, ValueError) as error:
         raise ConfigError(f"{position} ({layer.type}): {error}") from None
+
+
+def check_arguments(layer_class: type, arguments: dict[str, Any], where: str) -> None:
+    """An argument the Keras layer does not take is a ConfigError naming it (and the closest one it takes)."""
+    import difflib
+    import inspect
+
+    known = {
+        name
+        for cls in (layer_class, keras.layers.Layer)
+        for name, parameter in inspect.signature(cls.__init__).parameters.items()
+        if parameter.kind not in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL) and name != "self"
+    }
+    for name in arguments:
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where}: unknown argument {name!r}{hint}; {layer_class.__name__} takes {sorted(known)}")
 
 
 def compile_model(
@@ -133,11 +155,11 @@ def compile_model(
 ) -> keras.Model:
     """Compile with the spec's optimizer (optionally at another learning rate), the loss and the task's metrics."""
     loss = check_loss(spec, data)
-    target = data.fitted.get("target")
+    target = data.fitted.target
     # The output layer learns in standard deviations; weighting the loss to match keeps its gradients
     # (and the logged loss) on that scale for every optimizer, while the metrics stay in target units.
     power = 2 if loss in ("mean_squared_error", "mse") else 1 if loss in ("mean_absolute_error", "mae") else 0
-    weight = 1.0 / target["std"] ** power if target and power else None
+    weight = 1.0 / target.std**power if target and power else None
     model.compile(
         optimizer=make_optimizer(spec, learning_rate),
         loss=loss,
@@ -158,10 +180,20 @@ def build_model(spec: ModelParams, data: DataSpec, jit_compile: bool | str = "au
     is passed to `compile` (Keras' "auto" turns XLA on where the model supports it).
     """
     layers = [
-        make_layer(layer, f"model.layers[{index}]", vocabulary_size(data.fitted, (layer.inputs or ["input"])[0]))
+        make_layer(layer, f"model.layers[{index}]", data.fitted.vocabulary_size((layer.inputs or ["input"])[0]))
         for index, layer in enumerate(spec.layers)
     ]
     inputs, tensors = input_graph(data.inputs, data.fitted)
+    check_spec_fits_data(spec, data, tensors)
+    # A backbone does its own input scaling, so it starts from the raw image.
+    tensors["input"] = image_stem(spec, inputs if spec.backbone else tensors["input"])
+    features = wire_layers(spec, layers, tensors)
+    model = keras.Model(inputs, output_head(spec, data, features), name=f"kerasflow_{spec.api}")
+    return compile_model(model, spec, data, jit_compile)
+
+
+def check_spec_fits_data(spec: ModelParams, data: DataSpec, tensors: dict[str, Any]) -> None:
+    """Specs that cannot take this data are a ConfigError naming what to change."""
     if (spec.augmentation or spec.backbone) and "image" not in tensors:
         raise ConfigError("model.augmentation and model.backbone need image data (ingest.image_shape)")
     if spec.api == "sequential" and "text" in tensors and "features" in tensors:
@@ -169,19 +201,25 @@ def build_model(spec: ModelParams, data: DataSpec, jit_compile: bool | str = "au
             "the data has a text column and other columns; a sequential model takes only one of them. Use "
             "api: functional (start branches from 'text' and 'features'), or choose columns with ingest.features"
         )
-    if spec.api == "sequential" and data.fitted.get("categorical_encoding") == "integer" and "categorical" in tensors:
+    if spec.api == "sequential" and data.fitted.categorical_encoding == "integer" and "categorical" in tensors:
         raise ConfigError(
             "preprocess.categorical_encoding 'integer' needs api: functional (embed the 'categorical' tensor)"
         )
-    # A backbone does its own input scaling, so it starts from the raw image.
-    current = inputs if spec.backbone else tensors["input"]
-    for index, layer_spec in enumerate(spec.augmentation):
-        current = make_layer(layer_spec, f"model.augmentation[{index}]")(current)
-    if spec.backbone:
-        current = backbone_features(spec.backbone, current)
-    tensors["input"] = current
 
-    # Wire the graph symbolically, so a shape error names the layer that caused it.
+
+def image_stem(spec: ModelParams, tensor: Any) -> Any:
+    """The augmentation layers (active in training only), then the pretrained backbone, if any."""
+    for index, layer_spec in enumerate(spec.augmentation):
+        tensor = make_layer(layer_spec, f"model.augmentation[{index}]")(tensor)
+    return backbone_features(spec.backbone, tensor) if spec.backbone else tensor
+
+
+def wire_layers(spec: ModelParams, layers: list[keras.layers.Layer], tensors: dict[str, Any]) -> Any:
+    """Apply the spec's layers in order (sequential) or to the tensors they name (functional).
+
+    The graph is wired symbolically, so a shape error names the layer that caused it.
+    """
+    current = tensors["input"]
     for index, (layer_spec, layer) in enumerate(zip(spec.layers, layers, strict=True)):
         if spec.api == "functional":
             missing = [name for name in layer_spec.inputs or [] if name not in tensors]
@@ -202,18 +240,23 @@ def build_model(spec: ModelParams, data: DataSpec, jit_compile: bool | str = "au
             f"model.layers: the last layer outputs shape {tuple(current.shape)}; add a flatten or global "
             "pooling layer so the output layer gets one vector per example"
         )
+    return current
+
+
+def output_head(spec: ModelParams, data: DataSpec, features: Any) -> Any:
+    """The output layer for the task, in float32 (also under mixed precision); a regression target is
+    mapped back from standard deviations to its own units."""
     head = keras.layers.Dense(
         data.output_units, activation=output_activation(spec, data), dtype="float32", name="output"
     )
-    outputs = head(current)
-    if data.fitted.get("target"):
-        target = data.fitted["target"]
-        outputs = keras.layers.Rescaling(target["std"], offset=target["mean"], name="target_scaling")(outputs)
-    model = keras.Model(inputs, outputs, name=f"kerasflow_{spec.api}")
-    return compile_model(model, spec, data, jit_compile)
+    outputs = head(features)
+    if data.fitted.target:
+        target = data.fitted.target
+        outputs = keras.layers.Rescaling(target.std, offset=target.mean, name="target_scaling")(outputs)
+    return outputs
 
 
-def export_for_serving(model: keras.Model, path: Path, inputs: dict[str, Any]) -> None:
+def export_for_serving(model: keras.Model, path: Path, inputs: ModelInputs) -> None:
     """A TensorFlow SavedModel with one `serve` endpoint for TF Serving, always in inference mode.
 
     `model.export` would trace the model without `training=False`, and Keras' random augmentation
@@ -221,18 +264,31 @@ def export_for_serving(model: keras.Model, path: Path, inputs: dict[str, Any]) -
     """
     import tensorflow as tf
 
-    if inputs["kind"] == "image":
-        signature: Any = tf.TensorSpec((None, *inputs["shape"]), tf.float32, name="image")
+    if inputs.kind == "image":
+        signature: Any = tf.TensorSpec((None, *inputs.shape), tf.float32, name="image")
     else:
-        numeric = sum(1 for entry in inputs["columns"] if entry["kind"] == "numeric")
-        signature = {
-            entry["input"]: tf.TensorSpec((None, 1), tf.string, entry["input"])
-            for entry in inputs["columns"]
-            if entry["kind"] != "numeric"
-        }
-        if numeric:
-            signature["numeric"] = tf.TensorSpec((None, numeric), tf.float32, "numeric")
+        signature = {entry.input: tf.TensorSpec((None, 1), tf.string, entry.input) for entry in inputs.strings}
+        if inputs.numeric:
+            signature[NUMERIC_INPUT] = tf.TensorSpec((None, len(inputs.numeric)), tf.float32, NUMERIC_INPUT)
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(name="serve", fn=lambda features: model(features, training=False), input_signature=[signature])
     archive.write_out(str(path), verbose=False)
+
+
+def load_model_file(path: Path, compile: bool = False) -> keras.Model:
+    """Load a .keras file with Keras' safe mode: a model that would run code (a Lambda layer) is refused.
+
+    Without `compile`, the optimizer's state is not restored: predicting does not need it.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; run the train stage first")
+    try:
+        return keras.saving.load_model(path, safe_mode=True, compile=compile)
+    except ValueError as error:
+        if "safe_mode" in str(error) or "Lambda" in str(error):
+            raise ValueError(
+                f"{path}: refused to load a model that carries Python code (e.g. a Lambda layer); "
+                "kerasflow loads models with safe_mode=True"
+            ) from error
+        raise

@@ -18,6 +18,7 @@ from sklearn.model_selection import train_test_split
 
 from kerasflow.config import PreprocessParams
 from kerasflow.io import atomic_dir, read_json, write_json
+from kerasflow.records import PreprocessState, RawDatasetInfo
 from tasks.features import describe_inputs, feature_matrix
 
 SPLITS = ("train", "val", "test")
@@ -34,10 +35,10 @@ class Split:
         return len(self.y)
 
 
-def encode_labels(frame: pd.DataFrame, meta: dict[str, Any]) -> tuple[np.ndarray, list[Any] | None]:
+def encode_labels(frame: pd.DataFrame, info: RawDatasetInfo) -> tuple[np.ndarray, list[Any] | None]:
     """Labels as class indices (classification) or float32 values (regression)."""
-    target = frame[meta["target"]]
-    if meta["task"] != "classification":
+    target = frame[info.target]
+    if info.task != "classification":
         return target.to_numpy(dtype="float32"), None
     classes = sorted(target.unique().tolist(), key=lambda value: (str(type(value)), value))
     index = {label: position for position, label in enumerate(classes)}
@@ -74,27 +75,28 @@ def split_dataset(
 
 
 def preprocess_dataset(
-    frame: pd.DataFrame, meta: dict[str, Any], params: PreprocessParams, seed: int
-) -> tuple[dict[str, Split], dict[str, Any]]:
+    frame: pd.DataFrame, info: RawDatasetInfo, params: PreprocessParams, seed: int
+) -> tuple[dict[str, Split], PreprocessState]:
     """Split the raw features; return the splits and the preprocessing state (what each input is)."""
-    inputs = describe_inputs(frame, meta, params)
-    x = feature_matrix(frame, meta, inputs)
-    y, classes = encode_labels(frame, meta)
-    classification = meta["task"] == "classification"
-    splits = split_dataset(x, y, params, seed, classification)
-    state = {
-        "task": meta["task"],
-        "classes": classes,
-        "inputs": inputs,
-        "target": meta["target"],
-        "feature_columns": meta["feature_columns"],
-        "rows": {name: len(split) for name, split in splits.items()},
-        "seed": seed,
-    }
+    inputs = describe_inputs(frame, info, params)
+    x = feature_matrix(frame, info, inputs)
+    y, classes = encode_labels(frame, info)
+    splits = split_dataset(x, y, params, seed, info.task == "classification")
+    state = PreprocessState(
+        task=info.task,
+        inputs=inputs,
+        target=info.target,
+        feature_columns=info.feature_columns,
+        rows={name: len(split) for name, split in splits.items()},
+        seed=seed,
+        data_md5=info.md5,
+        source=info.source,
+        classes=classes,
+    )
     return splits, state
 
 
-def write_processed(splits: dict[str, Split], state: dict[str, Any], directory: Path) -> None:
+def write_processed(splits: dict[str, Split], state: PreprocessState, directory: Path) -> None:
     """Write images as .npy, columns as Parquet, labels as .npy and the state as JSON; swap the folder in at once."""
     with atomic_dir(directory) as temporary:
         for name, split in splits.items():
@@ -103,7 +105,7 @@ def write_processed(splits: dict[str, Split], state: dict[str, Any], directory: 
             else:
                 np.save(temporary / f"x_{name}.npy", split.x)
             np.save(temporary / f"y_{name}.npy", split.y)
-        write_json(temporary / "state.json", state)
+        write_json(temporary / "state.json", state.to_dict())
 
 
 def read_split(directory: Path, name: str) -> Split:
@@ -116,5 +118,5 @@ def read_split(directory: Path, name: str) -> Split:
     return Split(x, np.load(labels))
 
 
-def read_state(directory: Path) -> dict[str, Any]:
-    return read_json(Path(directory) / "state.json")
+def read_state(directory: Path) -> PreprocessState:
+    return PreprocessState.from_dict(read_json(Path(directory) / "state.json"))

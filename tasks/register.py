@@ -3,7 +3,8 @@ moves the `champion` alias, the others get `challenger`, and the reason is kept.
 
 Blessed means: passes the thresholds in params, beats the scikit-learn baseline,
 is at least as good as the current champion on the primary metric, and survives a
-serving smoke test (the logged model loads back and predicts on its input example).
+serving smoke test (train loaded the logged model back through MLflow and it predicted
+what the trained model does; the registered files are those same bytes).
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
-
-from kerasflow.config import LOWER_IS_BETTER, RegisterParams
+from kerasflow.config import RegisterParams
+from kerasflow.metrics import at_least, is_better, lower_is_better
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +38,6 @@ class Decision:
         return {**asdict(self), "alias": self.alias}
 
 
-def _passes(metric: str, value: float, bound: float) -> bool:
-    return value <= bound if metric in LOWER_IS_BETTER else value >= bound
-
-
 def decide(
     candidate: dict[str, float],
     baseline: dict[str, float],
@@ -58,14 +54,14 @@ def decide(
             checks[f"threshold.{metric}"] = False
             reasons.append(f"threshold on {metric}: the model has no {metric} metric")
             continue
-        ok = _passes(metric, candidate[metric], bound)
+        ok = at_least(metric, candidate[metric], bound)
         checks[f"threshold.{metric}"] = ok
-        relation = "<=" if metric in LOWER_IS_BETTER else ">="
+        relation = "<=" if lower_is_better(metric) else ">="
         reasons.append(f"{metric} {candidate[metric]:.4f} {'meets' if ok else 'misses'} threshold {relation} {bound}")
     value = candidate[primary]
     if params.require_beat_baseline:
         reference = baseline[primary]
-        ok = value < reference if primary in LOWER_IS_BETTER else value > reference
+        ok = is_better(primary, value, reference)
         checks["beats_baseline"] = ok
         reasons.append(f"{primary} {value:.4f} {'beats' if ok else 'does not beat'} the baseline's {reference:.4f}")
     if params.require_beat_champion:
@@ -74,13 +70,13 @@ def decide(
             reasons.append("there is no current champion")
         else:
             reference = champion[primary]
-            ok = value <= reference if primary in LOWER_IS_BETTER else value >= reference
+            ok = at_least(primary, value, reference)
             checks["at_least_champion"] = ok
             verdict = "is at least as good as" if ok else "is worse than"
             reasons.append(f"{primary} {value:.4f} {verdict} the champion's {reference:.4f}")
     checks["smoke_test"] = smoke_test_ok
     if not smoke_test_ok:
-        reasons.append("the serving smoke test failed: the logged model did not load and predict")
+        reasons.append("the serving smoke test failed: the registered files are not those that loaded and predicted")
     return Decision(promote=all(checks.values()), reasons=reasons, checks=checks)
 
 
@@ -99,21 +95,31 @@ def champion_metrics(model_name: str, prefix: str = "test_") -> tuple[str | None
     return str(version.version), found
 
 
-def smoke_test(model_uri: str, example: Any) -> tuple[bool, str]:
-    """Load the registered model back through MLflow's pyfunc flavor and predict on raw input."""
-    import keras
-    import mlflow
-    import pandas as pd
+def verify_registered_files(model_uri: str, expected_sha256: str) -> tuple[bool, str]:
+    """The serving check, without loading TensorFlow again.
 
-    keras.utils.disable_interactive_logging()  # No progress bar in the pipeline's logs.
-    try:
-        predictions = pd.DataFrame(mlflow.pyfunc.load_model(model_uri).predict(example))
-    except Exception as error:  # Any failure to load or predict means the model is not servable.
-        return False, f"{type(error).__name__}: {error}"
-    numbers = predictions.select_dtypes("number").to_numpy(dtype="float64")
-    if len(predictions) != len(example) or not np.all(np.isfinite(numbers)):
-        return False, f"predictions of shape {predictions.shape} are not one finite row per example"
-    return True, "ok"
+    Train loaded the logged model back through MLflow's pyfunc flavor and checked that it predicts
+    what the trained model does (`roundtrip_max_abs_diff`). Here the registered version's files
+    must be those same bytes: then it serves as that check showed.
+    """
+    import tempfile
+
+    import mlflow
+
+    from kerasflow.tracking import artifact_digest
+
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            local = mlflow.artifacts.download_artifacts(model_uri, dst_path=folder)
+        except Exception as error:  # Any failure to fetch the files means the version is not servable.
+            return False, f"the registered files could not be read: {type(error).__name__}: {error}"
+        found = artifact_digest(local)
+    if found != expected_sha256:
+        return (
+            False,
+            f"the registered files (sha256 {found[:12]}) are not the ones train checked ({expected_sha256[:12]})",
+        )
+    return True, f"ok: the registered files are the ones that passed train's round trip (sha256 {found[:12]})"
 
 
 def register_version(model_uri: str, model_name: str, run_id: str) -> str:

@@ -1,14 +1,17 @@
 """Train: `model.fit` on a tf.data pipeline with early stopping, checkpoints and resumable backups.
 
-Tracking is not done here: the caller injects its callbacks (e.g. the MLflow
-per-epoch logger), so this function is the same under Prefect, DVC and tests.
+Tracking is not done here: the caller injects its callbacks (e.g. the MLflow per-epoch logger),
+so this function is the same under Prefect, DVC, tuning trials and tests.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from kerasflow.config import ConfigError, TrainParams
-from tasks.features import model_inputs
+from kerasflow.model_interface import ModelInputs, to_model_inputs
 from tasks.preprocess import Split
 
 logger = logging.getLogger(__name__)
@@ -37,8 +40,9 @@ def device_summary() -> dict[str, Any]:
 def accelerator_plan(params: TrainParams, string_inputs: bool = False) -> dict[str, Any]:
     """What the GPU-path switches resolve to on this machine (logged with the run).
 
-    Models that take strings (categorical or text columns) train on one device: Keras' fit under
-    MirroredStrategy averages the first batch across replicas, which fails on string tensors.
+    Mixed precision computes in float16 on a GPU and in bfloat16 on a CPU (which has no fast
+    float16). Models that take strings (categorical or text columns) train on one device: Keras'
+    fit under MirroredStrategy averages the first batch across replicas, which fails on strings.
     """
     gpus = tf.config.list_physical_devices("GPU")
     devices = [device.name for device in tf.config.list_logical_devices("GPU" if gpus else "CPU")]
@@ -48,9 +52,11 @@ def accelerator_plan(params: TrainParams, string_inputs: bool = False) -> dict[s
             "use auto or off"
         )
     mirrored = params.distribute == "mirrored" or (params.distribute == "auto" and len(gpus) > 1 and not string_inputs)
+    mixed = bool(gpus) if params.mixed_precision == "auto" else params.mixed_precision
     return {
-        "mixed_precision": bool(gpus) if params.mixed_precision == "auto" else params.mixed_precision,
+        "mixed_precision": ("mixed_float16" if gpus else "mixed_bfloat16") if mixed else False,
         "jit_compile": params.jit_compile,
+        "deterministic": params.deterministic,
         "strategy": "MirroredStrategy" if mirrored and len(devices) > 1 else "default",
         "replicas": len(devices) if mirrored and len(devices) > 1 else 1,
         "devices": devices if mirrored else devices[:1],
@@ -58,25 +64,33 @@ def accelerator_plan(params: TrainParams, string_inputs: bool = False) -> dict[s
 
 
 def distribution_strategy(plan: dict[str, Any]) -> tf.distribute.Strategy:
-    """The strategy to build and fit the model under; set the precision policy to match."""
-    keras.mixed_precision.set_global_policy("mixed_float16" if plan["mixed_precision"] else "float32")
+    """The strategy to build and fit the model under; set the precision policy and determinism to match."""
+    keras.mixed_precision.set_global_policy(plan["mixed_precision"] or "float32")
+    if plan.get("deterministic"):
+        # Same seed, same data, same code: the same weights, bit for bit (on the CPU; see the README for GPUs).
+        tf.config.experimental.enable_op_determinism()
     if plan["strategy"] == "MirroredStrategy":
         return tf.distribute.MirroredStrategy(plan["devices"])
     return tf.distribute.get_strategy()
 
 
 def make_dataset(
-    split: Split, inputs: dict[str, Any], batch_size: int, shuffle: bool = False, seed: int = 0, labels: bool = True
+    split: Split,
+    inputs: ModelInputs,
+    batch_size: int,
+    shuffle: bool = False,
+    seed: int = 0,
+    labels: bool = True,
 ) -> tf.data.Dataset:
     """A batched, prefetched tf.data pipeline over one split's raw features (and labels)."""
-    features = model_inputs(split.x, inputs)
+    features = to_model_inputs(split.x, inputs)
     dataset = tf.data.Dataset.from_tensor_slices((features, split.y) if labels else features)
     if shuffle:
         dataset = dataset.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def predict(model: keras.Model, x: Any, inputs: dict[str, Any], batch_size: int = 256) -> np.ndarray:
+def predict(model: keras.Model, x: Any, inputs: ModelInputs, batch_size: int = 256) -> np.ndarray:
     """The model's outputs on raw features (Keras' predict refuses NumPy strings, so it goes through tf.data)."""
     dataset = make_dataset(Split(x, np.zeros(len(x))), inputs, batch_size, labels=False)
     return np.asarray(model.predict(dataset, verbose=0))
@@ -102,12 +116,73 @@ def class_weights(
     return {index: float(setting.get(name, 1.0)) for index, name in enumerate(names)}
 
 
-def completed_epochs(backup_dir: Path | None) -> int:
-    """How many epochs a killed earlier attempt finished (0 if there is no backup to resume from)."""
-    metadata = backup_dir / "training_metadata.json" if backup_dir else None
-    if metadata is None or not metadata.is_file():
-        return 0
-    return int(json.loads(metadata.read_text())["epoch"])
+@dataclass(frozen=True)
+class Backup:
+    """What a killed training resumes from: a per-epoch backup for each phase and the epoch log.
+
+    `head/` backs up the first phase and `fine_tune/` the second (Keras' BackupAndRestore, one
+    per phase); when the first phase ends, its final weights and epoch count are kept as
+    `head.weights.h5` and `head.json`, so a kill in either phase resumes that phase from its
+    last finished epoch. The caller removes the folder once it has kept what training made.
+    """
+
+    folder: Path
+
+    @property
+    def epoch_log(self) -> Path:
+        return self.folder / "epochs.csv"
+
+    def phase_dir(self, phase: str) -> Path:
+        return self.folder / phase
+
+    @property
+    def head_weights(self) -> Path:
+        return self.folder / "head.weights.h5"
+
+    @property
+    def head_record(self) -> Path:
+        return self.folder / "head.json"
+
+    def head_epochs(self) -> int | None:
+        """Epochs of a first phase that finished (None if it did not)."""
+        if not (self.head_record.is_file() and self.head_weights.is_file()):
+            return None
+        return int(json.loads(self.head_record.read_text())["epochs"])
+
+    def completed_epochs(self) -> int:
+        """How many epochs (both phases) an interrupted attempt finished: 0 if there is nothing to resume."""
+        done = [self.head_epochs() or 0]
+        for phase in ("head", "fine_tune"):
+            metadata = self.phase_dir(phase) / "training_metadata.json"
+            if metadata.is_file():
+                done.append(int(json.loads(metadata.read_text())["epoch"]))
+        return max(done)
+
+    def finish_head(self, model: keras.Model, epochs: int) -> None:
+        self.head_weights.parent.mkdir(parents=True, exist_ok=True)
+        model.save_weights(self.head_weights)
+        self.head_record.write_text(json.dumps({"epochs": epochs}))
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class EpochProgress(keras.callbacks.Callback):
+    """One INFO line per epoch (loss, metrics, seconds), so a long run is never silent."""
+
+    def __init__(self, epochs: int) -> None:
+        super().__init__()
+        self.epochs = epochs
+        self.started = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        values = "  ".join(
+            f"{name} {float(value):.4g}" for name, value in (logs or {}).items() if name != "learning_rate"
+        )
+        logger.info("epoch %d/%d  %s  (%.1f s)", epoch + 1, self.epochs, values, time.perf_counter() - self.started)
 
 
 def training_callbacks(
@@ -115,6 +190,7 @@ def training_callbacks(
     checkpoint_path: Path | None,
     backup_dir: Path | None,
     injected: Sequence[keras.callbacks.Callback] = (),
+    epoch_log: Path | None = None,
 ) -> list[keras.callbacks.Callback]:
     """The callbacks params.yaml asks for, the caller's, then per-epoch log and backup (last, so an
     epoch is logged before the backup says it is done)."""
@@ -137,11 +213,15 @@ def training_callbacks(
             )
         )
     callbacks.extend(injected)
+    if epoch_log is not None:
+        epoch_log.parent.mkdir(parents=True, exist_ok=True)
+        callbacks.append(keras.callbacks.CSVLogger(str(epoch_log), append=True))
     if backup_dir is not None:
-        # A killed run resumes from its last finished epoch; the epoch log survives with the backup.
-        backup_dir.mkdir(parents=True, exist_ok=True)
-        callbacks.append(keras.callbacks.CSVLogger(str(backup_dir / "epochs.csv"), append=True))
-        callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=True))
+        # Kept after the phase ends (the caller removes the folder): see `Backup`. Two copies, so a kill
+        # while one is being written leaves the other to resume from.
+        callbacks.append(
+            keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=False, double_checkpoint=True)
+        )
     return callbacks
 
 
@@ -149,7 +229,7 @@ def train_model(
     model: keras.Model,
     train_split: Split,
     val_split: Split,
-    inputs: dict[str, Any],
+    inputs: ModelInputs,
     params: TrainParams,
     seed: int,
     checkpoint_path: Path | None = None,
@@ -158,47 +238,59 @@ def train_model(
     class_weight: dict[int, float] | None = None,
     fine_tune: Callable[[keras.Model], None] | None = None,
 ) -> dict[str, list[float]]:
-    """Fit `model`; return the per-epoch history (loss, metrics, val_*).
+    """Fit `model`; return the per-epoch history (loss, metrics, val_*) of the epochs run here.
 
-    With `train.fine_tune.epochs`, `fine_tune` (which unfreezes and recompiles the model)
-    runs after the first phase, and training goes on for those epochs.
+    With `train.fine_tune.epochs`, `fine_tune` (which unfreezes and recompiles the model) runs
+    after the first phase, and training goes on for those epochs. With `backup_dir`, a killed
+    attempt resumes either phase from its last finished epoch (see `Backup`); the backup stays
+    until the caller removes it, so a failure after training does not cost the training.
     """
     if len(train_split) == 0 or len(val_split) == 0:
         raise ValueError("train and validation splits must not be empty")
     keras.utils.set_random_seed(seed)
-    resumed = completed_epochs(backup_dir)  # epochs an interrupted attempt finished (BackupAndRestore resumes)
+    backup = Backup(backup_dir) if backup_dir is not None else None
     train_data = make_dataset(train_split, inputs, params.batch_size, params.shuffle, seed)
     val_data = make_dataset(val_split, inputs, params.batch_size, False, seed)
-    history = model.fit(
-        train_data,
-        validation_data=val_data,
-        epochs=params.epochs,
-        callbacks=training_callbacks(params, checkpoint_path, backup_dir, callbacks),
-        class_weight=class_weight,
-        shuffle=False,  # The tf.data pipeline shuffles.
-        verbose=0,
-    )
-    result = {name: [float(value) for value in values] for name, values in history.history.items()}
-    if params.fine_tune.epochs and fine_tune is not None:
-        done = resumed + len(result.get("loss", []))
-        # BackupAndRestore leaves its restored start epoch on the model; the second phase sets its own.
-        model._initial_epoch = None
-        fine_tune(model)
-        # No backup in this phase: a killed fine-tune starts over from the trained head.
-        more = model.fit(
+    injected = [*callbacks, EpochProgress(params.epochs + (params.fine_tune.epochs if fine_tune else 0))]
+
+    def fit(phase: str, first_epoch: int, epochs: int, checkpoint: Path | None) -> dict[str, list[float]]:
+        history = model.fit(
             train_data,
             validation_data=val_data,
-            initial_epoch=done,
-            epochs=done + params.fine_tune.epochs,
-            callbacks=training_callbacks(params, None, None, callbacks),
+            initial_epoch=first_epoch,
+            epochs=epochs,
+            callbacks=training_callbacks(
+                params,
+                checkpoint,
+                backup.phase_dir(phase) if backup else None,
+                injected,
+                backup.epoch_log if backup else None,
+            ),
             class_weight=class_weight,
-            shuffle=False,
+            shuffle=False,  # The tf.data pipeline shuffles.
             verbose=0,
         )
-        for name, values in more.history.items():
-            result.setdefault(name, []).extend(float(value) for value in values)
+        # BackupAndRestore leaves a restored start epoch on the model; the next phase sets its own.
+        model._initial_epoch = None
+        return {name: [float(value) for value in values] for name, values in history.history.items()}
+
+    head_epochs = backup.head_epochs() if backup else None
+    if head_epochs is None:
+        result = fit("head", 0, params.epochs, checkpoint_path)
+        head_epochs = (backup.completed_epochs() if backup else 0) or len(result.get("loss", []))
+        if backup:
+            backup.finish_head(model, head_epochs)
+    else:
+        # The first phase finished in an earlier attempt: start fine-tuning from its final weights.
+        model.load_weights(backup.head_weights)
+        result = {}
+    if params.fine_tune.epochs and fine_tune is not None:
+        fine_tune(model)
+        more = fit("fine_tune", head_epochs, head_epochs + params.fine_tune.epochs, None)
+        for name, values in more.items():
+            result.setdefault(name, []).extend(values)
     losses = result.get("loss", [])
-    if not losses or not np.all(np.isfinite(losses)):
+    if losses and not np.all(np.isfinite(losses)):
         raise FloatingPointError("training stopped: the loss became NaN or infinite (TerminateOnNaN)")
-    logger.info("trained %d epoch(s); final loss %.4f", len(losses), losses[-1])
+    logger.info("trained %d epoch(s) here; final loss %s", len(losses), f"{losses[-1]:.4f}" if losses else "n/a")
     return result

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from kerasflow.config import ValidateParams
+from kerasflow.records import RawDatasetInfo
 
 
 class DataValidationError(ValueError):
@@ -27,9 +28,9 @@ def _kind(column: pd.Series) -> str:
     return "string"
 
 
-def infer_schema(frame: pd.DataFrame, meta: dict[str, Any]) -> dict[str, Any]:
+def infer_schema(frame: pd.DataFrame, info: RawDatasetInfo) -> dict[str, Any]:
     """Describe columns (kind, range, nulls) and the target (task, label set)."""
-    target = meta["target"]
+    target = info.target
     columns: dict[str, Any] = {}
     for name in frame.columns:
         column = frame[name]
@@ -41,10 +42,10 @@ def infer_schema(frame: pd.DataFrame, meta: dict[str, Any]) -> dict[str, Any]:
     schema: dict[str, Any] = {
         "columns": columns,
         "target": target,
-        "task": meta["task"],
-        "image_shape": meta.get("image_shape"),
+        "task": info.task,
+        "image_shape": info.image_shape,
     }
-    if meta["task"] == "classification":
+    if info.task == "classification":
         schema["labels"] = sorted(str(label) for label in frame[target].dropna().unique())
     return schema
 
@@ -62,9 +63,9 @@ def _missing_problems(name: str, column: pd.Series, allowed_fraction: float) -> 
     return [f"column {name!r} has {missing} missing (NaN) value(s){hint}"]
 
 
-def check_dataset(frame: pd.DataFrame, meta: dict[str, Any], params: ValidateParams) -> list[str]:
+def check_dataset(frame: pd.DataFrame, info: RawDatasetInfo, params: ValidateParams) -> list[str]:
     """Problems that hold whatever the schema: emptiness, target, types, image size."""
-    target, task = meta["target"], meta["task"]
+    target, task = info.target, info.task
     if frame.empty or len(frame.columns) == 0:
         return ["the dataset is empty (no rows or no columns)"]
     if target not in frame.columns:
@@ -85,9 +86,9 @@ def check_dataset(frame: pd.DataFrame, meta: dict[str, Any], params: ValidatePar
             )
     elif not pd.api.types.is_numeric_dtype(frame[target]):
         problems.append(f"target column {target!r} must be numeric for regression, found {frame[target].dtype}")
-    text_column = meta.get("text_column")
-    image_shape = meta.get("image_shape")
-    for name in meta["feature_columns"]:
+    text_column = info.text_column
+    image_shape = info.image_shape
+    for name in info.feature_columns:
         if name not in frame.columns:
             continue
         column = frame[name]
@@ -111,9 +112,9 @@ def check_dataset(frame: pd.DataFrame, meta: dict[str, Any], params: ValidatePar
             problems.append(f"column {name!r} has {int(np.isinf(values).sum())} infinite value(s)")
     if image_shape and text_column is None:
         expected = int(np.prod(image_shape))
-        if len(meta["feature_columns"]) != expected:
+        if len(info.feature_columns) != expected:
             problems.append(
-                f"image_shape {image_shape} needs {expected} pixel columns, found {len(meta['feature_columns'])}"
+                f"image_shape {image_shape} needs {expected} pixel columns, found {len(info.feature_columns)}"
             )
     return problems
 
@@ -152,10 +153,10 @@ def compare_to_schema(frame: pd.DataFrame, schema: dict[str, Any], params: Valid
 
 
 def validate_dataset(
-    frame: pd.DataFrame, meta: dict[str, Any], schema: dict[str, Any] | None, params: ValidateParams
+    frame: pd.DataFrame, info: RawDatasetInfo, schema: dict[str, Any] | None, params: ValidateParams
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Check the dataset; return (schema to keep, report). Raise DataValidationError on problems."""
-    problems = check_dataset(frame, meta, params)
+    problems = check_dataset(frame, info, params)
     if not problems and schema is not None:
         problems = compare_to_schema(frame, schema, params)
     report = {
@@ -164,8 +165,8 @@ def validate_dataset(
         "rows": len(frame),
         "columns": len(frame.columns),
         "schema": "recorded" if schema is not None else "inferred",
-        "md5": meta.get("md5"),
+        "md5": info.md5,
     }
     if problems:
-        raise DataValidationError(problems, source=str(meta.get("file", "raw dataset")))
-    return (schema if schema is not None else infer_schema(frame, meta)), report
+        raise DataValidationError(problems, source=info.file or "raw dataset")
+    return (schema if schema is not None else infer_schema(frame, info)), report

@@ -32,6 +32,8 @@ def mlflow_store(tmp_path, monkeypatch):
     """A fresh sqlite MLflow store for one test; returns its URI."""
     import mlflow
 
+    # MLflow's Default experiment keeps artifacts in ./mlruns of the working folder: the test's own.
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     use_store(tmp_path / "mlflow.db")
     yield f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -48,8 +50,10 @@ def tabular_frame() -> pd.DataFrame:
 
 
 @pytest.fixture
-def tabular_meta() -> dict:
-    return {"target": "label", "task": "classification", "feature_columns": ["a", "b"], "md5": "x", "file": "t.parquet"}
+def tabular_meta():
+    from kerasflow.records import RawDatasetInfo
+
+    return RawDatasetInfo(target="label", task="classification", feature_columns=["a", "b"], md5="x", file="t.parquet")
 
 
 @pytest.fixture(scope="session")

@@ -58,6 +58,11 @@ def test_cli_parses_override_values_as_yaml():
         cli.parse_assignments(["train.epochs"])
 
 
-def test_unknown_stage_is_a_usage_error(project):
-    with pytest.raises(SystemExit):
+def test_unknown_stage_is_a_usage_error(project, capsys):
+    with pytest.raises(SystemExit) as raised:
         dvc_stage.main(["deploy"])
+    assert raised.value.code == 2  # argparse's usage error
+    assert (
+        "stage must be one of ['ingest', 'validate', 'preprocess', 'train', 'evaluate', 'register'], got 'deploy'"
+        in (capsys.readouterr().err)
+    )

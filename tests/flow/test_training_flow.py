@@ -48,7 +48,7 @@ def test_default_pipeline_registers_a_champion_digits_cnn(prefect_harness, proje
     (raw_meta,) = project.glob(".kerasflow/cache/ingest-*/dataset.json")  # data stages write to the content cache
     assert run.data.tags["data.md5"] == json.loads(raw_meta.read_text())["md5"]
     epochs = int(run.data.metrics["epochs_trained"])
-    losses = [point.value for point in client.get_metric_history(run.info.run_id, "loss")]
+    losses = [point.value for point in client.get_metric_history(run.info.run_id, "train_loss")]
     assert len(losses) == epochs and losses[-1] < losses[0]
     assert str(client.get_model_version_by_alias("kerasflow-digits-cnn", "champion").version) == registration["version"]
 
@@ -65,8 +65,8 @@ def test_default_pipeline_registers_a_champion_digits_cnn(prefect_harness, proje
             return task_runs, await prefect.read_latest_artifacts(limit=50)
 
     task_runs, artifacts = asyncio.run(prefect_records())
-    ran = [task_run.name.rsplit("-", 1)[0] for task_run in sorted(task_runs, key=lambda t: t.start_time)]
-    assert ran == ["begin-run", *(stage.name for stage in build_stages(Layout(project)))]
+    ran = [task_run.name for task_run in sorted(task_runs, key=lambda t: t.start_time)]
+    assert ran == ["open-mlflow-run", *(stage.name for stage in build_stages(Layout(project)))]  # plain names
     summary = next(artifact for artifact in artifacts if artifact.key == "training-summary")
     recorded = [*run.data.params.values(), *run.data.tags.values(), summary.data]
     assert not any(secret in str(value) for value in recorded)  # environment secrets are never logged

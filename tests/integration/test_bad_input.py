@@ -174,7 +174,7 @@ CASES: dict[str, tuple[Callable[[Path], None], str, str]] = {
     "unknown activation": (
         lambda p: edit_params(p, lambda tree: tree["model"]["layers"][0].update(activation="relux")),
         "train",
-        "model.layers[0] (conv2d)",
+        "model.layers[0] (conv2d): Could not interpret activation function identifier: relux",
     ),
     "output size that does not match the labels": (
         lambda p: edit_params(p, lambda tree: tree["model"].update(loss="binary_crossentropy")),

@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 
 from kerasflow.config import PreprocessParams
+from kerasflow.model_interface import ModelConfig, ModelInputs
+from kerasflow.records import FittedInputs, RawDatasetInfo
 from tasks.features import adapt_inputs, describe_inputs, feature_matrix
 from tasks.model import DataSpec
 
@@ -23,8 +25,8 @@ class Prepared:
 
     x: Any
     y: np.ndarray
-    inputs: dict[str, Any]
-    fitted: dict[str, Any]
+    inputs: ModelInputs
+    fitted: FittedInputs
     data: DataSpec
 
 
@@ -38,14 +40,10 @@ def prepare(
 ) -> Prepared:
     """Describe the columns of `frame`, adapt the input layers on its first `train_rows` rows."""
     params = params or PreprocessParams()
-    meta = {
-        "target": target,
-        "task": task,
-        "feature_columns": [column for column in frame.columns if column != target],
-        "text_column": text_column,
-    }
-    inputs = describe_inputs(frame, meta, params)
-    x = feature_matrix(frame, meta, inputs)
+    features = [column for column in frame.columns if column != target]
+    info = RawDatasetInfo(target=target, task=task, feature_columns=features, text_column=text_column)
+    inputs = describe_inputs(frame, info, params)
+    x = feature_matrix(frame, info, inputs)
     fitted = adapt_inputs(inputs, x.iloc[:train_rows] if train_rows else x, params)
     if task == "classification":
         y = frame[target].to_numpy(dtype="int64")
@@ -57,7 +55,7 @@ def prepare(
 
 
 def prepare_images(x: np.ndarray, y: np.ndarray, params: PreprocessParams | None = None) -> Prepared:
-    inputs = {"kind": "image", "shape": list(x.shape[1:])}
+    inputs = ModelInputs.images(x.shape[1:])
     fitted = adapt_inputs(inputs, x, params or PreprocessParams())
     return Prepared(x, y, inputs, fitted, DataSpec(inputs, "classification", int(y.max()) + 1, fitted))
 
@@ -116,7 +114,7 @@ def log_mixed_model(folder: Path, task: str, export: bool = False) -> tuple[str,
     from kerasflow import tracking
     from kerasflow.config import ModelParams
     from tasks.features import raw_example
-    from tasks.model import build_model
+    from tasks.model import build_model, export_for_serving
 
     frame = mixed_frame(rows=60).drop(columns="note")
     if task == "regression":
@@ -128,9 +126,9 @@ def log_mixed_model(folder: Path, task: str, export: bool = False) -> tuple[str,
     saved_model = None
     if export:
         saved_model = folder / "saved_model"
-        model.export(str(saved_model), verbose=False)
+        export_for_serving(model, saved_model, prepared.inputs)
     classes = [0, 1] if task == "classification" else None
-    config = {"task": task, "classes": classes, "inputs": prepared.inputs, "threshold": 0.5}
+    config = ModelConfig(task, prepared.inputs, classes, 0.5)
     example = raw_example(prepared.x, prepared.inputs)
     uri = tracking.log_model(folder / "model.keras", config, example, saved_model=saved_model)
     return uri, model, prepared, example

@@ -149,13 +149,20 @@ def test_new_sections_parse_with_their_values():
     assert parse_params({"train": {"class_weight": "balanced"}}).train.class_weight == "balanced"
 
 
-def test_new_defaults_change_nothing():
-    params = Params()
-    assert params.validate_.max_missing_fraction == 0.0  # missing values are refused unless allowed
-    assert params.model.augmentation == [] and params.model.backbone is None and params.model.layers == []
-    assert params.model.decision_threshold == 0.5
-    assert params.train.class_weight is None and params.train.fine_tune.epochs == 0
-    assert params.preprocess.categorical_encoding == "one_hot" and params.preprocess.categorical_columns == []
+def test_by_default_missing_values_are_refused_until_params_let_the_model_impute_them():
+    import numpy as np
+    import pandas as pd
+
+    from kerasflow.records import RawDatasetInfo
+    from tasks.validate import check_dataset
+
+    frame = pd.DataFrame({"a": [1.0, np.nan, 3.0, 4.0] * 10, "label": [0, 1] * 20})
+    info = RawDatasetInfo("label", "classification", ["a"])
+    assert check_dataset(frame, info, parse_params({}).validate_) == [
+        "column 'a' has 10 missing (NaN) value(s) (validate.max_missing_fraction is 0.0; "
+        "raise it to let the model impute them)"
+    ]
+    assert check_dataset(frame, info, parse_params({"validate": {"max_missing_fraction": 0.25}}).validate_) == []
 
 
 @pytest.mark.parametrize("tensor", ["input", "features", "numeric", "categorical", "text", "image"])

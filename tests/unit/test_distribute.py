@@ -24,6 +24,7 @@ import keras
 import numpy as np
 from sklearn.datasets import load_breast_cancer
 from kerasflow.config import ModelParams, PreprocessParams, TrainParams
+from kerasflow.records import RawDatasetInfo
 from tasks.features import adapt_inputs, describe_inputs, feature_matrix
 from tasks.model import DataSpec, build_model
 from tasks.preprocess import Split
@@ -35,7 +36,7 @@ for dataset in ("numeric", "categorical"):
     frame.loc[::7, "mean texture"] = np.nan
     if dataset == "categorical":
         frame["size"] = np.where(frame["mean radius"] > 14, "large", "small")
-    meta = {"target": "target", "task": "classification", "feature_columns": [c for c in frame if c != "target"]}
+    meta = RawDatasetInfo("target", "classification", [c for c in frame if c != "target"])
     inputs = describe_inputs(frame, meta, PreprocessParams())
     x, y = feature_matrix(frame, meta, inputs), frame["target"].to_numpy()
     train, val = Split(x[:384], y[:384]), Split(x[384:].reset_index(drop=True), y[384:])
@@ -104,6 +105,45 @@ def test_auto_switches_resolve_to_cpu_defaults_here():
 
     plan = accelerator_plan(TrainParams())
     has_gpu = bool(tf.config.list_physical_devices("GPU"))
-    assert plan["mixed_precision"] is has_gpu and plan["jit_compile"] == "auto"
+    assert plan["mixed_precision"] == ("mixed_float16" if has_gpu else False) and plan["jit_compile"] == "auto"
     assert plan["strategy"] == ("MirroredStrategy" if len(tf.config.list_physical_devices("GPU")) > 1 else "default")
-    assert accelerator_plan(TrainParams(mixed_precision=True, distribute="off"))["mixed_precision"] is True
+    # Asked for on a CPU, mixed precision computes in bfloat16 (CPUs have no fast float16).
+    forced = accelerator_plan(TrainParams(mixed_precision=True, distribute="off"))["mixed_precision"]
+    assert forced == ("mixed_float16" if has_gpu else "mixed_bfloat16")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("switch", [{"mixed_precision": True}, {"jit_compile": True}], ids=["mixed", "xla"])
+def test_the_gpu_switches_train_a_model_that_learns_on_the_cpu(switch):
+    """The GPU path's switches, really used: mixed precision (bfloat16 here) and XLA compile and learn on the CPU."""
+    import keras
+    from sklearn.datasets import load_breast_cancer
+
+    from kerasflow.config import ModelParams
+    from tasks.model import build_model
+    from tasks.preprocess import Split
+    from tasks.train import accelerator_plan, distribution_strategy, predict, train_model
+    from tests.unit.helpers import prepare
+
+    cancer = prepare(load_breast_cancer(as_frame=True).frame, "target", "classification", train_rows=400)
+    train, val = Split(cancer.x.iloc[:400], cancer.y[:400]), Split(cancer.x.iloc[400:], cancer.y[400:])
+    params = TrainParams.model_validate({"epochs": 8, "early_stopping": {"enabled": False}, **switch})
+    plan = accelerator_plan(params)
+    keras.utils.set_random_seed(0)
+    try:
+        with distribution_strategy(plan).scope():
+            model = build_model(
+                ModelParams.model_validate({"layers": [{"type": "dense", "units": 16, "activation": "relu"}]}),
+                cancer.data,
+                jit_compile=plan["jit_compile"],
+            )
+        hidden = model.layers[[layer.name for layer in model.layers].index("output") - 1]
+        history = train_model(model, train, val, cancer.inputs, params, seed=0)
+        accuracy = float(np.mean((predict(model, val.x, cancer.inputs).ravel() >= 0.5) == val.y))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert history["loss"][-1] < history["loss"][0] * 0.7 and accuracy > 0.85
+    if "mixed_precision" in switch:
+        assert hidden.compute_dtype == "bfloat16" and model.get_layer("output").compute_dtype == "float32"
+    else:
+        assert model.jit_compile is True

@@ -7,27 +7,25 @@ import pandas as pd
 import pytest
 
 from kerasflow.config import PreprocessParams
+from kerasflow.model_interface import MISSING, InputColumn, ModelInputs, to_model_inputs
+from kerasflow.records import FittedInputs, ImageScaling, NumericFit, RawDatasetInfo, TargetScaling, TextFit
 from tasks.features import (
-    MISSING,
     adapt_inputs,
-    column_values,
     describe_inputs,
     feature_matrix,
     input_name,
-    model_inputs,
     raw_example,
     target_scaling,
-    vocabulary_size,
 )
 from tests.unit.helpers import mixed_frame
 
 
-def meta_for(frame: pd.DataFrame, **extra) -> dict:
-    return {"target": "y", "task": "classification", "feature_columns": [c for c in frame if c != "y"], **extra}
+def meta_for(frame: pd.DataFrame, **extra) -> RawDatasetInfo:
+    return RawDatasetInfo(target="y", task="classification", feature_columns=[c for c in frame if c != "y"], **extra)
 
 
-def kinds(inputs: dict) -> dict[str, str]:
-    return {entry["column"]: entry["kind"] for entry in inputs["columns"]}
+def kinds(inputs: ModelInputs) -> dict[str, str]:
+    return {entry.column: entry.kind for entry in inputs.columns}
 
 
 @pytest.mark.parametrize(
@@ -45,7 +43,7 @@ def test_each_column_kind_is_described(values, kind):
     inputs = describe_inputs(frame, meta_for(frame), PreprocessParams())
     # Numeric columns share the one matrix input "numeric"; a string column has an input of its own.
     expected_input = "numeric" if kind == "numeric" else "col"
-    assert inputs == {"kind": "columns", "columns": [{"column": "col", "input": expected_input, "kind": kind}]}
+    assert inputs == ModelInputs("columns", (InputColumn("col", expected_input, kind),))
 
 
 def test_text_column_and_images_are_described():
@@ -56,7 +54,7 @@ def test_text_column_and_images_are_described():
     assert kinds(inputs) == {"size": "numeric", "color": "categorical", "note": "text"}
     pixels = pd.DataFrame(np.zeros((4, 12)), columns=[f"p{i}" for i in range(12)]).assign(y=[0, 1, 0, 1])
     image = describe_inputs(pixels, meta_for(pixels, image_shape=[2, 2, 3]), PreprocessParams())
-    assert image == {"kind": "image", "shape": [2, 2, 3]}
+    assert image == ModelInputs.images([2, 2, 3])
     x = feature_matrix(pixels, meta_for(pixels, image_shape=[2, 2, 3]), image)
     assert x.shape == (4, 2, 2, 3) and x.dtype == np.float32
 
@@ -67,7 +65,7 @@ def test_categorical_columns_forces_a_numeric_column_to_categories():
     forced = describe_inputs(frame, meta_for(frame), PreprocessParams(categorical_columns=["zip"]))
     assert kinds(forced) == {"zip": "categorical", "area": "numeric"}
     # The numbers become category names, looked up as strings.
-    assert model_inputs(frame[["zip", "area"]], forced)["zip"].ravel().tolist() == ["10", "20", "30", "10"]
+    assert to_model_inputs(frame[["zip", "area"]], forced)["zip"].ravel().tolist() == ["10", "20", "30", "10"]
 
 
 def test_unknown_categorical_columns_are_named():
@@ -102,24 +100,6 @@ def test_input_names_are_safe_and_unique(columns, expected):
     assert [input_name(column, taken) for column in columns] == expected
 
 
-def test_model_inputs_are_a_numeric_matrix_and_one_input_per_string_column_with_missing_values_marked():
-    frame = pd.DataFrame({"size": [1.0, np.nan], "color": ["red", None], "count": [3, 4]})
-    inputs = describe_inputs(frame.assign(y=[0, 1]), meta_for(frame.assign(y=[0, 1])), PreprocessParams())
-    values = model_inputs(frame, inputs)
-    assert set(values) == {"numeric", "color"}
-    # The numeric columns side by side, in column order: size, count.
-    assert values["numeric"].dtype == np.float32 and values["numeric"].shape == (2, 2)
-    assert values["numeric"][0].tolist() == [1.0, 3.0] and np.isnan(values["numeric"][1, 0])  # the model imputes
-    assert values["color"].ravel().tolist() == ["red", MISSING]
-    images = np.arange(8, dtype="int64").reshape(2, 2, 2, 1)
-    assert model_inputs(images, {"kind": "image", "shape": [2, 2, 1]}).dtype == np.float32
-
-
-def test_column_values_treat_garbage_in_a_numeric_column_as_missing():
-    values = column_values(pd.Series(["1.5", "n/a", None]), "numeric")
-    assert values[0, 0] == 1.5 and np.isnan(values[1:, 0]).all()
-
-
 def test_raw_example_is_what_a_caller_sends():
     frame = pd.DataFrame({"count": [1, 2, 3, 4, 5, 6], "color": ["a", None, "b", "a", "b", "a"]})
     inputs = describe_inputs(frame.assign(y=0), meta_for(frame.assign(y=0)), PreprocessParams())
@@ -128,7 +108,7 @@ def test_raw_example_is_what_a_caller_sends():
     assert example["count"].dtype == np.float64  # a missing number at serving time still fits the signature
     assert example["color"].tolist() == ["a", MISSING, "b"]
     images = np.ones((10, 2, 2, 1), dtype="float64")
-    image_example = raw_example(images, {"kind": "image", "shape": [2, 2, 1]})
+    image_example = raw_example(images, ModelInputs.images([2, 2, 1]))
     assert image_example.shape == (5, 2, 2, 1) and image_example.dtype == np.float32
 
 
@@ -139,16 +119,16 @@ def test_adapt_uses_the_training_split_only():
     whole = pd.concat([train, test], ignore_index=True)
     inputs = describe_inputs(whole.assign(y=0), meta_for(whole.assign(y=0)), params)
     fitted = adapt_inputs(inputs, train, params)
-    numeric = fitted["numeric"]["size"]
+    numeric = fitted.numeric["size"]
     # The fill is the training mean of the values present; the normalization is fitted after imputing.
-    assert numeric["fill"] == pytest.approx(2.0)
-    assert numeric["mean"] == pytest.approx([2.0]) and numeric["variance"] == pytest.approx([0.5])
-    assert numeric["fill"] != pytest.approx(float(whole["size"].mean()))
-    vocabulary = fitted["categorical"]["color"]["vocabulary"]
+    assert numeric.fill == pytest.approx(2.0)
+    assert numeric.mean == pytest.approx(2.0) and numeric.variance == pytest.approx(0.5)
+    assert numeric.fill != pytest.approx(float(whole["size"].mean()))
+    vocabulary = fitted.categorical["color"]
     assert vocabulary[0] == "red" and set(vocabulary) == {"red", "blue", MISSING}
     assert "violet" not in vocabulary  # a category only in the test split is out of vocabulary
     everything = adapt_inputs(inputs, whole, params)
-    assert "violet" in everything["categorical"]["color"]["vocabulary"]
+    assert "violet" in everything.categorical["color"]
 
 
 def test_adapted_text_vocabulary_comes_from_the_training_rows():
@@ -156,71 +136,72 @@ def test_adapted_text_vocabulary_comes_from_the_training_rows():
     frame = pd.DataFrame({"note": ["Great Item", "great thing", "dull item", "Unseen words here"]})
     inputs = describe_inputs(frame.assign(y=0), meta_for(frame.assign(y=0), text_column="note"), params)
     fitted = adapt_inputs(inputs, frame.head(3), params)
-    text = fitted["text"]["note"]
-    assert set(text["vocabulary"]) == {"great", "item", "thing", "dull"}  # lower-cased, no padding / OOV tokens
-    assert text["sequence_length"] == 7 and text["standardize"] == "lower"
-    assert vocabulary_size(fitted) == 4 + 2
+    text = fitted.text["note"]
+    assert set(text.vocabulary) == {"great", "item", "thing", "dull"}  # lower-cased, no padding / OOV tokens
+    assert text.sequence_length == 7 and text.standardize == "lower"
+    assert fitted.vocabulary_size() == 4 + 2
 
 
 def test_max_categories_keeps_the_most_frequent():
     train = pd.DataFrame({"color": ["red"] * 5 + ["blue"] * 3 + ["green"]})
     params = PreprocessParams(max_categories=2)
     inputs = describe_inputs(train.assign(y=0), meta_for(train.assign(y=0)), params)
-    assert adapt_inputs(inputs, train, params)["categorical"]["color"]["vocabulary"] == ["red", "blue"]
+    assert adapt_inputs(inputs, train, params).categorical["color"] == ["red", "blue"]
 
 
-@pytest.mark.parametrize(
-    ("scaling", "kind"),
-    [("auto", "standard"), ("standard", "standard"), ("none", "none")],
-)
-def test_numeric_scaling_follows_preprocess_scaling(scaling, kind):
+@pytest.mark.parametrize(("scaling", "normalized"), [("auto", True), ("standard", True), ("none", False)])
+def test_numeric_scaling_follows_preprocess_scaling(scaling, normalized):
     train = pd.DataFrame({"a": [1.0, 1.0, 1.0]})  # constant: the variance stays 1, never 0
     params = PreprocessParams(scaling=scaling)
     inputs = describe_inputs(train.assign(y=0), meta_for(train.assign(y=0)), params)
-    numeric = adapt_inputs(inputs, train, params)["numeric"]["a"]
-    assert numeric["kind"] == kind and numeric["fill"] == 1.0
-    if kind == "standard":
-        assert numeric["variance"] == [1.0]
+    numeric = adapt_inputs(inputs, train, params).numeric["a"]
+    assert numeric.fill == 1.0
+    assert numeric == (NumericFit(1.0, mean=1.0, variance=1.0) if normalized else NumericFit(1.0))
 
 
 def test_max_scaling_of_columns_divides_by_the_largest_absolute_training_value():
     train = pd.DataFrame({"a": [-8.0, 2.0, np.nan], "b": [0.0, 0.0, 0.0]})
     params = PreprocessParams(scaling="max")
     inputs = describe_inputs(train.assign(y=0), meta_for(train.assign(y=0)), params)
-    numeric = adapt_inputs(inputs, train, params)["numeric"]
-    assert numeric["a"]["mean"] == [0.0] and numeric["a"]["variance"] == [64.0]
-    assert numeric["b"]["variance"] == [1.0]  # an all-zero column is left as it is
+    numeric = adapt_inputs(inputs, train, params).numeric
+    assert numeric["a"].mean == 0.0 and numeric["a"].variance == 64.0
+    assert numeric["b"].variance == 1.0  # an all-zero column is left as it is
 
 
 @pytest.mark.parametrize("scaling", ["auto", "max", "standard", "none"])
 def test_image_scaling_is_fitted_on_the_training_images(scaling):
     train = np.array([0.0, 2.0, 4.0, 8.0], dtype="float32").reshape(2, 2, 1, 1)
-    fitted = adapt_inputs({"kind": "image", "shape": [2, 1, 1]}, train, PreprocessParams(scaling=scaling))
+    fitted = adapt_inputs(ModelInputs.images([2, 1, 1]), train, PreprocessParams(scaling=scaling))
     expected = {
-        "auto": {"kind": "max", "scale": 1 / 8},
-        "max": {"kind": "max", "scale": 1 / 8},
-        "standard": {"kind": "standard", "mean": [2.0, 5.0], "variance": [4.0, 9.0]},  # per pixel
-        "none": {"kind": "none"},
+        "auto": ImageScaling("max", scale=1 / 8),
+        "max": ImageScaling("max", scale=1 / 8),
+        "standard": ImageScaling("standard", mean=[2.0, 5.0], variance=[4.0, 9.0]),  # per pixel
+        "none": ImageScaling("none"),
     }[scaling]
-    assert set(fitted["scaling"]) == set(expected) and fitted["scaling"]["kind"] == expected["kind"]
-    for key in set(expected) - {"kind"}:
-        assert fitted["scaling"][key] == pytest.approx(expected[key])
+    found = fitted.image_scaling
+    assert found.kind == expected.kind and found.scale == pytest.approx(expected.scale)
+    assert (found.mean, found.variance) == (pytest.approx(expected.mean), pytest.approx(expected.variance))
 
 
 def test_vocabulary_size_for_categories_and_for_none():
-    assert vocabulary_size({"categorical": {"a": {"vocabulary": ["x", "y"]}, "b": {"vocabulary": ["z"]}}}) == 3
-    assert vocabulary_size({"numeric": {"a": {}}, "categorical": {}, "text": {}}) is None
+    assert FittedInputs(categorical={"a": ["x", "y"], "b": ["z"]}).vocabulary_size() == 3
+    assert FittedInputs(numeric={"a": NumericFit(0.0)}).vocabulary_size() is None
+    with_text = FittedInputs(categorical={"a": ["x"] * 9}, text={"t": TextFit(["w"] * 4, 5, "lower")})
+    assert with_text.vocabulary_size() == 6 and with_text.vocabulary_size("categorical") == 10
 
 
 @pytest.mark.parametrize(
     ("y", "task", "scale", "expected"),
     [
-        ([10.0, 20.0, 30.0, 40.0], "regression", True, {"mean": 25.0, "std": float(np.std([10, 20, 30, 40]))}),
-        ([5.0, 5.0, 5.0], "regression", True, {"mean": 5.0, "std": 1.0}),  # constant: never divide by zero
+        ([10.0, 20.0, 30.0, 40.0], "regression", True, TargetScaling(25.0, float(np.std([10, 20, 30, 40])))),
+        ([5.0, 5.0, 5.0], "regression", True, TargetScaling(5.0, 1.0)),  # constant: never divide by zero
         ([10.0, 20.0], "regression", False, None),
         ([0, 1, 1, 0], "classification", True, None),
     ],
 )
 def test_target_scaling_comes_from_the_training_labels(y, task, scale, expected):
     scaling = target_scaling(np.array(y, dtype="float32"), task, PreprocessParams(scale_target=scale))
-    assert scaling == (pytest.approx(expected) if expected else None)
+    if expected is None:
+        assert scaling is None
+    else:
+        assert (scaling.mean, scaling.std) == (pytest.approx(expected.mean), pytest.approx(expected.std))

@@ -2,26 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from kerasflow.config import PreprocessParams
+from kerasflow.model_interface import ModelInputs
+from kerasflow.records import RawDatasetInfo
 from tasks.preprocess import preprocess_dataset, read_split, read_state, split_dataset, write_processed
 from tests.unit.helpers import mixed_frame
 
-MIXED_META = {
-    "target": "label",
-    "task": "classification",
-    "feature_columns": ["size", "color", "note"],
-    "text_column": "note",
-}
+MIXED_META = RawDatasetInfo(
+    target="label", task="classification", feature_columns=["size", "color", "note"], text_column="note"
+)
 
 
 def test_split_sizes_stratification_and_seed(tabular_frame, tabular_meta):
     params = PreprocessParams(test_fraction=0.2, val_fraction=0.2)
     splits, state = preprocess_dataset(tabular_frame, tabular_meta, params, seed=7)
-    assert state["rows"] == {"train": 36, "val": 12, "test": 12}
+    assert state.rows == {"train": 36, "val": 12, "test": 12}
     overall = tabular_frame["label"].mean()
     for split in splits.values():
         assert abs(split.y.mean() - overall) < 0.1  # stratified: each split keeps the class balance
@@ -34,14 +35,13 @@ def test_split_sizes_stratification_and_seed(tabular_frame, tabular_meta):
 def test_columns_stay_raw_and_the_state_describes_the_inputs():
     frame = mixed_frame(rows=100)
     splits, state = preprocess_dataset(frame, MIXED_META, PreprocessParams(), seed=0)
-    assert "scaling" not in state and "input_shape" not in state
-    assert state["inputs"]["kind"] == "columns"
-    assert {entry["column"]: entry["kind"] for entry in state["inputs"]["columns"]} == {
+    assert state.inputs.kind == "columns"
+    assert {entry.column: entry.kind for entry in state.inputs.columns} == {
         "size": "numeric",
         "color": "categorical",
         "note": "text",
     }
-    assert state["target"] == "label" and state["classes"] == [0, 1]
+    assert state.target == "label" and state.classes == [0, 1]
     train = splits["train"].x
     assert isinstance(train, pd.DataFrame) and list(train.columns) == ["size", "color", "note"]
     assert list(train.index) == list(range(len(train)))  # index reset after the shuffle
@@ -55,28 +55,25 @@ def test_columns_stay_raw_and_the_state_describes_the_inputs():
 def test_images_are_reshaped_and_left_unscaled():
     frame = pd.DataFrame(np.arange(40 * 4).reshape(40, 4) % 17, columns=[f"p{i}" for i in range(4)])
     frame["target"] = [0, 1] * 20
-    meta = {
-        "target": "target",
-        "task": "classification",
-        "feature_columns": ["p0", "p1", "p2", "p3"],
-        "image_shape": [2, 2, 1],
-    }
+    meta = RawDatasetInfo(
+        target="target", task="classification", feature_columns=["p0", "p1", "p2", "p3"], image_shape=[2, 2, 1]
+    )
     splits, state = preprocess_dataset(frame, meta, PreprocessParams(), seed=0)
     assert splits["train"].x.shape[1:] == (2, 2, 1) and splits["train"].x.dtype == np.float32
-    assert state["inputs"] == {"kind": "image", "shape": [2, 2, 1]}
+    assert state.inputs == ModelInputs.images([2, 2, 1])
     assert splits["train"].x.max() == 16  # raw pixel values; the model's first layer scales them
 
 
 def test_string_labels_are_encoded_and_kept(tabular_frame, tabular_meta):
     frame = tabular_frame.assign(label=tabular_frame["label"].map({0: "no", 1: "yes"}))
     splits, state = preprocess_dataset(frame, tabular_meta, PreprocessParams(), seed=0)
-    assert state["classes"] == ["no", "yes"] and set(splits["train"].y) == {0, 1}
+    assert state.classes == ["no", "yes"] and set(splits["train"].y) == {0, 1}
 
 
 def test_regression_labels_are_floats(tabular_frame, tabular_meta):
-    meta = {**tabular_meta, "task": "regression"}
+    meta = replace(tabular_meta, task="regression")
     splits, state = preprocess_dataset(tabular_frame.assign(label=tabular_frame["a"] * 2), meta, PreprocessParams(), 0)
-    assert state["classes"] is None and splits["train"].y.dtype == np.float32
+    assert state.classes is None and splits["train"].y.dtype == np.float32
 
 
 def test_unknown_categorical_columns_stop_preprocess(tabular_frame, tabular_meta):
@@ -109,7 +106,9 @@ def test_columns_round_trip_through_parquet(tmp_path):
 def test_images_round_trip_as_npy(tmp_path):
     x = np.arange(30 * 4, dtype="float32").reshape(30, 4)
     frame = pd.DataFrame(x, columns=list("abcd")).assign(target=[0, 1, 2] * 10)
-    meta = {"target": "target", "task": "classification", "feature_columns": list("abcd"), "image_shape": [2, 2, 1]}
+    meta = RawDatasetInfo(
+        **{"target": "target", "task": "classification", "feature_columns": list("abcd"), "image_shape": [2, 2, 1]}
+    )
     splits, state = preprocess_dataset(frame, meta, PreprocessParams(), seed=0)
     write_processed(splits, state, tmp_path / "processed")
     assert (tmp_path / "processed" / "x_train.npy").is_file()

@@ -9,6 +9,7 @@ import pytest
 
 from kerasflow import tracking
 from kerasflow.config import TrackingParams
+from kerasflow.model_interface import InputColumn, ModelConfig, ModelInputs
 from tests.unit.helpers import log_mixed_model
 
 
@@ -55,7 +56,7 @@ def test_secrets_are_not_logged(mlflow_store, tmp_path):
     with tracking.open_run(experiment_id) as run_id:
         tracking.log_params({"train.epochs": 3, "storage.api_key": "s3cr3t", "db.PASSWORD": "x", "none": None})
     logged = mlflow.MlflowClient().get_run(run_id).data.params
-    assert logged == {"train.epochs": "3", "none": ""}
+    assert logged == {"train.epochs": "3"}  # no secrets, and no empty values
 
 
 def test_git_tags_in_and_out_of_a_checkout(tmp_path):
@@ -104,12 +105,17 @@ def test_an_unreachable_tracking_server_fails_fast_naming_the_uri(tmp_path, monk
     assert time.monotonic() - started < 10  # not MLflow's minutes of retries
 
 
-def test_replayed_epochs_land_once_per_step(mlflow_store, tmp_path):
+def test_replayed_epochs_land_once_per_step_named_like_the_live_ones(mlflow_store, tmp_path):
     experiment_id = tracking.configure(TrackingParams(), tmp_path)
     with tracking.open_run(experiment_id) as run_id:
-        tracking.replay_epochs([{"epoch": 0, "loss": 2.0}, {"epoch": 1, "loss": 1.0}])
-    history = mlflow.MlflowClient().get_metric_history(run_id, "loss")
-    assert [(point.step, point.value) for point in history] == [(0, 2.0), (1, 1.0)]
+        tracking.replay_epochs(run_id, [{"epoch": 0, "loss": 2.0, "val_loss": 2.5}, {"epoch": 1, "loss": 1.0}])
+    client = mlflow.MlflowClient()
+    assert [(point.step, point.value) for point in client.get_metric_history(run_id, "train_loss")] == [
+        (0, 2.0),
+        (1, 1.0),
+    ]
+    assert [point.step for point in client.get_metric_history(run_id, "val_loss")] == [0]
+    assert "loss" not in client.get_run(run_id).data.metrics
 
 
 @pytest.mark.parametrize("task", ["classification", "regression"])
@@ -133,53 +139,44 @@ def test_logged_model_is_a_pyfunc_on_raw_columns(mlflow_store, tmp_path, task):
         assert list(result.columns) == ["label", "probability_0", "probability_1"]
         np.testing.assert_allclose(result["probability_1"], expected, atol=1e-5)
         np.testing.assert_allclose(result["probability_0"] + result["probability_1"], 1.0, atol=1e-6)
-        assert result["label"].tolist() == ["1" if value >= 0.5 else "0" for value in expected]
+        assert result["label"].tolist() == [1 if value >= 0.5 else 0 for value in expected]  # the classes' type
         # The decision threshold is part of the model's config.
         strict = mlflow.pyfunc.load_model(uri, model_config={"threshold": 0.999}).predict(rows)
-        assert set(strict["label"]) == {"0"}
+        assert set(strict["label"]) == {0}
         artifacts = {item.path for item in mlflow.MlflowClient().list_artifacts(run_id)}
         assert "saved_model" in artifacts  # the TF Serving export beside the pyfunc
     assert uri.startswith("models:/")
-    classes = [0, 1] if task == "classification" else None
-    assert tracking.round_trip_difference(uri, example, predict(model, example, prepared.inputs), classes) < 1e-5
-    assert tracking.round_trip_difference(uri, example, predict(model, example, prepared.inputs) + 0.1, classes) > 0.09
+    config = ModelConfig(task, prepared.inputs, [0, 1] if task == "classification" else None)
+    assert tracking.round_trip_difference(uri, example, predict(model, example, prepared.inputs), config) < 1e-5
+    assert tracking.round_trip_difference(uri, example, predict(model, example, prepared.inputs) + 0.1, config) > 0.09
+    # Text in a numeric column is refused everywhere: by MLflow's signature check, naming the column, and
+    # by the training code's own conversion inside the model (what `kerasflow predict` calls), naming the row too.
+    garbage = example.astype({"size": object})
+    garbage.loc[2, "size"] = "twelve"
+    with pytest.raises(Exception, match=r"column size"):
+        loaded.predict(garbage)
+    with pytest.raises(ValueError, match=r"column 'size', row 2: 'twelve' is not a number"):
+        loaded.unwrap_python_model().predict(None, garbage)
+    with pytest.raises(Exception, match=r"\['color'\]"):
+        loaded.predict(example.drop(columns="color"))
 
 
-def test_raw_signature_types_numbers_as_any_and_names_the_outputs():
+def test_raw_signature_names_every_input_and_types_them_like_the_data():
     example = pd.DataFrame({"count": [1.0, np.nan], "city": ["a", "b"]})
-    inputs = {
-        "kind": "columns",
-        "columns": [
-            {"column": "count", "input": "count", "kind": "numeric"},
-            {"column": "city", "input": "city", "kind": "categorical"},
-        ],
-    }
-    signature = tracking.raw_signature(example, {"inputs": inputs, "classes": ["no", "yes"]})
+    inputs = ModelInputs(
+        "columns", (InputColumn("count", "numeric", "numeric"), InputColumn("city", "city", "categorical"))
+    )
+    signature = tracking.raw_signature(example, ModelConfig("classification", inputs, ["no", "yes"]))
     columns = {spec.name: spec for spec in signature.inputs.inputs}
-    # Any: int64 values, floats and missing values are all accepted for a numeric column.
-    assert str(columns["count"].type) == "Any" and columns["city"].type.name == "string"
-    assert [spec.name for spec in signature.outputs.inputs] == ["label", "probability_no", "probability_yes"]
-    regression = tracking.raw_signature(example, {"inputs": inputs, "classes": None})
+    # double: CSV bodies parse, and a missing number (null) is accepted.
+    assert columns["count"].type.name == "double" and columns["city"].type.name == "string"
+    outputs = {spec.name: spec.type.name for spec in signature.outputs.inputs}
+    assert outputs == {"label": "string", "probability_no": "double", "probability_yes": "double"}
+    digits = tracking.raw_signature(example, ModelConfig("classification", inputs, list(range(10))))
+    assert digits.outputs.inputs[0].type.name == "long"  # integer classes, integer labels
+    regression = tracking.raw_signature(example, ModelConfig("regression", inputs))
     assert [spec.name for spec in regression.outputs.inputs] == ["prediction"]
-    images = tracking.raw_signature(np.zeros((2, 4, 4, 1)), {"inputs": {"kind": "image", "shape": [4, 4, 1]}})
-    assert images.inputs.inputs[0].shape == (-1, 4, 4, 1)
-
-
-@pytest.mark.parametrize(
-    ("frame", "classes", "expected"),
-    [
-        (pd.DataFrame({"prediction": [1.5, 2.5]}), None, [[1.5], [2.5]]),
-        (
-            pd.DataFrame({"label": ["y", "n"], "probability_n": [0.2, 0.9], "probability_y": [0.8, 0.1]}),
-            ["n", "y"],
-            [[0.8], [0.1]],
-        ),
-        (
-            pd.DataFrame({"label": ["b"], "probability_a": [0.2], "probability_b": [0.5], "probability_c": [0.3]}),
-            ["a", "b", "c"],
-            [[0.2, 0.5, 0.3]],
-        ),
-    ],
-)
-def test_pyfunc_outputs_back_to_the_keras_outputs(frame, classes, expected):
-    np.testing.assert_allclose(tracking.pyfunc_outputs(frame, classes), expected, rtol=1e-6)
+    images = tracking.raw_signature(
+        np.zeros((2, 4, 4, 1)), ModelConfig("classification", ModelInputs.images([4, 4, 1]))
+    )
+    assert images.inputs.inputs[0].shape == (-1, 4, 4, 1) and images.inputs.inputs[0].name == "image"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import keras
 import numpy as np
 import pandas as pd
@@ -10,11 +12,12 @@ import tensorflow as tf
 from sklearn.datasets import load_breast_cancer
 
 from kerasflow.config import ConfigError, ModelParams, PreprocessParams, TrainParams
+from kerasflow.model_interface import to_model_inputs
 from kerasflow.samples import linear
-from tasks.features import model_inputs, target_scaling
+from tasks.features import target_scaling
 from tasks.model import DataSpec, build_model, compile_model
 from tasks.preprocess import Split
-from tasks.train import class_weights, device_summary, make_dataset, predict, train_model
+from tasks.train import Backup, class_weights, device_summary, make_dataset, predict, train_model
 from tests.unit.helpers import mixed_frame, prepare, review_frame
 
 QUICK = {"early_stopping": {"enabled": False}, "checkpoint": False}
@@ -70,7 +73,8 @@ def test_loss_goes_down_and_accuracy_beats_chance(cancer, tmp_path):
     assert history["val_accuracy"][-1] > 0.85  # chance is ~0.63 (the majority class)
     assert seen == list(range(len(history["loss"])))  # injected callbacks see every epoch
     assert (tmp_path / "best.weights.h5").is_file()
-    assert not (tmp_path / "backup").exists()  # the resumable backup and its epoch log go after success
+    # The backup stays for the caller, who removes it once it has kept the model; it says all 8 epochs are done.
+    assert Backup(tmp_path / "backup").completed_epochs() == 8 == len(history["loss"])
 
 
 def test_early_stopping_stops_before_the_epoch_budget(cancer):
@@ -82,10 +86,19 @@ def test_early_stopping_stops_before_the_epoch_budget(cancer):
 
 def test_nan_loss_stops_training_with_a_clear_error(cancer):
     train_split, val_split = splits(cancer, 400)
-    # Missing values are imputed inside the model; infinite ones are not, and poison the loss.
-    poisoned = Split(train_split.x.map(lambda value: np.inf), train_split.y)
+    regression = DataSpec(cancer.inputs, "regression", 0, cancer.fitted)
+    model = build_model(ModelParams.model_validate({"layers": [{"type": "dense", "units": 4}]}), regression)
+    # A NaN target makes the squared error NaN on the first batch, whatever the weights: certain, never clipped.
+    poisoned = Split(train_split.x, np.full(len(train_split), np.nan, dtype="float32"))
+    stopped = []
+
+    class Epochs(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            stopped.append(epoch)
+
     with pytest.raises(FloatingPointError, match="NaN"):
-        train_model(make_model(cancer), poisoned, val_split, cancer.inputs, train_params(epochs=3), seed=0)
+        train_model(model, poisoned, val_split, cancer.inputs, train_params(epochs=3), seed=0, callbacks=[Epochs()])
+    assert stopped == [0]  # TerminateOnNaN ended training in its first epoch
 
 
 def test_empty_split_is_refused(cancer):
@@ -115,7 +128,7 @@ def test_predict_takes_raw_columns(cancer):
     rows = cancer.x.head(5)
     outputs = predict(model, rows, cancer.inputs, batch_size=2)
     assert outputs.shape == (5, 1)
-    np.testing.assert_allclose(outputs, np.asarray(model(model_inputs(rows, cancer.inputs))), atol=1e-6)
+    np.testing.assert_allclose(outputs, np.asarray(model(to_model_inputs(rows, cancer.inputs))), atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -219,6 +232,58 @@ def test_fine_tune_after_a_resumed_first_phase(cancer, tmp_path):
     assert len(history["loss"]) == 3 + 2
 
 
+def test_a_kill_while_fine_tuning_resumes_fine_tuning_after_its_last_finished_epoch(cancer, tmp_path):
+    train_split, val_split = splits(cancer, 400)
+    params = train_params(epochs=3, fine_tune={"epochs": 3, "learning_rate": 1e-4})
+    seen, tuned = [], []
+
+    class Recorder(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(epoch)
+
+    class Killed(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 4:  # the second fine-tuning epoch: the backup keeps epochs 0-3
+                raise RuntimeError("killed")
+
+    def fine_tune(model):
+        tuned.append(True)
+        compile_model(model, ModelParams(), cancer.data, jit_compile=False, learning_rate=1e-4)
+
+    backup = tmp_path / "backup"
+    with pytest.raises(RuntimeError, match="killed"):
+        train_model(
+            make_model(cancer),
+            train_split,
+            val_split,
+            cancer.inputs,
+            params,
+            0,
+            None,
+            backup,
+            [Killed()],
+            None,
+            fine_tune,
+        )
+    assert Backup(backup).head_epochs() == 3 and Backup(backup).completed_epochs() == 4
+    history = train_model(
+        make_model(cancer),
+        train_split,
+        val_split,
+        cancer.inputs,
+        params,
+        0,
+        None,
+        backup,
+        [Recorder()],
+        None,
+        fine_tune,
+    )
+    # The first phase is not trained again; fine-tuning goes on from epoch 4 of 6, recompiled for it.
+    assert seen == [4, 5] and len(history["loss"]) == 2 and tuned == [True, True]
+    assert Backup(backup).completed_epochs() == 6
+
+
 @pytest.mark.parametrize("fine_tune_epochs", [0, 2])
 def test_no_fine_tune_phase_without_epochs_or_a_callback(cancer, fine_tune_epochs):
     train_split, val_split = splits(cancer, 400)
@@ -296,7 +361,7 @@ def test_a_scaled_target_makes_large_regression_targets_learnable(scale_target):
     params = PreprocessParams(scale_target=scale_target)
     prepared = prepare(frame, "y", "regression", params, train_rows=240)
     train_split, val_split = splits(prepared, 240)
-    fitted = {**prepared.fitted, "target": target_scaling(train_split.y, "regression", params)}
+    fitted = replace(prepared.fitted, target=target_scaling(train_split.y, "regression", params))
     keras.utils.set_random_seed(0)
     model = build_model(
         ModelParams.model_validate({"optimizer": {"learning_rate": 0.1}}),

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from kerasflow.config import ValidateParams
+from kerasflow.records import RawDatasetInfo
 from tasks.validate import DataValidationError, check_dataset, validate_dataset
 
 PARAMS = ValidateParams(min_rows=10)
@@ -82,7 +85,7 @@ def test_bad_data_is_stopped_with_each_problem_named(tabular_frame, tabular_meta
 )
 def test_drift_from_the_recorded_schema_is_stopped(tabular_frame, tabular_meta, change, expected):
     schema, _ = validate_dataset(tabular_frame, tabular_meta, None, PARAMS)
-    meta = {**tabular_meta, "feature_columns": [c for c in change(tabular_frame).columns if c != "label"]}
+    meta = replace(tabular_meta, feature_columns=[c for c in change(tabular_frame).columns if c != "label"])
     with pytest.raises(DataValidationError) as raised:
         validate_dataset(change(tabular_frame), meta, schema, PARAMS)
     assert any(expected in problem for problem in raised.value.problems), raised.value.problems
@@ -90,19 +93,21 @@ def test_drift_from_the_recorded_schema_is_stopped(tabular_frame, tabular_meta, 
 
 def test_wrong_pixel_count_for_the_image_shape(tabular_frame, tabular_meta):
     with pytest.raises(DataValidationError, match=r"image_shape \[8, 8, 1\] needs 64 pixel columns, found 2"):
-        validate_dataset(tabular_frame, {**tabular_meta, "image_shape": [8, 8, 1]}, None, PARAMS)
+        validate_dataset(tabular_frame, replace(tabular_meta, image_shape=[8, 8, 1]), None, PARAMS)
 
 
 def test_an_empty_text_column_is_named():
     frame = pd.DataFrame({"text": ["", "  ", None, ""] * 10, "target": [0, 1] * 20})
-    meta = {"target": "target", "task": "classification", "feature_columns": ["text"], "text_column": "text"}
+    meta = RawDatasetInfo(
+        **{"target": "target", "task": "classification", "feature_columns": ["text"], "text_column": "text"}
+    )
     with pytest.raises(DataValidationError, match="text column 'text' is empty in every row"):
         validate_dataset(frame, meta, None, PARAMS)
 
 
 def test_string_columns_are_categorical_features(tabular_frame, tabular_meta):
     frame = tabular_frame.assign(color=["red", "green", "blue"] * 20)
-    meta = {**tabular_meta, "feature_columns": ["a", "b", "color"]}
+    meta = replace(tabular_meta, feature_columns=["a", "b", "color"])
     schema, report = validate_dataset(frame, meta, None, PARAMS)
     assert report["ok"] and schema["columns"]["color"] == {"kind": "string", "nullable": False}
     # A later ingest where the column turned into numbers has drifted.
@@ -113,7 +118,7 @@ def test_string_columns_are_categorical_features(tabular_frame, tabular_meta):
 def test_text_that_is_all_number_like_is_a_category_not_a_broken_number(tabular_frame, tabular_meta):
     zip_codes = ["02134", "10001", "94105"] * 20  # kept as strings (e.g. in Parquet), leading zeros matter
     frame = tabular_frame.assign(zip=zip_codes)
-    meta = {**tabular_meta, "feature_columns": ["a", "b", "zip"]}
+    meta = replace(tabular_meta, feature_columns=["a", "b", "zip"])
     assert check_dataset(frame, meta, PARAMS) == []
 
 
@@ -148,7 +153,7 @@ def _with_missing(frame, column, rows):
 )
 def test_missing_values_up_to_max_missing_fraction(tabular_frame, tabular_meta, column, missing, allowed, expected):
     frame = _with_missing(tabular_frame.assign(color=["red", "blue"] * 30), column, missing)
-    meta = {**tabular_meta, "feature_columns": ["a", "b", "color"]}
+    meta = replace(tabular_meta, feature_columns=["a", "b", "color"])
     params = ValidateParams(min_rows=10, max_missing_fraction=allowed)
     problems = check_dataset(frame, meta, params)
     if expected is None:
@@ -164,24 +169,26 @@ def test_missing_values_up_to_max_missing_fraction(tabular_frame, tabular_meta, 
 def test_image_data_never_allows_missing_pixels():
     frame = pd.DataFrame(np.ones((40, 4)), columns=["p0", "p1", "p2", "p3"]).assign(label=[0, 1] * 20)
     frame.loc[0, "p2"] = np.nan
-    meta = {"target": "label", "task": "classification", "feature_columns": ["p0", "p1", "p2", "p3"]}
+    meta = RawDatasetInfo(**{"target": "label", "task": "classification", "feature_columns": ["p0", "p1", "p2", "p3"]})
     params = ValidateParams(min_rows=10, max_missing_fraction=0.5)
     assert check_dataset(frame, meta, params) == []  # columns: imputed
-    problems = check_dataset(frame, {**meta, "image_shape": [2, 2, 1]}, params)
+    problems = check_dataset(frame, replace(meta, image_shape=[2, 2, 1]), params)
     assert any("column 'p2' has 1 missing (NaN) value(s)" in problem for problem in problems), problems
 
 
 def test_image_pixels_must_be_numbers():
     frame = pd.DataFrame(np.ones((40, 4)), columns=["p0", "p1", "p2", "p3"]).assign(label=[0, 1] * 20)
     frame["p1"] = ["dark", "light"] * 20  # would be a categorical column in a table
-    meta = {"target": "label", "task": "classification", "feature_columns": ["p0", "p1", "p2", "p3"]}
+    meta = RawDatasetInfo(**{"target": "label", "task": "classification", "feature_columns": ["p0", "p1", "p2", "p3"]})
     assert check_dataset(frame, meta, PARAMS) == []
-    problems = check_dataset(frame, {**meta, "image_shape": [2, 2, 1]}, PARAMS)
+    problems = check_dataset(frame, replace(meta, image_shape=[2, 2, 1]), PARAMS)
     assert any("column 'p1' must be numeric" in problem for problem in problems), problems
 
 
 def test_a_text_column_may_miss_some_values():
     frame = pd.DataFrame({"text": ["good film", None, "bad plot", ""] * 10, "target": [0, 1] * 20})
-    meta = {"target": "target", "task": "classification", "feature_columns": ["text"], "text_column": "text"}
+    meta = RawDatasetInfo(
+        **{"target": "target", "task": "classification", "feature_columns": ["text"], "text_column": "text"}
+    )
     _, report = validate_dataset(frame, meta, None, PARAMS)
     assert report["ok"]

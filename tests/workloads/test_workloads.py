@@ -121,8 +121,8 @@ def test_workload_from_its_params_file(workload_run):
     import mlflow
     import tensorflow as tf
 
-    from kerasflow.tracking import pyfunc_outputs
-    from tasks.features import model_inputs
+    from kerasflow.model_interface import model_outputs, to_model_inputs
+    from tasks.features import raw_example
     from tasks.preprocess import read_split, read_state
     from tasks.train import predict
 
@@ -136,20 +136,21 @@ def test_workload_from_its_params_file(workload_run):
         assert score >= baseline - 0.001, f"{workload.metric} {score:.4f} is below the baseline's {baseline:.4f}"
     else:
         assert score > baseline, f"{workload.metric} {score:.4f} does not beat the baseline's {baseline:.4f}"
-    history = client.get_metric_history(results["train"]["run_id"], "loss")
+    history = client.get_metric_history(results["train"]["run_id"], "train_loss")
     assert history[-1].value < history[0].value
     assert results["register"]["alias"] == "champion", results["register"]["reasons"]
 
     # One artifact, raw input in: the registered pyfunc, the .keras file (safe mode) and the SavedModel agree.
-    raw = read_split(layout.processed_dir, "test").x
     state = read_state(layout.processed_dir)
-    inputs, classes = state["inputs"], state.get("classes")
+    inputs = state.inputs
+    test_rows = read_split(layout.processed_dir, "test").x
+    raw = raw_example(test_rows, inputs, rows=len(test_rows))  # as a caller sends them: numbers as floats
     registered = mlflow.pyfunc.load_model(f"models:/{params.register_.model_name}@champion")
-    served = pyfunc_outputs(registered.predict(raw), classes)
-    keras_model = keras.saving.load_model(layout.model_file, safe_mode=True)
+    served = model_outputs(registered.predict(raw), state.model_config(0.5))
+    keras_model = keras.saving.load_model(layout.model_file, safe_mode=True, compile=False)
     np.testing.assert_allclose(served, predict(keras_model, raw, inputs), atol=1e-5)
     exported = tf.saved_model.load(str(layout.saved_model_dir))
-    features = model_inputs(raw, inputs)
+    features = to_model_inputs(raw, inputs)
     if isinstance(features, dict):
         features = {key: tf.constant(value) for key, value in features.items()}
     np.testing.assert_allclose(served, np.asarray(exported.serve(features)), atol=1e-5)
@@ -168,7 +169,7 @@ def test_missing_values_and_unseen_categories_at_prediction_time(workload_run):
 
     _, run, _ = workload_run
     model = mlflow.pyfunc.load_model(f"models:/{run.params.register_.model_name}@champion")
-    house = {"area": 120.0, "rooms": 4, "age": 30.0, "neighborhood": "riverside", "condition": "good", "garage": "no"}
+    house = {"area": 120.0, "rooms": 4.0, "age": 30.0, "neighborhood": "riverside", "condition": "good", "garage": "no"}
     rows = pd.DataFrame(
         [
             house,

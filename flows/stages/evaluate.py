@@ -1,0 +1,120 @@
+"""Stage evaluate: score the model and the scikit-learn baseline on the test split; write metrics and plots."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from flows.stages import Context
+from kerasflow import tracking
+from kerasflow.config import Params
+from kerasflow.io import atomic_path, read_json, write_json
+from kerasflow.layout import Layout
+from kerasflow.metrics import is_better
+from kerasflow.model_interface import ModelConfig
+from kerasflow.records import PreprocessState
+from tasks.evaluate import (
+    baseline_metrics,
+    plot_binary_curves,
+    plot_confusion_matrix,
+    plot_training_curves,
+    predictions_frame,
+    primary_metric,
+    score_predictions,
+)
+from tasks.model import load_model_file
+from tasks.preprocess import Split, read_split, read_state
+from tasks.train import predict
+
+logger = logging.getLogger(__name__)
+
+
+def run(params: Params, context: Context) -> dict[str, Any]:
+    layout = context.layout
+    state = read_state(layout.processed_dir)
+    config = ModelConfig.from_dict(read_json(layout.model_config))
+    train_split, test_split = read_split(layout.processed_dir, "train"), read_split(layout.processed_dir, "test")
+    outputs = predict(load_model_file(layout.model_file), test_split.x, state.inputs)
+    result = score(params, state, config, train_split, test_split, outputs)
+    pictures = draw_plots(layout, state, config, test_split, outputs)
+    experiment_id = tracking.configure(params.tracking, context.project_root)
+    with tracking.open_run(experiment_id, run_id=read_json(layout.run_file)["run_id"]):
+        mlflow.log_metrics({f"test_{name}": value for name, value in result["test"].items()})
+        mlflow.log_metrics({f"baseline_{name}": value for name, value in result["baseline"].items() if name != "name"})
+        mlflow.set_tag("baseline.model", result["baseline"]["name"])
+        for picture in pictures:
+            mlflow.log_artifact(str(picture), artifact_path="plots")
+        mlflow.log_artifact(str(layout.history), artifact_path="plots")
+        # The metrics file is written last: it is what register (and dvc metrics) read.
+        write_json(layout.metrics, result)
+        mlflow.log_artifact(str(layout.metrics))
+    primary = result["primary_metric"]
+    logger.info(
+        "test %s %.4f (baseline %s %.4f) on %d rows",
+        primary,
+        result["test"][primary],
+        result["baseline"]["name"],
+        result["baseline"][primary],
+        result["test_rows"],
+    )
+    return result
+
+
+def score(
+    params: Params,
+    state: PreprocessState,
+    config: ModelConfig,
+    train_split: Split,
+    test_split: Split,
+    outputs: np.ndarray,
+) -> dict[str, Any]:
+    """The model's and the baseline's test metrics, and whether the model beats the baseline."""
+    scores = score_predictions(state.task, test_split.y, outputs, state.n_classes, config.threshold)
+    baseline_name, baseline = baseline_metrics(
+        params.evaluate,
+        state.task,
+        train_split,
+        test_split,
+        state.n_classes,
+        params.seed,
+        state.inputs,
+        config.threshold,
+    )
+    primary = primary_metric(params.evaluate, state.task)
+    if primary not in scores:
+        raise ValueError(
+            f"evaluate.primary_metric {primary!r} is not a {state.task} metric; choose from {sorted(scores)}"
+        )
+    return {
+        "task": state.task,
+        "primary_metric": primary,
+        "test": scores,
+        "baseline": {"name": baseline_name, **baseline},
+        "beats_baseline": is_better(primary, scores[primary], baseline[primary]),
+        "test_rows": len(test_split),
+        "decision_threshold": config.threshold if state.n_classes == 2 else None,
+    }
+
+
+def draw_plots(
+    layout: Layout, state: PreprocessState, config: ModelConfig, test_split: Split, outputs: np.ndarray
+) -> list[Path]:
+    """Training curves, the confusion matrix and (for two classes) ROC and precision-recall curves."""
+    predictions = predictions_frame(state.task, test_split.y, outputs, state.classes, config.threshold)
+    layout.plots_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(layout.predictions) as temporary:
+        predictions.to_csv(temporary, index=False)
+    pictures = [layout.plots_dir / "training_curves.png"]
+    plot_training_curves(pd.read_csv(layout.history), pictures[0])
+    if state.task == "classification":
+        pictures.append(layout.plots_dir / "confusion_matrix.png")
+        plot_confusion_matrix(predictions, pictures[-1])
+    if state.n_classes == 2:
+        pictures += [layout.plots_dir / "roc_curve.png", layout.plots_dir / "precision_recall_curve.png"]
+        plot_binary_curves(test_split.y, outputs, config.threshold, pictures[-2], pictures[-1])
+    return pictures

@@ -1,0 +1,14 @@
+"""Stage ingest: load the configured source into data/raw (Parquet + its description, with the md5)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flows.stages import Context
+from kerasflow.config import Params
+from tasks.ingest import ingest_dataset
+
+
+def run(params: Params, context: Context) -> dict[str, Any]:
+    layout = context.layout
+    return ingest_dataset(params.ingest, params.seed, layout.raw_data, layout.raw_meta).to_dict()

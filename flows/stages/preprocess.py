@@ -1,0 +1,37 @@
+"""Stage preprocess: split the validated raw data into train / validation / test."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pandas as pd
+
+from flows.stages import Context
+from kerasflow.config import Params
+from kerasflow.io import read_json
+from kerasflow.records import RawDatasetInfo
+from tasks.preprocess import preprocess_dataset, write_processed
+
+logger = logging.getLogger(__name__)
+
+
+def run(params: Params, context: Context) -> dict[str, Any]:
+    layout = context.layout
+    report = read_json(layout.validation_report)
+    info = RawDatasetInfo.from_dict(read_json(layout.raw_meta))
+    if not report.get("ok") or report.get("md5") != info.md5:
+        raise RuntimeError(f"{layout.validation_report}: the raw dataset has not passed validation; run validate first")
+    splits, state = preprocess_dataset(pd.read_parquet(layout.raw_data), info, params.preprocess, params.seed)
+    write_processed(splits, state, layout.processed_dir)
+    kinds = {
+        kind: sum(entry.kind == kind for entry in state.inputs.columns) for kind in ("numeric", "categorical", "text")
+    }
+    logger.info(
+        "split %s rows (seed %d): %s; inputs: %s",
+        sum(state.rows.values()),
+        params.seed,
+        ", ".join(f"{name} {rows}" for name, rows in state.rows.items()),
+        f"images {list(state.inputs.shape)}" if state.inputs.kind == "image" else kinds,
+    )
+    return state.rows

@@ -1,0 +1,242 @@
+"""Stage train: adapt the input layers, fit the model, then publish it.
+
+Read top to bottom, `run` is the recipe: load the splits, build the model (before the MLflow
+run exists, so a bad spec leaves no run behind), record what is trained on, fit (resuming a
+killed attempt), and publish: the model files appear in models/ and the model in MLflow only
+once the logged model, loaded back through MLflow, predicts what the trained one does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import mlflow
+import pandas as pd
+import tensorflow as tf
+
+from flows.stages import Context
+from kerasflow import tracking
+from kerasflow.config import Params, flatten
+from kerasflow.io import atomic_dir, atomic_path, read_json, write_json, write_text
+from kerasflow.layout import Layout
+from kerasflow.records import PreprocessState
+from kerasflow.runtime import set_seeds
+from tasks.backbone import unfreeze
+from tasks.features import adapt_inputs, raw_example, target_scaling
+from tasks.model import DataSpec, build_model, compile_model, export_for_serving
+from tasks.preprocess import Split, read_split, read_state
+from tasks.train import Backup, accelerator_plan, class_weights, device_summary, distribution_strategy, predict
+from tasks.train import train_model as fit_model
+
+logger = logging.getLogger(__name__)
+
+# How far the logged model's predictions may stray from the trained model's (float32 rounding).
+ROUND_TRIP_TOLERANCE = 1e-5
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The preprocessing state and the two splits training sees."""
+
+    state: PreprocessState
+    train: Split
+    val: Split
+
+
+@dataclass(frozen=True)
+class ModelSetup:
+    """A compiled model and everything `fit` needs besides the data."""
+
+    model: keras.Model
+    data: DataSpec
+    plan: dict[str, Any]
+    strategy: tf.distribute.Strategy
+    class_weight: dict[int, float] | None
+
+
+def run(params: Params, context: Context) -> dict[str, Any]:
+    """Adapt the input layers and fit the model; log lineage, epochs and the model to the MLflow run."""
+    layout = context.layout
+    data = load_training_data(layout)
+    setup = build(params, data)
+    experiment_id = tracking.configure(params.tracking, context.project_root)
+    with tracking.open_run(experiment_id, run_id=context.run_id) as run_id:
+        record_run(params, context, data, setup)
+        history = fit(params, context, data, setup, run_id)
+        model_uri, digest = publish(params, layout, data, setup)
+        write_history(layout, history)
+        Backup(backup_folder(params, layout, data.state.data_md5)).remove()
+        payload = {
+            "run_id": run_id,
+            "experiment_id": experiment_id,
+            "model_uri": model_uri,
+            "artifacts_sha256": digest,
+            "tracking_uri": mlflow.get_tracking_uri(),
+            "run_url": tracking.run_url(run_id, experiment_id),
+        }
+        write_json(layout.run_file, payload)
+    return {**payload, "epochs_trained": len(history), "final_loss": float(history["loss"].iloc[-1])}
+
+
+def load_training_data(layout: Layout) -> TrainingData:
+    folder = layout.processed_dir
+    return TrainingData(read_state(folder), read_split(folder, "train"), read_split(folder, "val"))
+
+
+def build(params: Params, data: TrainingData) -> ModelSetup:
+    """Seed everything, adapt the input layers on the training split, build and compile the model."""
+    set_seeds(params.seed)
+    state = data.state
+    plan = accelerator_plan(params.train, string_inputs=state.string_inputs)
+    target = target_scaling(data.train.y, state.task, params.preprocess)
+    spec = DataSpec.from_state(state, adapt_inputs(state.inputs, data.train.x, params.preprocess, target))
+    strategy = distribution_strategy(plan)
+    with strategy.scope():
+        model = build_model(params.model, spec, jit_compile=plan["jit_compile"])
+    weights = class_weights(params.train.class_weight, data.train.y, state.classes)
+    return ModelSetup(model, spec, plan, strategy, weights)
+
+
+def record_run(params: Params, context: Context, data: TrainingData, setup: ModelSetup) -> None:
+    """Params, lineage (git, data hash, orchestrator) and the devices, on the active MLflow run."""
+    state = data.state
+    mlflow.set_tags(
+        {
+            **tracking.lineage_tags(context.project_root),
+            "data.md5": state.data_md5,
+            "data.source": ":".join(str(part) for part in state.source.values() if part),
+            "data.inputs": state.inputs.kind,
+            "model.api": params.model.api,
+            **{f"train.{key}": str(value) for key, value in {**device_summary(), **setup.plan}.items()},
+        }
+    )
+    tracking.log_params(flatten(params.to_dict()))
+
+
+def fit(params: Params, context: Context, data: TrainingData, setup: ModelSetup, run_id: str) -> pd.DataFrame:
+    """Fit, resuming from the per-epoch backup a killed attempt left; return every epoch's metrics."""
+    backup = backup_folder(params, context.layout, data.state.data_md5)
+    earlier = resume_history(backup, run_id)
+    # The best-weights checkpoint grows beside the backup; outputs appear only when training succeeded.
+    checkpoint = best_weights_path(backup)
+
+    def fine_tune(model: keras.Model) -> None:
+        with setup.strategy.scope():
+            unfreeze(model, params.train.fine_tune.layers)
+            compile_model(
+                model, params.model, setup.data, setup.plan["jit_compile"], params.train.fine_tune.learning_rate
+            )
+
+    history = fit_model(
+        setup.model,
+        data.train,
+        data.val,
+        data.state.inputs,
+        params.train,
+        params.seed,
+        checkpoint_path=checkpoint,
+        backup_dir=backup,
+        callbacks=[tracking.epoch_logger(run_id, len(data.train))],
+        class_weight=setup.class_weight,
+        fine_tune=fine_tune,
+    )
+    frame = pd.concat([earlier, pd.DataFrame(history)], ignore_index=True)
+    frame.insert(0, "epoch", range(len(frame)))
+    mlflow.log_metric("epochs_trained", len(frame))
+    return frame
+
+
+def backup_folder(params: Params, layout: Layout, data_md5: str) -> Path:
+    """Where training keeps its per-epoch backup: one folder per (run folder, model, training, data),
+    so a rerun with the same config resumes and a changed config never restores the wrong weights."""
+    config = {"model": params.model.model_dump(mode="json"), "train": params.train.model_dump(mode="json")}
+    config.update(seed=params.seed, data=data_md5)
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+    return layout.backup_dir / digest
+
+
+def best_weights_path(backup: Path) -> Path:
+    return backup.with_name(f"{backup.name}.best.weights.h5")
+
+
+def resume_history(folder: Path, run_id: str) -> pd.DataFrame:
+    """Epochs a killed attempt finished, so the history has each epoch once.
+
+    In a new MLflow run (a rerun) they are replayed into it and the killed attempt's run, left
+    RUNNING by the kill, is marked FAILED; in the same run (a Prefect retry) they are logged already.
+    """
+    backup = Backup(folder)
+    done = backup.completed_epochs()
+    marker = folder / "mlflow_run.json"
+    previous = read_json(marker)["run_id"] if marker.is_file() else None
+    if previous and previous != run_id:
+        tracking.mark_failed(previous)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(marker, {"run_id": run_id})
+    if not done or not backup.epoch_log.is_file():
+        backup.epoch_log.unlink(missing_ok=True)
+        return pd.DataFrame()
+    # A kill while a line was being written leaves half a line: skipped.
+    earlier = pd.read_csv(backup.epoch_log, on_bad_lines="skip").dropna(subset=["epoch"])
+    earlier = earlier.astype({"epoch": "int64"}).drop_duplicates("epoch", keep="last")
+    earlier = earlier[earlier["epoch"] < done].sort_values("epoch")
+    if previous != run_id:
+        tracking.replay_epochs(run_id, earlier.to_dict("records"))
+    logger.info("resuming training after epoch %d of an interrupted attempt", done)
+    return earlier.drop(columns="epoch").reset_index(drop=True)
+
+
+def publish(params: Params, layout: Layout, data: TrainingData, setup: ModelSetup) -> tuple[str, str]:
+    """Save the model files and log the MLflow model; return its URI and the digest of its files.
+
+    models/ appears whole, and only once the logged model, loaded back through MLflow from the
+    files the store holds, has proved it predicts what this one does (the serving smoke test;
+    register checks that the version it registers has those same files).
+    """
+    model, state = setup.model, data.state
+    config = state.model_config(params.model.decision_threshold)
+    example = raw_example(data.val.x, state.inputs)
+    write_model_summary(model, layout.model_summary)
+    checkpoint = best_weights_path(backup_folder(params, layout, state.data_md5))
+    with atomic_dir(layout.models_dir) as folder:
+        model.save(folder / layout.model_file.name)
+        export_for_serving(model, folder / layout.saved_model_dir.name, state.inputs)
+        write_json(folder / layout.model_config.name, config.to_dict())
+        if checkpoint.is_file():
+            (folder / "checkpoints").mkdir()
+            os.replace(checkpoint, folder / "checkpoints" / layout.checkpoint_file.name)
+        model_uri = tracking.log_model(
+            folder / layout.model_file.name, config, example, saved_model=folder / layout.saved_model_dir.name
+        )
+        with tempfile.TemporaryDirectory() as download:
+            logged = mlflow.artifacts.download_artifacts(model_uri, dst_path=download)
+            digest = tracking.artifact_digest(logged)
+            expected = predict(model, example, state.inputs)
+            difference = tracking.round_trip_difference(logged, example, expected, config)
+        mlflow.log_metric("roundtrip_max_abs_diff", difference)
+        if difference > ROUND_TRIP_TOLERANCE:
+            raise RuntimeError(
+                f"the logged model's predictions differ from the trained model's by {difference:g} "
+                f"(tolerance {ROUND_TRIP_TOLERANCE:g}); not publishing it"
+            )
+    return model_uri, digest
+
+
+def write_model_summary(model: keras.Model, path: Path) -> None:
+    lines: list[str] = []
+    model.summary(print_fn=lambda line, *args, **kwargs: lines.append(line))
+    write_text(path, "\n".join(lines) + "\n")
+    mlflow.log_artifact(str(path))
+
+
+def write_history(layout: Layout, history: pd.DataFrame) -> None:
+    with atomic_path(layout.history) as temporary:
+        history.to_csv(temporary, index=False)

@@ -1,0 +1,135 @@
+"""Typed records that one step hands the next, defined once.
+
+- `RawDatasetInfo`: what ingest wrote (data/raw/dataset.json): the target, the task, the columns.
+- `PreprocessState`: what preprocess wrote beside the splits (state.json): the inputs, the classes.
+- `FittedInputs`: the constants the input layers were adapted to on the training split.
+
+The model's own interface (`ModelInputs`, `ModelConfig`) lives in `kerasflow.model_interface`,
+which the logged model carries with it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from kerasflow.model_interface import ModelConfig, ModelInputs
+
+
+@dataclass(frozen=True)
+class RawDatasetInfo:
+    """The raw dataset's description, written by ingest beside the Parquet file."""
+
+    target: str
+    task: str
+    feature_columns: list[str]
+    image_shape: list[int] | None = None
+    text_column: str | None = None
+    source: dict[str, Any] = field(default_factory=dict)
+    rows: int = 0
+    md5: str = ""
+    file: str = ""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RawDatasetInfo:
+        return cls(**{key: data[key] for key in cls.__dataclass_fields__ if key in data})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def source_label(self) -> str:
+        """`sklearn:digits`, `file:/path/houses.csv`: where the data came from, in one string."""
+        return ":".join(str(part) for part in self.source.values() if part)
+
+
+@dataclass(frozen=True)
+class PreprocessState:
+    """What preprocess found out about the data, written beside the splits."""
+
+    task: str
+    inputs: ModelInputs
+    target: str
+    feature_columns: list[str]
+    rows: dict[str, int]
+    seed: int
+    data_md5: str
+    source: dict[str, Any] = field(default_factory=dict)
+    classes: list[Any] | None = None
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes or [])
+
+    @property
+    def string_inputs(self) -> bool:
+        """Whether the model takes strings (categorical or text columns)."""
+        return bool(self.inputs.strings)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PreprocessState:
+        values = {key: data[key] for key in cls.__dataclass_fields__ if key in data}
+        return cls(**{**values, "inputs": ModelInputs.from_dict(data["inputs"])})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "inputs": self.inputs.to_dict()}
+
+    def model_config(self, threshold: float) -> ModelConfig:
+        return ModelConfig(self.task, self.inputs, self.classes, threshold)
+
+
+@dataclass(frozen=True)
+class NumericFit:
+    """One numeric column: the training mean that fills its gaps, and its normalization (None: none)."""
+
+    fill: float
+    mean: float | None = None
+    variance: float | None = None
+
+
+@dataclass(frozen=True)
+class TextFit:
+    """A text column's TextVectorization: its vocabulary (without padding and OOV) and settings."""
+
+    vocabulary: list[str]
+    sequence_length: int
+    standardize: str
+
+
+@dataclass(frozen=True)
+class ImageScaling:
+    """How images are scaled inside the model: divided by `scale`'s inverse, standardized, or left alone."""
+
+    kind: str  # max | standard | none
+    scale: float = 1.0
+    mean: list[float] | None = None
+    variance: list[float] | None = None
+
+
+@dataclass(frozen=True)
+class TargetScaling:
+    """A regression target's training mean and standard deviation: the model learns in standard deviations."""
+
+    mean: float
+    std: float
+
+
+@dataclass(frozen=True)
+class FittedInputs:
+    """The constants the input layers were adapted to on the training split (keyed by column or input name)."""
+
+    numeric: dict[str, NumericFit] = field(default_factory=dict)
+    categorical: dict[str, list[str]] = field(default_factory=dict)
+    text: dict[str, TextFit] = field(default_factory=dict)
+    categorical_encoding: str = "one_hot"
+    image_scaling: ImageScaling | None = None
+    target: TargetScaling | None = None
+
+    def vocabulary_size(self, source: str = "input") -> int | None:
+        """The input_dim an embedding of `source` needs: the text vocabulary (with padding and OOV), or
+        the largest categorical vocabulary (with OOV) for the `categorical` tensor or data without text."""
+        text = [len(spec.vocabulary) + 2 for spec in self.text.values()]
+        categories = [len(vocabulary) + 1 for vocabulary in self.categorical.values()]
+        if source == "categorical" or not text:
+            return max(categories) if categories else None
+        return text[0]
