@@ -1,4 +1,5 @@
-"""Preprocess: seeded (stratified) train / validation / test split of the raw features.
+"""Preprocess: seeded (stratified) train / validation / test split of the raw features, by a hash of
+each row's position, so the split is the same on every run and every machine.
 
 The features stay raw (images as arrays, columns as they are, text as strings): the
 preprocessing layers are fitted on the training split when the model is built
@@ -14,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
 
 from kerasflow.config import PreprocessParams
 from kerasflow.io import atomic_dir, read_json, write_json
@@ -47,31 +47,53 @@ def encode_labels(frame: pd.DataFrame, info: RawDatasetInfo) -> tuple[np.ndarray
     ]
 
 
+SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
+
+
+def row_hash(rows: np.ndarray, seed: int) -> np.ndarray:
+    """A uniform number in [0, 1) per row position, from the seed alone (splitmix64): the same rows get
+    the same numbers on any machine, in any order they are read, one batch or many."""
+    with np.errstate(over="ignore"):
+        z = rows.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def assign_splits(y: np.ndarray, params: PreprocessParams, seed: int, classification: bool) -> np.ndarray:
+    """Which split each row goes to (SPLIT_CODES): by the rank of its seeded hash, within its class when
+    stratified, so each split has its share of every class and the assignment never depends on shuffle order."""
+    stratified = classification and params.stratify
+    groups = [np.flatnonzero(y == label) for label in np.unique(y)] if stratified else [np.arange(len(y))]
+    assignment = np.full(len(y), SPLIT_CODES["train"], dtype=np.int8)
+    order_key = row_hash(np.arange(len(y)), seed)
+    for rows in groups:
+        ranked = rows[np.argsort(order_key[rows], kind="stable")]
+        test_rows = max(1, round(len(rows) * params.test_fraction))
+        val_rows = max(1, round(len(rows) * params.val_fraction))
+        if len(rows) - test_rows - val_rows < 1:
+            label = f" of class {y[rows[0]].item()!r}" if stratified else ""
+            raise ValueError(
+                f"{len(rows)} rows{label} are too few to split into train / val / test with test_fraction "
+                f"{params.test_fraction} and val_fraction {params.val_fraction} (each split needs at least 1 row)"
+            )
+        assignment[ranked[:test_rows]] = SPLIT_CODES["test"]
+        assignment[ranked[test_rows : test_rows + val_rows]] = SPLIT_CODES["val"]
+    return assignment
+
+
 def split_dataset(
     x: np.ndarray | pd.DataFrame, y: np.ndarray, params: PreprocessParams, seed: int, classification: bool
 ) -> dict[str, Split]:
-    """Seeded train / val / test split; stratified on the label for classification."""
-    rows = len(y)
-    test_rows = int(np.ceil(rows * params.test_fraction))
-    val_rows = int(np.ceil(rows * params.val_fraction))
-    stratified = classification and params.stratify
-    # A stratified split needs every class in every split.
-    min_per_split = len(np.unique(y)) if stratified else 1
-    if min(rows - test_rows - val_rows, val_rows, test_rows) < min_per_split:
-        raise ValueError(
-            f"{rows} rows are too few to split into train / val / test with test_fraction "
-            f"{params.test_fraction} and val_fraction {params.val_fraction} "
-            f"(each split needs at least {min_per_split} row(s))"
-        )
-    stratify = y if stratified else None
-    x_rest, x_test, y_rest, y_test = train_test_split(x, y, test_size=test_rows, random_state=seed, stratify=stratify)
-    stratify = y_rest if stratified else None
-    x_train, x_val, y_train, y_val = train_test_split(
-        x_rest, y_rest, test_size=val_rows, random_state=seed, stratify=stratify
-    )
-    if isinstance(x, pd.DataFrame):
-        x_train, x_val, x_test = (part.reset_index(drop=True) for part in (x_train, x_val, x_test))
-    return {"train": Split(x_train, y_train), "val": Split(x_val, y_val), "test": Split(x_test, y_test)}
+    """Seeded train / val / test split (stratified on the label for classification), rows in their original order."""
+    assignment = assign_splits(y, params, seed, classification)
+    splits = {}
+    for name, code in SPLIT_CODES.items():
+        rows = np.flatnonzero(assignment == code)
+        part = x.iloc[rows].reset_index(drop=True) if isinstance(x, pd.DataFrame) else x[rows]
+        splits[name] = Split(part, y[rows])
+    return splits
 
 
 def preprocess_dataset(

@@ -66,3 +66,30 @@ def test_unknown_stage_is_a_usage_error(project, capsys):
         "stage must be one of ['ingest', 'validate', 'preprocess', 'train', 'evaluate', 'register'], got 'deploy'"
         in (capsys.readouterr().err)
     )
+
+
+def test_the_flow_module_does_not_import_the_command_line_and_loads_once():
+    import subprocess
+    import sys
+
+    probe = "import sys, flows.training; print('flows.cli' in sys.modules, 'mlflow' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    # No cycle, and importing the flow (as a Prefect worker does) touches no MLflow before the quiet environment.
+    assert result.stdout.split() == ["False", "False"], result.stderr[-2000:]
+
+
+def test_the_quiet_environment_is_defined_once():
+    import subprocess
+    import sys
+
+    from kerasflow.runtime import QUIET_ENVIRONMENT
+
+    exported = subprocess.run(
+        [sys.executable, "-m", "kerasflow.runtime"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    assert exported.splitlines() == [f"export {name}={value}" for name, value in QUIET_ENVIRONMENT.items()]
+    # The shell script and the deployment take it from there; neither repeats a value.
+    env_script = (REPO_ROOT / "scripts" / "env.sh").read_text()
+    assert "python -m kerasflow.runtime" in env_script
+    deployments = (REPO_ROOT / "prefect.yaml").read_text() + env_script
+    assert not [name for name in QUIET_ENVIRONMENT if name in deployments]
