@@ -98,7 +98,7 @@ def mlflow_epoch_seconds(folder: Path) -> tuple[list[float], int]:
     run_id = json.loads((folder / "reports" / "mlflow_run.json").read_text())["run_id"]
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
     # Between the moments successive epochs were logged: every callback (checkpoint, backup, logging) counts.
-    stamps = [point.timestamp / 1000 for point in client.get_metric_history(run_id, "train_loss")]
+    stamps = [point.timestamp / 1000 for point in client.get_metric_history(run_id, "epoch/train_loss")]
     rows = json.loads((folder / "data" / "processed" / "state.json").read_text())["rows"]["train"]
     return np.diff(stamps).tolist(), rows
 

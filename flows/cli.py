@@ -27,10 +27,10 @@ def report(result: dict[str, Any]) -> str:
     registration = result["registration"]
     lines = ["", "kerasflow: pipeline finished", f"  MLflow run      {result['run_id']}"]
     lines.append(f"  outputs in      {result['workdir']}")
-    lines += [
-        f"  test {name:<10} {value:.4f}   (baseline {result['baseline'].get(name, float('nan')):.4f})"
-        for name, value in result["metrics"].items()
-    ]
+    for name, value in result["metrics"].items():
+        baseline = result["baseline"].get(name)
+        versus = f"   (baseline {baseline:.4f})" if baseline is not None else ""
+        lines.append(f"  test {name:<10} {value:.4f}{versus}")
     lines += [
         f"  registered      {registration['model_name']} version {registration['version']} -> {registration['alias']}",
         f"  decision        {'; '.join(registration['reasons'])}",
@@ -40,11 +40,34 @@ def report(result: dict[str, Any]) -> str:
         lines.append(f"Review it in the MLflow UI: {result['run_url']}")
     else:
         store = result.get("tracking_uri") or "sqlite:///mlflow.db"
+        page = f"http://127.0.0.1:5000/#/experiments/{result.get('experiment_id', '')}/runs/{result['run_id']}"
         lines += [
             f"Review it in the MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {store} --port 5000",
-            "then open http://127.0.0.1:5000",
+            f"then open {page}",
         ]
     return "\n".join(lines)
+
+
+def use_example(name: str | None, overrides: dict[str, Any]) -> int:
+    from pathlib import Path
+
+    from kerasflow import examples
+    from kerasflow.config import ConfigError
+
+    root = Path.cwd()
+    if not name:
+        sys.stdout.write("\n".join(examples.available(root)) + "\n")
+        return 0
+    try:
+        params = examples.use_example(name, root, overrides or None)
+    except ConfigError as error:
+        sys.stderr.write(f"kerasflow: {error}\n")
+        return 2
+    sys.stdout.write(
+        f"params.yaml is now examples/{name} (model {params.register_.model_name}); dvc.yaml follows it.\n"
+        "Run it with `dvc repro` or `kerasflow run`.\n"
+    )
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,7 +88,15 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
     stage = commands.add_parser("stage", help="run one stage as `dvc repro` does")
     stage.add_argument("name")
+    example = commands.add_parser("example", help="make examples/NAME the project's workload (params, dvc.yaml)")
+    example.add_argument("name", nargs="?", help="the example (omit to list them)")
+    example.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="change a param of it"
+    )
     args = parser.parse_args(argv)
+
+    if args.command == "example":
+        return use_example(args.name, parse_assignments(args.overrides))
 
     if args.command == "stage":
         from flows.dvc_stage import main as stage_main

@@ -17,6 +17,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
+from prefect.utilities.annotations import quote
 
 from flows.stages import PROJECT_ROOT, Context, Stage, build_stages
 from kerasflow.config import Params, load_params
@@ -103,19 +104,15 @@ def open_mlflow_run(params: Params, context: Context) -> str:
     return tracking.begin_pipeline_run(params, context.project_root, context.layout.root)
 
 
-def summary_markdown(results: dict[str, dict[str, Any]]) -> str:
-    evaluation, registration, training = results["evaluate"], results["register"], results["train"]
-    rows = "\n".join(
-        f"| {name} | {value:.4f} | {evaluation['baseline'].get(name, float('nan')):.4f} |"
-        for name, value in evaluation["test"].items()
-    )
-    run = training.get("run_url") or f"run `{training['run_id']}` in `{training['tracking_uri']}`"
-    return (
-        f"# kerasflow training run\n\n"
-        f"**Model** `{registration['model_name']}` version {registration['version']} → **{registration['alias']}**\n\n"
-        f"| metric | model | baseline ({evaluation['baseline']['name']}) |\n|---|---|---|\n{rows}\n\n"
-        f"**Decision:** {'; '.join(registration['reasons'])}\n\n**MLflow:** {run}\n"
-    )
+def tag_flow_run(params: Params) -> None:
+    """Tags to filter flow runs by in the Prefect UI: the workload (its data) and the registered model."""
+    from prefect import get_client
+
+    source = params.ingest.dataset if params.ingest.source in ("sklearn", "keras") else Path(params.ingest.path).name
+    wanted = [f"workload:{params.ingest.source}:{source}", f"model:{params.register_.model_name}"]
+    with get_client(sync_client=True) as client:
+        current = client.read_flow_run(flow_run.id)
+        client.update_flow_run(flow_run.id, tags=sorted({*current.tags, *wanted}))
 
 
 @flow(name="training-pipeline")
@@ -143,11 +140,12 @@ def training_pipeline(
 
     quiet_defaults()
     attach_to_prefect_logging()
-    from kerasflow import tracking
+    from kerasflow import notes, tracking
 
     shorthands = {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate}
     changes = {**(overrides or {}), **{key: value for key, value in shorthands.items() if value is not None}}
     params = load_params(params_path, changes or None)
+    tag_flow_run(params)
     project_root = Path(params_path).resolve().parent
     layout = Layout(run_folder(project_root, workdir, isolate), schema=project_root / "data" / "schema.json")
     context = Context(layout, project_root)
@@ -171,18 +169,25 @@ def training_pipeline(
             if folder is not None:
                 context = replace(context, layout=replace(context.layout, **{CACHED_OUTPUTS[stage.name]: folder}))
                 key, refresh = folder.name, not any(folder.glob("*.json"))
-            # Each stage waits for the one before: Prefect draws the pipeline as a chain.
-            previous = as_task(stage, key, refresh)(params, context, wait_for=[previous], return_state=True)
+            # Each stage waits for the one before: Prefect draws the pipeline as a chain. The arguments are
+            # quoted so Prefect does not also draw an edge from open-mlflow-run (whose id is in `context`).
+            stage_task = as_task(stage, key, refresh)
+            previous = stage_task(quote(params), quote(context), wait_for=[previous], return_state=True)
             results[stage.name] = previous.result()
     except BaseException:
         tracking.mark_failed(context.run_id)
         raise
-    create_markdown_artifact(markdown=summary_markdown(results), key="training-summary", description="kerasflow run")
+    from mlflow import MlflowClient
+
+    tags = MlflowClient().get_run(context.run_id).data.tags
+    summary = notes.flow_summary(results, changes, tags)
+    create_markdown_artifact(markdown=summary, key="training-summary", description="kerasflow run")
     if results["train"].get("run_url"):
         create_link_artifact(results["train"]["run_url"], link_text="MLflow run", key="mlflow-run")
     return {
         "run_id": context.run_id,
         "run_url": results["train"].get("run_url"),
+        "experiment_id": results["train"].get("experiment_id"),
         "tracking_uri": results["train"].get("tracking_uri"),
         "workdir": str(context.layout.root),
         "metrics": results["evaluate"]["test"],

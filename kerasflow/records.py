@@ -39,8 +39,12 @@ class RawDatasetInfo:
 
     @property
     def source_label(self) -> str:
-        """`sklearn:digits`, `file:/path/houses.csv`: where the data came from, in one string."""
-        return ":".join(str(part) for part in self.source.values() if part)
+        return source_label(self.source)
+
+
+def source_label(source: dict[str, Any]) -> str:
+    """`sklearn:digits`, `file:/path/houses.csv`: where the data came from, in one string."""
+    return ":".join(str(source[key]) for key in ("source", "dataset", "path") if source.get(key))
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,10 @@ class PreprocessState:
     data_md5: str
     source: dict[str, Any] = field(default_factory=dict)
     classes: list[Any] | None = None
+
+    @property
+    def source_label(self) -> str:
+        return source_label(self.source)
 
     @property
     def n_classes(self) -> int:

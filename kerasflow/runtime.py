@@ -12,6 +12,7 @@ import os
 import random
 import shlex
 import sys
+from typing import Any
 
 import numpy as np
 
@@ -24,6 +25,8 @@ QUIET_ENVIRONMENT = {
     "DVC_NO_ANALYTICS": "1",
     "TF_CPP_MIN_LOG_LEVEL": "2",
     "GIT_PYTHON_REFRESH": "quiet",
+    # MLflow's own INFO lines (validating the input example, system-metrics notices) say nothing to act on.
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
     # Prefect shows (and sends to its UI) the logs of kerasflow's own modules too.
     "PREFECT_LOGGING_EXTRA_LOGGERS": "kerasflow,flows,tasks",
     # ...and the same modules, used outside a flow run (DVC stages), log locally without complaint.
@@ -39,8 +42,9 @@ def quiet_defaults() -> None:
 
 
 def configure_logging(level: int = logging.INFO) -> None:
-    """Plain-text logs on stderr for processes without Prefect (the DVC stages)."""
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """Plain-text logs on stderr for processes without Prefect (the DVC stages): kerasflow's INFO lines,
+    other libraries' warnings."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     show_project_logs(level)
 
 
@@ -49,7 +53,9 @@ def show_project_logs(level: int = logging.INFO) -> None:
     one line per HTTP request to the Prefect or MLflow server out."""
     for name in PROJECT_LOGGERS:
         logging.getLogger(name).setLevel(level)
-    for noisy in ("httpx", "httpcore", "urllib3"):
+    # Per-request lines, MLflow's "validating the input example" and system-metrics notices, TensorFlow's
+    # "assets written": none says anything a user would act on.
+    for noisy in ("httpx", "httpcore", "urllib3", "mlflow", "tensorflow", "absl"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -66,6 +72,44 @@ def attach_to_prefect_logging() -> None:
             if handler not in logger.handlers:
                 logger.addHandler(handler)
     show_project_logs()
+
+
+# TensorFlow's C++ start-up lines on a machine without a GPU. absl writes them before its logging is set up,
+# so TF_CPP_MIN_LOG_LEVEL cannot hold them back, and none is something a user could act on.
+NATIVE_START_UP_NOISE = (
+    "absl::InitializeLog",
+    "oneDNN custom operations are on",
+    "cudart_stub.cc",
+    "cuda_platform.cc",
+    "failed call to cuInit",
+    "Unable to register cu",
+    "computation_placer",
+)
+
+
+def import_quietly(module: str) -> Any:
+    """Import `module` (and, if that loads TensorFlow, let it look for GPUs) with TensorFlow's native start-up
+    lines left out of stderr; every other line written meanwhile is passed on."""
+    import importlib
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            loaded = importlib.import_module(module)
+            if "tensorflow" in sys.modules:
+                sys.modules["tensorflow"].config.list_physical_devices("GPU")
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            for line in capture.read().decode(errors="replace").splitlines(keepends=True):
+                if not any(marker in line for marker in NATIVE_START_UP_NOISE):
+                    sys.stderr.write(line)
+    return loaded
 
 
 def set_seeds(seed: int) -> None:

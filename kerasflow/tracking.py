@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ from kerasflow.model_interface import ModelConfig, model_outputs
 logger = logging.getLogger(__name__)
 
 SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
+# The MLflow UI opens a model-training experiment on its training views, not the GenAI ones.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def resolve_tracking_uri(params: TrackingParams, project_root: Path) -> str:
@@ -75,16 +78,30 @@ def configure(params: TrackingParams, project_root: Path) -> str:
     except Exception as error:  # The store is unreachable or broken: say which one.
         raise ConnectionError(f"MLflow tracking store {uri} is not reachable: {error}") from error
     if experiment is not None:
+        if experiment.tags.get("mlflow.experimentKind") != EXPERIMENT_KIND["mlflow.experimentKind"]:
+            client.set_experiment_tag(experiment.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
         return experiment.experiment_id
     # Local stores keep artifacts beside the database, not wherever the process happened to start.
     location = (project_root / "mlartifacts").resolve().as_uri() if is_local_store(uri) else None
-    return client.create_experiment(params.experiment, artifact_location=location)
+    return client.create_experiment(params.experiment, artifact_location=location, tags=EXPERIMENT_KIND)
 
 
 @contextlib.contextmanager
-def open_run(experiment_id: str, run_id: str | None = None, run_name: str | None = None) -> Iterator[str]:
-    """Start a new run (run_id None) or reopen one; close it FINISHED, or FAILED on any exception."""
-    run = mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=run_name)
+def open_run(
+    experiment_id: str, run_id: str | None = None, run_name: str | None = None, system_metrics: bool = False
+) -> Iterator[str]:
+    """Start a new run (run_id None, named `run_name` or after the orchestrator's run) or reopen one;
+    close it FINISHED, or FAILED on any exception. With `system_metrics`, MLflow samples CPU,
+    memory and disk (and GPU, where there is one) every second while the run is open."""
+    if system_metrics:
+        mlflow.set_system_metrics_sampling_interval(1)
+        mlflow.set_system_metrics_samples_before_logging(1)
+    run = mlflow.start_run(
+        run_id=run_id,
+        experiment_id=experiment_id,
+        run_name=None if run_id else (run_name or default_run_name()),
+        log_system_metrics=system_metrics,
+    )
     try:
         yield run.info.run_id
     except BaseException:
@@ -93,16 +110,29 @@ def open_run(experiment_id: str, run_id: str | None = None, run_name: str | None
     mlflow.end_run(status="FINISHED")
 
 
-def create_run(experiment_id: str, tags: dict[str, str], flat_params: dict[str, Any]) -> str:
-    """Create a run that stays RUNNING until a stage closes it (or `mark_failed`)."""
+def create_run(experiment_id: str, tags: dict[str, str], params_text: str, run_name: str | None = None) -> str:
+    """Create a run that stays RUNNING until a stage closes it (or `mark_failed`), with the resolved params file."""
     client = MlflowClient()
-    run_id = client.create_run(experiment_id, tags=tags).info.run_id
+    run_id = client.create_run(experiment_id, tags=tags, run_name=run_name or default_run_name()).info.run_id
     try:
-        log_params(flat_params, run_id=run_id)
+        client.log_text(run_id, params_text, "params.yaml")
     except BaseException:
         client.set_terminated(run_id, status="FAILED")
         raise
     return run_id
+
+
+def default_run_name() -> str:
+    """The Prefect flow run's name; for DVC, its experiment's name or `dvc-repro-<time>`; else `kerasflow-<time>`."""
+    import time
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    orchestrator = orchestration_tags()
+    if "prefect.flow_run_name" in orchestrator:
+        return orchestrator["prefect.flow_run_name"]
+    if "dvc.stage" in orchestrator:
+        return os.environ.get("DVC_EXP_NAME") or f"dvc-repro-{stamp}"
+    return f"kerasflow-{stamp}"
 
 
 def mark_failed(run_id: str) -> None:
@@ -122,7 +152,7 @@ def log_params(flat_params: dict[str, Any], run_id: str | None = None) -> None:
 
 
 def git_tags(project_root: Path) -> dict[str, str]:
-    """The git commit and whether the work tree was dirty (empty outside a git checkout)."""
+    """MLflow's own git tags (its UI shows them), and whether the work tree was dirty; empty outside a checkout."""
 
     def git(*arguments: str) -> str:
         return subprocess.run(
@@ -130,21 +160,50 @@ def git_tags(project_root: Path) -> dict[str, str]:
         ).stdout.strip()
 
     try:
-        return {"git.commit": git("rev-parse", "HEAD"), "git.dirty": str(bool(git("status", "--porcelain")))}
+        tags = {
+            "mlflow.source.git.commit": git("rev-parse", "HEAD"),
+            "mlflow.source.git.branch": git("rev-parse", "--abbrev-ref", "HEAD"),
+            "git.dirty": str(bool(git("status", "--porcelain"))),
+        }
     except (OSError, subprocess.SubprocessError):
         return {}
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        tags["mlflow.source.git.repoURL"] = git("remote", "get-url", "origin")
+    return tags
+
+
+def source_tags() -> dict[str, str]:
+    """MLflow's source and user tags: what ran the pipeline, and who."""
+    import getpass
+
+    orchestrator = orchestration_tags()
+    if "prefect.flow_run_id" in orchestrator:
+        source, kind = "flows/training.py:training_pipeline (Prefect flow)", "JOB"
+    elif "dvc.stage" in orchestrator:
+        source, kind = "dvc.yaml (dvc repro)", "PROJECT"
+    else:
+        source, kind = "flows/stages (Python)", "LOCAL"
+    with contextlib.suppress(Exception):  # getuser fails in some containers with no user name
+        orchestrator["mlflow.user"] = getpass.getuser()
+    return {"mlflow.source.name": source, "mlflow.source.type": kind, **orchestrator}
 
 
 def lineage_tags(project_root: Path) -> dict[str, str]:
-    """Lineage of a pipeline run: git commit, and the Prefect flow run or DVC stage."""
-    return {**git_tags(project_root), **orchestration_tags()}
+    """Lineage of a pipeline run: git, the Prefect flow run or DVC stage, MLflow's source and user."""
+    return {**git_tags(project_root), **source_tags()}
 
 
 def begin_pipeline_run(params: Params, project_root: Path, workdir: Path) -> str:
-    """Create the MLflow run of a whole pipeline run (left RUNNING), with params and lineage."""
+    """Create the MLflow run of a whole pipeline run (left RUNNING), with lineage and the resolved params file."""
+    import yaml
+
     experiment_id = configure(params.tracking, project_root)
-    tags = {**lineage_tags(project_root), "kerasflow.workdir": str(workdir)}
-    return create_run(experiment_id, tags, flatten(params.to_dict()))
+    tags = {
+        **lineage_tags(project_root),
+        "kerasflow.workdir": str(workdir),
+        "registry.model": params.register_.model_name,
+    }
+    return create_run(experiment_id, tags, yaml.safe_dump(params.to_dict(), sort_keys=False))
 
 
 def orchestration_tags() -> dict[str, str]:
@@ -156,17 +215,27 @@ def orchestration_tags() -> dict[str, str]:
 
         if flow_run.id:
             tags.update({"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name)})
+            # A link only to a server that outlives the run (Prefect's temporary one does not).
+            if os.environ.get("PREFECT_API_URL") and flow_run.ui_url and not str(flow_run.ui_url).startswith("None"):
+                tags["prefect.flow_run_url"] = str(flow_run.ui_url)
     if os.environ.get("KERASFLOW_DVC_STAGE"):
         tags["dvc.stage"] = os.environ["KERASFLOW_DVC_STAGE"]
     tags["kerasflow.entry"] = "prefect" if "prefect.flow_run_id" in tags else "dvc" if "dvc.stage" in tags else "python"
     return tags
 
 
+EPOCH_SECTION = "epoch"
+
+
 def epoch_metric_name(name: str) -> str:
-    """Keras' per-epoch names as the run shows them: `loss` is `train_loss`, so the last epoch's
-    training values never read like the final (`test_`) ones; `val_*` stay as they are."""
-    keep = name.startswith("val_") or name in ("learning_rate", "epoch_seconds", "samples_per_second")
-    return name if keep else f"train_{name}"
+    """Keras' per-epoch names as the run shows them: `epoch/train_loss`, `epoch/val_loss`, `epoch/learning_rate`.
+
+    The `epoch/` prefix puts the learning curves in a section of their own at the top of the MLflow
+    UI's charts, before the single-valued final metrics (`test_*`, `baseline_*`), and a last epoch's
+    training value never reads like a final one.
+    """
+    plain = name.startswith("val_") or name in ("learning_rate", "seconds", "samples_per_second")
+    return f"{EPOCH_SECTION}/{name if plain else 'train_' + name}"
 
 
 def epoch_logger(run_id: str, samples: int) -> Any:
@@ -187,7 +256,7 @@ def epoch_logger(run_id: str, samples: int) -> Any:
             seconds = time.perf_counter() - self.started
             values = {name: float(value) for name, value in (logs or {}).items()}
             values.setdefault("learning_rate", float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
-            values.update(epoch_seconds=seconds, samples_per_second=samples / seconds if seconds else 0.0)
+            values.update(seconds=seconds, samples_per_second=samples / seconds if seconds else 0.0)
             log_epoch(client, run_id, epoch, values)
 
     return MlflowEpochLogger()
@@ -217,7 +286,7 @@ def run_url(run_id: str, experiment_id: str) -> str | None:
     return None
 
 
-def raw_signature(example: Any, config: ModelConfig) -> Any:
+def raw_signature(config: ModelConfig) -> Any:
     """The MLflow signature on raw input: one named column per raw column, or the image tensor.
 
     Numeric columns are `double`, so a missing value (null) is accepted in any of them and CSV
@@ -250,9 +319,18 @@ def raw_signature(example: Any, config: ModelConfig) -> Any:
 
 
 def log_model(
-    keras_file: Path, config: ModelConfig, example: Any, saved_model: Path | None = None, name: str = "model"
-) -> str:
-    """Log the model as an MLflow pyfunc that takes raw input; return its URI.
+    keras_file: Path,
+    config: ModelConfig,
+    example: Any,
+    saved_model: Path | None = None,
+    name: str = "model",
+    step: int = 0,
+) -> Any:
+    """Log the model as an MLflow pyfunc that takes raw input; return MLflow's ModelInfo (URI and id).
+
+    MLflow links the run's metrics logged at the model's `step` to it: give the number of epochs
+    trained (one past the last epoch's step), so no per-epoch value attaches to the model; its
+    final metrics are linked explicitly (`log_model_metrics`).
 
     The `.keras` file is the model's one artifact: the pyfunc wrapper (`pyfunc_model.py`,
     logged as model from code) loads it with safe_mode, and turns raw input into the model's
@@ -273,16 +351,25 @@ def log_model(
     ]
     info = mlflow.pyfunc.log_model(
         name=name,
+        model_type=config.task,
+        step=step,
         python_model=str(package / "pyfunc_model.py"),
         artifacts={"keras_model": str(keras_file), "model_interface": str(package / "model_interface.py")},
         model_config=config.to_dict(),
-        signature=raw_signature(example, config),
+        signature=raw_signature(config),
         input_example=example,
         pip_requirements=requirements,
     )
     if saved_model is not None and saved_model.is_dir():
         mlflow.log_artifacts(str(saved_model), "saved_model")
-    return info.model_uri
+    return info
+
+
+def log_model_metrics(metrics: dict[str, float], model_id: str, step: int = 0, dataset: Any = None) -> None:
+    """Final metrics on the active run, linked to the logged model (its page in the MLflow UI lists them)."""
+    mlflow.log_metrics(
+        {name: float(value) for name, value in metrics.items()}, step=step, model_id=model_id, dataset=dataset
+    )
 
 
 def artifact_digest(folder: str | Path) -> str:
@@ -309,3 +396,59 @@ def round_trip_difference(model_path: str | Path, example: Any, expected: Any, c
     loaded = mlflow.pyfunc.load_model(str(model_path))
     outputs = model_outputs(loaded.predict(example), config)
     return float(np.max(np.abs(outputs - np.asarray(expected, dtype="float32").reshape(outputs.shape))))
+
+
+def training_params(params: Params, state: Any) -> dict[str, Any]:
+    """The flattened params that apply to this run's data: none of another source's, a binary decision
+    threshold only for two classes, text settings only with a text column, fine-tuning only with a backbone."""
+    flat = flatten(params.to_dict())
+    source = params.ingest.source
+    skip = ["tune.", "predict."]
+    if source in ("sklearn", "keras"):
+        skip += ["ingest.path", "ingest.target", "ingest.features", "ingest.text_column"]
+    else:
+        skip += ["ingest.dataset"]
+    if state.n_classes != 2:
+        skip.append("model.decision_threshold")
+    if not any(entry.kind == "text" for entry in state.inputs.columns):
+        skip.append("preprocess.text.")
+    if not any(entry.kind == "categorical" for entry in state.inputs.columns):
+        skip += ["preprocess.categorical_encoding", "preprocess.max_categories"]
+    if state.task != "regression":
+        skip.append("preprocess.scale_target")
+    if params.model.backbone is None:
+        skip.append("train.fine_tune.")
+    if params.train.early_stopping.enabled is False:
+        skip += [f"train.early_stopping.{key}" for key in ("monitor", "patience", "min_delta", "restore_best_weights")]
+    return {name: value for name, value in flat.items() if not any(name.startswith(prefix) for prefix in skip)}
+
+
+def input_schema(config: ModelConfig) -> Any:
+    """The model's input schema, as its signature has it (for the datasets logged with a run)."""
+    return raw_signature(config).inputs
+
+
+def log_split(path: Path, name: str, rows: int, schema: Any, context: str) -> Any:
+    """A split as an MLflow dataset input of the active run: its digest is the md5 DVC records for the file."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    from kerasflow.io import file_md5
+
+    with warnings.catch_warnings():
+        # MLflow registers its local-file source twice and warns that the path "can be interpreted in multiple
+        # ways": both are the same class.
+        warnings.filterwarnings("ignore", message=".*interpreted in multiple ways.*")
+        source = resolve_dataset_source(Path(path).resolve().as_uri())
+    dataset = MetaDataset(source, name=name, digest=file_md5(path), schema=schema)
+    mlflow.log_input(dataset, context=context, tags={"rows": str(rows), "file": path.name})
+    return dataset
+
+
+def describe_run(run_id: str, decision: dict[str, Any] | None = None) -> None:
+    """Write the run's description (`mlflow.note.content`) from what the run holds now."""
+    from kerasflow.notes import run_description
+
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    client.set_tag(run_id, "mlflow.note.content", run_description(run.data.tags, run.data.metrics, decision))

@@ -48,6 +48,26 @@ def classification_metrics(
     return {name: float(value) for name, value in result.items()}
 
 
+def per_class_metrics(
+    y_true: np.ndarray, outputs: np.ndarray, classes: list[Any], threshold: float = 0.5
+) -> dict[str, dict[str, float]]:
+    """Precision, recall and F1 of each class (and how many test rows it has), keyed by the class label."""
+    predicted = predicted_classes(outputs, threshold)
+    indices = list(range(len(classes)))
+    precision, recall, f1, support = skm.precision_recall_fscore_support(
+        y_true, predicted, labels=indices, zero_division=0
+    )
+    return {
+        str(label): {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
+        for i, label in enumerate(classes)
+    }
+
+
 def regression_metrics(y_true: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
     predicted = predicted.reshape(-1)
     return {
@@ -155,28 +175,36 @@ def _save_figure(figure: Any, path: Path) -> None:
     _pyplot().close(figure)
 
 
-def plot_training_curves(history: pd.DataFrame, path: Path) -> None:
-    """Loss and metric per epoch, training against validation."""
+def plot_training_curves(history: pd.DataFrame, path: Path, best_epoch: int | None = None, title: str = "") -> None:
+    """Loss and each metric per epoch, training against validation, with the epoch the model keeps marked."""
     plt = _pyplot()
     names = [column for column in history.columns if column != "epoch" and not column.startswith("val_")]
-    figure, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.5), squeeze=False)
+    figure, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.8), squeeze=False)
     for axis, name in zip(axes[0], names, strict=True):
         axis.plot(history["epoch"], history[name], label="train")
         if f"val_{name}" in history:
             axis.plot(history["epoch"], history[f"val_{name}"], label="validation")
+        if best_epoch is not None:
+            axis.axvline(best_epoch, color="grey", linestyle="--", linewidth=1, label=f"kept: epoch {best_epoch}")
         axis.set_xlabel("epoch")
-        axis.set_title(name)
+        axis.set_ylabel(name)
+        axis.set_title(f"{name} per epoch")
         axis.legend()
+    if title:
+        figure.suptitle(title)
     figure.tight_layout()
     _save_figure(figure, path)
 
 
-def plot_confusion_matrix(predictions: pd.DataFrame, path: Path) -> None:
+def plot_confusion_matrix(predictions: pd.DataFrame, path: Path, title: str = "") -> None:
+    """The confusion matrix of the test split, each row normalised to the share of that true class."""
     plt = _pyplot()
     labels = sorted(set(predictions["actual"]) | set(predictions["predicted"]), key=lambda v: (len(v), v))
-    matrix = skm.confusion_matrix(predictions["actual"], predictions["predicted"], labels=labels)
-    figure, axis = plt.subplots(figsize=(1 + 0.5 * len(labels), 1 + 0.5 * len(labels)))
-    skm.ConfusionMatrixDisplay(matrix, display_labels=labels).plot(ax=axis, colorbar=False)
+    matrix = skm.confusion_matrix(predictions["actual"], predictions["predicted"], labels=labels, normalize="true")
+    size = 2 + 0.55 * len(labels)
+    figure, axis = plt.subplots(figsize=(size + 1, size))
+    skm.ConfusionMatrixDisplay(matrix, display_labels=labels).plot(ax=axis, colorbar=True, values_format=".2f")
+    axis.set_title(title or f"Confusion matrix, test split ({len(predictions)} rows; rows sum to 1)")
     figure.tight_layout()
     _save_figure(figure, path)
 
@@ -198,6 +226,7 @@ def plot_binary_curves(
         figure, axis = plt.subplots(figsize=(4.5, 4))
         display.from_predictions(y_true, scores, ax=axis, name="model")
         axis.plot(*point, "o", label=f"threshold {threshold}")
+        axis.set_title(("ROC curve" if display is skm.RocCurveDisplay else "Precision-recall curve") + ", test split")
         axis.legend(loc=corner)
         figure.tight_layout()
         _save_figure(figure, path)

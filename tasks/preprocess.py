@@ -130,6 +130,13 @@ def write_processed(splits: dict[str, Split], state: PreprocessState, directory:
         write_json(temporary / "state.json", state.to_dict())
 
 
+def split_files(directory: Path, name: str) -> tuple[Path, Path]:
+    """A split's feature file (Parquet for columns, .npy for images) and its label file."""
+    directory = Path(directory)
+    table = directory / f"x_{name}.parquet"
+    return (table if table.is_file() else directory / f"x_{name}.npy"), directory / f"y_{name}.npy"
+
+
 def read_split(directory: Path, name: str) -> Split:
     directory = Path(directory)
     labels = directory / f"y_{name}.npy"

@@ -130,11 +130,15 @@ def register_version(model_uri: str, model_name: str, run_id: str) -> str:
     return str(version.version)
 
 
-def apply_decision(model_name: str, version: str, decision: Decision) -> None:
-    """Record the verdict on the version, then move the alias (last, so a failure leaves it be)."""
+def apply_decision(model_name: str, version: str, decision: Decision, description: str = "") -> None:
+    """Record the verdict on the version (a tag per check, the reasons in its description), then move the
+    alias (last, so a failure leaves it be)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
     client.set_model_version_tag(model_name, version, "kerasflow.decision", decision.alias)
-    client.set_model_version_tag(model_name, version, "kerasflow.reasons", "; ".join(decision.reasons)[:5000])
+    for check, ok in decision.checks.items():
+        client.set_model_version_tag(model_name, version, f"kerasflow.check.{check}", "passed" if ok else "failed")
+    if description:
+        client.update_model_version(model_name, version, description=description)
     client.set_registered_model_alias(model_name, decision.alias, version)

@@ -281,8 +281,10 @@ def train_model(
         if backup:
             backup.finish_head(model, head_epochs)
     else:
-        # The first phase finished in an earlier attempt: start fine-tuning from its final weights.
+        # The first phase finished in an earlier attempt: start fine-tuning from its final weights. (The
+        # optimizer is built as fit would have, so the saved model carries a complete training state.)
         model.load_weights(backup.head_weights)
+        model.optimizer.build(model.trainable_variables)
         result = {}
     if params.fine_tune.epochs and fine_tune is not None:
         fine_tune(model)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ast
 import functools
-import importlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,8 +62,10 @@ class Stage:
 
     @property
     def run(self) -> Callable[[Params, Context], dict[str, Any]]:
-        """The stage function, imported on first use."""
-        return importlib.import_module(self.module).run
+        """The stage function, imported on first use (TensorFlow's native start-up chatter left out)."""
+        from kerasflow.runtime import import_quietly
+
+        return import_quietly(self.module).run
 
     @property
     def code(self) -> tuple[str, ...]:
@@ -108,7 +109,8 @@ def build_stages(layout: Layout, params: Params | None = None) -> list[Stage]:
         ),
         Stage(
             "evaluate",
-            ("seed", "evaluate"),
+            # register.model_name: the plots are titled with it.
+            ("seed", "evaluate", "register.model_name"),
             deps=(path(layout.processed_dir), path(layout.models_dir), path(layout.run_file), path(layout.history)),
             git_outs=(path(layout.predictions), path(layout.plots_dir / "training_curves.png")),
             metrics=(path(layout.metrics),),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from kerasflow.model_interface import ModelConfig
 from kerasflow.records import PreprocessState
 from tasks.evaluate import (
     baseline_metrics,
+    per_class_metrics,
     plot_binary_curves,
     plot_confusion_matrix,
     plot_training_curves,
@@ -28,31 +30,32 @@ from tasks.evaluate import (
     score_predictions,
 )
 from tasks.model import load_model_file
-from tasks.preprocess import Split, read_split, read_state
-from tasks.train import predict
+from tasks.preprocess import Split, read_split, read_state, split_files
+from tasks.train import make_dataset, predict
 
 logger = logging.getLogger(__name__)
 
 
 def run(params: Params, context: Context) -> dict[str, Any]:
     layout = context.layout
+    run_info = read_json(layout.run_file)
     state = read_state(layout.processed_dir)
     config = ModelConfig.from_dict(read_json(layout.model_config))
     train_split, test_split = read_split(layout.processed_dir, "train"), read_split(layout.processed_dir, "test")
-    outputs = predict(load_model_file(layout.model_file), test_split.x, state.inputs)
-    result = score(params, state, config, train_split, test_split, outputs)
-    pictures = draw_plots(layout, state, config, test_split, outputs)
+    model = load_model_file(layout.model_file, compile=True)
+    outputs = predict(model, test_split.x, state.inputs)
+    test_loss = model.evaluate(make_dataset(test_split, state.inputs, 256), verbose=0, return_dict=True)["loss"]
+    result = score(params, state, config, train_split, test_split, outputs, test_loss)
+    result.update(epochs_trained=run_info.get("epochs_trained"), best_epoch=run_info.get("best_epoch"))
+    per_class = per_class_metrics(test_split.y, outputs, state.classes, config.threshold) if state.classes else {}
+    pictures = draw_plots(layout, params, state, config, test_split, outputs, run_info.get("best_epoch"))
     experiment_id = tracking.configure(params.tracking, context.project_root)
-    with tracking.open_run(experiment_id, run_id=read_json(layout.run_file)["run_id"]):
-        mlflow.log_metrics({f"test_{name}": value for name, value in result["test"].items()})
-        mlflow.log_metrics({f"baseline_{name}": value for name, value in result["baseline"].items() if name != "name"})
-        mlflow.set_tag("baseline.model", result["baseline"]["name"])
-        for picture in pictures:
-            mlflow.log_artifact(str(picture), artifact_path="plots")
-        mlflow.log_artifact(str(layout.history), artifact_path="plots")
+    with tracking.open_run(experiment_id, run_id=run_info["run_id"]) as run_id:
+        record(layout, state, config, result, per_class, pictures, run_info)
         # The metrics file is written last: it is what register (and dvc metrics) read.
         write_json(layout.metrics, result)
         mlflow.log_artifact(str(layout.metrics))
+        tracking.describe_run(run_id)
     primary = result["primary_metric"]
     logger.info(
         "test %s %.4f (baseline %s %.4f) on %d rows",
@@ -72,6 +75,7 @@ def score(
     train_split: Split,
     test_split: Split,
     outputs: np.ndarray,
+    test_loss: float,
 ) -> dict[str, Any]:
     """The model's and the baseline's test metrics, and whether the model beats the baseline."""
     scores = score_predictions(state.task, test_split.y, outputs, state.n_classes, config.threshold)
@@ -93,7 +97,7 @@ def score(
     return {
         "task": state.task,
         "primary_metric": primary,
-        "test": scores,
+        "test": {**scores, "loss": float(test_loss)},
         "baseline": {"name": baseline_name, **baseline},
         "beats_baseline": is_better(primary, scores[primary], baseline[primary]),
         "test_rows": len(test_split),
@@ -101,16 +105,57 @@ def score(
     }
 
 
+def record(
+    layout: Layout,
+    state: PreprocessState,
+    config: ModelConfig,
+    result: dict[str, Any],
+    per_class: dict[str, dict[str, float]],
+    pictures: list[Path],
+    run_info: dict[str, Any],
+) -> None:
+    """Final metrics (linked to the logged model and to the test split as a dataset), per-class scores, plots."""
+    test = tracking.log_split(
+        split_files(layout.processed_dir, "test")[0],
+        "test",
+        result["test_rows"],
+        tracking.input_schema(config),
+        "testing",
+    )
+    finals = {f"test_{name}": value for name, value in result["test"].items()}
+    finals.update({f"baseline_{name}": value for name, value in result["baseline"].items() if name != "name"})
+    for label, scores in per_class.items():
+        safe = re.sub(r"[^\w\-. /]", "_", label)  # the characters MLflow allows in a metric name
+        # A section of their own in the MLflow UI's charts: per_class/f1_3, per_class/precision_3, ...
+        finals.update({f"per_class/{name}_{safe}": scores[name] for name in ("precision", "recall", "f1")})
+    tracking.log_model_metrics(finals, run_info["model_id"], dataset=test)
+    mlflow.set_tags({"baseline.model": result["baseline"]["name"], "evaluate.primary_metric": result["primary_metric"]})
+    if per_class:
+        table = pd.DataFrame.from_dict(per_class, orient="index").rename_axis("class").reset_index()
+        mlflow.log_table(table, "per_class_scores.json")
+    for picture in pictures:
+        mlflow.log_artifact(str(picture), artifact_path="plots")
+    mlflow.log_artifact(str(layout.history), artifact_path="plots")
+
+
 def draw_plots(
-    layout: Layout, state: PreprocessState, config: ModelConfig, test_split: Split, outputs: np.ndarray
+    layout: Layout,
+    params: Params,
+    state: PreprocessState,
+    config: ModelConfig,
+    test_split: Split,
+    outputs: np.ndarray,
+    best_epoch: int | None,
 ) -> list[Path]:
-    """Training curves, the confusion matrix and (for two classes) ROC and precision-recall curves."""
+    """Training curves (the kept epoch marked), the normalised confusion matrix, and for two classes ROC and
+    precision-recall curves."""
     predictions = predictions_frame(state.task, test_split.y, outputs, state.classes, config.threshold)
     layout.plots_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(layout.predictions) as temporary:
         predictions.to_csv(temporary, index=False)
+    name = params.register_.model_name
     pictures = [layout.plots_dir / "training_curves.png"]
-    plot_training_curves(pd.read_csv(layout.history), pictures[0])
+    plot_training_curves(pd.read_csv(layout.history), pictures[0], best_epoch, title=f"{name}: training curves")
     if state.task == "classification":
         pictures.append(layout.plots_dir / "confusion_matrix.png")
         plot_confusion_matrix(predictions, pictures[-1])

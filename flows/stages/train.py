@@ -21,18 +21,20 @@ import keras
 import mlflow
 import pandas as pd
 import tensorflow as tf
+import yaml
 
 from flows.stages import Context
 from kerasflow import tracking
-from kerasflow.config import Params, flatten
+from kerasflow.config import Params
 from kerasflow.io import atomic_dir, atomic_path, read_json, write_json, write_text
 from kerasflow.layout import Layout
+from kerasflow.metrics import lower_is_better
 from kerasflow.records import PreprocessState
 from kerasflow.runtime import set_seeds
 from tasks.backbone import unfreeze
 from tasks.features import adapt_inputs, raw_example, target_scaling
 from tasks.model import DataSpec, build_model, compile_model, export_for_serving
-from tasks.preprocess import Split, read_split, read_state
+from tasks.preprocess import Split, read_split, read_state, split_files
 from tasks.train import Backup, accelerator_plan, class_weights, device_summary, distribution_strategy, predict
 from tasks.train import train_model as fit_model
 
@@ -68,22 +70,31 @@ def run(params: Params, context: Context) -> dict[str, Any]:
     data = load_training_data(layout)
     setup = build(params, data)
     experiment_id = tracking.configure(params.tracking, context.project_root)
-    with tracking.open_run(experiment_id, run_id=context.run_id) as run_id:
+    with tracking.open_run(experiment_id, run_id=context.run_id, system_metrics=True) as run_id:
         record_run(params, context, data, setup)
         history = fit(params, context, data, setup, run_id)
-        model_uri, digest = publish(params, layout, data, setup)
+        best = best_epoch(params, history)
+        logged = publish(params, layout, data, setup, epochs=len(history))
+        tracking.log_model_metrics(
+            {"epochs_trained": len(history), "best_epoch": best, "roundtrip_max_abs_diff": logged.difference},
+            logged.model_id,
+        )
         write_history(layout, history)
         Backup(backup_folder(params, layout, data.state.data_md5)).remove()
+        tracking.describe_run(run_id)
         payload = {
             "run_id": run_id,
             "experiment_id": experiment_id,
-            "model_uri": model_uri,
-            "artifacts_sha256": digest,
+            "model_uri": logged.uri,
+            "model_id": logged.model_id,
+            "artifacts_sha256": logged.digest,
             "tracking_uri": mlflow.get_tracking_uri(),
             "run_url": tracking.run_url(run_id, experiment_id),
+            "epochs_trained": len(history),
+            "best_epoch": best,
         }
         write_json(layout.run_file, payload)
-    return {**payload, "epochs_trained": len(history), "final_loss": float(history["loss"].iloc[-1])}
+    return {**payload, "final_loss": float(history["loss"].iloc[-1])}
 
 
 def load_training_data(layout: Layout) -> TrainingData:
@@ -106,19 +117,30 @@ def build(params: Params, data: TrainingData) -> ModelSetup:
 
 
 def record_run(params: Params, context: Context, data: TrainingData, setup: ModelSetup) -> None:
-    """Params, lineage (git, data hash, orchestrator) and the devices, on the active MLflow run."""
+    """Params that apply to this data, lineage (git, data hash, orchestrator, source, user), the devices and
+    the training and validation splits as datasets, on the active MLflow run."""
     state = data.state
+    rows = state.rows
+    sizes = f"{sum(rows.values()):,} rows: train {rows['train']:,}, val {rows['val']:,}, test {rows['test']:,}"
+    stopping = params.train.early_stopping
     mlflow.set_tags(
         {
             **tracking.lineage_tags(context.project_root),
+            "registry.model": params.register_.model_name,
             "data.md5": state.data_md5,
-            "data.source": ":".join(str(part) for part in state.source.values() if part),
+            "data.source": state.source_label,
+            "data.rows": sizes,
             "data.inputs": state.inputs.kind,
             "model.api": params.model.api,
+            "train.restored_best": str(stopping.enabled and stopping.restore_best_weights),
             **{f"train.{key}": str(value) for key, value in {**device_summary(), **setup.plan}.items()},
         }
     )
-    tracking.log_params(flatten(params.to_dict()))
+    tracking.log_params(tracking.training_params(params, state))
+    mlflow.log_text(yaml.safe_dump(params.to_dict(), sort_keys=False), "params.yaml")
+    schema = tracking.input_schema(state.model_config(params.model.decision_threshold))
+    for name, context_name in (("train", "training"), ("val", "validation")):
+        tracking.log_split(layout_split_file(context.layout, name), name, rows[name], schema, context_name)
 
 
 def fit(params: Params, context: Context, data: TrainingData, setup: ModelSetup, run_id: str) -> pd.DataFrame:
@@ -150,8 +172,23 @@ def fit(params: Params, context: Context, data: TrainingData, setup: ModelSetup,
     )
     frame = pd.concat([earlier, pd.DataFrame(history)], ignore_index=True)
     frame.insert(0, "epoch", range(len(frame)))
-    mlflow.log_metric("epochs_trained", len(frame))
     return frame
+
+
+def best_epoch(params: Params, history: pd.DataFrame) -> int:
+    """The epoch whose weights the model holds: the best of the last phase by the early-stopping monitor when
+    its weights are restored, else the last epoch."""
+    stopping = params.train.early_stopping
+    if not (stopping.enabled and stopping.restore_best_weights) or stopping.monitor not in history:
+        return int(history["epoch"].iloc[-1])
+    last_phase = history.tail(params.train.fine_tune.epochs) if params.train.fine_tune.epochs else history
+    values = last_phase[stopping.monitor]
+    best = values.idxmin() if lower_is_better(stopping.monitor) else values.idxmax()
+    return int(last_phase.loc[best, "epoch"])
+
+
+def layout_split_file(layout: Layout, name: str) -> Path:
+    return split_files(layout.processed_dir, name)[0]
 
 
 def backup_folder(params: Params, layout: Layout, data_md5: str) -> Path:
@@ -194,8 +231,19 @@ def resume_history(folder: Path, run_id: str) -> pd.DataFrame:
     return earlier.drop(columns="epoch").reset_index(drop=True)
 
 
-def publish(params: Params, layout: Layout, data: TrainingData, setup: ModelSetup) -> tuple[str, str]:
-    """Save the model files and log the MLflow model; return its URI and the digest of its files.
+@dataclass(frozen=True)
+class LoggedModel:
+    """The model as MLflow holds it: its URI and id, the digest of its files, and how far its predictions
+    loaded back through MLflow strayed from the trained model's."""
+
+    uri: str
+    model_id: str
+    digest: str
+    difference: float
+
+
+def publish(params: Params, layout: Layout, data: TrainingData, setup: ModelSetup, epochs: int) -> LoggedModel:
+    """Save the model files and log the MLflow model, named after the workload.
 
     models/ appears whole, and only once the logged model, loaded back through MLflow from the
     files the store holds, has proved it predicts what this one does (the serving smoke test;
@@ -213,21 +261,25 @@ def publish(params: Params, layout: Layout, data: TrainingData, setup: ModelSetu
         if checkpoint.is_file():
             (folder / "checkpoints").mkdir()
             os.replace(checkpoint, folder / "checkpoints" / layout.checkpoint_file.name)
-        model_uri = tracking.log_model(
-            folder / layout.model_file.name, config, example, saved_model=folder / layout.saved_model_dir.name
+        info = tracking.log_model(
+            folder / layout.model_file.name,
+            config,
+            example,
+            saved_model=folder / layout.saved_model_dir.name,
+            name=params.register_.model_name,
+            step=epochs,
         )
         with tempfile.TemporaryDirectory() as download:
-            logged = mlflow.artifacts.download_artifacts(model_uri, dst_path=download)
-            digest = tracking.artifact_digest(logged)
+            local = mlflow.artifacts.download_artifacts(info.model_uri, dst_path=download)
+            digest = tracking.artifact_digest(local)
             expected = predict(model, example, state.inputs)
-            difference = tracking.round_trip_difference(logged, example, expected, config)
-        mlflow.log_metric("roundtrip_max_abs_diff", difference)
+            difference = tracking.round_trip_difference(local, example, expected, config)
         if difference > ROUND_TRIP_TOLERANCE:
             raise RuntimeError(
                 f"the logged model's predictions differ from the trained model's by {difference:g} "
                 f"(tolerance {ROUND_TRIP_TOLERANCE:g}); not publishing it"
             )
-    return model_uri, digest
+    return LoggedModel(info.model_uri, info.model_id, digest, difference)
 
 
 def write_model_summary(model: keras.Model, path: Path) -> None:

@@ -48,7 +48,7 @@ def test_default_pipeline_registers_a_champion_digits_cnn(prefect_harness, proje
     (raw_meta,) = project.glob(".kerasflow/cache/ingest-*/dataset.json")  # data stages write to the content cache
     assert run.data.tags["data.md5"] == json.loads(raw_meta.read_text())["md5"]
     epochs = int(run.data.metrics["epochs_trained"])
-    losses = [point.value for point in client.get_metric_history(run.info.run_id, "train_loss")]
+    losses = [point.value for point in client.get_metric_history(run.info.run_id, "epoch/train_loss")]
     assert len(losses) == epochs and losses[-1] < losses[0]
     assert str(client.get_model_version_by_alias("kerasflow-digits-cnn", "champion").version) == registration["version"]
 

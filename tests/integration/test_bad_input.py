@@ -125,11 +125,11 @@ CASES: dict[str, tuple[Callable[[Path], None], str, str]] = {
     ),
     "fewer rows than the split needs": (
         lambda p: (
-            use_file(p, "t.csv", table_with(lambda f: f.assign(label=[0, 1, 2] * 3), rows=9)),
+            use_file(p, "t.csv", table_with(lambda f: f.assign(label=[0, 1, 2] * 2), rows=6)),
             edit_params(p, lambda tree: tree["validate"].update(min_rows=5)),
         ),
         "preprocess",
-        "9 rows are too few to split into train / val / test",
+        "2 rows of class 0 are too few to split into train / val / test",
     ),
     "images of the wrong shape": (
         lambda p: use_file(p, "t.csv", good_table(), image_shape=[8, 8]),

@@ -90,13 +90,13 @@ def test_dvc_repro_end_to_end(repo):
     assert record.info.status == "FINISHED"
     assert record.data.params["train.epochs"] == "40" and record.data.params["seed"] == "42"
     epochs = int(record.data.metrics["epochs_trained"])
-    assert [point.step for point in client.get_metric_history(run_id, "val_loss")] == list(range(epochs))
+    assert [point.step for point in client.get_metric_history(run_id, "epoch/val_loss")] == list(range(epochs))
     assert record.data.metrics["test_accuracy"] == pytest.approx(metrics["test"]["accuracy"])
     lock = yaml.safe_load((root / "dvc.lock").read_text())
     raw_md5 = next(out["md5"] for out in lock["stages"]["ingest"]["outs"] if out["path"] == "data/raw/dataset.parquet")
     assert record.data.tags["data.md5"] == raw_md5  # the same content hash DVC records
     assert record.data.tags["dvc.stage"] == "train" and record.data.tags["kerasflow.entry"] == "dvc"
-    assert len(record.data.tags["git.commit"]) == 40
+    assert len(record.data.tags["mlflow.source.git.commit"]) == 40
     artifacts = {item.path for item in client.list_artifacts(run_id, "plots")}
     assert {"plots/training_curves.png", "plots/confusion_matrix.png", "plots/history.csv"} <= artifacts
     model = mlflow.pyfunc.load_model("models:/kerasflow-digits-cnn@champion")

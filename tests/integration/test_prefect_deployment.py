@@ -41,6 +41,10 @@ def deployment(tmp_path_factory):
         "DO_NOT_TRACK": "true",
     }
     env.pop("MLFLOW_TRACKING_URI", None)
+    # A git checkout, as a deployed project is: runs record its commit.
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
+    for command in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "deployed project"]):
+        subprocess.run([*git, *command], cwd=project, check=True, capture_output=True)
     server_command = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     with background(server_command, root / "server.log", env) as server:
         wait_healthy(f"http://127.0.0.1:{port}/api/health", server, root / "server.log")
@@ -157,3 +161,92 @@ def test_kerasflow_serve_runs_the_flow_without_a_work_pool(deployment):
     _, run = mlflow_run_of(project, flow_run_id)
     assert run.data.params["train.epochs"] == "1"
     assert (project / "runs" / flow_run_id / "reports" / "metrics.json").is_file()  # served runs are isolated too
+
+
+READ_BACK = """
+import asyncio, json, sys
+from prefect import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterTaskRunId
+async def main(flow_run_id):
+    async with get_client() as client:
+        flow_run = await client.read_flow_run(flow_run_id)
+        task_runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        runs = {}
+        for task_run in task_runs:
+            logs = await client.read_logs(log_filter=LogFilter(task_run_id=LogFilterTaskRunId(any_=[task_run.id])))
+            upstream = [str(item.id) for item in task_run.task_inputs.get("wait_for", [])]
+            runs[task_run.name] = {"id": str(task_run.id), "wait_for": upstream, "logs": [log.message for log in logs]}
+        artifacts = await client.read_artifacts()
+        summary = [a.data for a in artifacts if a.key == "training-summary" and str(a.flow_run_id) == flow_run_id]
+        summary = summary[0] if summary else ""
+        return {"name": flow_run.name, "tags": flow_run.tags, "task_runs": runs, "summary": summary}
+print(json.dumps(asyncio.run(main(sys.argv[1]))))
+"""
+
+
+def test_a_deployment_run_reads_well_in_mlflow_and_prefect(deployment):
+    """What a reviewer sees, read back through the MLflow and Prefect APIs after a real deployment run."""
+    from kerasflow.io import file_md5
+
+    project, env, _ = deployment
+    flow_run_id = trigger(deployment, "epochs=3")
+    assert wait_for(deployment, flow_run_id)[flow_run_id]["type"] == "COMPLETED"
+    client, run = mlflow_run_of(project, flow_run_id)
+    prefect = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", READ_BACK, flow_run_id],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+
+    # The experiment is a model-training one; the run is named after the flow run and carries MLflow's own tags.
+    tags = run.data.tags
+    assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert run.info.run_name == prefect["name"] == tags["prefect.flow_run_name"]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
+    assert tags["mlflow.source.git.commit"] == head and tags["mlflow.source.type"] == "JOB"
+    assert tags["mlflow.user"] and "training_pipeline" in tags["mlflow.source.name"]
+    note = tags["mlflow.note.content"]
+    assert prefect["name"] in note and tags["data.md5"] in note and run.data.tags["registry.alias"] in note
+
+    # The splits are the run's dataset inputs, each with the md5 DVC records for its file as digest.
+    (processed,) = project.glob(".kerasflow/cache/preprocess-*")
+    digests = {item.dataset.name: item.dataset.digest for item in run.inputs.dataset_inputs}
+    assert digests == {name: file_md5(processed / f"x_{name}.npy") for name in ("train", "val", "test")}
+
+    # Per-epoch learning rate and seconds, system metrics, no empty params, the params file.
+    assert [point.step for point in client.get_metric_history(run.info.run_id, "epoch/learning_rate")] == [0, 1, 2]
+    assert len(client.get_metric_history(run.info.run_id, "epoch/seconds")) == 3
+    assert any(name.startswith("system/") for name in run.data.metrics)
+    assert "" not in run.data.params.values() and "model.decision_threshold" not in run.data.params  # ten classes
+    assert "params.yaml" in {item.path for item in client.list_artifacts(run.info.run_id)}
+
+    # The logged model is named after the workload and carries final values, never an epoch's.
+    (model,) = client.search_logged_models(experiment_ids=[run.info.experiment_id])
+    linked = {metric.key: metric.value for metric in model.metrics}
+    assert model.name == "kerasflow-digits-cnn"
+    assert linked["test_accuracy"] == run.data.metrics["test_accuracy"] and "best_epoch" in linked
+    assert not [key for key in linked if key.startswith("epoch/")]
+    version = client.get_model_version("kerasflow-digits-cnn", tags["registry.version"])
+    assert "Decision" in version.description and tags["registry.alias"] in version.description
+    assert client.get_registered_model("kerasflow-digits-cnn").description
+
+    # Prefect: the stages as a chain, plain task names, each task's own lines in its logs, one per epoch in train's.
+    task_runs = prefect["task_runs"]
+    chain = ["open-mlflow-run", "ingest", "validate", "preprocess", "train", "evaluate", "register"]
+    assert sorted(task_runs) == sorted(chain)
+    for before, after in zip(chain, chain[1:], strict=False):
+        assert task_runs[after]["wait_for"] == [task_runs[before]["id"]], after
+    epochs = [line.split()[1] for line in task_runs["train"]["logs"] if line.startswith("epoch ")]
+    assert epochs == ["1/3", "2/3", "3/3"]
+    assert any("ingested 1797 rows" in line for line in task_runs["ingest"]["logs"])
+    assert {"model:kerasflow-digits-cnn", "workload:sklearn:digits"} <= set(prefect["tags"])
+    summary = prefect["summary"]
+    assert "mlflow ui --backend-store-uri" in summary and run.info.run_id in summary and head[:10] in summary
+    assert "`epochs=3`" in summary and "best epoch" in summary

@@ -74,7 +74,7 @@ def resume_and_check(folder: Path, done_before_kill: int, killed_run: str, total
     client = use_store(folder / "mlflow.db")
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.metrics["epochs_trained"] == total_epochs
-    for metric in ("train_loss", "val_loss", "train_accuracy"):
+    for metric in ("epoch/train_loss", "epoch/val_loss", "epoch/train_accuracy"):
         assert [point.step for point in client.get_metric_history(run_id, metric)] == list(range(total_epochs)), metric
     assert client.get_run(killed_run).info.status == "FAILED"  # the killed attempt is not left RUNNING
     history = pd.read_csv(folder / "reports" / "history.csv")

@@ -130,5 +130,5 @@ def log_mixed_model(folder: Path, task: str, export: bool = False) -> tuple[str,
     classes = [0, 1] if task == "classification" else None
     config = ModelConfig(task, prepared.inputs, classes, 0.5)
     example = raw_example(prepared.x, prepared.inputs)
-    uri = tracking.log_model(folder / "model.keras", config, example, saved_model=saved_model)
+    uri = tracking.log_model(folder / "model.keras", config, example, saved_model=saved_model).model_uri
     return uri, model, prepared, example

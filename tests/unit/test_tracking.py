@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import mlflow
 import numpy as np
-import pandas as pd
 import pytest
 
 from kerasflow import tracking
@@ -82,7 +81,9 @@ def test_git_tags_in_and_out_of_a_checkout(tmp_path):
         check=True,
     )
     tags = tracking.git_tags(tmp_path)
-    assert len(tags["git.commit"]) == 40 and tags["git.dirty"] == "False"
+    # MLflow's own tags, so its UI shows the commit and branch; a remote's URL only where there is one.
+    assert len(tags["mlflow.source.git.commit"]) == 40 and tags["git.dirty"] == "False"
+    assert tags["mlflow.source.git.branch"] in ("main", "master") and "mlflow.source.git.repoURL" not in tags
     (tmp_path / "new.txt").write_text("x")
     assert tracking.git_tags(tmp_path)["git.dirty"] == "True"
 
@@ -110,11 +111,11 @@ def test_replayed_epochs_land_once_per_step_named_like_the_live_ones(mlflow_stor
     with tracking.open_run(experiment_id) as run_id:
         tracking.replay_epochs(run_id, [{"epoch": 0, "loss": 2.0, "val_loss": 2.5}, {"epoch": 1, "loss": 1.0}])
     client = mlflow.MlflowClient()
-    assert [(point.step, point.value) for point in client.get_metric_history(run_id, "train_loss")] == [
+    assert [(point.step, point.value) for point in client.get_metric_history(run_id, "epoch/train_loss")] == [
         (0, 2.0),
         (1, 1.0),
     ]
-    assert [point.step for point in client.get_metric_history(run_id, "val_loss")] == [0]
+    assert [point.step for point in client.get_metric_history(run_id, "epoch/val_loss")] == [0]
     assert "loss" not in client.get_run(run_id).data.metrics
 
 
@@ -162,21 +163,18 @@ def test_logged_model_is_a_pyfunc_on_raw_columns(mlflow_store, tmp_path, task):
 
 
 def test_raw_signature_names_every_input_and_types_them_like_the_data():
-    example = pd.DataFrame({"count": [1.0, np.nan], "city": ["a", "b"]})
     inputs = ModelInputs(
         "columns", (InputColumn("count", "numeric", "numeric"), InputColumn("city", "city", "categorical"))
     )
-    signature = tracking.raw_signature(example, ModelConfig("classification", inputs, ["no", "yes"]))
+    signature = tracking.raw_signature(ModelConfig("classification", inputs, ["no", "yes"]))
     columns = {spec.name: spec for spec in signature.inputs.inputs}
     # double: CSV bodies parse, and a missing number (null) is accepted.
     assert columns["count"].type.name == "double" and columns["city"].type.name == "string"
     outputs = {spec.name: spec.type.name for spec in signature.outputs.inputs}
     assert outputs == {"label": "string", "probability_no": "double", "probability_yes": "double"}
-    digits = tracking.raw_signature(example, ModelConfig("classification", inputs, list(range(10))))
+    digits = tracking.raw_signature(ModelConfig("classification", inputs, list(range(10))))
     assert digits.outputs.inputs[0].type.name == "long"  # integer classes, integer labels
-    regression = tracking.raw_signature(example, ModelConfig("regression", inputs))
+    regression = tracking.raw_signature(ModelConfig("regression", inputs))
     assert [spec.name for spec in regression.outputs.inputs] == ["prediction"]
-    images = tracking.raw_signature(
-        np.zeros((2, 4, 4, 1)), ModelConfig("classification", ModelInputs.images([4, 4, 1]))
-    )
+    images = tracking.raw_signature(ModelConfig("classification", ModelInputs.images([4, 4, 1])))
     assert images.inputs.inputs[0].shape == (-1, 4, 4, 1) and images.inputs.inputs[0].name == "image"

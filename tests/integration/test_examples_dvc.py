@@ -1,0 +1,77 @@
+"""Every offline example becomes the project's workload with `kerasflow example NAME`, and `dvc repro` runs it:
+one after another, in the same git + DVC clone, as a user switching workloads would."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO_ROOT
+from tests.integration.servers import copy_project
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+# Examples whose data ships in the repository or with scikit-learn (the others download theirs).
+OFFLINE = [
+    "digits_cnn",
+    "iris_mlp",
+    "breast_cancer_mlp",
+    "diabetes_mlp",
+    "house_prices",
+    "house_prices_two_branch",
+    "churn_binary",
+    "linear_regression",
+    "text_lstm",
+    "image_folder_cnn",
+]
+DOWNLOADS = {"mnist_cnn", "fashion_mnist_cnn", "boston_housing_mlp", "imdb_lstm", "transfer_learning"}
+
+
+def run(command: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"{' '.join(command)}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+def test_the_offline_list_is_every_example_that_needs_no_download():
+    shipped = {path.parent.name for path in (REPO_ROOT / "examples").glob("*/params.yaml")}
+    assert set(OFFLINE) | DOWNLOADS == shipped
+
+
+def test_each_offline_example_through_kerasflow_example_then_dvc_repro(tmp_path_factory):
+    root = copy_project(
+        ["kerasflow", "tasks", "flows", "params.yaml", "dvc.yaml", "examples"], tmp_path_factory.mktemp("p")
+    )
+    # The examples' data ships with them (their synthetic sets written by `python -m kerasflow.samples examples`).
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(root),
+    }
+    env.pop("MLFLOW_TRACKING_URI", None)
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
+    for command in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):
+        run(command, root, env)
+    (root / ".gitignore").write_text("mlflow.db\nmlartifacts/\n.kerasflow/\n__pycache__/\n")
+    run([*git, "add", "-A"], root, env)
+    run([*git, "commit", "-qm", "project"], root, env)
+
+    for name in OFFLINE:
+        # Two epochs: this test shows each workload runs under DVC; tests/workloads shows each one learns.
+        run(["kerasflow", "example", name, "--set", "train.epochs=2"], root, env)
+        params = yaml.safe_load((root / "params.yaml").read_text())
+        assert {"seed", "ingest", "validate", "preprocess", "model", "train", "evaluate", "register"} <= set(params)
+        result = run(["dvc", "repro"], root, env)
+        assert "Running stage 'register'" in result.stdout, (name, result.stdout[-2000:])
+        registration = json.loads((root / "reports" / "registration.json").read_text())
+        assert registration["model_name"] == params["register"]["model_name"], name
+        shown = json.loads(run(["dvc", "exp", "show", "--json"], root, env).stdout)
+        workspace = json.dumps(shown)
+        primary = json.loads((root / "reports" / "metrics.json").read_text())["primary_metric"]
+        assert f'"{primary}"' in workspace and '"best_epoch"' in workspace, name  # dvc exp show has the key metrics
