@@ -48,6 +48,42 @@ def report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def predict(args: argparse.Namespace) -> int:
+    """`kerasflow predict`: the prediction function, without Prefect (no server to start for one file)."""
+    from kerasflow.config import ConfigError, load_params
+
+    overrides = parse_assignments(args.overrides)
+    try:
+        load_params(args.params, overrides)
+    except ConfigError as error:
+        sys.stderr.write(f"kerasflow: {error}\n")
+        return 2
+    from mlflow.exceptions import MlflowException
+
+    from flows.prediction import predict_file
+    from kerasflow.model_interface import ModelInputError
+    from tasks.predict import DriftError, InputFileError
+
+    try:
+        result = predict_file(args.input, args.output, args.model, args.params, overrides or None)
+    except (InputFileError, ModelInputError, DriftError) as error:
+        sys.stderr.write(f"kerasflow: {error}\n")
+        return 1
+    except MlflowException as error:
+        sys.stderr.write(f"kerasflow: no model to score with: {error.message}\n")
+        return 1
+    lines = [
+        f"kerasflow: scored {result.rows:,} rows with {result.model_name} version {result.model_version} "
+        f"in {result.seconds:.1f} s",
+        f"  predictions     {result.output}",
+        f"  {result.summary}",
+    ]
+    if result.drift:
+        lines.append(f"  drift report    {result.drift_report} (and .png)")
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
 def use_example(name: str | None, overrides: dict[str, Any]) -> int:
     from pathlib import Path
 
@@ -88,6 +124,14 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
     stage = commands.add_parser("stage", help="run one stage as `dvc repro` does")
     stage.add_argument("name")
+    scoring = commands.add_parser("predict", help="score a file with the champion (or --model); check it for drift")
+    scoring.add_argument("--input", required=True, help="a .csv or .parquet file, a .npy of images, or an image folder")
+    scoring.add_argument("--output", default=None, help="a .csv or .parquet file (default: beside the input)")
+    scoring.add_argument("--model", default=None, help="a model URI (default: models:/<register.model_name>@champion)")
+    scoring.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
+    scoring.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a param"
+    )
     example = commands.add_parser("example", help="make examples/NAME the project's workload (params, dvc.yaml)")
     example.add_argument("name", nargs="?", help="the example (omit to list them)")
     example.add_argument(
@@ -97,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "example":
         return use_example(args.name, parse_assignments(args.overrides))
+    if args.command == "predict":
+        return predict(args)
 
     if args.command == "stage":
         from flows.dvc_stage import main as stage_main

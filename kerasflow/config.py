@@ -332,6 +332,29 @@ class RegisterParams(_Section):
         return value
 
 
+class DriftParams(_Section):
+    """When a column of new data counts as drifted from the training split."""
+
+    # Population stability index of a numeric column over the training split's decile bins.
+    psi: PositiveFloat = 0.2
+    # Share of a categorical column's values that training never had.
+    unseen_share: float = Field(0.05, ge=0, le=1)
+    # Change in a column's share of missing values.
+    missing_change: float = Field(0.1, ge=0, le=1)
+
+
+class PredictParams(_Section):
+    """Batch scoring with `kerasflow predict` and the batch-prediction flow."""
+
+    # The model to score with (default: models:/<register.model_name>@champion).
+    model: str | None = None
+    # Rows read, scored and written at a time: memory stays flat whatever the file's size.
+    batch_rows: PositiveInt = 65536
+    # Refuse to write predictions when a column drifted past the thresholds.
+    fail_on_drift: bool = False
+    drift: DriftParams = DriftParams()
+
+
 class TrackingParams(_Section):
     experiment: str = Field("kerasflow", min_length=1)
     # Used when MLFLOW_TRACKING_URI is unset; relative sqlite paths are taken from the project root.
@@ -349,6 +372,7 @@ class Params(_Section):
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     register_: RegisterParams = Field(RegisterParams(), alias="register")
+    predict: PredictParams = PredictParams()
     tracking: TrackingParams = TrackingParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

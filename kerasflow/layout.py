@@ -64,6 +64,11 @@ class Layout:
         return self.models_dir / "model.json"
 
     @property
+    def statistics(self) -> Path:
+        # The training split's per-column statistics (drift is measured against them); also inside the MLflow model.
+        return self.models_dir / "statistics.json"
+
+    @property
     def checkpoint_file(self) -> Path:
         return self.models_dir / "checkpoints" / "best.weights.h5"
 

@@ -48,10 +48,26 @@ class KerasRawInputModel(mlflow.pyfunc.PythonModel):
         # Predicting needs no optimizer: compile=False skips restoring its state.
         self.model = keras.saving.load_model(context.artifacts["keras_model"], safe_mode=True, compile=False)
         self.config = self.interface.ModelConfig.from_dict(dict(context.model_config or {}))
+        self.statistics_path = context.artifacts.get("training_statistics")
+
+    def training_statistics(self) -> dict[str, Any] | None:
+        """The training split's per-column statistics this version carries (what drift is measured against)."""
+        import json
+
+        if not self.statistics_path:
+            return None
+        with open(self.statistics_path) as stream:
+            return json.load(stream)
 
     # A DataFrame hint tells MLflow to infer no schema from it: the signature logged with the model applies.
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        features = self.interface.to_model_inputs(model_input, self.config.inputs)
+        from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
+
+        try:
+            features = self.interface.to_model_inputs(model_input, self.config.inputs)
+        except self.interface.ModelInputError as error:
+            # MLflow's own bad-input error: a scoring server answers 400 with this message, not 500.
+            raise MlflowException(str(error), error_code=INVALID_PARAMETER_VALUE) from None
         return self.interface.prediction_frame(self.outputs(features), self.config)
 
     def outputs(self, features: Any) -> np.ndarray:

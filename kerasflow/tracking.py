@@ -325,6 +325,7 @@ def log_model(
     saved_model: Path | None = None,
     name: str = "model",
     step: int = 0,
+    statistics: Path | None = None,
 ) -> Any:
     """Log the model as an MLflow pyfunc that takes raw input; return MLflow's ModelInfo (URI and id).
 
@@ -335,6 +336,7 @@ def log_model(
     The `.keras` file is the model's one artifact: the pyfunc wrapper (`pyfunc_model.py`,
     logged as model from code) loads it with safe_mode, and turns raw input into the model's
     inputs with the copy of `model_interface.py` logged beside it, the same code training used.
+    The training split's statistics (`statistics`) travel with it for drift checks.
     The SavedModel export for TF Serving is logged beside it. Requirements are given, not
     inferred, which saves a subprocess that loads the model again.
     """
@@ -354,7 +356,12 @@ def log_model(
         model_type=config.task,
         step=step,
         python_model=str(package / "pyfunc_model.py"),
-        artifacts={"keras_model": str(keras_file), "model_interface": str(package / "model_interface.py")},
+        artifacts={
+            "keras_model": str(keras_file),
+            "model_interface": str(package / "model_interface.py"),
+            # The training split's per-column statistics: every version carries what its drift is measured against.
+            **({"training_statistics": str(statistics)} if statistics else {}),
+        },
         model_config=config.to_dict(),
         signature=raw_signature(config),
         input_example=example,

@@ -41,12 +41,16 @@ class Decision:
 def decide(
     candidate: dict[str, float],
     baseline: dict[str, float],
-    champion: dict[str, float] | None,
+    champion: dict[str, Any] | None,
     primary: str,
     params: RegisterParams,
     smoke_test_ok: bool = True,
 ) -> Decision:
-    """Apply thresholds, the baseline, the current champion and the smoke test; explain each."""
+    """Apply thresholds, the baseline, the current champion and the smoke test; explain each.
+
+    `champion` is the current champion re-scored on this run's test split (`tasks.champion.rescore`:
+    its version and `test` metrics, or why it was `skipped`), or None when there is none.
+    """
     checks: dict[str, bool] = {}
     reasons: list[str] = []
     for metric, bound in params.thresholds.items():
@@ -65,34 +69,26 @@ def decide(
         checks["beats_baseline"] = ok
         reasons.append(f"{primary} {value:.4f} {'beats' if ok else 'does not beat'} the baseline's {reference:.4f}")
     if params.require_beat_champion:
-        if champion is None or primary not in champion:
+        if champion is None:
             checks["at_least_champion"] = True
             reasons.append("there is no current champion")
+        elif "skipped" in champion or primary not in champion.get("test", {}):
+            checks["at_least_champion"] = True
+            why = champion.get("skipped", f"it has no {primary}")
+            reasons.append(f"{why}; judged on the thresholds and the baseline alone")
         else:
-            reference = champion[primary]
+            reference = champion["test"][primary]
             ok = at_least(primary, value, reference)
             checks["at_least_champion"] = ok
             verdict = "is at least as good as" if ok else "is worse than"
-            reasons.append(f"{primary} {value:.4f} {verdict} the champion's {reference:.4f}")
+            reasons.append(
+                f"{primary} {value:.4f} {verdict} the champion's (version {champion['version']}) {reference:.4f} "
+                "on the same test rows"
+            )
     checks["smoke_test"] = smoke_test_ok
     if not smoke_test_ok:
         reasons.append("the serving smoke test failed: the registered files are not those that loaded and predicted")
     return Decision(promote=all(checks.values()), reasons=reasons, checks=checks)
-
-
-def champion_metrics(model_name: str, prefix: str = "test_") -> tuple[str | None, dict[str, float] | None]:
-    """The current champion's version and its test metrics, or (None, None)."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient()
-    try:
-        version = client.get_model_version_by_alias(model_name, CHAMPION)
-    except MlflowException:
-        return None, None
-    run_metrics = client.get_run(version.run_id).data.metrics if version.run_id else {}
-    found = {name.removeprefix(prefix): value for name, value in run_metrics.items() if name.startswith(prefix)}
-    return str(version.version), found
 
 
 def verify_registered_files(model_uri: str, expected_sha256: str) -> tuple[bool, str]:

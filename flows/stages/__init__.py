@@ -109,7 +109,7 @@ def build_stages(layout: Layout, params: Params | None = None) -> list[Stage]:
         ),
         Stage(
             "evaluate",
-            # register.model_name: the plots are titled with it.
+            # register.model_name: the champion it re-scores, and the plots' titles.
             ("seed", "evaluate", "register.model_name"),
             deps=(path(layout.processed_dir), path(layout.models_dir), path(layout.run_file), path(layout.history)),
             git_outs=(path(layout.predictions), path(layout.plots_dir / "training_curves.png")),

@@ -19,6 +19,7 @@ from kerasflow.layout import Layout
 from kerasflow.metrics import is_better
 from kerasflow.model_interface import ModelConfig
 from kerasflow.records import PreprocessState
+from tasks.champion import rescore_current
 from tasks.evaluate import (
     baseline_metrics,
     per_class_metrics,
@@ -50,6 +51,8 @@ def run(params: Params, context: Context) -> dict[str, Any]:
     per_class = per_class_metrics(test_split.y, outputs, state.classes, config.threshold) if state.classes else {}
     pictures = draw_plots(layout, params, state, config, test_split, outputs, run_info.get("best_epoch"))
     experiment_id = tracking.configure(params.tracking, context.project_root)
+    # The gate compares the candidate with the champion on the same rows: this run's test split.
+    result["champion_rescored"] = rescore_current(params.register_.model_name, test_split, state)
     with tracking.open_run(experiment_id, run_id=run_info["run_id"]) as run_id:
         record(layout, state, config, result, per_class, pictures, run_info)
         # The metrics file is written last: it is what register (and dvc metrics) read.
@@ -57,13 +60,19 @@ def run(params: Params, context: Context) -> dict[str, Any]:
         mlflow.log_artifact(str(layout.metrics))
         tracking.describe_run(run_id)
     primary = result["primary_metric"]
+    champion = result["champion_rescored"]
+    if champion and "test" in champion:
+        versus = f"; champion (version {champion['version']}) {champion['test'][primary]:.4f} on the same rows"
+    else:
+        versus = f"; {champion['skipped']}" if champion else "; no champion yet"
     logger.info(
-        "test %s %.4f (baseline %s %.4f) on %d rows",
+        "test %s %.4f (baseline %s %.4f) on %d rows%s",
         primary,
         result["test"][primary],
         result["baseline"]["name"],
         result["baseline"][primary],
         result["test_rows"],
+        versus,
     )
     return result
 

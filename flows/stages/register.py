@@ -1,8 +1,17 @@
-"""Stage register: register the model version and move `champion` only if the gate blesses it."""
+"""Stage register: register the model version and move `champion` only if the gate blesses it.
+
+Read the champion, compare, move the alias: for one registered model, only one run at a time does
+that (`registry_lock`), and the champion is read again inside the lock; if it changed since
+evaluate re-scored it, the new one is re-scored on this run's test rows before the comparison.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -12,10 +21,13 @@ from kerasflow import notes, tracking
 from kerasflow.config import Params
 from kerasflow.io import read_json, write_json
 from kerasflow.records import PreprocessState
-from tasks.preprocess import read_state
-from tasks.register import apply_decision, champion_metrics, decide, register_version, verify_registered_files
+from tasks.preprocess import read_split, read_state
+from tasks.register import apply_decision, decide, register_version, verify_registered_files
 
 logger = logging.getLogger(__name__)
+
+# How long a registration waits for another one of the same model to finish.
+LOCK_TIMEOUT_SECONDS = 900
 
 
 def run(params: Params, context: Context) -> dict[str, Any]:
@@ -26,32 +38,92 @@ def run(params: Params, context: Context) -> dict[str, Any]:
     name = params.register_.model_name
     experiment_id = tracking.configure(params.tracking, context.project_root)
     with tracking.open_run(experiment_id, run_id=run_info["run_id"]) as run_id:
-        champion_version, champion = champion_metrics(name)
-        version = register_version(run_info["model_uri"], name, run_id)
-        # The logged model loaded back and predicted in train; these must be the very files it used.
-        files_ok, files_detail = verify_registered_files(f"models:/{name}/{version}", run_info["artifacts_sha256"])
-        decision = decide(
-            result["test"], result["baseline"], champion, result["primary_metric"], params.register_, files_ok
-        )
-        payload = {
-            "model_name": name,
-            "version": version,
-            "previous_champion": champion_version,
-            "smoke_test": files_detail,
-            "run_id": run_id,
-            **decision.to_dict(),
-        }
-        describe_model(name, state)
-        description = version_text(name, version, state, result, payload)
-        # The logged model's page (MLflow's "Logged models") carries the same account as the version's.
-        mlflow.set_logged_model_tags(run_info["model_id"], {"mlflow.note.content": description})
-        apply_decision(name, version, decision, description)
+        with registry_lock(name, mlflow.get_tracking_uri()):
+            champion = current_rescore(name, result.get("champion_rescored"), layout.processed_dir, state)
+            version = register_version(run_info["model_uri"], name, run_id)
+            # The logged model loaded back and predicted in train; these must be the very files it used.
+            files_ok, files_detail = verify_registered_files(f"models:/{name}/{version}", run_info["artifacts_sha256"])
+            decision = decide(
+                result["test"], result["baseline"], champion, result["primary_metric"], params.register_, files_ok
+            )
+            payload = {
+                "model_name": name,
+                "version": version,
+                "previous_champion": champion["version"] if champion else None,
+                "champion_rescored": champion,
+                "smoke_test": files_detail,
+                "run_id": run_id,
+                **decision.to_dict(),
+            }
+            describe_model(name, state)
+            description = version_text(name, version, state, {**result, "champion_rescored": champion}, payload)
+            # The logged model's page (MLflow's "Logged models") carries the same account as the version's.
+            mlflow.set_logged_model_tags(run_info["model_id"], {"mlflow.note.content": description})
+            apply_decision(name, version, decision, description)
         mlflow.set_tags({"registry.model": name, "registry.version": version, "registry.alias": decision.alias})
         mlflow.log_dict(payload, "registration.json")
         write_json(layout.registration, payload)
         tracking.describe_run(run_id, payload)
     logger.info("registered %s version %s as %s: %s", name, version, decision.alias, "; ".join(decision.reasons))
     return payload
+
+
+def current_rescore(
+    name: str, rescored: dict[str, Any] | None, processed: Path, state: PreprocessState
+) -> dict[str, Any] | None:
+    """The champion as it is now, re-scored on this run's test rows: evaluate's scoring if the champion is
+    the one evaluate saw, else the new one scored now (the only case in which register loads TensorFlow)."""
+    from tasks.champion import current_champion, rescore
+
+    version = current_champion(name)
+    if version == (rescored or {}).get("version"):
+        return rescored
+    if version is None:
+        return None
+    logger.info("the champion changed to version %s since evaluate; re-scoring it on this run's test rows", version)
+    return rescore(name, version, read_split(processed, "test"), state)
+
+
+@contextlib.contextmanager
+def registry_lock(model_name: str, tracking_uri: str) -> Iterator[None]:
+    """One registration of `model_name` at a time: a lock file beside a local store (every process on this
+    machine: DVC stages, flow runs), and a Prefect global concurrency slot in a flow run (every worker)."""
+    with contextlib.ExitStack() as stack:
+        if tracking.is_local_store(tracking_uri):
+            from filelock import FileLock
+
+            store = Path(tracking_uri.removeprefix("sqlite:///").removeprefix("file://"))
+            lock = store.with_name(f".{store.name}.register-{model_name}.lock")
+            stack.enter_context(FileLock(str(lock), timeout=LOCK_TIMEOUT_SECONDS))
+        if in_flow_run():
+            stack.enter_context(prefect_slot(f"kerasflow-register-{model_name}"))
+        yield
+
+
+def in_flow_run() -> bool:
+    if "prefect" not in sys.modules:
+        return False
+    from prefect.runtime import flow_run
+
+    return flow_run.id is not None
+
+
+@contextlib.contextmanager
+def prefect_slot(limit: str) -> Iterator[None]:
+    """Hold the one slot of the global concurrency limit `limit` (created with one slot if it is missing)."""
+    from prefect import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.concurrency.sync import concurrency
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(limit)
+        except ObjectNotFound:
+            with contextlib.suppress(ObjectAlreadyExists):  # another run created it first
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=limit, limit=1))
+    with concurrency(limit, occupy=1, timeout_seconds=LOCK_TIMEOUT_SECONDS, strict=True):
+        yield
 
 
 def source_of(state: PreprocessState) -> str:

@@ -32,6 +32,7 @@ from kerasflow.metrics import lower_is_better
 from kerasflow.records import PreprocessState
 from kerasflow.runtime import set_seeds
 from tasks.backbone import unfreeze
+from tasks.drift import training_statistics
 from tasks.features import adapt_inputs, raw_example, target_scaling
 from tasks.model import DataSpec, build_model, compile_model, export_for_serving
 from tasks.preprocess import Split, read_split, read_state, split_files
@@ -258,6 +259,7 @@ def publish(params: Params, layout: Layout, data: TrainingData, setup: ModelSetu
         model.save(folder / layout.model_file.name)
         export_for_serving(model, folder / layout.saved_model_dir.name, state.inputs)
         write_json(folder / layout.model_config.name, config.to_dict())
+        write_json(folder / layout.statistics.name, training_statistics(data.train.x, state.inputs).to_dict())
         if checkpoint.is_file():
             (folder / "checkpoints").mkdir()
             os.replace(checkpoint, folder / "checkpoints" / layout.checkpoint_file.name)
@@ -268,6 +270,7 @@ def publish(params: Params, layout: Layout, data: TrainingData, setup: ModelSetu
             saved_model=folder / layout.saved_model_dir.name,
             name=params.register_.model_name,
             step=epochs,
+            statistics=folder / layout.statistics.name,
         )
         with tempfile.TemporaryDirectory() as download:
             local = mlflow.artifacts.download_artifacts(info.model_uri, dst_path=download)

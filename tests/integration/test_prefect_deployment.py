@@ -228,7 +228,7 @@ def test_a_deployment_run_reads_well_in_mlflow_and_prefect(deployment):
     assert "params.yaml" in {item.path for item in client.list_artifacts(run.info.run_id)}
 
     # The logged model is named after the workload and carries final values, never an epoch's.
-    (model,) = client.search_logged_models(experiment_ids=[run.info.experiment_id])
+    (model,) = [m for m in client.search_logged_models([run.info.experiment_id]) if m.source_run_id == run.info.run_id]
     linked = {metric.key: metric.value for metric in model.metrics}
     assert model.name == "kerasflow-digits-cnn"
     assert linked["test_accuracy"] == run.data.metrics["test_accuracy"] and "best_epoch" in linked

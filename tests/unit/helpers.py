@@ -106,9 +106,12 @@ def digit_images(rows: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
     return x, y.astype("int64")
 
 
-def log_mixed_model(folder: Path, task: str, export: bool = False) -> tuple[str, Any, Prepared, pd.DataFrame]:
+def log_mixed_model(
+    folder: Path, task: str, export: bool = False, statistics: bool = False
+) -> tuple[str, Any, Prepared, pd.DataFrame]:
     """A small model on a numeric and a categorical column, saved in `folder` as .keras and logged to the
-    active MLflow run as the raw-input pyfunc; returns (model URI, Keras model, its data, the input example)."""
+    active MLflow run as the raw-input pyfunc (with its training statistics, if asked); returns (model URI,
+    Keras model, its data, the input example)."""
     import keras
 
     from kerasflow import tracking
@@ -130,5 +133,15 @@ def log_mixed_model(folder: Path, task: str, export: bool = False) -> tuple[str,
     classes = [0, 1] if task == "classification" else None
     config = ModelConfig(task, prepared.inputs, classes, 0.5)
     example = raw_example(prepared.x, prepared.inputs)
-    uri = tracking.log_model(folder / "model.keras", config, example, saved_model=saved_model).model_uri
+    kept = None
+    if statistics:
+        import json
+
+        from tasks.drift import training_statistics
+
+        kept = folder / "statistics.json"
+        kept.write_text(json.dumps(training_statistics(prepared.x, prepared.inputs).to_dict()))
+    uri = tracking.log_model(
+        folder / "model.keras", config, example, saved_model=saved_model, statistics=kept
+    ).model_uri
     return uri, model, prepared, example

@@ -9,7 +9,6 @@ from tasks.register import (
     CHALLENGER,
     CHAMPION,
     apply_decision,
-    champion_metrics,
     decide,
     register_version,
     verify_registered_files,
@@ -31,7 +30,7 @@ def test_a_candidate_that_passes_everything_is_promoted():
     [
         ({"accuracy": 0.965, "f1": 0.9}, {"accuracy": 0.9}, None, True, "threshold.accuracy"),
         (GOOD, {"accuracy": 0.985}, None, True, "beats_baseline"),
-        (GOOD, BASELINE, {"accuracy": 0.99}, True, "at_least_champion"),
+        (GOOD, BASELINE, {"version": "3", "test": {"accuracy": 0.99}}, True, "at_least_champion"),
         (GOOD, BASELINE, None, False, "smoke_test"),
     ],
 )
@@ -43,12 +42,24 @@ def test_each_gate_can_hold_a_candidate_back(candidate, baseline, champion, smok
 
 
 def test_equal_to_the_champion_is_enough():
-    assert decide(GOOD, BASELINE, {"accuracy": 0.98}, "accuracy", PARAMS).promote
+    decision = decide(GOOD, BASELINE, {"version": "3", "test": {"accuracy": 0.98}}, "accuracy", PARAMS)
+    assert decision.promote
+    assert "accuracy 0.9800 is at least as good as the champion's (version 3) 0.9800 on the same test rows" in (
+        decision.reasons
+    )
+
+
+def test_a_champion_that_cannot_take_the_data_leaves_thresholds_and_baseline_to_judge():
+    skipped = {"version": "3", "skipped": "the champion (version 3) cannot be scored here: it takes column(s) ['zip']"}
+    decision = decide(GOOD, BASELINE, skipped, "accuracy", PARAMS)
+    assert decision.promote and decision.checks["at_least_champion"]
+    assert any("['zip']" in reason and "thresholds and the baseline alone" in reason for reason in decision.reasons)
 
 
 def test_error_metrics_point_the_other_way():
     params = RegisterParams(model_name="m", thresholds={"rmse": 1.0})
-    decision = decide({"rmse": 0.8, "r2": 0.5}, {"rmse": 0.9, "r2": 0.4}, {"rmse": 0.85}, "rmse", params)
+    champion = {"version": "1", "test": {"rmse": 0.85}}
+    decision = decide({"rmse": 0.8, "r2": 0.5}, {"rmse": 0.9, "r2": 0.4}, champion, "rmse", params)
     assert decision.promote, decision.reasons
     assert not decide({"rmse": 1.2, "r2": 0.5}, {"rmse": 0.9, "r2": 0.4}, None, "rmse", params).promote
 
@@ -59,31 +70,33 @@ def test_threshold_on_a_metric_the_model_lacks_holds_it_back():
 
 
 def test_registry_round_trip_in_a_real_store(mlflow_store, tmp_path):
-    """Versions, aliases and the champion's metrics, in a real sqlite MLflow registry."""
+    """Versions, aliases, per-check tags and descriptions, in a real sqlite MLflow registry."""
     import mlflow
 
+    from tasks.champion import current_champion
+
     uris = []
-    for accuracy in (0.9, 0.8):
+    for _ in range(2):
         with mlflow.start_run() as run:
-            mlflow.log_metric("test_accuracy", accuracy)
             # The smallest folder MLflow accepts as a model: an MLmodel file.
             (tmp_path / "MLmodel").write_text(f"artifact_path: model\nflavors: {{}}\nrun_id: {run.info.run_id}\n")
             mlflow.log_artifact(str(tmp_path / "MLmodel"), "model")
         uris.append((f"runs:/{run.info.run_id}/model", run.info.run_id))
-    assert champion_metrics("m") == (None, None)
+    assert current_champion("m") is None
     first = register_version(uris[0][0], "m", uris[0][1])
-    apply_decision(
-        "m", first, decide({"accuracy": 0.9}, {"accuracy": 0.5}, None, "accuracy", RegisterParams(model_name="m"))
-    )
-    assert champion_metrics("m") == (first, {"accuracy": 0.9})
+    params = RegisterParams(model_name="m")
+    apply_decision("m", first, decide({"accuracy": 0.9}, {"accuracy": 0.5}, None, "accuracy", params), "first")
+    assert current_champion("m") == first
     second = register_version(uris[1][0], "m", uris[1][1])
-    _, champion = champion_metrics("m")
-    verdict = decide({"accuracy": 0.8}, {"accuracy": 0.5}, champion, "accuracy", RegisterParams(model_name="m"))
-    apply_decision("m", second, verdict)
+    champion = {"version": first, "test": {"accuracy": 0.9}}
+    apply_decision("m", second, decide({"accuracy": 0.8}, {"accuracy": 0.5}, champion, "accuracy", params), "second")
     client = mlflow.MlflowClient()
     assert str(client.get_model_version_by_alias("m", CHAMPION).version) == first
     assert str(client.get_model_version_by_alias("m", CHALLENGER).version) == second
-    assert client.get_model_version("m", second).tags["kerasflow.decision"] == CHALLENGER
+    version = client.get_model_version("m", second)
+    assert version.tags["kerasflow.decision"] == CHALLENGER and version.description == "second"
+    assert version.tags["kerasflow.check.at_least_champion"] == "failed"
+    assert version.tags["kerasflow.check.beats_baseline"] == "passed"
 
 
 def test_the_registered_files_must_be_the_ones_train_checked(mlflow_store, tmp_path):

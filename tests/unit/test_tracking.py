@@ -156,7 +156,7 @@ def test_logged_model_is_a_pyfunc_on_raw_columns(mlflow_store, tmp_path, task):
     garbage.loc[2, "size"] = "twelve"
     with pytest.raises(Exception, match=r"column size"):
         loaded.predict(garbage)
-    with pytest.raises(ValueError, match=r"column 'size', row 2: 'twelve' is not a number"):
+    with pytest.raises(mlflow.exceptions.MlflowException, match=r"column 'size', row 2: 'twelve' is not a number"):
         loaded.unwrap_python_model().predict(None, garbage)
     with pytest.raises(Exception, match=r"\['color'\]"):
         loaded.predict(example.drop(columns="color"))

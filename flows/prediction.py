@@ -1,0 +1,236 @@
+"""Batch prediction with the champion: `kerasflow predict`, the `batch-prediction` flow, `predict_file()`.
+
+One function does the work (`predict_file`): load the model from the registry, stream the input
+through it into the output, check the new rows for drift against the training split's statistics
+the model carries, and record the scoring as a run of the experiment `<experiment>-predictions`.
+The Prefect flow wraps it and shows the drift as a table artifact.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+
+from kerasflow.config import Params, load_params
+from kerasflow.runtime import attach_to_prefect_logging, import_quietly, quiet_defaults
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PredictionResult:
+    """Where the predictions went, what scored them, and the drift found."""
+
+    output: Path
+    rows: int
+    seconds: float
+    model_uri: str
+    model_name: str
+    model_version: str
+    drift: dict[str, Any]
+    drift_report: Path
+    run_id: str
+
+    @property
+    def summary(self) -> str:
+        from tasks.drift import summary_line
+
+        return (
+            summary_line(self.drift) if self.drift else "drift: not checked (the model carries no training statistics)"
+        )
+
+
+def resolve_model(params: Params, model_uri: str | None) -> str:
+    return model_uri or params.predict.model or f"models:/{params.register_.model_name}@champion"
+
+
+def model_identity(model_uri: str) -> tuple[str, str, str | None]:
+    """(name, version, run id) of a registered model URI (`models:/name@alias`, `models:/name/3`)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    path = model_uri.removeprefix("models:/")
+    name, _, rest = path.partition("@") if "@" in path else path.partition("/")
+    if "@" in path:
+        version = client.get_model_version_by_alias(name, rest)
+    else:
+        version = client.get_model_version(name, rest)
+    return name, str(version.version), version.run_id
+
+
+def predict_file(
+    input_path: str | Path,
+    output_path: str | Path | None = None,
+    model_uri: str | None = None,
+    params_path: str | Path = "params.yaml",
+    overrides: dict[str, Any] | None = None,
+) -> PredictionResult:
+    """Score `input_path` with the model (default: the champion) into `output_path`; check drift; record it.
+
+    Raises InputFileError (the file cannot be read, a column is missing, a value is not a number:
+    named), DriftError (drift with `predict.fail_on_drift`), or the MLflow error for a model that is
+    not there. Nothing is written at `output_path` unless every row was scored.
+    """
+    import mlflow
+
+    from kerasflow import tracking
+    from tasks.drift import DriftCounter, TrainingStatistics, plot_drift, summary_line
+    from tasks.predict import DriftError, default_output, score_file
+
+    params = load_params(params_path, overrides)
+    project_root = Path(params_path).resolve().parent
+    source = Path(input_path)
+    output = Path(output_path) if output_path else default_output(source)
+    tracking.configure(params.tracking, project_root)
+    uri = resolve_model(params, model_uri)
+    name, version, _ = model_identity(uri) if uri.startswith("models:/") else (uri, "", None)
+    import_quietly("keras")  # TensorFlow's native start-up lines left out of the terminal
+    model = mlflow.pyfunc.load_model(uri)
+    scorer = model.unwrap_python_model()
+    # Versions logged before models carried their training statistics have none: no drift check for them.
+    statistics = scorer.training_statistics() if hasattr(scorer, "training_statistics") else None
+    counter = DriftCounter(TrainingStatistics.from_dict(statistics), scorer.config.inputs) if statistics else None
+    started = time.perf_counter()
+    writer = score_file(
+        source, output, scorer, {"model_name": name, "model_version": version}, params.predict.batch_rows, counter
+    )
+    seconds = time.perf_counter() - started
+    thresholds = params.predict.drift
+    drift = counter.report(thresholds.psi, thresholds.unseen_share, thresholds.missing_change) if counter else {}
+    refused = bool(drift.get("drifted")) and params.predict.fail_on_drift
+    if refused:
+        writer.abort()
+    else:
+        writer.commit()
+    report_path = output.with_name(f"{output.stem}.drift.json")
+    run_id = record(params, project_root, uri, name, version, source, output, writer.rows, seconds, drift, report_path)
+    summary = summary_line(drift) if drift else "drift: not checked (the model carries no training statistics)"
+    logger.info("scored %d rows with %s version %s in %.1f s; %s", writer.rows, name, version, seconds, summary)
+    if refused:
+        raise DriftError(f"{source}: {summary}; predict.fail_on_drift is true, so no predictions were written")
+    plot_path = report_path.with_suffix(".png")
+    if drift:
+        plot_drift(drift, plot_path, title=f"{source.name} against {name} v{version}'s training split")
+    return PredictionResult(output, writer.rows, seconds, uri, name, version, drift, report_path, run_id)
+
+
+def record(
+    params: Params,
+    project_root: Path,
+    uri: str,
+    name: str,
+    version: str,
+    source: Path,
+    output: Path,
+    rows: int,
+    seconds: float,
+    drift: dict[str, Any],
+    report_path: Path,
+) -> str:
+    """The drift report beside the output, and a run in `<experiment>-predictions`: model, rows, time, drift."""
+    import mlflow
+
+    from kerasflow import tracking
+    from kerasflow.config import TrackingParams
+    from kerasflow.io import write_json
+    from tasks.drift import plot_drift, summary_line
+
+    if drift:
+        write_json(report_path, drift)
+    experiment = TrackingParams(experiment=f"{params.tracking.experiment}-predictions")
+    experiment_id = tracking.configure(
+        experiment.model_copy(update={"tracking_uri": params.tracking.tracking_uri}), project_root
+    )
+    run_name = f"predict-{name}-v{version}-{time.strftime('%Y%m%d-%H%M%S')}"
+    with tracking.open_run(experiment_id, run_name=run_name) as run_id:
+        mlflow.set_tags(
+            {
+                **tracking.source_tags(),
+                "registry.model": name,
+                "registry.version": version,
+                "predict.drift": summary_line(drift) if drift else "no training statistics",
+                "mlflow.note.content": f"Scored `{source}` ({rows:,} rows) with `{uri}` (version {version}) into "
+                f"`{output}`.\n\n{summary_line(drift) if drift else ''}\n",
+            }
+        )
+        mlflow.log_params({"model_uri": uri, "input": str(source), "output": str(output)})
+        metrics = {"rows": rows, "seconds": seconds, "rows_per_second": rows / seconds if seconds else 0.0}
+        metrics["drifted_columns"] = len(drift.get("drifted", []))
+        for column, entry in drift.get("columns", {}).items():
+            if "psi" in entry:
+                metrics[f"psi/{column}"] = entry["psi"]
+            if "unseen_share" in entry:
+                metrics[f"unseen_share/{column}"] = entry["unseen_share"]
+        mlflow.log_metrics({key: float(value) for key, value in metrics.items()})
+        if drift:
+            mlflow.log_artifact(str(report_path), "drift")
+            with tempfile.TemporaryDirectory() as folder:
+                picture = Path(folder) / "drift.png"
+                plot_drift(drift, picture, title=f"{source.name} against {name} v{version}'s training split")
+                mlflow.log_artifact(str(picture), "drift")
+    return run_id
+
+
+def drift_table(drift: dict[str, Any]) -> list[dict[str, Any]]:
+    """The drift report as rows for a Prefect table artifact."""
+    rows = []
+    for column, entry in drift.get("columns", {}).items():
+        rows.append(
+            {
+                "column": column,
+                "kind": entry["kind"],
+                "psi": round(entry["psi"], 4) if "psi" in entry else None,
+                "unseen share": round(entry["unseen_share"], 4) if "unseen_share" in entry else None,
+                "missing (training → new)": f"{entry['missing_share_training']:.1%} → {entry['missing_share_new']:.1%}",
+                "drifted": "yes: " + ", ".join(entry["reasons"]) if entry["drifted"] else "no",
+            }
+        )
+    return rows
+
+
+@task(name="score", task_run_name="score")
+def score(input_path: str, output_path: str | None, model_uri: str | None, params_path: str) -> dict[str, Any]:
+    result = predict_file(input_path, output_path, model_uri, params_path)
+    return {
+        "output": str(result.output),
+        "rows": result.rows,
+        "seconds": result.seconds,
+        "model": f"{result.model_name} version {result.model_version}",
+        "drift": result.drift,
+        "summary": result.summary,
+        "run_id": result.run_id,
+    }
+
+
+@flow(name="batch-prediction")
+def batch_prediction(
+    input_path: str, output_path: str | None = None, model_uri: str | None = None, params_path: str = "params.yaml"
+) -> dict[str, Any]:
+    """Score a CSV, Parquet, .npy or image folder with the champion (or `model_uri`); check it for drift.
+
+    Args:
+        input_path: the rows to score (relative paths are taken from the worker's folder, the project).
+        output_path: where the predictions go (.csv or .parquet; default: beside the input).
+        model_uri: the model (default: `models:/<register.model_name>@champion`).
+        params_path: the params file (its `predict` section, tracking store and model name).
+    """
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    quiet_defaults()
+    attach_to_prefect_logging()
+    result = score(input_path, output_path, model_uri, params_path)
+    create_table_artifact(drift_table(result["drift"]), key="drift", description=result["summary"])
+    create_markdown_artifact(
+        f"# Batch prediction\n\n**{result['rows']:,} rows** scored with `{result['model']}` in "
+        f"{result['seconds']:.1f} s into `{result['output']}`.\n\n**{result['summary']}**\n\n"
+        f"The drift report is beside the output; MLflow run `{result['run_id']}` in the predictions experiment.\n",
+        key="prediction-summary",
+        description=result["summary"],
+    )
+    return result

@@ -1,0 +1,72 @@
+"""The current champion, re-scored on this run's test split, so the gate compares like with like.
+
+A champion's own logged metrics were measured on its run's split and data version; a candidate's
+on another. Here the champion predicts this run's test rows with its own code (its pyfunc), and
+is scored exactly as the candidate was. A champion that cannot take this data (other columns,
+other classes, another image size) is not scored, and the reason is kept.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kerasflow.model_interface import ModelConfig, model_outputs
+from kerasflow.records import PreprocessState
+from tasks.evaluate import score_predictions
+from tasks.preprocess import Split
+from tasks.register import CHAMPION
+
+
+def current_champion(model_name: str) -> str | None:
+    """The version the `champion` alias points at now, or None."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        return str(MlflowClient().get_model_version_by_alias(model_name, CHAMPION).version)
+    except MlflowException:
+        return None
+
+
+def mismatch(champion: ModelConfig, state: PreprocessState) -> str | None:
+    """Why the champion cannot take this run's data, or None when it can."""
+    if champion.task != state.task:
+        return f"it is a {champion.task} model and this data is a {state.task} task"
+    if champion.inputs.kind != state.inputs.kind:
+        return f"it takes {champion.inputs.kind} and this data is {state.inputs.kind}"
+    if champion.inputs.kind == "image" and champion.inputs.shape != state.inputs.shape:
+        return f"it takes images of shape {list(champion.inputs.shape)}, this data's are {list(state.inputs.shape)}"
+    theirs = {entry.column: entry.kind for entry in champion.inputs.columns}
+    ours = {entry.column: entry.kind for entry in state.inputs.columns}
+    missing = sorted(set(theirs) - set(ours))
+    if missing:
+        return f"it takes column(s) {missing} that this data does not have"
+    changed = sorted(column for column, kind in theirs.items() if ours[column] != kind)
+    if changed:
+        return f"its column(s) {changed} are of another kind in this data"
+    if [str(label) for label in champion.classes or []] != [str(label) for label in state.classes or []]:
+        return f"it predicts classes {champion.classes} and this data has {state.classes}"
+    return None
+
+
+def rescore(model_name: str, version: str, test: Split, state: PreprocessState) -> dict[str, Any]:
+    """The champion version's metrics on this run's test split, or why it could not be scored on it."""
+    import mlflow
+
+    model = mlflow.pyfunc.load_model(f"models:/{model_name}/{version}")
+    scorer = model.unwrap_python_model()
+    # Its own copy of the model interface's config (older versions kept a plain dict).
+    raw = scorer.config.to_dict() if hasattr(scorer.config, "to_dict") else dict(scorer.config)
+    config = ModelConfig.from_dict(raw)
+    reason = mismatch(config, state)
+    if reason:
+        return {"version": version, "skipped": f"the champion (version {version}) cannot be scored here: {reason}"}
+    outputs = model_outputs(scorer.predict(None, test.x), config)
+    scores = score_predictions(state.task, test.y, outputs, state.n_classes, config.threshold)
+    return {"version": version, "test": scores, "test_rows": len(test)}
+
+
+def rescore_current(model_name: str, test: Split, state: PreprocessState) -> dict[str, Any] | None:
+    """The current champion re-scored on `test` (None when there is no champion)."""
+    version = current_champion(model_name)
+    return rescore(model_name, version, test, state) if version else None

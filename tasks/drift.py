@@ -1,0 +1,234 @@
+"""Drift: the training split's statistics, kept inside every logged model, and how far new data strays.
+
+At training, each numeric column gets quantile bins (deciles of the training values) with the
+share of rows in each, its mean, spread and share of missing values; each categorical column the
+share of each category. Image models get one derived column, each image's mean pixel value.
+At prediction, new rows are counted into the same bins batch by batch (memory stays flat), and
+each column gets the population stability index (PSI), the share of categories training never
+saw, and the change in its share of missing values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from kerasflow.model_interface import CATEGORICAL, MISSING, NUMERIC, ModelInputs, numbers, strings
+
+BINS = 10
+# Categories whose share is kept per column (preprocess.max_categories' default, the model's vocabulary);
+# any rarer ones of training's are "other", never "unseen".
+MAX_CATEGORIES = 1000
+# Shares are floored at this before the PSI's logarithm, so an empty bin is a large term, not an infinite one.
+PSI_FLOOR = 1e-4
+IMAGE_COLUMN = "pixel_mean"
+
+
+@dataclass(frozen=True)
+class NumericStatistics:
+    edges: list[float]  # inner bin edges: len(shares) - 1 of them
+    shares: list[float]
+    mean: float
+    std: float
+    missing_share: float
+
+
+@dataclass(frozen=True)
+class CategoryStatistics:
+    shares: dict[str, float]
+    other_share: float  # training categories beyond the MAX_CATEGORIES most frequent
+    missing_share: float
+
+
+@dataclass(frozen=True)
+class TrainingStatistics:
+    """Per-column statistics of the training split: what new data is compared with."""
+
+    rows: int
+    numeric: dict[str, NumericStatistics] = field(default_factory=dict)
+    categorical: dict[str, CategoryStatistics] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainingStatistics:
+        return cls(
+            rows=int(data["rows"]),
+            numeric={name: NumericStatistics(**value) for name, value in data.get("numeric", {}).items()},
+            categorical={name: CategoryStatistics(**value) for name, value in data.get("categorical", {}).items()},
+        )
+
+
+def image_means(images: np.ndarray) -> pd.DataFrame:
+    """An image model's one drift column: each image's mean pixel value."""
+    array = np.asarray(images, dtype="float32")
+    return pd.DataFrame({IMAGE_COLUMN: array.reshape(len(array), -1).mean(axis=1)})
+
+
+def training_statistics(x_train: np.ndarray | pd.DataFrame, inputs: ModelInputs) -> TrainingStatistics:
+    """Statistics of the training split's raw columns (text columns are left out)."""
+    frame = image_means(x_train) if inputs.kind == "image" else x_train
+    kinds = {IMAGE_COLUMN: NUMERIC} if inputs.kind == "image" else {e.column: e.kind for e in inputs.columns}
+    numeric, categorical = {}, {}
+    for column, kind in kinds.items():
+        if kind == NUMERIC:
+            numeric[column] = numeric_statistics(numbers(frame[column]))
+        elif kind == CATEGORICAL:
+            categorical[column] = category_statistics(strings(frame[column]))
+    return TrainingStatistics(rows=len(frame), numeric=numeric, categorical=categorical)
+
+
+def numeric_statistics(values: np.ndarray) -> NumericStatistics:
+    present = values[~np.isnan(values)]
+    if not len(present):
+        return NumericStatistics([], [1.0], 0.0, 0.0, 1.0)
+    edges = np.unique(np.quantile(present, np.linspace(0, 1, BINS + 1)[1:-1]))
+    counts = np.bincount(np.searchsorted(edges, present, side="right"), minlength=len(edges) + 1)
+    return NumericStatistics(
+        edges=edges.tolist(),
+        shares=(counts / len(present)).tolist(),
+        mean=float(present.mean()),
+        std=float(present.std()),
+        missing_share=float(1 - len(present) / len(values)),
+    )
+
+
+def category_statistics(values: np.ndarray) -> CategoryStatistics:
+    series = pd.Series(values)
+    present = series[series != MISSING]
+    counts = present.value_counts()
+    kept = counts.head(MAX_CATEGORIES)
+    total = max(len(present), 1)
+    return CategoryStatistics(
+        shares={str(name): float(count / total) for name, count in kept.items()},
+        other_share=float((counts.sum() - kept.sum()) / total),
+        missing_share=float(1 - len(present) / max(len(series), 1)),
+    )
+
+
+def psi(expected: np.ndarray, actual: np.ndarray) -> float:
+    """Population stability index of two share vectors over the same bins: sum((a - e) * ln(a / e))."""
+    expected = np.maximum(np.asarray(expected, dtype="float64"), PSI_FLOOR)
+    actual = np.maximum(np.asarray(actual, dtype="float64"), PSI_FLOOR)
+    return float(np.sum((actual - expected) * np.log(actual / expected)))
+
+
+@dataclass
+class ColumnCounts:
+    """New rows of one column, counted into the training bins (or categories) so far."""
+
+    bins: np.ndarray
+    rows: int = 0
+    missing: int = 0
+    unseen: int = 0
+    unseen_values: dict[str, int] = field(default_factory=dict)
+
+
+class DriftCounter:
+    """New data counted batch by batch against the training statistics; `report` compares the two."""
+
+    def __init__(self, statistics: TrainingStatistics, inputs: ModelInputs) -> None:
+        self.statistics = statistics
+        self.image = inputs.kind == "image"
+        self.counts = {
+            name: ColumnCounts(np.zeros(len(s.shares), dtype="int64")) for name, s in statistics.numeric.items()
+        }
+        self.counts.update(
+            {name: ColumnCounts(np.zeros(len(s.shares), dtype="int64")) for name, s in statistics.categorical.items()}
+        )
+        self.rows = 0
+
+    def add(self, batch: Any) -> None:
+        frame = image_means(batch) if self.image else batch
+        self.rows += len(frame)
+        for name, stats in self.statistics.numeric.items():
+            values = numbers(frame[name])
+            present = values[~np.isnan(values)]
+            counts = self.counts[name]
+            counts.rows += len(values)
+            counts.missing += len(values) - len(present)
+            counts.bins += np.bincount(
+                np.searchsorted(np.asarray(stats.edges), present, side="right"), minlength=len(stats.shares)
+            )
+        for name, stats in self.statistics.categorical.items():
+            values = pd.Series(strings(frame[name]))
+            counts = self.counts[name]
+            counts.rows += len(values)
+            counts.missing += int((values == MISSING).sum())
+            present = values[values != MISSING]
+            known = present.isin(list(stats.shares))
+            position = {category: index for index, category in enumerate(stats.shares)}
+            counts.bins += np.bincount(
+                present[known].map(position).to_numpy(dtype="int64"), minlength=len(stats.shares)
+            )
+            # Only categories training never had are unseen; training's rarer ones ("other") are not.
+            unseen = present[~known]
+            if stats.other_share == 0 and len(unseen):
+                counts.unseen += len(unseen)
+                for value, count in unseen.value_counts().head(5).items():
+                    counts.unseen_values[str(value)] = counts.unseen_values.get(str(value), 0) + int(count)
+
+    def report(self, psi_threshold: float, unseen_threshold: float, missing_threshold: float) -> dict[str, Any]:
+        """Per column: PSI (numeric), unseen share (categorical), missing share then and now; and which drifted."""
+        columns: dict[str, Any] = {}
+        for name, stats in {**self.statistics.numeric, **self.statistics.categorical}.items():
+            counts = self.counts[name]
+            present = max(counts.rows - counts.missing, 1)
+            missing_now = counts.missing / max(counts.rows, 1)
+            entry: dict[str, Any] = {
+                "kind": "numeric" if name in self.statistics.numeric else "categorical",
+                "missing_share_training": stats.missing_share,
+                "missing_share_new": missing_now,
+            }
+            reasons = []
+            if name in self.statistics.numeric:
+                entry["psi"] = psi(stats.shares, counts.bins / present) if counts.rows > counts.missing else 0.0
+                if entry["psi"] > psi_threshold:
+                    reasons.append(f"PSI {entry['psi']:.2f}")
+            else:
+                entry["unseen_share"] = counts.unseen / present
+                entry["unseen_examples"] = counts.unseen_values
+                if entry["unseen_share"] > unseen_threshold:
+                    reasons.append(f"unseen categories {entry['unseen_share']:.1%}")
+            if abs(missing_now - stats.missing_share) > missing_threshold:
+                reasons.append(f"missing {stats.missing_share:.1%} -> {missing_now:.1%}")
+            entry.update(drifted=bool(reasons), reasons=reasons)
+            columns[name] = entry
+        drifted = [name for name, entry in columns.items() if entry["drifted"]]
+        return {
+            "rows": self.rows,
+            "training_rows": self.statistics.rows,
+            "thresholds": {"psi": psi_threshold, "unseen_share": unseen_threshold, "missing_change": missing_threshold},
+            "columns": columns,
+            "drifted": drifted,
+        }
+
+
+def summary_line(report: dict[str, Any]) -> str:
+    """`drift: rm PSI 3.41, zip unseen categories 12.0%` (or `drift: none past the thresholds`)."""
+    parts = [f"{name} {', '.join(report['columns'][name]['reasons'])}" for name in report["drifted"]]
+    return "drift: " + ("; ".join(parts) if parts else "none past the thresholds")
+
+
+def plot_drift(report: dict[str, Any], path: Any, title: str = "") -> None:
+    """One bar per column (PSI for numbers, unseen share for categories), the thresholds drawn, drifted ones red."""
+    from tasks.evaluate import _pyplot, _save_figure
+
+    plt = _pyplot()
+    columns = report["columns"]
+    names = list(columns)
+    values = [columns[n].get("psi", columns[n].get("unseen_share", 0.0)) for n in names]
+    colors = ["tab:red" if columns[n]["drifted"] else "tab:blue" for n in names]
+    figure, axis = plt.subplots(figsize=(max(5, 0.45 * len(names) + 2), 3.8))
+    axis.bar(range(len(names)), values, color=colors)
+    axis.axhline(report["thresholds"]["psi"], color="grey", linestyle="--", linewidth=1, label="PSI threshold")
+    axis.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
+    axis.set_ylabel("PSI (numbers) / unseen share (categories)")
+    axis.set_title(title or f"Drift of {report['rows']:,} new rows against the training split")
+    axis.legend()
+    figure.tight_layout()
+    _save_figure(figure, path)

@@ -1,0 +1,54 @@
+"""The batch-prediction flow under Prefect's test harness: a champion scores a file; drift shows as a table."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from tests.conftest import use_store
+
+
+def test_batch_prediction_scores_with_the_champion_and_publishes_the_drift(prefect_harness, tmp_path, monkeypatch):
+    from prefect import get_client
+
+    from flows.prediction import batch_prediction
+    from kerasflow import tracking
+    from kerasflow.config import RegisterParams, TrackingParams
+    from tasks.register import apply_decision, decide, register_version
+    from tests.unit.helpers import log_mixed_model, mixed_frame
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"register": {"model_name": "mixed"}}))
+    use_store(tmp_path / "mlflow.db")
+    experiment_id = tracking.configure(TrackingParams(), tmp_path)
+    with tracking.open_run(experiment_id) as run_id:
+        uri, _, prepared, _ = log_mixed_model(tmp_path, "classification", statistics=True)
+    version = register_version(uri, "mixed", run_id)
+    apply_decision("mixed", version, decide({"accuracy": 1.0}, {"accuracy": 0.5}, None, "accuracy", RegisterParams()))
+    new = mixed_frame(rows=200, seed=5).drop(columns=["note", "label"])
+    new["size"] = new["size"] + 5.0  # far outside training's sizes
+    new.to_csv(tmp_path / "new.csv", index=False)
+
+    state = batch_prediction(
+        input_path=str(tmp_path / "new.csv"), params_path=str(tmp_path / "params.yaml"), return_state=True
+    )
+    assert state.is_completed(), state
+    result = state.result()
+    assert result["rows"] == 200 and result["model"] == f"mixed version {version}"
+    scored = pd.read_csv(tmp_path / "new.predictions.csv")
+    assert len(scored) == 200 and set(scored["label"]) <= {0, 1} and np.all(scored["model_version"] == int(version))
+    assert result["summary"].startswith("drift: size PSI")
+
+    async def artifacts():
+        async with get_client() as client:
+            return await client.read_artifacts()
+
+    table = next(
+        a for a in asyncio.run(artifacts()) if a.key == "drift" and a.flow_run_id == state.state_details.flow_run_id
+    )
+    rows = table.data if isinstance(table.data, list) else json.loads(table.data)
+    assert {row["column"]: row["drifted"].startswith("yes") for row in rows} == {"size": True, "color": False}

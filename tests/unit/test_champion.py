@@ -1,0 +1,54 @@
+"""Whether the champion can be re-scored on this run's data, and why not."""
+
+from __future__ import annotations
+
+import pytest
+
+from kerasflow.model_interface import InputColumn, ModelConfig, ModelInputs
+from kerasflow.records import PreprocessState
+from tasks.champion import mismatch
+
+COLUMNS = ModelInputs(
+    "columns", (InputColumn("area", "numeric", "numeric"), InputColumn("zone", "zone", "categorical"))
+)
+
+
+def state(inputs: ModelInputs = COLUMNS, classes=None, task="regression") -> PreprocessState:
+    return PreprocessState(task, inputs, "y", [], {}, 0, "md5", classes=classes)
+
+
+@pytest.mark.parametrize(
+    ("champion", "data", "expected"),
+    [
+        (ModelConfig("regression", COLUMNS), state(), None),
+        (
+            ModelConfig("regression", COLUMNS),
+            state(ModelInputs("columns", (COLUMNS.columns[0],))),
+            "takes column(s) ['zone'] that this data does not have",
+        ),
+        (
+            ModelConfig("regression", ModelInputs("columns", (InputColumn("zone", "numeric", "numeric"),))),
+            state(ModelInputs("columns", (InputColumn("zone", "zone", "categorical"),))),
+            "column(s) ['zone'] are of another kind",
+        ),
+        (ModelConfig("classification", COLUMNS, [0, 1]), state(), "it is a classification model"),
+        (
+            ModelConfig("classification", COLUMNS, [0, 1]),
+            state(classes=[0, 1, 2], task="classification"),
+            "predicts classes [0, 1] and this data has [0, 1, 2]",
+        ),
+        (
+            ModelConfig("classification", ModelInputs.images([8, 8, 1]), [0, 1]),
+            state(ModelInputs.images([28, 28, 1]), [0, 1], "classification"),
+            "images of shape [8, 8, 1], this data's are [28, 28, 1]",
+        ),
+    ],
+)
+def test_a_champion_that_cannot_take_the_data_says_why(champion, data, expected):
+    found = mismatch(champion, data)
+    assert found == expected if expected is None else expected in found
+
+
+def test_extra_columns_in_the_data_do_not_stop_a_champion_that_needs_fewer():
+    wider = ModelInputs("columns", (*COLUMNS.columns, InputColumn("age", "numeric", "numeric")))
+    assert mismatch(ModelConfig("regression", COLUMNS), state(wider)) is None

@@ -1,0 +1,110 @@
+"""Batch scoring: files read batch by batch, rows kept in order, bad input named, nothing half-written."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kerasflow.model_interface import ModelInputError, ModelInputs
+from tasks.predict import InputFileError, OutputWriter, default_output, read_batches, score_file
+
+
+@pytest.fixture(scope="module")
+def scorer(tmp_path_factory):
+    """A small logged model on a numeric and a categorical column, loaded back as its pyfunc implementation."""
+    import mlflow
+
+    from kerasflow import tracking
+    from kerasflow.config import TrackingParams
+    from tests.conftest import use_store
+    from tests.unit.helpers import log_mixed_model
+
+    folder = tmp_path_factory.mktemp("model")
+    use_store(folder / "mlflow.db")
+    experiment_id = tracking.configure(TrackingParams(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}"), folder)
+    with tracking.open_run(experiment_id):
+        uri, _, prepared, _ = log_mixed_model(folder, "classification")
+    return mlflow.pyfunc.load_model(uri).unwrap_python_model(), prepared
+
+
+def rows(count: int) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    return pd.DataFrame({"size": rng.normal(size=count), "color": rng.choice(["red", "green", "blue"], count)})
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_file_many_batches_long_is_scored_in_its_own_row_order(tmp_path, scorer, suffix):
+    model, _ = scorer
+    source = tmp_path / f"new{suffix}"
+    data = rows(1000)
+    data.to_csv(source, index=False) if suffix == ".csv" else data.to_parquet(source)
+    writer = score_file(source, tmp_path / f"out{suffix}", model, {"model_name": "m", "model_version": "7"}, 64)
+    assert not (tmp_path / f"out{suffix}").exists()  # nothing at the output until committed
+    writer.commit()
+    out = pd.read_csv(tmp_path / f"out{suffix}") if suffix == ".csv" else pd.read_parquet(tmp_path / f"out{suffix}")
+    assert len(out) == 1000 and list(out.columns) == [
+        "label",
+        "probability_0",
+        "probability_1",
+        "model_name",
+        "model_version",
+    ]
+    # Row order kept: the same predictions as scoring the whole frame at once.
+    np.testing.assert_allclose(out["probability_1"], model.predict(None, data)["probability_1"], atol=1e-6)
+    assert set(out["model_version"].astype(str)) == {"7"}
+    assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".")] == []
+
+
+def test_text_in_a_numeric_column_names_the_file_row_and_nothing_is_written(tmp_path, scorer):
+    model, _ = scorer
+    data = rows(300).astype({"size": object})
+    data.loc[217, "size"] = "twelve"
+    data.to_csv(tmp_path / "new.csv", index=False)
+    with pytest.raises(ModelInputError, match=r"column 'size', row 217: 'twelve' is not a number"):
+        score_file(tmp_path / "new.csv", tmp_path / "out.csv", model, {}, 100)  # row 217 is in the third batch
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["new.csv"]
+
+
+def test_a_missing_column_is_named(tmp_path, scorer):
+    model, _ = scorer
+    rows(10).drop(columns="color").to_csv(tmp_path / "new.csv", index=False)
+    with pytest.raises(ModelInputError, match=r"\['color'\] are missing"):
+        score_file(tmp_path / "new.csv", tmp_path / "out.csv", model, {}, 100)
+    assert not (tmp_path / "out.csv").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        ("gone.csv", None, "gone.csv: not found"),
+        ("broken.parquet", b"PAR1 not parquet", "broken.parquet: could not be read as parquet"),
+        ("ragged.csv", b"size,color\n1,red\n2,blue,extra,more\n", "ragged.csv: could not be read as csv"),
+        ("rows.xlsx", b"x", "unsupported file type '.xlsx'"),
+    ],
+)
+def test_an_unreadable_file_says_why(tmp_path, name, content, expected):
+    if content is not None:
+        (tmp_path / name).write_bytes(content)
+    with pytest.raises(InputFileError, match=expected):
+        list(read_batches(tmp_path / name, 100, ModelInputs("columns")))
+
+
+def test_image_arrays_are_read_in_batches(tmp_path):
+    images = np.arange(50 * 4, dtype="float32").reshape(50, 2, 2, 1)
+    np.save(tmp_path / "images.npy", images)
+    batches = list(read_batches(tmp_path / "images.npy", 16, ModelInputs.images([2, 2, 1])))
+    assert [start for start, _ in batches] == [0, 16, 32, 48]
+    np.testing.assert_array_equal(np.concatenate([batch for _, batch in batches]), images)
+
+
+def test_outputs_are_csv_or_parquet_and_written_whole(tmp_path):
+    assert default_output(tmp_path / "houses.csv") == tmp_path / "houses.predictions.csv"
+    assert default_output(tmp_path / "houses.parquet") == tmp_path / "houses.predictions.parquet"
+    assert default_output(tmp_path / "images") == tmp_path / "images.predictions.csv"
+    with pytest.raises(InputFileError, match="must be a .csv or .parquet"):
+        OutputWriter(tmp_path / "out.json")
+    writer = OutputWriter(tmp_path / "out.parquet")
+    writer.write(pd.DataFrame({"a": [1]}))
+    writer.abort()
+    assert list(tmp_path.iterdir()) == []
