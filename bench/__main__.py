@@ -292,6 +292,96 @@ def scale(work: Path, sizes: list[int]) -> dict[str, Any]:
     return results
 
 
+BARE_PREDICT = """
+import json, resource, sys, time
+import keras, numpy as np, pandas as pd, pyarrow.parquet as pq
+model = keras.saving.load_model(sys.argv[1], safe_mode=True, compile=False)
+batch = int(sys.argv[4])
+model.predict({"numeric": np.zeros((batch, 50), "float32")}, batch_size=batch, verbose=0)  # traced once
+started = time.perf_counter()
+table = pq.read_table(sys.argv[2])
+x = np.column_stack([table.column(i).to_numpy() for i in range(table.num_columns)]).astype("float32")
+del table
+read = time.perf_counter()
+out = model.predict({"numeric": x}, batch_size=batch, verbose=0)
+predicted = time.perf_counter()
+pd.DataFrame({"probability": out.reshape(-1)}).to_parquet(sys.argv[3])
+written = time.perf_counter()
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"rows": len(x), "read_s": read - started, "predict_s": predicted - read,
+                  "all_s": written - started, "peak_rss_mb": peak}))
+"""
+
+
+def big_parquet(path: Path, rows: int, columns: int, seed: int = 0, chunk: int = 500_000) -> None:
+    """`rows` x `columns` random floats, written a row group at a time (the benchmark's own memory stays low)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    names = [f"f{index}" for index in range(columns)]
+    with pq.ParquetWriter(path, pa.schema([(name, pa.float32()) for name in names])) as writer:
+        for start in range(0, rows, chunk):
+            block = rng.normal(size=(min(chunk, rows - start), columns)).astype("float32")
+            writer.write_table(pa.table(dict(zip(names, block.T, strict=True))))
+
+
+def peak_of(command: list[str], cwd: Path) -> tuple[float, float, str]:
+    """Wall seconds, peak resident memory (MB) of the process tree, and output of `command`."""
+    import psutil
+
+    started = time.perf_counter()
+    process = subprocess.Popen(command, cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    watched, peak = psutil.Process(process.pid), 0
+    while process.poll() is None:
+        try:
+            peak = max(peak, sum(item.memory_info().rss for item in [watched, *watched.children(recursive=True)]))
+        except psutil.Error:
+            pass
+        time.sleep(0.1)
+    output = process.stdout.read()
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{output[-4000:]}")
+    return time.perf_counter() - started, peak / 2**20, output
+
+
+def prediction(work: Path, rows: int, columns: int = 50, batch: int = 65536, model_batch: int = 8192) -> dict[str, Any]:
+    """`kerasflow predict` on `rows` x `columns` against a bare `model.predict` over the same rows."""
+    folder = work / "predict"
+    folder.mkdir(parents=True)
+    tabular_csv(folder / "table.parquet", 20_000, columns)
+    make_project(folder, {**WORKLOADS["tabular_mlp"], "ingest.path": str(folder / "table.parquet"), "train.epochs": 1,
+                          "register.require_beat_baseline": False, "register.model_name": "bench-tabular"})  # fmt: skip
+    for name in ("ingest", "validate", "preprocess", "train", "evaluate", "register"):
+        stage(folder, name)
+    big_parquet(folder / "new.parquet", rows, columns)
+    command = [str(BIN / "kerasflow"), "predict", "--params", str(folder / "params.yaml"), "--input",
+               str(folder / "new.parquet"), "--output", str(folder / "scored.parquet"), "--set",
+               f"predict.batch_rows={batch}"]  # fmt: skip
+    wall, peak, output = peak_of(command, folder)
+    scoring = float(re.search(r"in ([0-9.]+) s", output).group(1))
+    _, bare_peak, bare_output = peak_of(
+        [sys.executable, "-c", BARE_PREDICT, str(folder / "models" / "model.keras"), str(folder / "new.parquet"),
+         str(folder / "bare.parquet"), str(model_batch)], folder)  # fmt: skip
+    bare = last_json(bare_output)
+    return {
+        "rows": rows,
+        "columns": columns,
+        "batch_rows": batch,
+        "kerasflow_wall_s": wall,
+        "kerasflow_scoring_s": scoring,
+        "kerasflow_rows_per_s": rows / scoring,
+        "kerasflow_peak_rss_mb": peak,
+        "bare_predict_s": bare["predict_s"],
+        "bare_read_predict_write_s": bare["all_s"],
+        "bare_rows_per_s": rows / bare["predict_s"],
+        "bare_peak_rss_mb": bare_peak,
+        # Against model.predict alone, on rows already in memory; and against a script doing the same work.
+        "throughput_ratio": bare["predict_s"] / scoring,
+        "same_work_ratio": bare["all_s"] / scoring,
+    }
+
+
 def gpu_path() -> dict[str, Any]:
     """What the GPU-path switches resolve to here, and GPU figures only if a GPU was there to measure them."""
     import tensorflow as tf
@@ -351,6 +441,19 @@ def markdown(results: dict[str, Any]) -> str:
             growth = results["scale"]["time_growth_vs_rows"]
             lines.append(f"\nTime grew {growth['time_ratio']:.1f}x for {growth['rows_ratio']:.0f}x the rows.")
         lines.append("")
+    if "predict" in results:
+        row = results["predict"]
+        lines += [
+            f"## Batch prediction ({row['rows']:,} rows x {row['columns']} columns, Parquet in and out)", "",
+            f"- `kerasflow predict`: {row['kerasflow_rows_per_s']:,.0f} rows/s scoring (read, convert, predict, "
+            f"drift, write: {row['kerasflow_scoring_s']:.1f} s; {row['kerasflow_wall_s']:.1f} s with start-up), "
+            f"peak memory {row['kerasflow_peak_rss_mb']:.0f} MB (target < 1500)",
+            f"- bare `model.predict` over the same rows in memory: {row['bare_rows_per_s']:,.0f} rows/s "
+            f"({row['bare_predict_s']:.1f} s); the bare script reading, predicting and writing: "
+            f"{row['bare_read_predict_write_s']:.1f} s; its peak memory {row['bare_peak_rss_mb']:.0f} MB",
+            f"- throughput ratio against `model.predict` alone {row['throughput_ratio']:.2f} (target >= 0.8); "
+            f"against the bare script doing the same work {row['same_work_ratio']:.2f}", "",
+        ]  # fmt: skip
     if "gpu_path" in results:
         lines += ["## GPU path", "", f"- here: {results['gpu_path']['here']}",
                   f"- on a GPU: {results['gpu_path']['on_a_gpu']}", ""]  # fmt: skip
@@ -359,13 +462,14 @@ def markdown(results: dict[str, Any]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--only", choices=["throughput", "fixed_cost", "scale"], action="append")
+    parser.add_argument("--only", choices=["throughput", "fixed_cost", "scale", "predict"], action="append")
+    parser.add_argument("--predict-rows", type=int, default=5_000_000, help="rows for the prediction benchmark")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--sizes", default="10000,100000,1000000", help="rows for the scale benchmark")
     parser.add_argument("--output", default=str(RESULTS / "latest"), help="results path, without extension")
     args = parser.parse_args()
-    chosen = args.only or ["throughput", "fixed_cost", "scale"]
+    chosen = args.only or ["throughput", "fixed_cost", "scale", "predict"]
     results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine()}
     with tempfile.TemporaryDirectory(prefix="kerasflow-bench-") as folder:
         work = Path(folder)
@@ -375,6 +479,8 @@ def main() -> int:
             results["fixed_cost"] = fixed_cost(work, args.repeats, args.epochs)
         if "scale" in chosen:
             results["scale"] = scale(work, [int(rows) for rows in args.sizes.split(",")])
+        if "predict" in chosen:
+            results["predict"] = prediction(work, args.predict_rows)
     results["gpu_path"] = gpu_path()
     results["benchmark_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     output = Path(args.output)

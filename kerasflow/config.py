@@ -332,6 +332,89 @@ class RegisterParams(_Section):
         return value
 
 
+class SearchDimension(_Section):
+    """One dimension of the search space: exactly one of `choice`, `uniform`, `loguniform`, `int`."""
+
+    choice: list[Any] | None = None
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    int: tuple[int, int] | None = None
+    step: PositiveFloat | None = None
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SearchDimension:
+        kinds = [name for name in ("choice", "uniform", "loguniform", "int") if getattr(self, name) is not None]
+        if len(kinds) != 1:
+            raise ValueError(f"give exactly one of choice, uniform, loguniform, int; got {kinds or 'none'}")
+        if self.choice is not None and not self.choice:
+            raise ValueError("choice is empty: list at least one value")
+        for kind in ("uniform", "loguniform", "int"):
+            bounds = getattr(self, kind)
+            if bounds is not None and not bounds[0] < bounds[1]:
+                raise ValueError(f"{kind}: low {bounds[0]} must be below high {bounds[1]}")
+        if self.loguniform is not None and self.loguniform[0] <= 0:
+            raise ValueError(f"loguniform: the range must be above zero, got low {self.loguniform[0]}")
+        if self.step is not None and self.choice is not None:
+            raise ValueError("step applies to int and uniform ranges, not to choice")
+        if self.step is not None and self.loguniform is not None:
+            raise ValueError("step does not apply to loguniform")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(name for name in ("choice", "uniform", "loguniform", "int") if getattr(self, name) is not None)
+
+    def grid_values(self) -> list[Any] | None:
+        """The values a grid search tries, or None for a continuous range (which a grid cannot cover)."""
+        if self.choice is not None:
+            return list(self.choice)
+        if self.int is not None:
+            step = int(self.step or 1)
+            return list(range(self.int[0], self.int[1] + 1, step))
+        if self.uniform is not None and self.step:
+            count = int(round((self.uniform[1] - self.uniform[0]) / self.step)) + 1
+            return [round(self.uniform[0] + index * self.step, 12) for index in range(count)]
+        return None
+
+
+class TuneParams(_Section):
+    """Hyperparameter search (`kerasflow tune`): an Optuna study over `space`, trials as Prefect tasks."""
+
+    n_trials: int = Field(20, ge=1)
+    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    # median: stop a trial whose curve falls behind the median of earlier trials at the same epoch.
+    pruner: Literal["median", "none"] = "median"
+    warmup_epochs: int = Field(3, ge=0)
+    startup_trials: int = Field(3, ge=0)
+    # A per-epoch validation metric (val_loss, val_accuracy, ...) or the evaluate primary metric on the
+    # validation split (accuracy, f1, r2, ...).
+    metric: str = "val_loss"
+    direction: Literal["auto", "minimize", "maximize"] = "auto"
+    parallelism: PositiveInt = 1
+    task_runner: Literal["threads", "dask"] = "threads"
+    dask_address: str | None = None
+    # Epochs per trial (default: train.epochs).
+    epochs: PositiveInt | None = None
+    # Default: the registered model's name and a hash of the space and the base params.
+    study_name: str | None = None
+    # Where the study is kept (default: sqlite:///optuna.db beside the tracking store).
+    storage: str | None = None
+    space: dict[str, SearchDimension] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _runner(self) -> TuneParams:
+        if self.task_runner == "dask" and not self.dask_address:
+            raise ValueError("task_runner dask needs dask_address (the scheduler, e.g. tcp://10.0.0.5:8786)")
+        if self.sampler == "grid":
+            continuous = [key for key, dimension in self.space.items() if dimension.grid_values() is None]
+            if continuous:
+                raise ValueError(
+                    f"a grid cannot cover the continuous range(s) of {continuous}: give them a step or a choice"
+                )
+        return self
+
+
 class DriftParams(_Section):
     """When a column of new data counts as drifted from the training split."""
 
@@ -373,6 +456,7 @@ class Params(_Section):
     evaluate: EvaluateParams = EvaluateParams()
     register_: RegisterParams = Field(RegisterParams(), alias="register")
     predict: PredictParams = PredictParams()
+    tune: TuneParams = TuneParams()
     tracking: TrackingParams = TrackingParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -397,14 +481,26 @@ def _format_errors(error: ValidationError, source: str) -> str:
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    node = tree
+    """Set `dotted` (`train.epochs`, or `model.layers.5.units` with a list index) in a params tree."""
+    node: Any = tree
     parts = dotted.split(".")
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"override {dotted!r}: {part!r} is not a section")
-        node = child
-    node[parts[-1]] = value
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        where = ".".join(parts[:depth]) or "the top level"
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"override {dotted!r}: {where} has {len(node)} item(s); {part!r} is not one of them")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+        else:
+            raise ConfigError(f"override {dotted!r}: {where} is a value, not a section")
 
 
 def apply_overrides(tree: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
@@ -440,6 +536,24 @@ def parse_params(tree: dict[str, Any], source: str = "params.yaml") -> Params:
         return Params.model_validate(tree)
     except ValidationError as error:
         raise ConfigError(_format_errors(error, source)) from None
+
+
+def check_search_space(params: Params) -> None:
+    """Each key of `tune.space` must be a param a trial can set: applied with a value from its range, the params
+    must still be valid. Raise ConfigError naming the key."""
+    tree = params.to_dict()
+    for key, dimension in params.tune.space.items():
+        if key.split(".")[0] in ("tune", "tracking", "predict"):
+            raise ConfigError(f"tune.space: {key!r} is not a setting of a trial")
+        values = dimension.choice if dimension.choice is not None else list(getattr(dimension, dimension.kind))
+        for value in values:  # every choice, and both ends of a range, must make valid params
+            try:
+                parse_params(apply_overrides(tree, {key: value}), f"tune.space.{key}")
+            except ConfigError as error:
+                message = str(error).replace("override ", "")
+                raise ConfigError(
+                    f"tune.space: {key!r} = {value!r} is not a param a trial can set ({message})"
+                ) from None
 
 
 def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> Params:

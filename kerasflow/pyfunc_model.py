@@ -24,8 +24,10 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-# Small batches (serving) run the model eagerly; large ones (batch scoring) through a compiled predict.
+# Up to this many rows (a served request) the model runs eagerly; more (batch scoring) go through its
+# compiled predict step, this many rows at a time.
 EAGER_ROWS = 2048
+PREDICT_BATCH = 8192
 
 
 def load_interface(path: str) -> Any:
@@ -71,15 +73,26 @@ class KerasRawInputModel(mlflow.pyfunc.PythonModel):
         return self.interface.prediction_frame(self.outputs(features), self.config)
 
     def outputs(self, features: Any) -> np.ndarray:
-        import tensorflow as tf
+        """The Keras model's outputs: called eagerly on a few rows (a served request traces nothing), and
+        through its compiled predict step, a chunk at a time, on many (batch scoring)."""
+        rows = len(next(iter(features.values()))) if isinstance(features, dict) else len(features)
+        if rows <= EAGER_ROWS:
+            return np.asarray(self.model(tensors(features, 0, rows), training=False))
+        return np.concatenate(
+            [
+                np.asarray(self.model.predict_on_batch(tensors(features, start, start + PREDICT_BATCH)))
+                for start in range(0, rows, PREDICT_BATCH)
+            ]
+        )
 
-        rows = len(features) if isinstance(features, np.ndarray) else len(next(iter(features.values())))
-        if rows > EAGER_ROWS:
-            batches = tf.data.Dataset.from_tensor_slices(features).batch(EAGER_ROWS).prefetch(2)
-            return np.asarray(self.model.predict(batches, verbose=0))
-        # A handful of rows: called directly, no tf.function is traced.
-        batches = tf.data.Dataset.from_tensor_slices(features).batch(256)
-        return np.concatenate([np.asarray(self.model(batch, training=False)) for batch in batches])
+
+def tensors(features: Any, start: int, stop: int) -> Any:
+    """Rows `start:stop` of the model inputs as tensors (Keras' predict refuses NumPy string arrays)."""
+    import tensorflow as tf
+
+    if isinstance(features, dict):
+        return {name: tf.constant(values[start:stop]) for name, values in features.items()}
+    return tf.constant(features[start:stop])
 
 
 mlflow.models.set_model(KerasRawInputModel())

@@ -53,7 +53,9 @@ def read_batches(path: Path, batch_rows: int, inputs: ModelInputs) -> Iterator[t
             import pyarrow.parquet as pq
 
             start = 0
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
+            # Without pre-buffering, pyarrow holds one batch's columns at a time, not whole row groups.
+            reader = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 22)
+            for batch in reader.iter_batches(batch_size=batch_rows):
                 yield start, batch.to_pandas()
                 start += batch.num_rows
         elif suffix in (".csv", ".txt"):
@@ -126,6 +128,19 @@ class OutputWriter:
         self.temporary.unlink(missing_ok=True)
 
 
+def read_ahead(batches: Iterator[Any]) -> Iterator[Any]:
+    """`batches`, with the next one read in a thread while the current one is scored (reading Parquet and CSV
+    releases the GIL, so the file is read while the model predicts). At most two batches are in memory."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    done = object()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="kerasflow-read") as reader:
+        upcoming = reader.submit(next, batches, done)
+        while (item := upcoming.result()) is not done:
+            upcoming = reader.submit(next, batches, done)
+            yield item
+
+
 def predict_batch(scorer: Any, batch: Any) -> pd.DataFrame:
     """The model's predictions for one batch; raw input it cannot read is a ModelInputError naming column and row."""
     from mlflow.exceptions import MlflowException
@@ -154,12 +169,13 @@ def score_file(
     """
     writer = OutputWriter(output_path)
     try:
-        for first, batch in read_batches(input_path, batch_rows, scorer.config.inputs):
+        for first, batch in read_ahead(read_batches(input_path, batch_rows, scorer.config.inputs)):
             if isinstance(batch, pd.DataFrame):
                 batch.index = pd.RangeIndex(first, first + len(batch))
             predictions = predict_batch(scorer, batch)
             for name, value in identity.items():
-                predictions[name] = value
+                # One value on every row: categorical, so Parquet stores it once per batch.
+                predictions[name] = pd.Categorical([value] * len(predictions))
             writer.write(predictions)
             if drift is not None:
                 drift.add(batch)

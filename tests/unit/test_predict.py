@@ -108,3 +108,16 @@ def test_outputs_are_csv_or_parquet_and_written_whole(tmp_path):
     writer.write(pd.DataFrame({"a": [1]}))
     writer.abort()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_image_folder_is_read_lazily_in_batches_at_the_models_size(tmp_path):
+    from kerasflow import samples
+
+    folder = samples.shapes(tmp_path / "images", per_class=3, size=12, seed=0)  # nine PNGs in class folders
+    batches = list(read_batches(folder, 4, ModelInputs.images([8, 8, 1])))
+    assert [start for start, _ in batches] == [0, 4, 8]
+    images = np.concatenate([batch for _, batch in batches])
+    assert images.shape == (9, 8, 8, 1) and images.max() > 100  # decoded, resized and grey, as the model takes them
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputFileError, match="empty: no images"):
+        list(read_batches(tmp_path / "empty", 4, ModelInputs.images([8, 8, 1])))
