@@ -48,6 +48,60 @@ def report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def study_report(result: dict[str, Any]) -> str:
+    counts, best, registration = result["counts"], result["best"], result["registration"]
+    values = ", ".join(
+        f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}" for key, value in best["params"].items()
+    )
+    lines = [
+        "",
+        f"kerasflow: study {result['study']} finished ({result['storage']})",
+        f"  trials          {counts['complete']} complete, {counts['pruned']} pruned, {counts['failed']} failed",
+        f"  best            trial {best['trial']}: {result['objective']} {best['value']:.4g} with {values}",
+        f"  registered      {registration['model_name']} version {registration['version']} -> {registration['alias']}"
+        + ("  (registered by an earlier run of this study)" if registration.get("reused") else ""),
+        f"  decision        {'; '.join(registration['reasons'])}",
+        "",
+    ]
+    run = {"run_id": result["parent_run_id"], **{key: result.get(key) for key in ("experiment_id", "tracking_uri")}}
+    if result.get("run_url"):
+        lines.append(f"Compare the trials in the MLflow UI: {result['run_url']}")
+    else:
+        page = f"http://127.0.0.1:5000/#/experiments/{run['experiment_id']}/runs/{run['run_id']}"
+        lines += [
+            f"Compare the trials in the MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {run['tracking_uri']} "
+            "--port 5000",
+            f"then open {page}",
+        ]
+    return "\n".join(lines)
+
+
+def tune(args: argparse.Namespace) -> int:
+    """`kerasflow tune`: the tuning flow, after the params and the search space are checked."""
+    from kerasflow.config import ConfigError, check_search_space, load_params
+
+    overrides = parse_assignments(args.overrides)
+    if args.n_trials is not None:
+        overrides["tune.n_trials"] = args.n_trials
+    try:
+        check_search_space(load_params(args.params, overrides))
+    except ConfigError as error:
+        sys.stderr.write(f"kerasflow: {error}\n")
+        return 2
+    from flows.tuning import tuning_pipeline
+
+    try:
+        result = tuning_pipeline(params_path=args.params, overrides=overrides or None, cache_data=not args.no_cache)
+    except ConfigError as error:  # found once the data is known (e.g. a metric this task does not log)
+        sys.stderr.write(f"kerasflow: {error}\n")
+        return 2
+    except Exception as error:
+        sys.stderr.write(f"kerasflow: study failed: {error}\n")
+        return 1
+    sys.stdout.write((json.dumps(result, indent=2, default=str) if args.json else study_report(result)) + "\n")
+    return 0
+
+
 def predict(args: argparse.Namespace) -> int:
     """`kerasflow predict`: the prediction function, without Prefect (no server to start for one file)."""
     from kerasflow.config import ConfigError, load_params
@@ -122,6 +176,14 @@ def main(argv: list[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="serve the flow (no work pool needed); trigger runs from Prefect")
     serve.add_argument("--name", default="kerasflow-serve", help="the deployment name (default: kerasflow-serve)")
     serve.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
+    tuning = commands.add_parser("tune", help="search params.yaml's tune.space; register the best configuration")
+    tuning.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
+    tuning.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a param"
+    )
+    tuning.add_argument("--n-trials", type=int, default=None, help="override tune.n_trials")
+    tuning.add_argument("--no-cache", action="store_true", help="run ingest and preprocess even if cached")
+    tuning.add_argument("--json", action="store_true", help="print the result as JSON")
     stage = commands.add_parser("stage", help="run one stage as `dvc repro` does")
     stage.add_argument("name")
     scoring = commands.add_parser("predict", help="score a file with the champion (or --model); check it for drift")
@@ -143,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         return use_example(args.name, parse_assignments(args.overrides))
     if args.command == "predict":
         return predict(args)
+    if args.command == "tune":
+        return tune(args)
 
     if args.command == "stage":
         from flows.dvc_stage import main as stage_main

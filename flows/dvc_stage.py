@@ -65,6 +65,16 @@ def undeclared_deps(dvc_yaml: Path, stage: Any) -> list[str]:
     return [path for path in stage.deps if path not in declared]
 
 
+def shared_root(workspace: Path) -> Path:
+    """Where the project's shared state is (mlflow.db, its artifacts): the workspace, except for a queued DVC
+    experiment, which runs in a copy under `.dvc/tmp/exps/` and must record into the project's store (DVC
+    sets DVC_ROOT to the project for it), not into a copy thrown away when it ends."""
+    parent = os.environ.get("DVC_ROOT")
+    if parent and workspace.resolve().is_relative_to(Path(parent).resolve() / ".dvc" / "tmp"):
+        return Path(parent).resolve()
+    return workspace
+
+
 def main(argv: list[str] | None = None) -> int:
     quiet_defaults()
     configure_logging()
@@ -103,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ["KERASFLOW_DVC_STAGE"] = args.stage
     try:
-        by_name[args.stage].run(params, Context(layout, root))
+        by_name[args.stage].run(params, Context(layout, shared_root(root)))
     except Exception as error:
         logger.error("stage %s failed: %s", args.stage, error, exc_info=logger.isEnabledFor(logging.DEBUG))
         return 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Collection
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,52 @@ def tag_flow_run(params: Params) -> None:
         client.update_flow_run(flow_run.id, tags=sorted({*current.tags, *wanted}))
 
 
+def run_stages(
+    params: Params,
+    context: Context,
+    after: Any = None,
+    cache_data: bool = True,
+    names: Collection[str] | None = None,
+) -> tuple[Context, Any, dict[str, dict[str, Any]]]:
+    """Run the stages (all, or those in `names`) in pipeline order as Prefect tasks, the first waiting for
+    the state `after` (if any).
+
+    Returns the context with the data stages' cache folders in it, the last stage's state (for
+    what comes next to wait for) and each stage's result. Each stage waits for the one before:
+    Prefect draws the pipeline as a chain.
+    """
+    results: dict[str, dict[str, Any]] = {}
+    previous = after
+    # The stage list dvc.yaml is generated from; this run's paths are in `context`, not in the list.
+    for stage in build_stages(Layout(context.project_root)):
+        if names is not None and stage.name not in names:
+            continue
+        key, refresh = None, False
+        folder = cache_folder(stage, params, context) if cache_data and stage.name in CACHED_OUTPUTS else None
+        if folder is not None:
+            context = replace(context, layout=replace(context.layout, **{CACHED_OUTPUTS[stage.name]: folder}))
+            key, refresh = folder.name, not any(folder.glob("*.json"))
+        # The arguments are quoted so Prefect does not also draw an edge from the task that made them.
+        stage_task = as_task(stage, key, refresh)
+        waits = [previous] if previous is not None else None
+        previous = stage_task(quote(params), quote(context), wait_for=waits, return_state=True)
+        results[stage.name] = previous.result()
+    return context, previous, results
+
+
+def open_run_task() -> Any:
+    """The first task of a pipeline run: create its MLflow run (retried if the store is briefly unreachable)."""
+    return task(
+        open_mlflow_run,
+        name="open-mlflow-run",
+        task_run_name="open-mlflow-run",
+        retries=2,
+        retry_delay_seconds=RETRY_DELAYS,
+        retry_condition_fn=retry_if_transient,
+        cache_policy=NO_CACHE,
+    )
+
+
 @flow(name="training-pipeline")
 def training_pipeline(
     params_path: str = "params.yaml",
@@ -149,31 +196,10 @@ def training_pipeline(
     project_root = Path(params_path).resolve().parent
     layout = Layout(run_folder(project_root, workdir, isolate), schema=project_root / "data" / "schema.json")
     context = Context(layout, project_root)
-    begin = task(
-        open_mlflow_run,
-        name="open-mlflow-run",
-        task_run_name="open-mlflow-run",
-        retries=2,
-        retry_delay_seconds=RETRY_DELAYS,
-        retry_condition_fn=retry_if_transient,
-        cache_policy=NO_CACHE,
-    )
-    previous = begin(params, context, return_state=True)
+    previous = open_run_task()(params, context, return_state=True)
     context = replace(context, run_id=previous.result())
-    results: dict[str, dict[str, Any]] = {}
     try:
-        # The stage list dvc.yaml is generated from; this run's paths are in `context`, not in the list.
-        for stage in build_stages(Layout(project_root)):
-            key, refresh = None, False
-            folder = cache_folder(stage, params, context) if cache_data and stage.name in CACHED_OUTPUTS else None
-            if folder is not None:
-                context = replace(context, layout=replace(context.layout, **{CACHED_OUTPUTS[stage.name]: folder}))
-                key, refresh = folder.name, not any(folder.glob("*.json"))
-            # Each stage waits for the one before: Prefect draws the pipeline as a chain. The arguments are
-            # quoted so Prefect does not also draw an edge from open-mlflow-run (whose id is in `context`).
-            stage_task = as_task(stage, key, refresh)
-            previous = stage_task(quote(params), quote(context), wait_for=[previous], return_state=True)
-            results[stage.name] = previous.result()
+        context, _, results = run_stages(params, context, previous, cache_data)
     except BaseException:
         tracking.mark_failed(context.run_id)
         raise

@@ -7,6 +7,7 @@ that names the key path and what was expected.
 
 from __future__ import annotations
 
+import builtins
 import copy
 from pathlib import Path
 from typing import Any, Literal
@@ -333,12 +334,16 @@ class RegisterParams(_Section):
 
 
 class SearchDimension(_Section):
-    """One dimension of the search space: exactly one of `choice`, `uniform`, `loguniform`, `int`."""
+    """One dimension of the search space: exactly one of `choice`, `uniform`, `loguniform`, `int`.
+
+    A choice may hold mappings, which set several keys of a section at once (the rest keep their
+    values): `model.optimizer: {choice: [{name: sgd, momentum: 0.9}, {name: adam}]}`.
+    """
 
     choice: list[Any] | None = None
     uniform: tuple[float, float] | None = None
     loguniform: tuple[float, float] | None = None
-    int: tuple[int, int] | None = None
+    int: tuple[builtins.int, builtins.int] | None = None
     step: PositiveFloat | None = None
     log: bool = False
 
@@ -349,6 +354,13 @@ class SearchDimension(_Section):
             raise ValueError(f"give exactly one of choice, uniform, loguniform, int; got {kinds or 'none'}")
         if self.choice is not None and not self.choice:
             raise ValueError("choice is empty: list at least one value")
+        if self.choice is not None and not all(
+            isinstance(value, (str, int, float, bool, dict)) for value in self.choice
+        ):
+            raise ValueError(
+                "choice values must be single values (text, numbers, true/false) or mappings of them, "
+                f"got {self.choice}"
+            )
         for kind in ("uniform", "loguniform", "int"):
             bounds = getattr(self, kind)
             if bounds is not None and not bounds[0] < bounds[1]:
@@ -378,6 +390,12 @@ class SearchDimension(_Section):
         return None
 
 
+# What a trial can be judged on: a per-epoch validation metric Keras logs (`val_loss`; `val_accuracy` for
+# classification, `val_rmse` / `val_mae` for regression), or an evaluate metric on the validation split.
+EPOCH_METRICS = ("loss", "accuracy", "rmse", "mae")
+TUNE_METRICS = (*(f"val_{name}" for name in EPOCH_METRICS), *CLASSIFICATION_METRICS, *REGRESSION_METRICS)
+
+
 class TuneParams(_Section):
     """Hyperparameter search (`kerasflow tune`): an Optuna study over `space`, trials as Prefect tasks."""
 
@@ -401,6 +419,13 @@ class TuneParams(_Section):
     # Where the study is kept (default: sqlite:///optuna.db beside the tracking store).
     storage: str | None = None
     space: dict[str, SearchDimension] = Field(default_factory=dict)
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        if value not in TUNE_METRICS:
+            raise ValueError(f"{value!r} is not a metric a trial logs; expected one of {list(TUNE_METRICS)}")
+        return value
 
     @model_validator(mode="after")
     def _runner(self) -> TuneParams:
@@ -518,7 +543,8 @@ def apply_overrides(tree: dict[str, Any], overrides: dict[str, Any] | None) -> d
     }
 
     def merge(prefix: str, value: Any) -> None:
-        if isinstance(value, dict) and (value or not prefix):
+        # tune.space's own keys are dotted param names: an override replaces the whole space.
+        if isinstance(value, dict) and (value or not prefix) and prefix != "tune.space":
             for key, child in value.items():
                 merge(f"{prefix}.{key}" if prefix else str(key), child)
         else:
@@ -538,13 +564,31 @@ def parse_params(tree: dict[str, Any], source: str = "params.yaml") -> Params:
         raise ConfigError(_format_errors(error, source)) from None
 
 
+# Settings that change the raw data or the splits: fixed for a study (its data stages run once).
+STUDY_DATA_KEYS = (
+    "ingest.",
+    "validate.",
+    "preprocess.test_fraction",
+    "preprocess.val_fraction",
+    "preprocess.stratify",
+    "preprocess.categorical_columns",
+)
+
+
 def check_search_space(params: Params) -> None:
     """Each key of `tune.space` must be a param a trial can set: applied with a value from its range, the params
     must still be valid. Raise ConfigError naming the key."""
     tree = params.to_dict()
+    if not params.tune.space:
+        raise ConfigError("tune.space is empty: give at least one key to search, e.g. model.optimizer.learning_rate")
     for key, dimension in params.tune.space.items():
         if key.split(".")[0] in ("tune", "tracking", "predict"):
             raise ConfigError(f"tune.space: {key!r} is not a setting of a trial")
+        if key == "seed" or key.startswith(STUDY_DATA_KEYS):
+            raise ConfigError(
+                f"tune.space: {key!r} changes the data splits, which a study makes once for all its trials; "
+                "search model, train or the input layers' preprocess settings"
+            )
         values = dimension.choice if dimension.choice is not None else list(getattr(dimension, dimension.kind))
         for value in values:  # every choice, and both ends of a range, must make valid params
             try:

@@ -163,3 +163,38 @@ def flow_summary(results: dict[str, dict[str, Any]], overrides: dict[str, Any], 
         f"- **MLflow:** {mlflow_link(training)}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def study_summary(summary: dict[str, Any], registration: dict[str, Any]) -> str:
+    """The study's account (the parent MLflow run's description, the Prefect artifact): the winner, how the trials
+    ended, each trial, and what was registered."""
+    counts, best = summary["counts"], summary["best"]
+    objective = summary["objective"]
+    values = ", ".join(f"`{key}={value}`" for key, value in best["params"].items())
+    lines = [
+        f"# Tuning study `{summary['study']}`",
+        "",
+        f"**Best:** trial {best['trial']}, {objective} {best['value']:.4g} ({summary['direction']}), with {values}.",
+        "",
+        f"Trials: {counts['complete']} complete, {counts['pruned']} pruned, {counts['failed']} failed.",
+        "",
+        summary["table"],
+        "",
+    ]
+    if registration.get("reused"):
+        lines.append(
+            f"The best configuration was registered already: `{registration['model_name']}` version "
+            f"{registration['version']} ({registration['alias']})."
+        )
+    else:
+        lines += [
+            f"Retrained with those values and registered: `{registration['model_name']}` version "
+            f"{registration['version']} → **{registration['alias']}**",
+            "",
+            metrics_table(registration["metrics"], registration["baseline"]),
+            "",
+            "**Why:**",
+            *(f"- {reason}" for reason in registration["reasons"]),
+        ]
+    lines += ["", f"Study storage: `{summary['storage']}` (Optuna)."]
+    return "\n".join(lines) + "\n"

@@ -72,18 +72,42 @@ def configure(params: TrackingParams, project_root: Path) -> str:
     check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    with store_setup_lock(uri):
+        try:
+            client = MlflowClient()
+            experiment = client.get_experiment_by_name(params.experiment)
+        except Exception as error:  # The store is unreachable or broken: say which one.
+            raise ConnectionError(f"MLflow tracking store {uri} is not reachable: {error}") from error
+        if experiment is not None:
+            if experiment.tags.get("mlflow.experimentKind") != EXPERIMENT_KIND["mlflow.experimentKind"]:
+                client.set_experiment_tag(experiment.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
+            return experiment.experiment_id
+        # Local stores keep artifacts beside the database, not wherever the process happened to start.
+        location = (project_root / "mlartifacts").resolve().as_uri() if is_local_store(uri) else None
+        return client.create_experiment(params.experiment, artifact_location=location, tags=EXPERIMENT_KIND)
+
+
+@contextlib.contextmanager
+def store_setup_lock(uri: str) -> Iterator[None]:
+    """For a local sqlite store, one process at a time creates its tables and the experiment: two pipelines
+    starting together on a new store (`dvc queue start -j 2`, parallel deployment runs) would otherwise both
+    run MLflow's schema migrations, and one fails ("duplicate column name")."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    from filelock import FileLock
+
+    store = Path(uri.removeprefix("sqlite:///"))
+    lock = FileLock(str(store.with_name(f".{store.name}.setup.lock")), timeout=300)
     try:
-        client = MlflowClient()
-        experiment = client.get_experiment_by_name(params.experiment)
-    except Exception as error:  # The store is unreachable or broken: say which one.
+        store.parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except OSError as error:
         raise ConnectionError(f"MLflow tracking store {uri} is not reachable: {error}") from error
-    if experiment is not None:
-        if experiment.tags.get("mlflow.experimentKind") != EXPERIMENT_KIND["mlflow.experimentKind"]:
-            client.set_experiment_tag(experiment.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
-        return experiment.experiment_id
-    # Local stores keep artifacts beside the database, not wherever the process happened to start.
-    location = (project_root / "mlartifacts").resolve().as_uri() if is_local_store(uri) else None
-    return client.create_experiment(params.experiment, artifact_location=location, tags=EXPERIMENT_KIND)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 @contextlib.contextmanager
@@ -193,8 +217,15 @@ def lineage_tags(project_root: Path) -> dict[str, str]:
     return {**git_tags(project_root), **source_tags()}
 
 
-def begin_pipeline_run(params: Params, project_root: Path, workdir: Path) -> str:
-    """Create the MLflow run of a whole pipeline run (left RUNNING), with lineage and the resolved params file."""
+def begin_pipeline_run(
+    params: Params,
+    project_root: Path,
+    workdir: Path,
+    tags: dict[str, str] | None = None,
+    run_name: str | None = None,
+) -> str:
+    """Create the MLflow run of a whole pipeline run (left RUNNING), with lineage and the resolved params file.
+    `tags` add to (or override) the lineage, e.g. the parent run of a study's retrained best trial."""
     import yaml
 
     experiment_id = configure(params.tracking, project_root)
@@ -202,8 +233,9 @@ def begin_pipeline_run(params: Params, project_root: Path, workdir: Path) -> str
         **lineage_tags(project_root),
         "kerasflow.workdir": str(workdir),
         "registry.model": params.register_.model_name,
+        **(tags or {}),
     }
-    return create_run(experiment_id, tags, yaml.safe_dump(params.to_dict(), sort_keys=False))
+    return create_run(experiment_id, tags, yaml.safe_dump(params.to_dict(), sort_keys=False), run_name)
 
 
 def orchestration_tags() -> dict[str, str]:
@@ -220,6 +252,10 @@ def orchestration_tags() -> dict[str, str]:
                 tags["prefect.flow_run_url"] = str(flow_run.ui_url)
     if os.environ.get("KERASFLOW_DVC_STAGE"):
         tags["dvc.stage"] = os.environ["KERASFLOW_DVC_STAGE"]
+        # `dvc exp run` (queued or not): the experiment, and the commit it started from.
+        for variable, tag in (("DVC_EXP_NAME", "dvc.experiment"), ("DVC_EXP_BASELINE_REV", "dvc.baseline_rev")):
+            if os.environ.get(variable):
+                tags[tag] = os.environ[variable]
     tags["kerasflow.entry"] = "prefect" if "prefect.flow_run_id" in tags else "dvc" if "dvc.stage" in tags else "python"
     return tags
 

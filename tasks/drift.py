@@ -230,9 +230,9 @@ def summary_line(report: dict[str, Any]) -> str:
 
 def plot_drift(report: dict[str, Any], path: Any, title: str = "") -> None:
     """One bar per column (PSI for numbers, unseen share for categories), the thresholds drawn, drifted ones red."""
-    from tasks.evaluate import _pyplot, _save_figure
+    from kerasflow.plotting import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     columns = report["columns"]
     names = list(columns)
     values = [columns[n].get("psi", columns[n].get("unseen_share", 0.0)) for n in names]
@@ -245,4 +245,4 @@ def plot_drift(report: dict[str, Any], path: Any, title: str = "") -> None:
     axis.set_title(title or f"Drift of {report['rows']:,} new rows against the training split")
     axis.legend()
     figure.tight_layout()
-    _save_figure(figure, path)
+    save_figure(figure, path)

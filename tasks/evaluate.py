@@ -14,8 +14,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from kerasflow.config import EvaluateParams
-from kerasflow.io import atomic_path
 from kerasflow.model_interface import MISSING, ModelInputs, positive_share, predicted_classes
+from kerasflow.plotting import pyplot, save_figure
 from tasks.preprocess import Split
 
 
@@ -159,25 +159,9 @@ def predictions_frame(
     return pd.DataFrame({"actual": [as_label(i) for i in y_true], "predicted": [as_label(i) for i in predicted]})
 
 
-def _pyplot() -> Any:
-    """matplotlib's pyplot, drawing to files only (no display)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save_figure(figure: Any, path: Path) -> None:
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, dpi=100, format="png")
-    _pyplot().close(figure)
-
-
 def plot_training_curves(history: pd.DataFrame, path: Path, best_epoch: int | None = None, title: str = "") -> None:
     """Loss and each metric per epoch, training against validation, with the epoch the model keeps marked."""
-    plt = _pyplot()
+    plt = pyplot()
     names = [column for column in history.columns if column != "epoch" and not column.startswith("val_")]
     figure, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.8), squeeze=False)
     for axis, name in zip(axes[0], names, strict=True):
@@ -193,12 +177,12 @@ def plot_training_curves(history: pd.DataFrame, path: Path, best_epoch: int | No
     if title:
         figure.suptitle(title)
     figure.tight_layout()
-    _save_figure(figure, path)
+    save_figure(figure, path)
 
 
 def plot_confusion_matrix(predictions: pd.DataFrame, path: Path, title: str = "") -> None:
     """The confusion matrix of the test split, each row normalised to the share of that true class."""
-    plt = _pyplot()
+    plt = pyplot()
     labels = sorted(set(predictions["actual"]) | set(predictions["predicted"]), key=lambda v: (len(v), v))
     matrix = skm.confusion_matrix(predictions["actual"], predictions["predicted"], labels=labels, normalize="true")
     size = 2 + 0.55 * len(labels)
@@ -206,14 +190,14 @@ def plot_confusion_matrix(predictions: pd.DataFrame, path: Path, title: str = ""
     skm.ConfusionMatrixDisplay(matrix, display_labels=labels).plot(ax=axis, colorbar=True, values_format=".2f")
     axis.set_title(title or f"Confusion matrix, test split ({len(predictions)} rows; rows sum to 1)")
     figure.tight_layout()
-    _save_figure(figure, path)
+    save_figure(figure, path)
 
 
 def plot_binary_curves(
     y_true: np.ndarray, outputs: np.ndarray, threshold: float, roc_path: Path, pr_path: Path
 ) -> None:
     """ROC and precision-recall curves of a binary classifier, with the decision threshold marked."""
-    plt = _pyplot()
+    plt = pyplot()
     scores = outputs.reshape(-1)
     called = scores >= threshold
     recall = np.mean(called[y_true == 1])
@@ -229,4 +213,4 @@ def plot_binary_curves(
         axis.set_title(("ROC curve" if display is skm.RocCurveDisplay else "Precision-recall curve") + ", test split")
         axis.legend(loc=corner)
         figure.tight_layout()
-        _save_figure(figure, path)
+        save_figure(figure, path)

@@ -45,11 +45,14 @@ def decide(
     primary: str,
     params: RegisterParams,
     smoke_test_ok: bool = True,
+    dvc_experiment: str | None = None,
 ) -> Decision:
     """Apply thresholds, the baseline, the current champion and the smoke test; explain each.
 
     `champion` is the current champion re-scored on this run's test split (`tasks.champion.rescore`:
     its version and `test` metrics, or why it was `skipped`), or None when there is none.
+    A DVC experiment (`dvc_experiment`, its name) never promotes: it may be thrown away, and a
+    champion must not come from work that is not in the workspace.
     """
     checks: dict[str, bool] = {}
     reasons: list[str] = []
@@ -85,6 +88,12 @@ def decide(
                 f"{primary} {value:.4f} {verdict} the champion's (version {champion['version']}) {reference:.4f} "
                 "on the same test rows"
             )
+    if dvc_experiment:
+        checks["not_a_dvc_experiment"] = False
+        reasons.append(
+            f"DVC experiment {dvc_experiment} does not move champion; to promote it: "
+            f"`dvc exp apply {dvc_experiment}` then `dvc repro --force --single-item register`"
+        )
     checks["smoke_test"] = smoke_test_ok
     if not smoke_test_ok:
         reasons.append("the serving smoke test failed: the registered files are not those that loaded and predicted")
@@ -118,11 +127,11 @@ def verify_registered_files(model_uri: str, expected_sha256: str) -> tuple[bool,
     return True, f"ok: the registered files are the ones that passed train's round trip (sha256 {found[:12]})"
 
 
-def register_version(model_uri: str, model_name: str, run_id: str) -> str:
-    """Create a registry version for the logged model; return its version number."""
+def register_version(model_uri: str, model_name: str, run_id: str, tags: dict[str, str] | None = None) -> str:
+    """Create a registry version for the logged model (tagged with its run, and `tags`); return its number."""
     import mlflow
 
-    version = mlflow.register_model(model_uri, model_name, tags={"run_id": run_id})
+    version = mlflow.register_model(model_uri, model_name, tags={"run_id": run_id, **(tags or {})})
     return str(version.version)
 
 

@@ -170,9 +170,10 @@ class Backup:
 class EpochProgress(keras.callbacks.Callback):
     """One INFO line per epoch (loss, metrics, seconds), so a long run is never silent."""
 
-    def __init__(self, epochs: int) -> None:
+    def __init__(self, epochs: int, label: str = "") -> None:
         super().__init__()
         self.epochs = epochs
+        self.prefix = f"{label}: " if label else ""
         self.started = 0.0
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
@@ -182,7 +183,8 @@ class EpochProgress(keras.callbacks.Callback):
         values = "  ".join(
             f"{name} {float(value):.4g}" for name, value in (logs or {}).items() if name != "learning_rate"
         )
-        logger.info("epoch %d/%d  %s  (%.1f s)", epoch + 1, self.epochs, values, time.perf_counter() - self.started)
+        seconds = time.perf_counter() - self.started
+        logger.info("%sepoch %d/%d  %s  (%.1f s)", self.prefix, epoch + 1, self.epochs, values, seconds)
 
 
 def training_callbacks(
@@ -237,13 +239,15 @@ def train_model(
     callbacks: Sequence[keras.callbacks.Callback] = (),
     class_weight: dict[int, float] | None = None,
     fine_tune: Callable[[keras.Model], None] | None = None,
+    label: str = "",
 ) -> dict[str, list[float]]:
     """Fit `model`; return the per-epoch history (loss, metrics, val_*) of the epochs run here.
 
     With `train.fine_tune.epochs`, `fine_tune` (which unfreezes and recompiles the model) runs
     after the first phase, and training goes on for those epochs. With `backup_dir`, a killed
     attempt resumes either phase from its last finished epoch (see `Backup`); the backup stays
-    until the caller removes it, so a failure after training does not cost the training.
+    until the caller removes it, so a failure after training does not cost the training. `label`
+    starts each epoch's log line (a tuning trial's number).
     """
     if len(train_split) == 0 or len(val_split) == 0:
         raise ValueError("train and validation splits must not be empty")
@@ -251,7 +255,7 @@ def train_model(
     backup = Backup(backup_dir) if backup_dir is not None else None
     train_data = make_dataset(train_split, inputs, params.batch_size, params.shuffle, seed)
     val_data = make_dataset(val_split, inputs, params.batch_size, False, seed)
-    injected = [*callbacks, EpochProgress(params.epochs + (params.fine_tune.epochs if fine_tune else 0))]
+    injected = [*callbacks, EpochProgress(params.epochs + (params.fine_tune.epochs if fine_tune else 0), label)]
 
     def fit(phase: str, first_epoch: int, epochs: int, checkpoint: Path | None) -> dict[str, list[float]]:
         history = model.fit(
@@ -294,5 +298,10 @@ def train_model(
     losses = result.get("loss", [])
     if losses and not np.all(np.isfinite(losses)):
         raise FloatingPointError("training stopped: the loss became NaN or infinite (TerminateOnNaN)")
-    logger.info("trained %d epoch(s) here; final loss %s", len(losses), f"{losses[-1]:.4f}" if losses else "n/a")
+    logger.info(
+        "%strained %d epoch(s) here; final loss %s",
+        f"{label}: " if label else "",
+        len(losses),
+        f"{losses[-1]:.4f}" if losses else "n/a",
+    )
     return result

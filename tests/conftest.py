@@ -27,6 +27,18 @@ def use_store(database: Path):
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+@pytest.fixture(autouse=True)
+def no_inherited_store():
+    """`mlflow.set_tracking_uri` and `set_registry_uri` also set MLFLOW_TRACKING_URI and MLFLOW_REGISTRY_URI in
+    the environment, so that subprocesses inherit them: one test's store must not become the store of the next
+    test's subprocesses."""
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        os.environ.pop(name, None)
+    yield
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        os.environ.pop(name, None)
+
+
 @pytest.fixture
 def mlflow_store(tmp_path, monkeypatch):
     """A fresh sqlite MLflow store for one test; returns its URI."""

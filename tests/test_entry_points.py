@@ -93,3 +93,15 @@ def test_the_quiet_environment_is_defined_once():
     assert "python -m kerasflow.runtime" in env_script
     deployments = (REPO_ROOT / "prefect.yaml").read_text() + env_script
     assert not [name for name in QUIET_ENVIRONMENT if name in deployments]
+
+
+def test_a_queued_dvc_experiment_records_into_the_project_not_its_copy(tmp_path, monkeypatch):
+    from flows.dvc_stage import shared_root
+
+    copy = tmp_path / ".dvc" / "tmp" / "exps" / "tmpabc123"
+    copy.mkdir(parents=True)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    assert shared_root(copy) == tmp_path.resolve()
+    assert shared_root(tmp_path) == tmp_path  # `dvc repro` and `dvc exp run` in the workspace
+    monkeypatch.delenv("DVC_ROOT")
+    assert shared_root(copy) == copy

@@ -29,6 +29,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("kerasflow", "tasks", "flows")
 # Every stage runs through this entry point (and the stage list in this file).
 ENTRY_POINT = "flows/dvc_stage.py"
+# The stages that make the data a model trains on: a tuning study runs them once, not once per trial.
+DATA_STAGES = ("ingest", "validate", "preprocess")
 
 
 @dataclass(frozen=True)

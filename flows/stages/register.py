@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,11 +41,17 @@ def run(params: Params, context: Context) -> dict[str, Any]:
     with tracking.open_run(experiment_id, run_id=run_info["run_id"]) as run_id:
         with registry_lock(name, mlflow.get_tracking_uri()):
             champion = current_rescore(name, result.get("champion_rescored"), layout.processed_dir, state)
-            version = register_version(run_info["model_uri"], name, run_id)
+            version = register_version(run_info["model_uri"], name, run_id, study_tags(run_id))
             # The logged model loaded back and predicted in train; these must be the very files it used.
             files_ok, files_detail = verify_registered_files(f"models:/{name}/{version}", run_info["artifacts_sha256"])
             decision = decide(
-                result["test"], result["baseline"], champion, result["primary_metric"], params.register_, files_ok
+                result["test"],
+                result["baseline"],
+                champion,
+                result["primary_metric"],
+                params.register_,
+                files_ok,
+                dvc_experiment=os.environ.get("DVC_EXP_NAME"),
             )
             payload = {
                 "model_name": name,
@@ -66,6 +73,18 @@ def run(params: Params, context: Context) -> dict[str, Any]:
         tracking.describe_run(run_id, payload)
     logger.info("registered %s version %s as %s: %s", name, version, decision.alias, "; ".join(decision.reasons))
     return payload
+
+
+def study_tags(run_id: str) -> dict[str, str]:
+    """For the best configuration of a tuning study: the study, its MLflow run and the trial, on the version."""
+    tags = mlflow.get_run(run_id).data.tags
+    if "kerasflow.study" not in tags:
+        return {}
+    return {
+        "kerasflow.study": tags["kerasflow.study"],
+        "kerasflow.study_run": tags.get("mlflow.parentRunId", ""),
+        "optuna.trial": tags.get("optuna.trial", ""),
+    }
 
 
 def current_rescore(

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,14 +152,25 @@ def fit(params: Params, context: Context, data: TrainingData, setup: ModelSetup,
     # The best-weights checkpoint grows beside the backup; outputs appear only when training succeeded.
     checkpoint = best_weights_path(backup)
 
-    def fine_tune(model: keras.Model) -> None:
-        with setup.strategy.scope():
-            unfreeze(model, params.train.fine_tune.layers)
-            compile_model(
-                model, params.model, setup.data, setup.plan["jit_compile"], params.train.fine_tune.learning_rate
-            )
+    callbacks = [tracking.epoch_logger(run_id, len(data.train))]
+    history = fit_setup(params, data, setup, callbacks, checkpoint=checkpoint, backup=backup)
+    frame = pd.concat([earlier, pd.DataFrame(history)], ignore_index=True)
+    frame.insert(0, "epoch", range(len(frame)))
+    return frame
 
-    history = fit_model(
+
+def fit_setup(
+    params: Params,
+    data: TrainingData,
+    setup: ModelSetup,
+    callbacks: list[keras.callbacks.Callback],
+    checkpoint: Path | None = None,
+    backup: Path | None = None,
+    label: str = "",
+) -> dict[str, list[float]]:
+    """`fit` the set-up model on the training data with `callbacks` (both phases, with train.fine_tune); the
+    train stage adds its checkpoint and resumable backup, a tuning trial its pruning and its label."""
+    return fit_model(
         setup.model,
         data.train,
         data.val,
@@ -167,13 +179,25 @@ def fit(params: Params, context: Context, data: TrainingData, setup: ModelSetup,
         params.seed,
         checkpoint_path=checkpoint,
         backup_dir=backup,
-        callbacks=[tracking.epoch_logger(run_id, len(data.train))],
+        callbacks=callbacks,
         class_weight=setup.class_weight,
-        fine_tune=fine_tune,
+        fine_tune=fine_tuner(params, setup),
+        label=label,
     )
-    frame = pd.concat([earlier, pd.DataFrame(history)], ignore_index=True)
-    frame.insert(0, "epoch", range(len(frame)))
-    return frame
+
+
+def fine_tuner(params: Params, setup: ModelSetup) -> Callable[[keras.Model], None]:
+    """What starts the second phase (train.fine_tune): unfreeze the backbone's last layers, recompile at the
+    fine-tuning learning rate."""
+
+    def fine_tune(model: keras.Model) -> None:
+        with setup.strategy.scope():
+            unfreeze(model, params.train.fine_tune.layers)
+            compile_model(
+                model, params.model, setup.data, setup.plan["jit_compile"], params.train.fine_tune.learning_rate
+            )
+
+    return fine_tune
 
 
 def best_epoch(params: Params, history: pd.DataFrame) -> int:

@@ -29,6 +29,9 @@ OFFLINE = [
     "linear_regression",
     "text_lstm",
     "image_folder_cnn",
+    # Studies (`kerasflow tune`); under `dvc repro` they train their base configuration.
+    "optimizer_comparison",
+    "house_prices_tuning",
 ]
 DOWNLOADS = {"mnist_cnn", "fashion_mnist_cnn", "boston_housing_mlp", "imdb_lstm", "transfer_learning"}
 

@@ -41,6 +41,15 @@ def test_each_gate_can_hold_a_candidate_back(candidate, baseline, champion, smok
     assert [name for name, ok in decision.checks.items() if not ok] == [failed_check]
 
 
+def test_a_dvc_experiment_never_moves_the_champion_and_says_how_to_promote_it():
+    decision = decide(GOOD, BASELINE, None, "accuracy", PARAMS, dvc_experiment="bushy-lynx")
+    assert not decision.promote and decision.alias == CHALLENGER
+    assert [name for name, ok in decision.checks.items() if not ok] == ["not_a_dvc_experiment"]
+    assert any(
+        "`dvc exp apply bushy-lynx` then `dvc repro --force --single-item register`" in r for r in decision.reasons
+    )
+
+
 def test_equal_to_the_champion_is_enough():
     decision = decide(GOOD, BASELINE, {"version": "3", "test": {"accuracy": 0.98}}, "accuracy", PARAMS)
     assert decision.promote

@@ -1,0 +1,541 @@
+"""The Prefect tuning pipeline: one Optuna study, its trials as Prefect tasks, one winner through the gate.
+
+    tuning-pipeline
+      open-study                      the Optuna study (continued if it exists) and its parent MLflow run
+      ingest → validate → preprocess  once per study, cached as in the training pipeline
+      study-trials                    a subflow running `tune.parallelism` trials at once (threads, or Dask)
+        trial-0, trial-1, ...         each fits one configuration in its own nested MLflow run
+      summarize-study                 the parent run's table, charts, best value and params
+      train → evaluate → register     the best configuration, through the same gate as a single run
+
+Run it with `kerasflow tune`; deploy it with prefect.yaml (deployment `tune`). A study killed
+part-way continues when it is run again: finished trials stay, interrupted ones run again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import socket
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
+
+from flows.stages import DATA_STAGES, Context
+from flows.training import run_folder, run_stages, tag_flow_run
+from kerasflow.config import Params, apply_overrides, check_search_space, load_params, parse_params
+from kerasflow.layout import Layout
+from kerasflow.runtime import attach_to_prefect_logging, import_quietly, quiet_defaults
+
+logger = logging.getLogger(__name__)
+
+# What runs after the trials, for the best configuration.
+MODEL_STAGES = ("train", "evaluate", "register")
+# The parent run's tag holding the trial whose configuration was last retrained and registered.
+REGISTERED_TRIAL = "kerasflow.study.registered_trial"
+
+
+class StudyError(RuntimeError):
+    """A study that cannot go on or gave nothing to register (every trial failed or was pruned)."""
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    """What a trial needs to run anywhere (a Dask worker gets a pickled copy): the study, the MLflow
+    store and parent run, the params every trial starts from, and where the processed data is."""
+
+    study: str
+    storage: str
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    base: dict[str, Any]
+    context: Context
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """How a trial ended: complete (with its value), pruned or failed (with why)."""
+
+    number: int
+    state: str
+    value: float | None
+    epochs: int
+    run_id: str
+    note: str = ""
+
+
+def trial_params(base: dict[str, Any], values: dict[str, Any]) -> Params:
+    """The params of one trial: the base params with the trial's values, and tune.epochs as train.epochs."""
+    tree = apply_overrides(base, values)
+    epochs = tree.get("tune", {}).get("epochs")
+    if epochs:
+        tree["train"]["epochs"] = epochs
+    return parse_params(tree, f"trial values {values}")
+
+
+def run_trial(plan: StudyPlan, number: int, trial_id: int, values: dict[str, Any]) -> TrialResult:
+    """Fit one configuration in an MLflow run nested under the study's, reporting each epoch to the study.
+
+    A trial that fails (a NaN loss from a learning rate too high, a configuration Keras refuses)
+    or is pruned is recorded as such, in Optuna and in MLflow, and the study goes on.
+    """
+    quiet_defaults()
+    attach_to_prefect_logging()
+    stage = import_quietly("flows.stages.train")
+    import mlflow
+    import optuna
+    from mlflow import MlflowClient
+
+    from kerasflow import tracking
+    from tasks import tune
+    from tasks.trial_callbacks import EpochRecorder, PruningCallback
+
+    params = trial_params(plan.base, values)
+    mlflow.set_tracking_uri(plan.tracking_uri)  # A Dask worker is a process of its own.
+    client = MlflowClient(plan.tracking_uri)
+    tags = {
+        "mlflow.parentRunId": plan.parent_run_id,
+        "kerasflow.kind": "trial",
+        "optuna.study": plan.study,
+        "optuna.trial": str(number),
+        "registry.model": params.register_.model_name,
+        # Where it ran: with a Dask task runner, which worker process on which machine.
+        "trial.host": f"{socket.gethostname()} pid {os.getpid()}",
+        **{f"trial.{key}": str(value) for key, value in values.items()},
+    }
+    run_id = client.create_run(plan.experiment_id, run_name=f"trial-{number}", tags=tags).info.run_id
+    trial = optuna.trial.Trial(tune.load_study(params, plan.study, plan.storage), trial_id)
+    trial.set_user_attr("mlflow_run_id", run_id)
+    curves = EpochRecorder()
+    state, value, note = "failed", None, ""
+    try:
+        data = stage.load_training_data(plan.context.layout)
+        tracking.log_params(tracking.training_params(params, data.state), run_id)
+        tune.check_metric(params.tune, data.state.task)
+        setup = stage.build(params, data)
+        watched, sign = tune.watched_metric(params.tune)
+        callbacks = [curves, tracking.epoch_logger(run_id, len(data.train)), PruningCallback(trial, watched, sign)]
+        stage.fit_setup(params, data, setup, callbacks, label=f"trial {number}")
+        value = objective_value(params, stage, data, setup.model, curves.history())
+        state = "complete"
+    except optuna.TrialPruned as pruned:
+        state, note = "pruned", str(pruned)
+    except Exception as error:  # Any failure ends this trial, not the study.
+        note = f"{type(error).__name__}: {error}".strip()
+        logger.warning("trial %d failed: %s", number, note)
+    finally:
+        epochs = len(curves.rows)
+        trial.set_user_attr("curves", curves.validation_curves())
+        trial.set_user_attr("epochs", epochs)
+        trial.set_user_attr("note", note)
+        close_trial_run(client, run_id, params, state, value, epochs, note)
+    return TrialResult(number, state, value, epochs, run_id, note)
+
+
+def objective_value(params: Params, stage: Any, data: Any, model: Any, history: Any) -> float:
+    """The trial's value: a per-epoch metric at the epoch the model keeps (the best one when early stopping
+    restores it), or an evaluate metric of the model on the validation split."""
+    metric = params.tune.metric
+    if metric.startswith("val_"):
+        return float(history.loc[stage.best_epoch(params, history), metric])
+    from tasks.evaluate import score_predictions
+    from tasks.train import predict
+
+    state = data.state
+    outputs = predict(model, data.val.x, state.inputs)
+    scores = score_predictions(state.task, data.val.y, outputs, state.n_classes, params.model.decision_threshold)
+    return float(scores[metric])
+
+
+def close_trial_run(
+    client: Any, run_id: str, params: Params, state: str, value: float | None, epochs: int, note: str
+) -> None:
+    """Record how the trial ended on its MLflow run: its value, its state, a one-line description."""
+    from tasks import tune
+
+    name = tune.objective_name(params.tune)
+    if value is not None and math.isfinite(value):
+        client.log_metric(run_id, name, value)
+    client.log_metric(run_id, "epochs_trained", epochs)
+    outcome = {
+        "complete": f"complete: {name} {value:.4g} after {epochs} epoch(s)" if value is not None else "complete",
+        "pruned": f"pruned: {note}",
+        "failed": f"failed: {note}",
+    }[state]
+    client.set_tag(run_id, "trial.state", state)
+    client.set_tag(run_id, "mlflow.note.content", f"Tuning trial, {outcome}.")
+    client.set_terminated(run_id, status="FAILED" if state == "failed" else "FINISHED")
+
+
+@contextlib.contextmanager
+def study_lock(storage: str, study: str) -> Iterator[None]:
+    """One run of a study at a time (on this machine, for a local sqlite study): while it holds the lock,
+    any trial still RUNNING in the study was interrupted by a kill."""
+    if not storage.startswith("sqlite:///"):
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    path = Path(storage.removeprefix("sqlite:///"))
+    lock = FileLock(str(path.with_name(f".{path.name}.{study}.lock")))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise StudyError(f"study {study!r} in {storage} is being run by another process; wait for it") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def open_study(params: Params, project_root: Path, workdir: Path, storage: str) -> dict[str, Any]:
+    """Create or continue the study and its parent MLflow run; trials a kill interrupted are queued again."""
+    import mlflow
+
+    from kerasflow import tracking
+    from tasks import tune
+
+    experiment_id = tracking.configure(params.tracking, project_root)
+    uri = mlflow.get_tracking_uri()
+    name = tune.study_name(params)
+    study = tune.open_study(params, name, storage)
+    interrupted = tune.recover_interrupted(study)
+    parent = study.user_attrs.get("mlflow_run_id")
+    client = mlflow.MlflowClient()
+    if parent and parent_exists(client, parent):
+        client.update_run(parent, status="RUNNING")
+        for run in client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent}'"):
+            if run.info.status == "RUNNING":  # a trial's run left open by the kill
+                client.set_tag(run.info.run_id, "trial.state", "interrupted")
+                client.set_terminated(run.info.run_id, status="KILLED")
+    else:
+        parent = begin_study_run(params, project_root, workdir, name, storage)
+        study.set_user_attr("mlflow_run_id", parent)
+    done = len(tune.counted_trials(study))
+    logger.info(
+        "study %s (%s): %d of %d trial(s) done%s",
+        name,
+        storage,
+        done,
+        tune.trials_wanted(params.tune),
+        f"; trials {interrupted} interrupted, to run again" if interrupted else "",
+    )
+    return {"study": name, "storage": storage, "experiment_id": experiment_id, "parent_run_id": parent, "uri": uri}
+
+
+def parent_exists(client: Any, run_id: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id).info.lifecycle_stage == "active"
+    except MlflowException:
+        return False
+
+
+def begin_study_run(params: Params, project_root: Path, workdir: Path, name: str, storage: str) -> str:
+    """The parent MLflow run: what the study searches (its params), lineage, the params file it started from."""
+    import mlflow
+
+    from kerasflow import tracking
+    from tasks import tune
+
+    settings = params.tune
+    run_id = tracking.begin_pipeline_run(
+        params,
+        project_root,
+        workdir,
+        tags={
+            "kerasflow.kind": "study",
+            "optuna.study": name,
+            "optuna.storage": storage,
+            "mlflow.source.name": "flows/tuning.py:tuning_pipeline",
+        },
+        run_name=name,
+    )
+    searched = {f"space.{key}": describe_dimension(dimension) for key, dimension in settings.space.items()}
+    fixed = {
+        "tune.sampler": settings.sampler,
+        "tune.pruner": settings.pruner,
+        "tune.metric": settings.metric,
+        "tune.direction": tune.direction(settings),
+        "tune.epochs": settings.epochs or params.train.epochs,
+        "tune.warmup_epochs": settings.warmup_epochs,
+        "tune.startup_trials": settings.startup_trials,
+    }
+    mlflow.MlflowClient().log_batch(
+        run_id, params=[mlflow.entities.Param(k, str(v)) for k, v in {**fixed, **searched}.items()]
+    )
+    return run_id
+
+
+def describe_dimension(dimension: Any) -> str:
+    kind = dimension.kind
+    values = getattr(dimension, kind)
+    step = f" step {dimension.step:g}" if dimension.step else ""
+    return f"{kind} {list(values)}{step}"
+
+
+@flow(name="study-trials")
+def study_trials(plan: StudyPlan) -> list[TrialResult]:
+    """Ask the study for trials and run them as Prefect tasks, `parallelism` at a time on this flow's task
+    runner, telling the study how each ended as soon as it does (so the next one asked learns from it)."""
+    from tasks import tune
+
+    params = parse_params(plan.base)
+    study = tune.open_study(params, plan.study, plan.storage)
+    space = tune.distributions(params.tune.space, grid=params.tune.sampler == "grid")
+    remaining = tune.trials_wanted(params.tune) - len(tune.counted_trials(study))
+    trial_task = task(run_trial, name="trial", task_run_name="trial-{number}", cache_policy=NO_CACHE)
+    running: dict[Any, Any] = {}
+    results: list[TrialResult] = []
+    while remaining > 0 or running:
+        while remaining > 0 and len(running) < params.tune.parallelism:
+            trial = study.ask(space)
+            trial_id = trial._trial_id  # noqa: SLF001 (what optuna.trial.Trial needs to rebuild it in the task)
+            running[trial_task.submit(plan, trial.number, trial_id, tune.decode(trial.params))] = trial
+            remaining -= 1
+        future = next(as_completed(list(running)))
+        trial = running.pop(future)
+        try:
+            result = future.result()
+        except Exception as error:  # The task itself broke (a worker died): the trial failed, the study goes on.
+            result = TrialResult(trial.number, "failed", None, 0, "", f"{type(error).__name__}: {error}")
+        tune.tell(study, trial, result.state, result.value)
+        if result.state == "complete":
+            logger.info("trial %d complete: %s %.4g", result.number, tune.objective_name(params.tune), result.value)
+        else:  # a failed trial's reason is in its own log, its MLflow run and the study's table
+            logger.info("trial %d %s%s", result.number, result.state, f": {result.note}" * (result.state == "pruned"))
+        results.append(result)
+    return results
+
+
+def task_runner(params: Params) -> Any:
+    """Threads in this process (`parallelism` at a time), or an existing Dask cluster (tune.dask_address)."""
+    tune = params.tune
+    if tune.task_runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        return DaskTaskRunner(address=tune.dask_address)
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    return ThreadPoolTaskRunner(max_workers=tune.parallelism)
+
+
+def summarize_study(params: Params, plan: StudyPlan) -> dict[str, Any]:
+    """The parent run's record of the study: best value and params, counts, the trials table and the charts."""
+    import mlflow
+    import pandas as pd
+
+    from tasks import tune, tune_report
+
+    study = tune.load_study(params, plan.study, plan.storage)
+    trials = sorted(tune.counted_trials(study), key=lambda trial: trial.number)
+    keys = list(params.tune.space)
+    objective = tune.objective_name(params.tune)
+    direction = tune.direction(params.tune)
+    table = tune_report.trials_table(trials, keys)
+    counts = {state: int((table["state"] == state).sum()) for state in ("complete", "pruned", "failed")}
+    client = mlflow.MlflowClient()
+    run_id = plan.parent_run_id
+    for state, count in counts.items():
+        client.log_metric(run_id, f"trials_{state}", count)
+    client.log_metric(run_id, "epochs_total", float(pd.to_numeric(table["epochs"]).fillna(0).sum()))
+    client.set_tag(run_id, "tune.n_trials", str(params.tune.n_trials))
+    client.set_tag(run_id, "tune.parallelism", str(params.tune.parallelism))
+    best = None
+    if counts["complete"]:
+        best = study.best_trial
+        client.log_metric(run_id, f"best_{objective}", best.value)
+        client.set_tag(run_id, "best.trial", str(best.number))
+        client.set_tag(run_id, "best.mlflow_run_id", str(best.user_attrs.get("mlflow_run_id")))
+        for key, value in best.params.items():
+            client.set_tag(run_id, f"best.{key}", str(value))
+    found = tune_report.importances(study)
+    with tempfile.TemporaryDirectory() as folder:
+        where = Path(folder)
+        table.to_csv(where / "trials.csv", index=False)
+        client.log_artifact(run_id, str(where / "trials.csv"))
+        client.log_table(run_id, table.drop(columns=["note"]), "trials.json")
+        client.log_dict(run_id, {"best": best.params if best else None, "importances": found}, "study.json")
+        title = f"{params.register_.model_name}: {tune.watched_metric(params.tune)[0]} of every trial"
+        drawn = {
+            "validation_curves.png": tune_report.plot_curves(
+                trials, tune.watched_metric(params.tune)[0], keys, where / "validation_curves.png", title
+            ),
+            "optimization_history.png": tune_report.plot_history(
+                trials, direction, objective, where / "optimization_history.png"
+            ),
+            "parallel_coordinates.png": tune_report.plot_parallel(
+                trials, keys, objective, where / "parallel_coordinates.png"
+            ),
+            "param_importances.png": tune_report.plot_importances(found, where / "param_importances.png"),
+        }
+        for name, made in drawn.items():
+            if made:
+                client.log_artifact(run_id, str(where / name), "charts")
+    return {
+        "study": plan.study,
+        "storage": plan.storage,
+        "parent_run_id": run_id,
+        "objective": objective,
+        "direction": direction,
+        "counts": counts,
+        "best": {"trial": best.number, "value": best.value, "params": best.params} if best else None,
+        "table": tune_report.markdown_table(table),
+        "importances": found,
+    }
+
+
+def best_params(params_path: str, changes: dict[str, Any] | None, best: dict[str, Any]) -> Params:
+    """The params file with the run's overrides and the best trial's values: what the winner is retrained with."""
+    return load_params(params_path, {**(changes or {}), **best})
+
+
+@flow(name="tuning-pipeline")
+def tuning_pipeline(
+    params_path: str = "params.yaml",
+    overrides: dict[str, Any] | None = None,
+    n_trials: int | None = None,
+    workdir: str | None = None,
+    cache_data: bool = True,
+) -> dict[str, Any]:
+    """Run the study in params.yaml's `tune` section, then train, evaluate and register its best configuration.
+
+    Args:
+        params_path: the params file; its folder is the project root (mlflow.db, optuna.db, the data cache).
+        overrides: params to change for this study, dotted (`{"tune.n_trials": 10}`) or nested.
+        n_trials: shorthand for `tune.n_trials` (a finished study runs more trials when it grows).
+        workdir: where the best model's files and reports go (default: the project root).
+        cache_data: reuse ingest and preprocess outputs whose inputs have not changed.
+    """
+    from prefect.artifacts import create_link_artifact, create_markdown_artifact
+
+    quiet_defaults()
+    attach_to_prefect_logging()
+    from kerasflow import notes, tracking
+    from tasks import tune
+
+    changes = {**(overrides or {}), **({"tune.n_trials": n_trials} if n_trials else {})}
+    params = load_params(params_path, changes or None)
+    check_search_space(params)
+    tag_flow_run(params)
+    project_root = Path(params_path).resolve().parent
+    layout = Layout(run_folder(project_root, workdir, False), schema=project_root / "data" / "schema.json")
+    context = Context(layout, project_root)
+    storage = tune.storage_url(params.tune, tracking.resolve_tracking_uri(params.tracking, project_root), project_root)
+    opening = task(open_study, name="open-study", task_run_name="open-study", cache_policy=NO_CACHE)
+    with study_lock(storage, tune.study_name(params)):
+        # The data first: a metric this task does not log is refused before the study or any MLflow run exists.
+        context, state, _ = run_stages(params, context, None, cache_data, names=DATA_STAGES)
+        tune.check_metric(params.tune, read_task(context))
+        state = opening(params, project_root, layout.root, storage, wait_for=[state], return_state=True)
+        opened = state.result()
+        parent = opened["parent_run_id"]
+        try:
+            plan = StudyPlan(
+                opened["study"], storage, opened["uri"], opened["experiment_id"], parent, params.to_dict(), context
+            )
+            # A subflow, so its task runner (threads or Dask) is the study's own.
+            study_trials.with_options(task_runner=task_runner(params))(plan)
+            summary = task(
+                summarize_study, name="summarize-study", task_run_name="summarize-study", cache_policy=NO_CACHE
+            )(params, plan)
+            if summary["best"] is None:
+                raise StudyError(
+                    f"study {plan.study}: no trial completed ({summary['counts']['pruned']} pruned, "
+                    f"{summary['counts']['failed']} failed); see the trials in MLflow run {parent}"
+                )
+            registration = retrain_best(params_path, changes, summary, plan, context, cache_data)
+        except BaseException:
+            tracking.mark_failed(parent)
+            raise
+    import mlflow
+
+    text = notes.study_summary(summary, registration)
+    client = mlflow.MlflowClient()
+    client.set_tag(parent, "mlflow.note.content", text)
+    client.set_terminated(parent, status="FINISHED")
+    url = tracking.run_url(parent, opened["experiment_id"])
+    create_markdown_artifact(markdown=text, key="tuning-summary", description="kerasflow study")
+    if url:
+        create_link_artifact(url, link_text="MLflow study run", key="mlflow-study-run")
+    return {
+        **summary,
+        "registration": registration,
+        "run_url": url,
+        "experiment_id": opened["experiment_id"],
+        "tracking_uri": opened["uri"],
+    }
+
+
+def read_task(context: Context) -> str:
+    """classification or regression: what preprocess found the target to be."""
+    from tasks.preprocess import read_state
+
+    return read_state(context.layout.processed_dir).task
+
+
+def open_best_run(params: Params, context: Context, plan: StudyPlan, trial: int) -> str:
+    """The MLflow run of the best configuration's pipeline run, nested under the study's run."""
+    from kerasflow import tracking
+
+    tags = {
+        "mlflow.parentRunId": plan.parent_run_id,
+        "kerasflow.kind": "best",
+        "kerasflow.study": plan.study,
+        "optuna.trial": str(trial),
+    }
+    return tracking.begin_pipeline_run(
+        params, context.project_root, context.layout.root, tags=tags, run_name=f"{plan.study}-best"
+    )
+
+
+def retrain_best(
+    params_path: str,
+    changes: dict[str, Any],
+    summary: dict[str, Any],
+    plan: StudyPlan,
+    context: Context,
+    cache_data: bool,
+) -> dict[str, Any]:
+    """Train, evaluate and register the best configuration, as a pipeline run (once per best trial: a study
+    run again with no better trial does not register the same configuration twice)."""
+    import mlflow
+
+    from kerasflow import tracking
+    from tasks import tune
+
+    best = summary["best"]
+    client = mlflow.MlflowClient()
+    recorded = client.get_run(plan.parent_run_id).data.tags
+    if recorded.get(REGISTERED_TRIAL) == str(best["trial"]):
+        logger.info("the best configuration (trial %d) is registered already; not retraining it", best["trial"])
+        return {**mlflow.artifacts.load_dict(f"runs:/{plan.parent_run_id}/registration.json"), "reused": True}
+    params = best_params(params_path, changes, tune.decode(best["params"]))
+    opening = task(open_best_run, name="open-mlflow-run", task_run_name="open-mlflow-run", cache_policy=NO_CACHE)
+    state = opening(params, context, plan, best["trial"], return_state=True)
+    context = replace(context, run_id=state.result())
+    try:
+        _, _, results = run_stages(params, context, state, cache_data, names=MODEL_STAGES)
+    except BaseException:
+        tracking.mark_failed(context.run_id)
+        raise
+    registration = {
+        **results["register"],
+        "pipeline_run_id": context.run_id,
+        "metrics": results["evaluate"]["test"],
+        "baseline": results["evaluate"]["baseline"],
+        "reused": False,
+    }
+    client.log_dict(plan.parent_run_id, registration, "registration.json")
+    client.set_tag(plan.parent_run_id, REGISTERED_TRIAL, str(best["trial"]))
+    return registration
