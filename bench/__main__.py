@@ -160,11 +160,21 @@ def throughput(work: Path, repeats: int, epochs: int) -> dict[str, Any]:
             _, report = bare(name, epochs, "--processed", str(folder / "data" / "processed"), "--batch-size", batch)
             plain.append(report["train_rows"] / statistics.median(report["epoch_seconds"][1:]))
         ratios = [ours / theirs for ours, theirs in zip(pipeline, plain, strict=True)]
+        # The cost of train.deterministic (op determinism): the same project, alternating with it on and off.
+        deterministic = []
+        make_project(folder, {**changes, "train.deterministic": True})
+        for _ in range(repeats):
+            stage(folder, "train")
+            seconds, rows = mlflow_epoch_seconds(folder)
+            deterministic.append(rows / statistics.median(seconds[1:]))
+        make_project(folder, changes)
         results[name] = {
             "kerasflow_samples_per_s": statistics.median(pipeline),
             "bare_samples_per_s": statistics.median(plain),
             "ratio": statistics.median(ratios),
             "ratios": ratios,
+            "deterministic_samples_per_s": statistics.median(deterministic),
+            "deterministic_over_default": statistics.median(deterministic) / statistics.median(pipeline),
             "train_rows": rows,
             "epochs": epochs,
         }
@@ -382,6 +392,75 @@ def prediction(work: Path, rows: int, columns: int = 50, batch: int = 65536, mod
     }
 
 
+def tune_study(folder: Path, tree: dict[str, Any]) -> dict[str, Any]:
+    """Run `kerasflow tune` on a params tree in a fresh folder; return its result, wall time and trials."""
+    import optuna
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "params.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
+    seconds, output = run([str(BIN / "kerasflow"), "tune", "--json"], folder)
+    result, _ = json.JSONDecoder().raw_decode(output)
+    storage = f"sqlite:///{folder / 'optuna.db'}"
+    trials = optuna.load_study(study_name=result["study"], storage=storage).get_trials()
+    starts = [trial.datetime_start for trial in trials]
+    ends = [trial.datetime_complete for trial in trials]
+    return {
+        "result": result,
+        "wall_s": seconds,
+        "trials_phase_s": (max(ends) - min(starts)).total_seconds(),
+        "trial_s": [(end - start).total_seconds() for start, end in zip(starts, ends, strict=True)],
+        "epochs": sum(trial.user_attrs.get("epochs", 0) for trial in trials),
+        "best": result["best"]["value"],
+    }
+
+
+def tuning(work: Path) -> dict[str, Any]:
+    """Median pruning against none (the house-prices TPE example), two trials at once against one, and the cost
+    of a trial (Prefect task, MLflow child run, data, build, fit) over the bare script fitting the same model."""
+    example = yaml.safe_load((REPO / "examples" / "house_prices_tuning" / "params.yaml").read_text())
+    example["ingest"]["path"] = str(REPO / "examples" / "house_prices" / "house_prices.csv")
+    pruned = tune_study(work / "tune-median", example)
+    full = tune_study(work / "tune-none", {**example, "tune": {**example["tune"], "pruner": "none"}})
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    base["train"]["early_stopping"]["enabled"] = False
+    base["register"].update(thresholds={}, require_beat_baseline=False)
+    # Four points of the same cost (the default CNN, Adam, five epochs): what differs is how they run.
+    base["tune"] = {
+        "sampler": "grid", "n_trials": 4, "pruner": "none", "epochs": 5,
+        "space": {"model.optimizer.learning_rate": {"choice": [0.001, 0.0011, 0.0012, 0.0013]}},
+    }  # fmt: skip
+    one = tune_study(work / "tune-serial", {**base, "tune": {**base["tune"], "parallelism": 1}})
+    two = tune_study(work / "tune-parallel", {**base, "tune": {**base["tune"], "parallelism": 2}})
+    (processed,) = (work / "tune-serial").glob(".kerasflow/cache/preprocess-*")
+    bares = [bare("digits_cnn", 5, "--processed", str(processed))[1]["parts"] for _ in range(3)]
+    bare_fit = statistics.median(parts["data"] + parts["build"] + parts["training"] for parts in bares)
+    trial = statistics.median(one["trial_s"])
+    return {
+        "pruning": {
+            "epochs_median_pruner": pruned["epochs"],
+            "epochs_no_pruner": full["epochs"],
+            "epochs_saved_share": 1 - pruned["epochs"] / full["epochs"],
+            "best_median_pruner": pruned["best"],
+            "best_no_pruner": full["best"],
+            "best_relative_difference": (pruned["best"] - full["best"]) / abs(full["best"]),
+            "trials_phase_s": {"median": pruned["trials_phase_s"], "none": full["trials_phase_s"]},
+            "counts": {"median": pruned["result"]["counts"], "none": full["result"]["counts"]},
+        },
+        "parallel": {
+            "trials": 4,
+            "one_at_a_time_s": one["trials_phase_s"],
+            "two_at_a_time_s": two["trials_phase_s"],
+            "wall_ratio": two["trials_phase_s"] / one["trials_phase_s"],
+        },
+        "trial_overhead": {
+            "trial_s_median": trial,
+            "bare_data_build_fit_s": bare_fit,
+            "overhead_s": trial - bare_fit,
+            "epochs": 5,
+        },
+    }
+
+
 def gpu_path() -> dict[str, Any]:
     """What the GPU-path switches resolve to here, and GPU figures only if a GPU was there to measure them."""
     import tensorflow as tf
@@ -401,11 +480,13 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [f"# kerasflow benchmarks ({results['date']})", "", f"Machine: {results['machine']}", ""]
     if "throughput" in results:
         lines += ["## Training throughput (samples/s, median of alternating runs)", "",
-                  "| workload | kerasflow | bare Keras | ratio (target >= 0.95) |", "|---|---|---|---|"]  # fmt: skip
+                  "| workload | kerasflow | bare Keras | ratio (target >= 0.95) | train.deterministic: true |",
+                  "|---|---|---|---|---|"]  # fmt: skip
         for name, row in results["throughput"].items():
             lines.append(
                 f"| {name} ({row['train_rows']} rows) | {row['kerasflow_samples_per_s']:.0f} | "
-                f"{row['bare_samples_per_s']:.0f} | {row['ratio']:.3f} |"
+                f"{row['bare_samples_per_s']:.0f} | {row['ratio']:.3f} | {row['deterministic_samples_per_s']:.0f} "
+                f"({row['deterministic_over_default']:.2f}x) |"
             )
         lines.append("")
     if "fixed_cost" in results:
@@ -454,6 +535,22 @@ def markdown(results: dict[str, Any]) -> str:
             f"- throughput ratio against `model.predict` alone {row['throughput_ratio']:.2f} (target >= 0.8); "
             f"against the bare script doing the same work {row['same_work_ratio']:.2f}", "",
         ]  # fmt: skip
+    if "tune" in results:
+        pruning, parallel, overhead = (results["tune"][key] for key in ("pruning", "parallel", "trial_overhead"))
+        lines += [
+            "## Tuning", "",
+            f"- median pruning (house-prices TPE example, {sum(pruning['counts']['median'].values())} trials): "
+            f"{pruning['epochs_median_pruner']} epochs against {pruning['epochs_no_pruner']} without pruning, "
+            f"{pruning['epochs_saved_share']:.0%} fewer (target >= 30 %); "
+            f"best val_loss {pruning['best_median_pruner']:.4f} against {pruning['best_no_pruner']:.4f}: "
+            f"{abs(pruning['best_relative_difference']):.1%} "
+            f"{'better' if pruning['best_relative_difference'] <= 0 else 'worse'} (target: no more than 1 % worse)",
+            f"- {parallel['trials']} trials two at a time: {parallel['two_at_a_time_s']:.1f} s against "
+            f"{parallel['one_at_a_time_s']:.1f} s one at a time, wall ratio {parallel['wall_ratio']:.2f} (2 cores)",
+            f"- a trial (Prefect task, MLflow child run, data, build, {overhead['epochs']} epochs): "
+            f"{overhead['trial_s_median']:.2f} s against {overhead['bare_data_build_fit_s']:.2f} s for the bare "
+            f"script's data, build and fit: overhead {overhead['overhead_s']:.2f} s (target <= 1 s)", "",
+        ]  # fmt: skip
     if "gpu_path" in results:
         lines += ["## GPU path", "", f"- here: {results['gpu_path']['here']}",
                   f"- on a GPU: {results['gpu_path']['on_a_gpu']}", ""]  # fmt: skip
@@ -462,14 +559,14 @@ def markdown(results: dict[str, Any]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--only", choices=["throughput", "fixed_cost", "scale", "predict"], action="append")
+    parser.add_argument("--only", choices=["throughput", "fixed_cost", "scale", "predict", "tune"], action="append")
     parser.add_argument("--predict-rows", type=int, default=5_000_000, help="rows for the prediction benchmark")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--sizes", default="10000,100000,1000000", help="rows for the scale benchmark")
     parser.add_argument("--output", default=str(RESULTS / "latest"), help="results path, without extension")
     args = parser.parse_args()
-    chosen = args.only or ["throughput", "fixed_cost", "scale", "predict"]
+    chosen = args.only or ["throughput", "fixed_cost", "scale", "predict", "tune"]
     results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine()}
     with tempfile.TemporaryDirectory(prefix="kerasflow-bench-") as folder:
         work = Path(folder)
@@ -481,6 +578,8 @@ def main() -> int:
             results["scale"] = scale(work, [int(rows) for rows in args.sizes.split(",")])
         if "predict" in chosen:
             results["predict"] = prediction(work, args.predict_rows)
+        if "tune" in chosen:
+            results["tune"] = tuning(work)
     results["gpu_path"] = gpu_path()
     results["benchmark_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     output = Path(args.output)

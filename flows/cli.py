@@ -102,6 +102,25 @@ def tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def reproduce(args: argparse.Namespace) -> int:
+    """`kerasflow reproduce`: rebuild a registered version from its record; exit 0 only if it matches."""
+    from kerasflow.config import ConfigError
+    from kerasflow.runtime import configure_logging
+
+    configure_logging()
+    from flows.reproduce import ReproduceError, reproduce_in_project
+
+    try:
+        verdict = reproduce_in_project(args.model_uri, args.params, args.tolerance)
+    except (ConfigError, ReproduceError) as error:
+        sys.stderr.write(f"kerasflow: {error}\n")
+        return 2
+    lines = [f"kerasflow: {args.model_uri} rebuilt from its record", "", verdict.table(), "", verdict.summary()]
+    lines += [f"warning: {warning}" for warning in verdict.warnings]
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0 if verdict.matches else 1
+
+
 def predict(args: argparse.Namespace) -> int:
     """`kerasflow predict`: the prediction function, without Prefect (no server to start for one file)."""
     from kerasflow.config import ConfigError, load_params
@@ -184,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     tuning.add_argument("--n-trials", type=int, default=None, help="override tune.n_trials")
     tuning.add_argument("--no-cache", action="store_true", help="run ingest and preprocess even if cached")
     tuning.add_argument("--json", action="store_true", help="print the result as JSON")
+    rebuild = commands.add_parser("reproduce", help="rebuild a registered version from its record; compare")
+    rebuild.add_argument("model_uri", help="models:/NAME/VERSION or models:/NAME@ALIAS")
+    rebuild.add_argument("--params", default="params.yaml", help="the project's params file (its tracking store)")
+    rebuild.add_argument("--tolerance", type=float, default=1e-6, help="largest difference that matches (1e-6)")
     stage = commands.add_parser("stage", help="run one stage as `dvc repro` does")
     stage.add_argument("name")
     scoring = commands.add_parser("predict", help="score a file with the champion (or --model); check it for drift")
@@ -207,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         return predict(args)
     if args.command == "tune":
         return tune(args)
+    if args.command == "reproduce":
+        return reproduce(args)
 
     if args.command == "stage":
         from flows.dvc_stage import main as stage_main

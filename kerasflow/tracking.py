@@ -175,8 +175,16 @@ def log_params(flat_params: dict[str, Any], run_id: str | None = None) -> None:
     mlflow.log_params(safe, run_id=run_id)
 
 
+# What `git.dirty` leaves out: the params (logged with every run) and what the pipeline writes.
+NOT_CODE = (
+    *(f":(exclude){path}" for path in ("params.yaml", "dvc.lock", "data", "reports", "models", "runs", "*.db")),
+    ":(exclude,glob)**/.gitignore",  # DVC adds its outputs to .gitignore files
+)
+
+
 def git_tags(project_root: Path) -> dict[str, str]:
-    """MLflow's own git tags (its UI shows them), and whether the work tree was dirty; empty outside a checkout."""
+    """MLflow's own git tags (its UI shows them), and whether the code in the work tree differed from the commit
+    (`git.dirty`: changes to params.yaml and pipeline outputs do not count); empty outside a checkout."""
 
     def git(*arguments: str) -> str:
         return subprocess.run(
@@ -187,7 +195,7 @@ def git_tags(project_root: Path) -> dict[str, str]:
         tags = {
             "mlflow.source.git.commit": git("rev-parse", "HEAD"),
             "mlflow.source.git.branch": git("rev-parse", "--abbrev-ref", "HEAD"),
-            "git.dirty": str(bool(git("status", "--porcelain"))),
+            "git.dirty": str(bool(git("status", "--porcelain", "--", ".", *NOT_CODE))),
         }
     except (OSError, subprocess.SubprocessError):
         return {}

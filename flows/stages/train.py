@@ -140,6 +140,11 @@ def record_run(params: Params, context: Context, data: TrainingData, setup: Mode
     )
     tracking.log_params(tracking.training_params(params, state))
     mlflow.log_text(yaml.safe_dump(params.to_dict(), sort_keys=False), "params.yaml")
+    # What `kerasflow reproduce` needs besides the commit and the data's hash: the raw data's description and
+    # the schema validate checked it against.
+    for record in (context.layout.raw_meta, context.layout.schema):
+        if record.is_file():
+            mlflow.log_artifact(str(record), "lineage")
     schema = tracking.input_schema(state.model_config(params.model.decision_threshold))
     for name, context_name in (("train", "training"), ("val", "validation")):
         tracking.log_split(layout_split_file(context.layout, name), name, rows[name], schema, context_name)

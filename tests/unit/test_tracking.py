@@ -84,7 +84,14 @@ def test_git_tags_in_and_out_of_a_checkout(tmp_path):
     # MLflow's own tags, so its UI shows the commit and branch; a remote's URL only where there is one.
     assert len(tags["mlflow.source.git.commit"]) == 40 and tags["git.dirty"] == "False"
     assert tags["mlflow.source.git.branch"] in ("main", "master") and "mlflow.source.git.repoURL" not in tags
-    (tmp_path / "new.txt").write_text("x")
+    # Params and pipeline outputs are recorded with the run: they do not make the code dirty.
+    (tmp_path / "params.yaml").write_text("seed: 1\n")
+    (tmp_path / "dvc.lock").write_text("x")
+    (tmp_path / ".gitignore").write_text("/models\n")
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "metrics.json").write_text("{}")
+    assert tracking.git_tags(tmp_path)["git.dirty"] == "False"
+    (tmp_path / "new.py").write_text("x")
     assert tracking.git_tags(tmp_path)["git.dirty"] == "True"
 
 

@@ -1,0 +1,352 @@
+"""Rebuild a registered version from its record alone, and say whether it matches.
+
+    kerasflow reproduce models:/kerasflow-digits-cnn/3 [--tolerance 1e-6]
+
+From the version's MLflow run, and nothing else:
+
+1. the code: a clean `git worktree` of the run's commit in a temporary folder (a run recorded from a
+   dirty tree is rebuilt with a warning: its code may have differed from the commit);
+2. the data: the raw dataset by its DVC hash (the run's `data.md5`), through `dvc pull` of a `.dvc`
+   file naming that hash, which reads the project's DVC cache, then its remote (kerasflow's own data
+   cache, for runs that never went through DVC, last); its description and the schema it was
+   validated against from the run's `lineage/` artifacts;
+3. the params: the resolved `params.yaml` logged with the run.
+
+The pipeline then runs from validate to evaluate in the worktree, with the worktree's own code and a
+store of its own: the registry and the user's workspace are not touched. The rebuilt model's test
+metrics and its predictions on the test split are compared with the recorded metrics and with the
+registered model's predictions on the same rows; the verdict is tagged on the original run
+(`reproduced`) and, as a flow (`reproduce-model`), published as a Prefect artifact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect import flow
+
+from kerasflow.runtime import attach_to_prefect_logging, quiet_defaults
+
+logger = logging.getLogger(__name__)
+
+# On the CPU, with train.deterministic, the same code, data and params give the same weights bit for bit.
+DEFAULT_TOLERANCE = 1e-6
+REBUILD_STAGES = ("validate", "preprocess", "train", "evaluate")
+
+
+class ReproduceError(RuntimeError):
+    """The record does not say enough to rebuild the version, or a part of it cannot be found."""
+
+
+@dataclass
+class Record:
+    """What the version's run recorded: its commit, data hash, params and recorded test metrics."""
+
+    model_uri: str
+    name: str
+    version: str
+    run_id: str
+    commit: str
+    dirty: bool
+    data_md5: str
+    params_text: str
+    lineage: dict[str, str]
+    metrics: dict[str, float]
+
+
+@dataclass
+class Verdict:
+    """Recorded against rebuilt: each test metric, and the predictions' largest difference."""
+
+    metrics: dict[str, tuple[float, float]]
+    prediction_difference: float
+    tolerance: float
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def metric_difference(self) -> float:
+        return max((abs(recorded - rebuilt) for recorded, rebuilt in self.metrics.values()), default=0.0)
+
+    @property
+    def matches(self) -> bool:
+        return self.metric_difference <= self.tolerance and self.prediction_difference <= self.tolerance
+
+    def table(self) -> str:
+        lines = [f"{'metric':<12} {'recorded':>12} {'rebuilt':>12} {'difference':>12}"]
+        for name, (recorded, rebuilt) in self.metrics.items():
+            lines.append(f"{name:<12} {recorded:>12.6f} {rebuilt:>12.6f} {abs(recorded - rebuilt):>12.3g}")
+        lines.append(
+            f"{'predictions':<12} {'':>12} {'':>12} {self.prediction_difference:>12.3g}  (largest, test split)"
+        )
+        return "\n".join(lines)
+
+    def summary(self) -> str:
+        verdict = "match" if self.matches else "MISMATCH"
+        return (
+            f"{verdict} within {self.tolerance:g}: metrics differ by at most {self.metric_difference:.3g}, "
+            f"predictions by at most {self.prediction_difference:.3g}"
+        )
+
+
+def read_record(model_uri: str) -> Record:
+    """The version's run and what it recorded; a record that lacks a part is a ReproduceError naming it."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    try:
+        version = resolve_version(client, model_uri)
+        run = client.get_run(version.run_id)
+    except MlflowException as error:
+        raise ReproduceError(f"{model_uri}: {error.message}") from None
+    tags = run.data.tags
+    missing = [tag for tag in ("mlflow.source.git.commit", "data.md5") if not tags.get(tag)]
+    if missing:
+        raise ReproduceError(f"run {run.info.run_id} of {model_uri} does not record {missing}: it cannot be rebuilt")
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            params_text = Path(
+                mlflow.artifacts.download_artifacts(
+                    run_id=run.info.run_id, artifact_path="params.yaml", dst_path=folder
+                )
+            ).read_text()
+            lineage_dir = Path(
+                mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="lineage", dst_path=folder)
+            )
+        except (MlflowException, OSError) as error:
+            raise ReproduceError(
+                f"run {run.info.run_id} of {model_uri} has no params.yaml or lineage/ artifact ({error}); "
+                "runs record them since kerasflow tracks lineage"
+            ) from None
+        lineage = {path.name: path.read_text() for path in lineage_dir.iterdir()}
+    if "dataset.json" not in lineage:
+        raise ReproduceError(f"run {run.info.run_id} has no lineage/dataset.json: the raw data's description")
+    metrics = {key.removeprefix("test_"): value for key, value in run.data.metrics.items() if key.startswith("test_")}
+    return Record(
+        model_uri=model_uri,
+        name=version.name,
+        version=str(version.version),
+        run_id=run.info.run_id,
+        commit=tags["mlflow.source.git.commit"],
+        dirty=tags.get("git.dirty") == "True",
+        data_md5=tags["data.md5"],
+        params_text=params_text,
+        lineage=lineage,
+        metrics=metrics,
+    )
+
+
+def resolve_version(client: Any, model_uri: str) -> Any:
+    """`models:/NAME/VERSION` or `models:/NAME@ALIAS` to its model version."""
+    if not model_uri.startswith("models:/"):
+        raise ReproduceError(f"{model_uri}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
+    rest = model_uri.removeprefix("models:/")
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        return client.get_model_version_by_alias(name, alias)
+    name, _, version = rest.rpartition("/")
+    if not name or not version.isdigit():
+        raise ReproduceError(f"{model_uri}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
+    return client.get_model_version(name, version)
+
+
+@contextlib.contextmanager
+def worktree(project: Path, commit: str) -> Iterator[Path]:
+    """A clean checkout of `commit` in a temporary folder (a git worktree of the project), removed afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix="kerasflow-reproduce-"))
+    checkout = folder / "code"
+    git = ["git", "-C", str(project)]
+    result = subprocess.run(
+        [*git, "worktree", "add", "--detach", str(checkout), commit], capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise ReproduceError(f"commit {commit} cannot be checked out from {project}: {result.stderr.strip()}")
+    try:
+        yield checkout
+    finally:
+        subprocess.run([*git, "worktree", "remove", "--force", str(checkout)], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def fetch_data(record: Record, project: Path, checkout: Path) -> None:
+    """The raw dataset by its hash into the checkout's data/raw, with its recorded description and schema.
+
+    `dvc pull` of a `.dvc` file naming the hash reads the project's cache, then its remote. kerasflow's
+    own content cache (`.kerasflow/cache/ingest-*`, where Prefect runs keep the data) is the last place
+    looked: a file there is used only if its md5 is the hash.
+    """
+    from kerasflow.io import file_md5
+    from kerasflow.layout import Layout
+
+    layout = Layout(checkout)
+    raw = layout.raw_dir
+    raw.mkdir(parents=True, exist_ok=True)
+    target = layout.raw_data
+    tried = []
+    if (project / ".dvc").is_dir() and (checkout / ".dvc").is_dir():
+        cache = dvc_cache_dir(project)
+        tool = [sys.executable, "-m", "dvc"]
+        subprocess.run([*tool, "config", "--local", "cache.dir", str(cache)], cwd=checkout, capture_output=True)
+        (raw / "dataset.parquet.dvc").write_text(
+            yaml.safe_dump({"outs": [{"md5": record.data_md5, "path": "dataset.parquet", "hash": "md5"}]})
+        )
+        pulled = subprocess.run(
+            [*tool, "pull", str(raw / "dataset.parquet.dvc")], cwd=checkout, capture_output=True, text=True
+        )
+        tried.append(f"the DVC cache {cache} and the project's DVC remote ({last_line(pulled.stderr) or 'not found'})")
+        (raw / "dataset.parquet.dvc").unlink()
+    else:
+        tried.append(f"no DVC cache ({project} is not a DVC project)")
+    if not (target.is_file() and file_md5(target) == record.data_md5):
+        target.unlink(missing_ok=True)
+        for candidate in sorted((project / ".kerasflow" / "cache").glob("ingest-*/dataset.parquet")):
+            if file_md5(candidate) == record.data_md5:
+                shutil.copy(candidate, target)
+                break
+        else:
+            tried.append(f"kerasflow's data cache {project / '.kerasflow' / 'cache'}")
+            raise ReproduceError(f"the raw dataset with md5 {record.data_md5} is in none of: {'; '.join(tried)}")
+    layout.raw_meta.write_text(record.lineage["dataset.json"])
+    if "schema.json" in record.lineage:
+        layout.schema.write_text(record.lineage["schema.json"])
+
+
+def dvc_cache_dir(project: Path) -> Path:
+    found = subprocess.run([sys.executable, "-m", "dvc", "cache", "dir"], cwd=project, capture_output=True, text=True)
+    return Path(found.stdout.strip()) if found.returncode == 0 and found.stdout.strip() else project / ".dvc" / "cache"
+
+
+def last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def rebuild(record: Record, checkout: Path) -> Path:
+    """Run validate, preprocess, train and evaluate in the checkout with its own code and a store of its own."""
+    params = yaml.safe_load(record.params_text)
+    params.setdefault("tracking", {})["tracking_uri"] = "sqlite:///rebuild.db"
+    (checkout / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PYTHONPATH": str(checkout)}
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        env.pop(name, None)
+    for stage in REBUILD_STAGES:
+        logger.info("rebuilding: %s", stage)
+        started = time.perf_counter()
+        result = subprocess.run(
+            [sys.executable, "-m", "flows.dvc_stage", stage], cwd=checkout, env=env, capture_output=True, text=True
+        )
+        if result.returncode != 0:
+            raise ReproduceError(
+                f"stage {stage} failed in the rebuild at {record.commit[:10]}:\n{result.stderr[-3000:]}"
+            )
+        logger.info("rebuilding: %s done in %.1f s", stage, time.perf_counter() - started)
+    return checkout
+
+
+def compare(record: Record, checkout: Path, tolerance: float) -> Verdict:
+    """Recorded test metrics against rebuilt ones; the registered model's predictions on the rebuilt test split
+    against the rebuilt model's."""
+    import mlflow
+    import numpy as np
+
+    from kerasflow.io import read_json
+    from kerasflow.layout import Layout
+    from kerasflow.model_interface import ModelConfig, model_outputs
+    from tasks.preprocess import read_split
+
+    layout = Layout(checkout)
+    rebuilt_metrics = read_json(layout.metrics)["test"]
+    metrics = {
+        name: (record.metrics[name], float(rebuilt_metrics[name])) for name in rebuilt_metrics if name in record.metrics
+    }
+    model_id = read_json(layout.run_file)["model_id"]
+    config = ModelConfig.from_dict(read_json(layout.model_config))
+    test = read_split(layout.processed_dir, "test")
+    # The rebuild's store is a local one in the checkout: its logged model's files are under mlartifacts/.
+    (rebuilt_files,) = {path.parent for path in checkout.glob(f"mlartifacts/**/{model_id}/**/MLmodel")}
+    ours = model_outputs(mlflow.pyfunc.load_model(record.model_uri).predict(test.x), config)
+    theirs = model_outputs(mlflow.pyfunc.load_model(str(rebuilt_files)).predict(test.x), config)
+    difference = float(np.max(np.abs(ours - theirs))) if len(ours) else 0.0
+    return Verdict(metrics, difference, tolerance)
+
+
+def reproduce(model_uri: str, project: Path, tolerance: float = DEFAULT_TOLERANCE) -> Verdict:
+    """Rebuild `model_uri` from its record in a temporary worktree of `project`; compare; tag the original run."""
+    import mlflow
+
+    record = read_record(model_uri)
+    warnings = []
+    if record.dirty:
+        warnings.append(
+            f"run {record.run_id} was recorded from a work tree with uncommitted changes: the code rebuilt is commit "
+            f"{record.commit[:10]}, which may differ from the code that ran"
+        )
+        logger.warning("%s", warnings[-1])
+    logger.info(
+        "rebuilding %s (run %s) at commit %s, data md5 %s",
+        model_uri,
+        record.run_id,
+        record.commit[:10],
+        record.data_md5,
+    )
+    with worktree(project, record.commit) as checkout:
+        fetch_data(record, project, checkout)
+        rebuild(record, checkout)
+        verdict = compare(record, checkout, tolerance)
+    verdict.warnings = warnings
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    mlflow.MlflowClient().set_tag(record.run_id, "reproduced", f"{stamp}: {verdict.summary()}")
+    return verdict
+
+
+def reproduce_in_project(
+    model_uri: str, params_path: str = "params.yaml", tolerance: float = DEFAULT_TOLERANCE
+) -> Verdict:
+    """`reproduce` against the project of `params_path`: its tracking store, its git repository and DVC cache."""
+    from kerasflow import tracking
+    from kerasflow.config import load_params
+
+    params = load_params(params_path)
+    project = Path(params_path).resolve().parent
+    tracking.configure(params.tracking, project)
+    return reproduce(model_uri, project, tolerance)
+
+
+@flow(name="reproduce-model")
+def reproduce_model(
+    model_uri: str, params_path: str = "params.yaml", tolerance: float = DEFAULT_TOLERANCE
+) -> dict[str, Any]:
+    """Rebuild a registered version from its record and publish the verdict as a Prefect artifact.
+
+    Args:
+        model_uri: models:/NAME/VERSION or models:/NAME@ALIAS.
+        params_path: the project's params file (its tracking store, git repository and DVC cache).
+        tolerance: the largest difference in a test metric or a prediction that still counts as a match.
+    """
+    from prefect.artifacts import create_markdown_artifact
+
+    quiet_defaults()
+    attach_to_prefect_logging()
+    verdict = reproduce_in_project(model_uri, params_path, tolerance)
+    create_markdown_artifact(
+        markdown=f"# Reproduced `{model_uri}`\n\n**{verdict.summary()}**\n\n```\n{verdict.table()}\n```\n"
+        + "".join(f"\n> {warning}\n" for warning in verdict.warnings),
+        key="reproduction",
+        description=f"kerasflow reproduce {model_uri}",
+    )
+    if not verdict.matches:
+        raise ReproduceError(f"{model_uri} did not reproduce: {verdict.summary()}")
+    return {"matches": verdict.matches, "summary": verdict.summary(), "metrics": verdict.metrics}

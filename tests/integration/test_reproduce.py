@@ -1,0 +1,89 @@
+"""`kerasflow reproduce`: a registered version rebuilt from its record alone (commit, data hash, params) in a
+temporary worktree, matching exactly on the CPU; data that no cache holds is named by its hash."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import use_store
+from tests.integration.servers import BIN, copy_project
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+MODEL = "kerasflow-digits-cnn"
+
+
+def run(command: list[str], cwd: Path, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    if check:
+        assert result.returncode == 0, f"{' '.join(command)}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    """A git + DVC project whose `dvc repro` registered version 1 (deterministic training), then committed."""
+    root = copy_project(["kerasflow", "tasks", "flows", "params.yaml", "dvc.yaml"], tmp_path_factory.mktemp("p"))
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(root),
+    }
+    env.pop("MLFLOW_TRACKING_URI", None)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["train"].update(epochs=3, deterministic=True)
+    params["register"].update(thresholds={}, require_beat_baseline=False)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
+    for command in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):
+        run(command, root, env)
+    (root / ".gitignore").write_text("mlflow.db\nmlartifacts/\n.kerasflow/\n__pycache__/\n.*.lock\n")
+    run([*git, "add", "-A"], root, env)
+    run([*git, "commit", "-qm", "project"], root, env)
+    run(["dvc", "repro"], root, env)
+    run([*git, "add", "-A"], root, env)
+    run([*git, "commit", "-qm", "the run's lock file and reports"], root, env)
+    return root, env
+
+
+def test_a_registered_version_rebuilds_exactly_from_its_record(recorded):
+    root, env = recorded
+    result = run([str(BIN / "kerasflow"), "reproduce", f"models:/{MODEL}/1"], root, env, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr[-4000:]
+    assert "match within 1e-06: metrics differ by at most 0," in result.stdout
+    assert "accuracy" in result.stdout and "predictions" in result.stdout
+    assert "warning" not in result.stdout  # recorded from a clean tree
+
+    client = use_store(root / "mlflow.db")
+    (version,) = client.search_model_versions(f"name = '{MODEL}'")  # the registry is as it was
+    assert (
+        client.get_run(version.run_id)
+        .data.tags["reproduced"]
+        .endswith("match within 1e-06: metrics differ by at most 0, predictions by at most 0")
+    )
+    # The workspace is as it was: no stray worktree, nothing changed.
+    assert run(["git", "status", "--porcelain"], root, env).stdout == ""
+    assert len(run(["git", "worktree", "list"], root, env).stdout.strip().splitlines()) == 1
+
+
+def test_data_no_cache_holds_is_named_by_its_hash(recorded):
+    root, env = recorded
+    client = use_store(root / "mlflow.db")
+    (version,) = client.search_model_versions(f"name = '{MODEL}'")
+    md5 = client.get_run(version.run_id).data.tags["data.md5"]
+    cache = root / ".dvc" / "cache"
+    shutil.move(cache, root / "cache-elsewhere")
+    try:
+        result = run([str(BIN / "kerasflow"), "reproduce", f"models:/{MODEL}@champion"], root, env, check=False)
+    finally:
+        shutil.move(root / "cache-elsewhere", cache)
+    assert result.returncode == 2
+    assert f"the raw dataset with md5 {md5} is in none of" in result.stderr and "DVC cache" in result.stderr
+    assert len(run(["git", "worktree", "list"], root, env).stdout.strip().splitlines()) == 1
