@@ -56,7 +56,9 @@ def accelerator_plan(params: TrainParams, string_inputs: bool = False) -> dict[s
     return {
         "mixed_precision": ("mixed_float16" if gpus else "mixed_bfloat16") if mixed else False,
         "jit_compile": params.jit_compile,
-        "deterministic": params.deterministic,
+        "deterministic": (
+            not gpus and params.jit_compile is not True if params.deterministic == "auto" else params.deterministic
+        ),
         "strategy": "MirroredStrategy" if mirrored and len(devices) > 1 else "default",
         "replicas": len(devices) if mirrored and len(devices) > 1 else 1,
         "devices": devices if mirrored else devices[:1],
@@ -69,6 +71,12 @@ def distribution_strategy(plan: dict[str, Any]) -> tf.distribute.Strategy:
     if plan.get("deterministic"):
         # Same seed, same data, same code: the same weights, bit for bit (on the CPU; see the README for GPUs).
         tf.config.experimental.enable_op_determinism()
+    else:
+        # The switch is process-wide: turn it off again for a training that did not ask for it (TensorFlow
+        # exports no public `disable`; this is the function `enable_op_determinism` sits beside).
+        from tensorflow.python.framework import config as tf_config
+
+        tf_config.disable_op_determinism()
     if plan["strategy"] == "MirroredStrategy":
         return tf.distribute.MirroredStrategy(plan["devices"])
     return tf.distribute.get_strategy()

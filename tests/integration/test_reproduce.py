@@ -29,7 +29,8 @@ def run(command: list[str], cwd: Path, env: dict[str, str], check: bool = True) 
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
-    """A git + DVC project whose `dvc repro` registered version 1 (deterministic training), then committed."""
+    """A git + DVC project whose `dvc repro` registered version 1 (default params: deterministic on the CPU),
+    then committed."""
     root = copy_project(["kerasflow", "tasks", "flows", "params.yaml", "dvc.yaml"], tmp_path_factory.mktemp("p"))
     env = {
         **os.environ,
@@ -38,7 +39,7 @@ def recorded(tmp_path_factory):
     }
     env.pop("MLFLOW_TRACKING_URI", None)
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["train"].update(epochs=3, deterministic=True)
+    params["train"]["epochs"] = 3
     params["register"].update(thresholds={}, require_beat_baseline=False)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]

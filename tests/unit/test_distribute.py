@@ -107,6 +107,11 @@ def test_auto_switches_resolve_to_cpu_defaults_here():
     has_gpu = bool(tf.config.list_physical_devices("GPU"))
     assert plan["mixed_precision"] == ("mixed_float16" if has_gpu else False) and plan["jit_compile"] == "auto"
     assert plan["strategy"] == ("MirroredStrategy" if len(tf.config.list_physical_devices("GPU")) > 1 else "default")
+    # Op determinism is on without a GPU (reproduce matches exactly) and off on one unless asked for.
+    assert plan["deterministic"] is (not has_gpu)
+    assert accelerator_plan(TrainParams(deterministic=False))["deterministic"] is False
+    # Keras compiles nothing with XLA under op determinism: asking for XLA leaves auto determinism off.
+    assert accelerator_plan(TrainParams(jit_compile=True))["deterministic"] is False
     # Asked for on a CPU, mixed precision computes in bfloat16 (CPUs have no fast float16).
     forced = accelerator_plan(TrainParams(mixed_precision=True, distribute="off"))["mixed_precision"]
     assert forced == ("mixed_float16" if has_gpu else "mixed_bfloat16")
