@@ -263,6 +263,9 @@ def compare(record: Record, checkout: Path, tolerance: float) -> Verdict:
     import numpy as np
 
     from kerasflow.io import read_json
+    from kerasflow.runtime import import_quietly
+
+    import_quietly("keras")  # the models below load TensorFlow: its native start-up lines stay out of the terminal
     from kerasflow.layout import Layout
     from kerasflow.model_interface import ModelConfig, model_outputs
     from tasks.preprocess import read_split
