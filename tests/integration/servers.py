@@ -31,6 +31,43 @@ def copy_project(names: list[str], destination: Path) -> Path:
     return destination
 
 
+def run(command: list[str], cwd: Path, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command of the project under test; with `check`, a failure is an AssertionError showing its output."""
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    if check:
+        assert result.returncode == 0, (
+            f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
+    return result
+
+
+def project_env(root: Path) -> dict[str, str]:
+    """The environment a copied project runs in: its own code first, this venv's tools on PATH, a git identity,
+    and no tracking store inherited from the caller."""
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(root),
+        "GIT_AUTHOR_NAME": "test",
+        "GIT_AUTHOR_EMAIL": "test@example.com",
+        "GIT_COMMITTER_NAME": "test",
+        "GIT_COMMITTER_EMAIL": "test@example.com",
+    }
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def init_git_dvc(root: Path, env: dict[str, str], remote: Path | None = None) -> None:
+    """Make `root` a git + DVC repository (analytics off, generated state ignored) with one commit of it all."""
+    for command in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):
+        run(command, root, env)
+    if remote is not None:
+        run(["dvc", "remote", "add", "-d", "local", str(remote)], root, env)
+    (root / ".gitignore").write_text("mlflow.db\nmlartifacts/\n.kerasflow/\n__pycache__/\n.*.lock\n")
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "project"], root, env)
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -5,17 +5,13 @@ move `champion`, which an experiment reaches only once applied to the workspace 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.conftest import use_store
-from tests.integration.servers import copy_project
+from tests.integration.servers import copy_project, init_git_dvc, project_env, run
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -23,32 +19,16 @@ MODEL = "kerasflow-digits-cnn"
 EXPERIMENTS = {"lr-003": 0.003, "lr-01": 0.01}
 
 
-def run(command: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, f"{' '.join(command)}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result
-
-
 @pytest.fixture(scope="module")
 def queued(tmp_path_factory):
     """A git + DVC project whose two queued experiments ran, two at a time."""
     root = copy_project(["kerasflow", "tasks", "flows", "params.yaml", "dvc.yaml"], tmp_path_factory.mktemp("p"))
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "PYTHONPATH": str(root),
-    }
-    env.pop("MLFLOW_TRACKING_URI", None)
+    env = project_env(root)
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["train"]["epochs"] = 2
     params["register"].update(thresholds={}, require_beat_baseline=False)  # every run would earn the crown
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
-    for command in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):
-        run(command, root, env)
-    (root / ".gitignore").write_text("mlflow.db\nmlartifacts/\n.kerasflow/\n__pycache__/\n.*.lock\n")
-    run([*git, "add", "-A"], root, env)
-    run([*git, "commit", "-qm", "project"], root, env)
+    init_git_dvc(root, env)
 
     for name, rate in EXPERIMENTS.items():
         run(["dvc", "exp", "run", "--queue", "-n", name, "-S", f"model.optimizer.learning_rate={rate}"], root, env)

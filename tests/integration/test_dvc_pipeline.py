@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -14,19 +11,12 @@ import pytest
 import yaml
 
 from tests.conftest import use_store
-from tests.integration.servers import copy_project
+from tests.integration.servers import copy_project, init_git_dvc, project_env, run
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 CODE = ["kerasflow", "tasks", "flows", "params.yaml", "dvc.yaml"]
 STAGES = ["ingest", "validate", "preprocess", "train", "evaluate", "register"]
-
-
-def run(command: list[str], cwd: Path, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    return result
 
 
 def stages_run(result: subprocess.CompletedProcess) -> list[str]:
@@ -37,23 +27,8 @@ def stages_run(result: subprocess.CompletedProcess) -> list[str]:
 def repo(tmp_path_factory):
     """A git + DVC repository holding a copy of the project, and the environment to run dvc in."""
     root = copy_project(CODE, tmp_path_factory.mktemp("project"))
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "PYTHONPATH": str(root),
-        "GIT_AUTHOR_NAME": "test",
-        "GIT_AUTHOR_EMAIL": "test@example.com",
-        "GIT_COMMITTER_NAME": "test",
-        "GIT_COMMITTER_EMAIL": "test@example.com",
-    }
-    env.pop("MLFLOW_TRACKING_URI", None)
-    run(["git", "init", "-q"], root, env)
-    run(["dvc", "init", "-q"], root, env)
-    run(["dvc", "config", "core.analytics", "false"], root, env)
-    run(["dvc", "remote", "add", "-d", "local", str(tmp_path_factory.mktemp("remote"))], root, env)
-    (root / ".gitignore").write_text("mlflow.db\nmlartifacts/\n.kerasflow/\n__pycache__/\n")
-    run(["git", "add", "-A"], root, env)
-    run(["git", "commit", "-q", "-m", "project"], root, env)
+    env = project_env(root)
+    init_git_dvc(root, env, remote=tmp_path_factory.mktemp("remote"))
     return root, env
 
 

@@ -4,16 +4,12 @@ one after another, in the same git + DVC clone, as a user switching workloads wo
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.conftest import REPO_ROOT
-from tests.integration.servers import copy_project
+from tests.integration.servers import copy_project, init_git_dvc, project_env, run
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -36,12 +32,6 @@ OFFLINE = [
 DOWNLOADS = {"mnist_cnn", "fashion_mnist_cnn", "boston_housing_mlp", "imdb_lstm", "transfer_learning"}
 
 
-def run(command: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, f"{' '.join(command)}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result
-
-
 def test_the_offline_list_is_every_example_that_needs_no_download():
     shipped = {path.parent.name for path in (REPO_ROOT / "examples").glob("*/params.yaml")}
     assert set(OFFLINE) | DOWNLOADS == shipped
@@ -52,18 +42,8 @@ def test_each_offline_example_through_kerasflow_example_then_dvc_repro(tmp_path_
         ["kerasflow", "tasks", "flows", "params.yaml", "dvc.yaml", "examples"], tmp_path_factory.mktemp("p")
     )
     # The examples' data ships with them (their synthetic sets written by `python -m kerasflow.samples examples`).
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "PYTHONPATH": str(root),
-    }
-    env.pop("MLFLOW_TRACKING_URI", None)
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
-    for command in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):
-        run(command, root, env)
-    (root / ".gitignore").write_text("mlflow.db\nmlartifacts/\n.kerasflow/\n__pycache__/\n")
-    run([*git, "add", "-A"], root, env)
-    run([*git, "commit", "-qm", "project"], root, env)
+    env = project_env(root)
+    init_git_dvc(root, env)
 
     for name in OFFLINE:
         # Two epochs: this test shows each workload runs under DVC; tests/workloads shows each one learns.

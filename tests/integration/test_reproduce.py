@@ -3,28 +3,17 @@ temporary worktree, matching exactly on the CPU; data that no cache holds is nam
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.conftest import use_store
-from tests.integration.servers import BIN, copy_project
+from tests.integration.servers import BIN, copy_project, init_git_dvc, project_env, run
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 MODEL = "kerasflow-digits-cnn"
-
-
-def run(command: list[str], cwd: Path, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    if check:
-        assert result.returncode == 0, f"{' '.join(command)}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -32,25 +21,15 @@ def recorded(tmp_path_factory):
     """A git + DVC project whose `dvc repro` registered version 1 (default params: deterministic on the CPU),
     then committed."""
     root = copy_project(["kerasflow", "tasks", "flows", "params.yaml", "dvc.yaml"], tmp_path_factory.mktemp("p"))
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "PYTHONPATH": str(root),
-    }
-    env.pop("MLFLOW_TRACKING_URI", None)
+    env = project_env(root)
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["train"]["epochs"] = 3
     params["register"].update(thresholds={}, require_beat_baseline=False)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
-    for command in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):
-        run(command, root, env)
-    (root / ".gitignore").write_text("mlflow.db\nmlartifacts/\n.kerasflow/\n__pycache__/\n.*.lock\n")
-    run([*git, "add", "-A"], root, env)
-    run([*git, "commit", "-qm", "project"], root, env)
+    init_git_dvc(root, env)
     run(["dvc", "repro"], root, env)
-    run([*git, "add", "-A"], root, env)
-    run([*git, "commit", "-qm", "the run's lock file and reports"], root, env)
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "the run's lock file and reports"], root, env)
     return root, env
 
 
