@@ -52,7 +52,7 @@ def tabular_mlp(mean: np.ndarray, variance: np.ndarray, outputs: int) -> keras.M
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", choices=["digits_cnn", "tabular_mlp"], required=True)
-    parser.add_argument("--processed", help="folder with the pipeline's processed splits (x_train.npy / .parquet ...)")
+    parser.add_argument("--processed", help="folder with the pipeline's processed splits (train.parquet, ...)")
     parser.add_argument("--from-source", action="store_true", help="load scikit-learn's digits and split here")
     parser.add_argument("--epochs", type=int, required=True)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -71,17 +71,15 @@ def main() -> None:
         x_train, x_val, y_train, y_val = train_test_split(x_rest, y_rest, test_size=0.1, random_state=args.seed)
     else:
 
-        def load(name: str) -> np.ndarray:
-            # The pipeline keeps tables as Parquet (raw columns) and images as .npy.
-            table = Path(args.processed) / f"{name}.parquet"
-            if table.is_file():
-                import pandas as pd
+        def load(name: str) -> tuple[np.ndarray, np.ndarray]:
+            # The pipeline keeps each split as one Parquet file: the raw feature columns and the encoded label.
+            import pandas as pd
 
-                return pd.read_parquet(table).to_numpy(dtype="float32")
-            return np.load(f"{args.processed}/{name}.npy")
+            table = pd.read_parquet(Path(args.processed) / f"{name}.parquet")
+            x = table.drop(columns="__label__").to_numpy(dtype="float32")
+            return (x.reshape(len(x), 8, 8, 1) if args.model == "digits_cnn" else x), table["__label__"].to_numpy()
 
-        x_train, y_train, x_val, y_val = load("x_train"), load("y_train"), load("x_val"), load("y_val")
-        x_test, y_test = load("x_test"), load("y_test")
+        (x_train, y_train), (x_val, y_val), (x_test, y_test) = load("train"), load("val"), load("test")
     loaded = time.perf_counter()
 
     if args.model == "digits_cnn":

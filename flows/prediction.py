@@ -98,7 +98,13 @@ def predict_file(
     counter = DriftCounter(TrainingStatistics.from_dict(statistics), scorer.config.inputs) if statistics else None
     started = time.perf_counter()
     writer = score_file(
-        source, output, scorer, {"model_name": name, "model_version": version}, params.predict.batch_rows, counter
+        source,
+        output,
+        scorer,
+        {"model_name": name, "model_version": version},
+        params.predict.batch_rows,
+        counter,
+        params.predict.keep_columns,
     )
     seconds = time.perf_counter() - started
     thresholds = params.predict.drift

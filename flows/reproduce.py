@@ -268,7 +268,6 @@ def compare(record: Record, checkout: Path, tolerance: float) -> Verdict:
     import_quietly("keras")  # the models below load TensorFlow: its native start-up lines stay out of the terminal
     from kerasflow.layout import Layout
     from kerasflow.model_interface import ModelConfig, model_outputs
-    from tasks.preprocess import read_split
 
     layout = Layout(checkout)
     rebuilt_metrics = read_json(layout.metrics)["test"]
@@ -277,13 +276,40 @@ def compare(record: Record, checkout: Path, tolerance: float) -> Verdict:
     }
     model_id = read_json(layout.run_file)["model_id"]
     config = ModelConfig.from_dict(read_json(layout.model_config))
-    test = read_split(layout.processed_dir, "test")
+    test = rebuilt_test_split(layout.processed_dir)
     # The rebuild's store is a local one in the checkout: its logged model's files are under mlartifacts/.
     (rebuilt_files,) = {path.parent for path in checkout.glob(f"mlartifacts/**/{model_id}/**/MLmodel")}
-    ours = model_outputs(mlflow.pyfunc.load_model(record.model_uri).predict(test.x), config)
-    theirs = model_outputs(mlflow.pyfunc.load_model(str(rebuilt_files)).predict(test.x), config)
-    difference = float(np.max(np.abs(ours - theirs))) if len(ours) else 0.0
+    registered, rebuilt = mlflow.pyfunc.load_model(record.model_uri), mlflow.pyfunc.load_model(str(rebuilt_files))
+    difference = 0.0
+    for x, _ in test.batches(1 << 16):  # the test rows streamed through both models
+        ours, theirs = model_outputs(registered.predict(x), config), model_outputs(rebuilt.predict(x), config)
+        difference = max(difference, float(np.max(np.abs(ours - theirs))) if len(ours) else 0.0)
     return Verdict(metrics, difference, tolerance)
+
+
+def rebuilt_test_split(folder: Path) -> Any:
+    """The rebuild's test split: streamed from its file, or (a commit from before the splits were single Parquet
+    files) its features and labels read whole."""
+    import numpy as np
+    import pandas as pd
+
+    from tasks.preprocess import Split, split_source
+
+    if (folder / "test.parquet").is_file():
+        return split_source(folder, "test")
+    table = folder / "x_test.parquet"
+    x = pd.read_parquet(table) if table.is_file() else np.load(folder / "x_test.npy")
+    return LegacySplit(Split(x, np.load(folder / "y_test.npy")))
+
+
+@dataclass(frozen=True)
+class LegacySplit:
+    """A split held in memory, read as one batch."""
+
+    split: Any
+
+    def batches(self, rows: int) -> Iterator[tuple[Any, Any]]:
+        yield self.split.x, self.split.y
 
 
 def reproduce(model_uri: str, project: Path, tolerance: float = DEFAULT_TOLERANCE) -> Verdict:

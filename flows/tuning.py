@@ -123,7 +123,11 @@ def run_trial(plan: StudyPlan, number: int, trial_id: int, values: dict[str, Any
         tune.check_metric(params.tune, data.state.task)
         setup = stage.build(params, data)
         watched, sign = tune.watched_metric(params.tune)
-        callbacks = [curves, tracking.epoch_logger(run_id, len(data.train)), PruningCallback(trial, watched, sign)]
+        callbacks = [
+            curves,
+            tracking.epoch_logger(run_id, data.state.rows["train"]),
+            PruningCallback(trial, watched, sign),
+        ]
         stage.fit_setup(params, data, setup, callbacks, label=f"trial {number}")
         value = objective_value(params, stage, data, setup.model, curves.history())
         state = "complete"
@@ -151,8 +155,8 @@ def objective_value(params: Params, stage: Any, data: Any, model: Any, history: 
     from tasks.train import predict
 
     state = data.state
-    outputs = predict(model, data.val.x, state.inputs)
-    scores = score_predictions(state.task, data.val.y, outputs, state.n_classes, params.model.decision_threshold)
+    outputs = predict(model, data.val, state.inputs)
+    scores = score_predictions(state.task, data.val.labels(), outputs, state.n_classes, params.model.decision_threshold)
     return float(scores[metric])
 
 

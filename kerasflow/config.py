@@ -94,6 +94,10 @@ class IngestParams(_Section):
     # [height, width] or [height, width, channels]: pixel columns of a table, or the size image folders are resized to.
     image_shape: list[PositiveInt] | None = None
     max_rows: PositiveInt | None = None
+    # A CSV's field separator.
+    delimiter: str = Field(",", min_length=1, max_length=1)
+    # Rows converted at a time, and rows per row group of the raw Parquet file: memory follows this, not the file.
+    batch_rows: PositiveInt = 65536
 
     @model_validator(mode="after")
     def _check_source(self) -> IngestParams:
@@ -140,7 +144,8 @@ class TextParams(_Section):
 
 
 class PreprocessParams(_Section):
-    """Split, and the preprocessing layers built into the model (adapted on the training split)."""
+    """Split, and the constants of the input layers built into the model, fitted on the training rows in the
+    same streaming pass that writes the splits."""
 
     test_fraction: float = Field(0.2, gt=0, lt=1)
     val_fraction: float = Field(0.1, gt=0, lt=1)
@@ -155,6 +160,11 @@ class PreprocessParams(_Section):
     # Numeric columns to treat as categories (e.g. a zip code); text columns are always categorical.
     categorical_columns: list[str] = Field(default_factory=list)
     text: TextParams = TextParams()
+    # Rows per row group of each split file: what training shuffles and workers shard.
+    row_group_rows: PositiveInt = 65536
+    # Training rows (a seeded sample) the drift statistics' decile bins are computed on; every other constant
+    # is computed on every training row.
+    sample_rows: PositiveInt = 100_000
 
     @model_validator(mode="after")
     def _check_fractions(self) -> PreprocessParams:
@@ -293,6 +303,11 @@ class TrainParams(_Section):
     mixed_precision: bool | Literal["auto"] = "auto"
     jit_compile: bool | Literal["auto"] = "auto"
     distribute: Literal["auto", "off", "mirrored"] = "auto"
+    # Data streamed from the split files (row groups in a seeded order per epoch, then a shuffle buffer of
+    # `shuffle_buffer` rows), or read into memory once: auto keeps splits under `memory_budget_mb` in memory.
+    in_memory: bool | Literal["auto"] = "auto"
+    memory_budget_mb: PositiveInt = 256
+    shuffle_buffer: PositiveInt = 65536
     # Deterministic ops (tf.config.experimental.enable_op_determinism): the same seed gives the same weights,
     # so `kerasflow reproduce` matches exactly. auto: on without a GPU (about 5 % of throughput on a CPU) unless
     # jit_compile is true (Keras turns XLA off under op determinism); off on a GPU (slower there, and it
@@ -318,6 +333,8 @@ class TrainParams(_Section):
 class EvaluateParams(_Section):
     primary_metric: str = "auto"
     baseline: Literal["auto", "logistic_regression", "knn", "linear_regression", "ridge"] = "auto"
+    # The baseline is fitted on a seeded sample of at most this many training rows.
+    baseline_rows: PositiveInt = 100_000
 
     @field_validator("primary_metric")
     @classmethod
@@ -472,6 +489,8 @@ class PredictParams(_Section):
     batch_rows: PositiveInt = 65536
     # Refuse to write predictions when a column drifted past the thresholds.
     fail_on_drift: bool = False
+    # Input columns copied into the predictions beside the row number (an id, a timestamp), to join them back.
+    keep_columns: list[str] = Field(default_factory=list)
     drift: DriftParams = DriftParams()
 
 
@@ -576,15 +595,9 @@ def parse_params(tree: dict[str, Any], source: str = "params.yaml") -> Params:
         raise ConfigError(_format_errors(error, source)) from None
 
 
-# Settings that change the raw data or the splits: fixed for a study (its data stages run once).
-STUDY_DATA_KEYS = (
-    "ingest.",
-    "validate.",
-    "preprocess.test_fraction",
-    "preprocess.val_fraction",
-    "preprocess.stratify",
-    "preprocess.categorical_columns",
-)
+# Settings that change the raw data, the splits or the input layers' constants fitted beside them: fixed for a
+# study (its data stages run once).
+STUDY_DATA_KEYS = ("ingest.", "validate.", "preprocess.")
 
 
 def check_search_space(params: Params) -> None:
@@ -598,8 +611,8 @@ def check_search_space(params: Params) -> None:
             raise ConfigError(f"tune.space: {key!r} is not a setting of a trial")
         if key == "seed" or key.startswith(STUDY_DATA_KEYS):
             raise ConfigError(
-                f"tune.space: {key!r} changes the data splits, which a study makes once for all its trials; "
-                "search model, train or the input layers' preprocess settings"
+                f"tune.space: {key!r} changes the data splits or the input layers fitted with them, which a "
+                "study makes once for all its trials; search model or train settings"
             )
         values = dimension.choice if dimension.choice is not None else list(getattr(dimension, dimension.kind))
         for value in values:  # every choice, and both ends of a range, must make valid params

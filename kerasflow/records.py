@@ -29,6 +29,8 @@ class RawDatasetInfo:
     rows: int = 0
     md5: str = ""
     file: str = ""
+    # An image folder: the folder the raw table's `path` column is relative to (the images stay files there).
+    image_root: str | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RawDatasetInfo:
@@ -49,7 +51,7 @@ def source_label(source: dict[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class PreprocessState:
-    """What preprocess found out about the data, written beside the splits."""
+    """What preprocess found out about the data and fitted on its training rows, written beside the splits."""
 
     task: str
     inputs: ModelInputs
@@ -60,6 +62,16 @@ class PreprocessState:
     data_md5: str
     source: dict[str, Any] = field(default_factory=dict)
     classes: list[Any] | None = None
+    # The input layers' constants, fitted on the training rows (the model is built from them, no adapt).
+    fitted: FittedInputs = None  # type: ignore[assignment]
+    # Training rows per class (class weights, the baseline's sample).
+    class_counts: list[int] | None = None
+    # An image folder's root: the splits hold paths relative to it.
+    image_root: str | None = None
+    # The md5 of each split file (the hash DVC records for it).
+    split_md5: dict[str, str] = field(default_factory=dict)
+    # What was computed on a bounded sample instead of every training row, and how large.
+    notes: dict[str, str] = field(default_factory=dict)
 
     @property
     def source_label(self) -> str:
@@ -77,10 +89,12 @@ class PreprocessState:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PreprocessState:
         values = {key: data[key] for key in cls.__dataclass_fields__ if key in data}
-        return cls(**{**values, "inputs": ModelInputs.from_dict(data["inputs"])})
+        fitted = FittedInputs.from_dict(data["fitted"]) if data.get("fitted") else FittedInputs()
+        return cls(**{**values, "inputs": ModelInputs.from_dict(data["inputs"]), "fitted": fitted})
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "inputs": self.inputs.to_dict()}
+        fitted = asdict(self.fitted) if self.fitted is not None else None
+        return {**asdict(self), "inputs": self.inputs.to_dict(), "fitted": fitted}
 
     def model_config(self, threshold: float) -> ModelConfig:
         return ModelConfig(self.task, self.inputs, self.classes, threshold)
@@ -132,6 +146,17 @@ class FittedInputs:
     categorical_encoding: str = "one_hot"
     image_scaling: ImageScaling | None = None
     target: TargetScaling | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FittedInputs:
+        return cls(
+            numeric={name: NumericFit(**value) for name, value in data.get("numeric", {}).items()},
+            categorical={name: list(values) for name, values in data.get("categorical", {}).items()},
+            text={name: TextFit(**value) for name, value in data.get("text", {}).items()},
+            categorical_encoding=data.get("categorical_encoding", "one_hot"),
+            image_scaling=ImageScaling(**data["image_scaling"]) if data.get("image_scaling") else None,
+            target=TargetScaling(**data["target"]) if data.get("target") else None,
+        )
 
     def vocabulary_size(self, source: str = "input") -> int | None:
         """The input_dim an embedding of `source` needs: the text vocabulary (with padding and OOV), or

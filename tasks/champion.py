@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from kerasflow.model_interface import ModelConfig, model_outputs
 from kerasflow.records import PreprocessState
 from tasks.evaluate import score_predictions
-from tasks.preprocess import Split
+from tasks.preprocess import ParquetSplit, Split
 from tasks.register import CHAMPION
 
 
@@ -49,7 +51,7 @@ def mismatch(champion: ModelConfig, state: PreprocessState) -> str | None:
     return None
 
 
-def rescore(model_name: str, version: str, test: Split, state: PreprocessState) -> dict[str, Any]:
+def rescore(model_name: str, version: str, test: Split | ParquetSplit, state: PreprocessState) -> dict[str, Any]:
     """The champion version's metrics on this run's test split, or why it could not be scored on it."""
     import mlflow
 
@@ -61,12 +63,16 @@ def rescore(model_name: str, version: str, test: Split, state: PreprocessState) 
     reason = mismatch(config, state)
     if reason:
         return {"version": version, "skipped": f"the champion (version {version}) cannot be scored here: {reason}"}
-    outputs = model_outputs(scorer.predict(None, test.x), config)
-    scores = score_predictions(state.task, test.y, outputs, state.n_classes, config.threshold)
+    if isinstance(test, Split):
+        outputs, labels = model_outputs(scorer.predict(None, test.x), config), test.y
+    else:  # the test split streamed through the champion's own code, a batch at a time
+        parts = [model_outputs(scorer.predict(None, x), config) for x, _ in test.batches(1 << 16)]
+        outputs, labels = np.concatenate(parts), test.labels()
+    scores = score_predictions(state.task, labels, outputs, state.n_classes, config.threshold)
     return {"version": version, "test": scores, "test_rows": len(test)}
 
 
-def rescore_current(model_name: str, test: Split, state: PreprocessState) -> dict[str, Any] | None:
+def rescore_current(model_name: str, test: Split | ParquetSplit, state: PreprocessState) -> dict[str, Any] | None:
     """The current champion re-scored on `test` (None when there is no champion)."""
     version = current_champion(model_name)
     return rescore(model_name, version, test, state) if version else None

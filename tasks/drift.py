@@ -1,8 +1,9 @@
 """Drift: the training split's statistics, kept inside every logged model, and how far new data strays.
 
-At training, each numeric column gets quantile bins (deciles of the training values) with the
-share of rows in each, its mean, spread and share of missing values; each categorical column the
-share of each category. Image models get one derived column, each image's mean pixel value.
+At preprocess, in the pass that writes the splits, each numeric column of the training rows gets
+quantile bins (deciles of a seeded sample of the training values, `preprocess.sample_rows`) with the
+share of the sample in each, and its mean, spread and share of missing values over every row; each
+categorical column the share of each category. Image models get one derived column, each image's mean pixel value.
 At prediction, new rows are counted into the same bins batch by batch (memory stays flat), and
 each column gets the population stability index (PSI), the share of categories training never
 saw, and the change in its share of missing values.
@@ -17,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from kerasflow.model_interface import CATEGORICAL, MISSING, NUMERIC, ModelInputs, numbers, strings
+from tasks.summaries import CategorySummary, NumericSummary, TableSummary
 
 BINS = 10
 # Categories whose share is kept per column (preprocess.max_categories' default, the model's vocabulary);
@@ -73,43 +75,67 @@ def image_means(images: np.ndarray) -> pd.DataFrame:
 
 
 def training_statistics(x_train: np.ndarray | pd.DataFrame, inputs: ModelInputs) -> TrainingStatistics:
-    """Statistics of the training split's raw columns (text columns are left out)."""
+    """Statistics of training rows held in memory (text columns are left out): every row is the sample."""
     frame = image_means(x_train) if inputs.kind == "image" else x_train
+    summary = TableSummary()
+    summary.add(drift_columns(frame, inputs))
+    return statistics_from(summary, drift_columns(frame, inputs), inputs)
+
+
+def drift_columns(frame: pd.DataFrame, inputs: ModelInputs) -> pd.DataFrame:
+    """The columns drift is measured on, as numbers (float64, NaN where missing) or as text (MISSING where
+    missing): each numeric and categorical input column, or an image model's `pixel_mean`."""
+    if inputs.kind == "image":
+        return pd.DataFrame({IMAGE_COLUMN: frame[IMAGE_COLUMN].to_numpy(dtype="float64")}, index=frame.index)
+    columns = {}
+    for entry in inputs.columns:
+        if entry.kind == NUMERIC:
+            columns[entry.column] = numbers(frame[entry.column])
+        elif entry.kind == CATEGORICAL:
+            columns[entry.column] = pd.array(strings(frame[entry.column]), dtype="string")
+    return pd.DataFrame(columns, index=frame.index)
+
+
+def statistics_from(summary: TableSummary, sample: pd.DataFrame | None, inputs: ModelInputs) -> TrainingStatistics:
+    """The drift statistics from a summary of every training row (`drift_columns`, batch by batch): mean, spread
+    and missing share of numbers and the share of each category exactly; the numbers' decile bins from
+    `sample`, a seeded sample of the rows (all of them when they are few)."""
     kinds = {IMAGE_COLUMN: NUMERIC} if inputs.kind == "image" else {e.column: e.kind for e in inputs.columns}
     numeric, categorical = {}, {}
     for column, kind in kinds.items():
         if kind == NUMERIC:
-            numeric[column] = numeric_statistics(numbers(frame[column]))
+            values = sample[column].to_numpy(dtype="float64") if sample is not None else np.empty(0)
+            numeric[column] = numeric_statistics(summary.numeric.get(column), values)
         elif kind == CATEGORICAL:
-            categorical[column] = category_statistics(strings(frame[column]))
-    return TrainingStatistics(rows=len(frame), numeric=numeric, categorical=categorical)
+            categorical[column] = category_statistics(summary.text[column])
+    return TrainingStatistics(rows=summary.rows, numeric=numeric, categorical=categorical)
 
 
-def numeric_statistics(values: np.ndarray) -> NumericStatistics:
-    present = values[~np.isnan(values)]
-    if not len(present):
+def numeric_statistics(summary: NumericSummary | None, sample: np.ndarray) -> NumericStatistics:
+    present = sample[~np.isnan(sample)]
+    if summary is None or not summary.count or not len(present):
         return NumericStatistics([], [1.0], 0.0, 0.0, 1.0)
     edges = np.unique(np.quantile(present, np.linspace(0, 1, BINS + 1)[1:-1]))
     counts = np.bincount(np.searchsorted(edges, present, side="right"), minlength=len(edges) + 1)
     return NumericStatistics(
         edges=edges.tolist(),
         shares=(counts / len(present)).tolist(),
-        mean=float(present.mean()),
-        std=float(present.std()),
-        missing_share=float(1 - len(present) / len(values)),
+        mean=summary.mean,
+        std=summary.std,
+        missing_share=float(summary.missing / summary.rows),
     )
 
 
-def category_statistics(values: np.ndarray) -> CategoryStatistics:
-    series = pd.Series(values)
-    present = series[series != MISSING]
-    counts = present.value_counts()
-    kept = counts.head(MAX_CATEGORIES)
-    total = max(len(present), 1)
+def category_statistics(summary: CategorySummary) -> CategoryStatistics:
+    """Shares of the most frequent categories among present values (MISSING, an empty value, is missing)."""
+    counts = {value: count for value, count in summary.counts.items() if value != MISSING}
+    present = summary.rows - summary.missing - summary.counts.get(MISSING, 0)
+    kept = sorted(counts.items(), key=lambda item: -item[1])[:MAX_CATEGORIES]
+    total = max(present, 1)
     return CategoryStatistics(
-        shares={str(name): float(count / total) for name, count in kept.items()},
-        other_share=float((counts.sum() - kept.sum()) / total),
-        missing_share=float(1 - len(present) / max(len(series), 1)),
+        shares={str(name): float(count / total) for name, count in kept},
+        other_share=float((present - sum(count for _, count in kept)) / total),
+        missing_share=float(1 - present / max(summary.rows, 1)),
     )
 
 

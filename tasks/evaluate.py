@@ -16,7 +16,8 @@ from sklearn.preprocessing import StandardScaler
 from kerasflow.config import EvaluateParams
 from kerasflow.model_interface import MISSING, ModelInputs, positive_share, predicted_classes
 from kerasflow.plotting import pyplot, save_figure
-from tasks.preprocess import Split
+from tasks.preprocess import LABEL, ParquetSplit, Split
+from tasks.sampling import SmallestRows, hash_positions
 
 
 def primary_metric(params: EvaluateParams, task: str) -> str:
@@ -125,26 +126,63 @@ def make_baseline(params: EvaluateParams, task: str, seed: int, inputs: ModelInp
     return make_pipeline(baseline_features(inputs), estimators[name]())
 
 
+# Values (rows x features) the baseline is fitted on at most: images of many pixels get fewer rows.
+BASELINE_VALUES = 20_000_000
+# Salt of the baseline sample's row hash (independent of the split and of the drift sample).
+BASELINE_SALT = 3
+
+
+def baseline_sample(train: Split | ParquetSplit, rows: int, seed: int, inputs: ModelInputs) -> Split:
+    """The training rows the baseline is fitted on: all of them when they are at most `rows` (and fit the
+    values budget), else a seeded sample of that many, the same whatever the batching."""
+    if isinstance(train, Split):
+        return train
+    width = int(np.prod(inputs.shape)) if inputs.kind == "image" else max(len(inputs.columns), 1)
+    rows = max(1, min(rows, BASELINE_VALUES // width))
+    if len(train) <= rows:
+        return train.load()
+    sample = SmallestRows(rows)
+    start = 0
+    for frame, y in train.frames(1 << 16):
+        positions = np.arange(start, start + len(y))
+        start += len(y)
+        sample.add(hash_positions(positions, seed, BASELINE_SALT), frame.assign(**{LABEL: y}))
+    kept = sample.rows().reset_index(drop=True)
+    return Split(train.features(kept.drop(columns=LABEL)), kept[LABEL].to_numpy())
+
+
+def baseline_outputs(baseline: Any, test: Split | ParquetSplit, task: str) -> np.ndarray:
+    """The fitted baseline's probabilities (positive class for two) or values, on the test rows batch by batch."""
+
+    def outputs(x: Any) -> np.ndarray:
+        if task != "classification":
+            return baseline.predict(x)
+        found = baseline.predict_proba(x)
+        return found[:, 1] if found.shape[1] == 2 else found
+
+    if isinstance(test, Split):
+        return outputs(test.x)
+    return np.concatenate([outputs(x) for x, _ in test.batches(1 << 16)])
+
+
 def baseline_metrics(
     params: EvaluateParams,
     task: str,
-    train_split: Split,
-    test_split: Split,
+    train_split: Split | ParquetSplit,
+    test_split: Split | ParquetSplit,
     n_classes: int,
     seed: int,
     inputs: ModelInputs,
     threshold: float = 0.5,
 ) -> tuple[str, dict[str, float]]:
-    """Fit the scikit-learn baseline on the training split (same raw features); score it on the test split."""
+    """Fit the scikit-learn baseline on the training rows (a split file is sampled as `baseline_sample` does;
+    the same raw features); score it on the test split. Returns its name and its scores."""
     baseline = make_baseline(params, task, seed, inputs)
-    baseline.fit(train_split.x, train_split.y)
-    if task == "classification":
-        outputs = baseline.predict_proba(test_split.x)
-        if outputs.shape[1] == 2:
-            outputs = outputs[:, 1]
-    else:
-        outputs = baseline.predict(test_split.x)
-    return type(baseline[-1]).__name__, score_predictions(task, test_split.y, outputs, n_classes, threshold)
+    sample = baseline_sample(train_split, params.baseline_rows, seed, inputs)
+    baseline.fit(sample.x, sample.y)
+    y_test = test_split.y if isinstance(test_split, Split) else test_split.labels()
+    scores = score_predictions(task, y_test, baseline_outputs(baseline, test_split, task), n_classes, threshold)
+    return type(baseline[-1]).__name__, scores
 
 
 def predictions_frame(
@@ -180,15 +218,20 @@ def plot_training_curves(history: pd.DataFrame, path: Path, best_epoch: int | No
     save_figure(figure, path)
 
 
-def plot_confusion_matrix(predictions: pd.DataFrame, path: Path, title: str = "") -> None:
-    """The confusion matrix of the test split, each row normalised to the share of that true class."""
+def plot_confusion_matrix(
+    y_true: np.ndarray, predicted: np.ndarray, classes: list[Any], path: Path, title: str = ""
+) -> None:
+    """The confusion matrix of the test split (class indices), each row normalised to the share of that true class."""
     plt = pyplot()
-    labels = sorted(set(predictions["actual"]) | set(predictions["predicted"]), key=lambda v: (len(v), v))
-    matrix = skm.confusion_matrix(predictions["actual"], predictions["predicted"], labels=labels, normalize="true")
+    present = sorted(set(np.unique(y_true).tolist()) | set(np.unique(predicted).tolist()))
+    names = [str(classes[index]) for index in present]
+    order = sorted(range(len(present)), key=lambda position: (len(names[position]), names[position]))
+    labels = [names[position] for position in order]
+    matrix = skm.confusion_matrix(y_true, predicted, labels=[present[position] for position in order], normalize="true")
     size = 2 + 0.55 * len(labels)
     figure, axis = plt.subplots(figsize=(size + 1, size))
     skm.ConfusionMatrixDisplay(matrix, display_labels=labels).plot(ax=axis, colorbar=True, values_format=".2f")
-    axis.set_title(title or f"Confusion matrix, test split ({len(predictions)} rows; rows sum to 1)")
+    axis.set_title(title or f"Confusion matrix, test split ({len(y_true)} rows; rows sum to 1)")
     figure.tight_layout()
     save_figure(figure, path)
 

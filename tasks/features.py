@@ -3,14 +3,17 @@
 A dataset is either images (one array input) or columns: the numeric columns enter as one
 matrix input and are imputed and normalized, each categorical column has a named input looked
 up in a vocabulary, a text column one that is vectorized. The statistics and vocabularies are
-fitted with each layer's `adapt` on the training split only, then built into the model, so the
-saved model takes a raw DataFrame row, image or string and nothing has to be pickled beside it.
+fitted on the training rows only, in preprocess's streaming pass (`InputFitter`), then built into the
+model with the constants given (no `adapt` over the data), so the saved model takes a raw DataFrame
+row, image or string and nothing has to be pickled beside it.
 Raw rows become model inputs through `kerasflow.model_interface.to_model_inputs`, everywhere.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -19,6 +22,7 @@ import pandas as pd
 from kerasflow.config import PreprocessParams
 from kerasflow.model_interface import (
     CATEGORICAL,
+    MISSING,
     NUMERIC,
     NUMERIC_INPUT,
     TEXT,
@@ -28,6 +32,7 @@ from kerasflow.model_interface import (
     strings,
 )
 from kerasflow.records import FittedInputs, ImageScaling, NumericFit, RawDatasetInfo, TargetScaling, TextFit
+from tasks.summaries import CategorySummary, NumericSummary, TableSummary, kind_of
 
 # Names of layers the model adds itself: a column named like one gets a different input name.
 RESERVED_NAMES = frozenset(
@@ -48,8 +53,17 @@ def input_name(column: str, taken: set[str]) -> str:
     return candidate
 
 
-def describe_inputs(frame: pd.DataFrame, info: RawDatasetInfo, params: PreprocessParams) -> ModelInputs:
-    """The model's inputs, from the raw columns: images, or one entry per column with its kind."""
+def column_kinds(frame: pd.DataFrame) -> dict[str, str]:
+    """numeric, bool or string per column of a frame (of the raw data's types)."""
+    return {str(name): kind_of(frame[name].dtype) for name in frame.columns}
+
+
+def describe_inputs(
+    kinds: Mapping[str, str] | pd.DataFrame, info: RawDatasetInfo, params: PreprocessParams
+) -> ModelInputs:
+    """The model's inputs, from the raw columns' kinds (or a frame of them): images, or one entry per column."""
+    if isinstance(kinds, pd.DataFrame):
+        kinds = column_kinds(kinds)
     features = info.feature_columns
     if info.image_shape and not info.text_column:
         return ModelInputs.images(info.image_shape)
@@ -63,7 +77,7 @@ def describe_inputs(frame: pd.DataFrame, info: RawDatasetInfo, params: Preproces
     for name in features:
         if name == info.text_column:
             kind = TEXT
-        elif name in params.categorical_columns or not pd.api.types.is_numeric_dtype(frame[name]):
+        elif name in params.categorical_columns or kinds[name] == "string":
             kind = CATEGORICAL
         else:
             kind = NUMERIC  # booleans too, as 0 / 1
@@ -99,10 +113,149 @@ def raw_example(x: np.ndarray | pd.DataFrame, inputs: ModelInputs, rows: int = 5
 
 def target_scaling(y_train: np.ndarray, task: str, params: PreprocessParams) -> TargetScaling | None:
     """Mean and standard deviation of a regression target (training split), or None."""
+    summary = NumericSummary()
+    summary.add(y_train)
+    return scaling_of_target(summary, task, params)
+
+
+def scaling_of_target(summary: NumericSummary, task: str, params: PreprocessParams) -> TargetScaling | None:
     if task != "regression" or not params.scale_target:
         return None
-    std = float(np.std(y_train))
-    return TargetScaling(mean=float(np.mean(y_train)), std=std if std > 0 else 1.0)
+    return TargetScaling(mean=summary.mean, std=summary.std if summary.std > 0 else 1.0)
+
+
+class PixelSummary:
+    """Images so far, per pixel position: the moments for `standard` scaling, and the largest value."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.mean: np.ndarray | float = 0.0
+        self.m2: np.ndarray | float = 0.0
+        self.peak = 0.0
+
+    def add(self, images: np.ndarray) -> None:
+        images = np.asarray(images, dtype="float64")
+        if not len(images):
+            return
+        count, mean = len(images), images.mean(axis=0)
+        m2 = np.square(images - mean).sum(axis=0)
+        total = self.count + count
+        delta = mean - self.mean
+        self.mean = self.mean + delta * count / total
+        self.m2 = self.m2 + m2 + delta * delta * self.count * count / total
+        self.count = total
+        self.peak = max(self.peak, float(np.abs(images).max()))
+
+    def scaling(self, kind: str) -> ImageScaling:
+        """Images divided by the training maximum (auto / max), standardized per pixel, or left alone."""
+        kind = "max" if kind == "auto" else kind
+        if kind == "max":
+            return ImageScaling("max", scale=1.0 / (self.peak or 1.0))
+        if kind == "standard":
+            variance = np.asarray(self.m2) / max(self.count, 1)
+            variance = np.where(variance > 0, variance, 1.0)
+            return ImageScaling("standard", mean=np.ravel(self.mean).tolist(), variance=np.ravel(variance).tolist())
+        return ImageScaling("none")
+
+
+class InputFitter:
+    """The constants of the input layers, fitted batch by batch on the training rows (`add`), then read once
+    (`fitted`): each numeric column's fill (its mean) and normalization (mean and variance, once filled, or
+    its largest absolute value), each categorical column's vocabulary (its most frequent values, as Keras'
+    StringLookup orders them), the text column's vocabulary (Keras' own TextVectorization counting tokens
+    batch by batch), image scaling, the regression target's scaling and the class counts.
+    """
+
+    def __init__(self, inputs: ModelInputs, params: PreprocessParams, task: str = "classification") -> None:
+        self.inputs = inputs
+        self.params = params
+        self.task = task
+        texts = tuple(entry.column for entry in inputs.columns if entry.kind == TEXT)
+        self.columns = TableSummary(uncounted=texts)
+        self.pixels = PixelSummary()
+        self.target = NumericSummary()
+        self.class_counts: np.ndarray = np.zeros(0, dtype=np.int64)
+        self.text_layers: dict[str, Any] = {}
+
+    def add(self, x: np.ndarray | pd.DataFrame, y: np.ndarray | None = None) -> None:
+        if self.inputs.kind == "image":
+            self.pixels.add(x)
+        else:
+            numeric = [entry.column for entry in self.inputs.numeric]
+            categorical = [entry.column for entry in self.inputs.columns if entry.kind == CATEGORICAL]
+            table = pd.DataFrame({name: numbers(x[name]) for name in numeric}, index=x.index)
+            for name in categorical:
+                table[name] = x[name].astype("string")
+            self.columns.kinds.update({name: "numeric" for name in numeric} | {name: "string" for name in categorical})
+            self.columns.add(table)
+            for entry in self.inputs.columns:
+                if entry.kind == TEXT:
+                    self.text_layer(entry.input).update_state(strings(x[entry.column]))
+        if y is not None and len(y):
+            if self.task == "regression":
+                self.target.add(y)
+            else:
+                counts = np.bincount(np.asarray(y, dtype=np.int64))
+                size = max(len(counts), len(self.class_counts))
+                self.class_counts = np.pad(self.class_counts, (0, size - len(self.class_counts))) + np.pad(
+                    counts, (0, size - len(counts))
+                )
+
+    def text_layer(self, name: str) -> Any:
+        if name not in self.text_layers:
+            import keras
+
+            settings = self.params.text
+            self.text_layers[name] = keras.layers.TextVectorization(
+                max_tokens=settings.max_tokens,
+                output_sequence_length=settings.sequence_length,
+                standardize=None if settings.standardize == "none" else settings.standardize,
+            )
+        return self.text_layers[name]
+
+    def fitted(self) -> FittedInputs:
+        target = scaling_of_target(self.target, self.task, self.params)
+        if self.inputs.kind == "image":
+            return FittedInputs(image_scaling=self.pixels.scaling(self.params.scaling), target=target)
+        settings = self.params.text
+        text = {}
+        for entry in self.inputs.columns:
+            if entry.kind == TEXT:
+                layer = self.text_layer(entry.input)
+                layer.finalize_state()
+                vocabulary = [str(value) for value in layer.get_vocabulary()[2:]]
+                text[entry.input] = TextFit(vocabulary, settings.sequence_length, settings.standardize)
+        return FittedInputs(
+            numeric={entry.column: self.numeric_fit(entry.column) for entry in self.inputs.numeric},
+            categorical={
+                entry.input: self.vocabulary(entry.column) for entry in self.inputs.columns if entry.kind == CATEGORICAL
+            },
+            text=text,
+            categorical_encoding=self.params.categorical_encoding,
+            target=target,
+        )
+
+    def numeric_fit(self, column: str) -> NumericFit:
+        summary = self.columns.numeric.get(column) or NumericSummary()
+        fill = summary.mean if summary.count else 0.0
+        scaling = self.params.scaling
+        if scaling in ("auto", "standard"):
+            variance = summary.filled_variance
+            # Constant columns keep variance 1 so the normalization divides by one, not zero.
+            return NumericFit(fill, mean=fill, variance=variance if variance > 0 else 1.0)
+        if scaling == "max":
+            # Divide by the largest absolute value: a Normalization with mean 0 and variance max².
+            peak = max(summary.peak, abs(fill))
+            return NumericFit(fill, mean=0.0, variance=(peak if peak > 0 else 1.0) ** 2)
+        return NumericFit(fill)
+
+    def vocabulary(self, column: str) -> list[str]:
+        """The column's most frequent values, missing ones counted as MISSING (as the lookup sees them)."""
+        summary = self.columns.text.get(column) or CategorySummary()
+        counts = dict(summary.counts)
+        if summary.missing:
+            counts[MISSING] = counts.get(MISSING, 0) + summary.missing
+        return CategorySummary(counts=counts).most_frequent(self.params.max_categories)
 
 
 def adapt_inputs(
@@ -111,96 +264,11 @@ def adapt_inputs(
     params: PreprocessParams,
     target: TargetScaling | None = None,
 ) -> FittedInputs:
-    """Fit the preprocessing layers with `adapt` on the training split; return their constants."""
-    if inputs.kind == "image":
-        return FittedInputs(image_scaling=adapt_image_scaling(x_train, params.scaling), target=target)
-    text = {entry.input: adapt_text(x_train[entry.column], params) for entry in inputs.columns if entry.kind == TEXT}
-    categorical = {
-        entry.input: adapt_vocabulary(x_train[entry.column], params.max_categories)
-        for entry in inputs.columns
-        if entry.kind == CATEGORICAL
-    }
-    return FittedInputs(
-        numeric=adapt_numeric(x_train, inputs.numeric, params.scaling),
-        categorical=categorical,
-        text=text,
-        categorical_encoding=params.categorical_encoding,
-        target=target,
-    )
-
-
-def adapt_image_scaling(images: np.ndarray, scaling: str) -> ImageScaling:
-    """Images divided by the training maximum (auto / max), standardized per pixel, or left alone."""
-    import keras
-
-    kind = "max" if scaling == "auto" else scaling
-    if kind == "max":
-        return ImageScaling("max", scale=1.0 / (float(np.abs(images).max()) or 1.0))
-    if kind == "standard":
-        layer = keras.layers.Normalization(axis=tuple(range(1, images.ndim)))
-        layer.adapt(images)
-        mean, variance = _normalization_constants(layer)
-        return ImageScaling("standard", mean=mean.tolist(), variance=variance.tolist())
-    return ImageScaling("none")
-
-
-def adapt_numeric(x_train: pd.DataFrame, columns: list[InputColumn], scaling: str) -> dict[str, NumericFit]:
-    """Each numeric column's fill (the training mean) and normalization, adapted over all of them at once."""
-    import keras
-
-    if not columns:
-        return {}
-    matrix = np.column_stack([numbers(x_train[entry.column]) for entry in columns]).astype("float32")
-    fill = np.nan_to_num(np.nanmean(matrix, axis=0), nan=0.0) if len(matrix) else np.zeros(len(columns))
-    matrix = np.where(np.isnan(matrix), fill, matrix)
-    mean: np.ndarray | None = None
-    variance: np.ndarray | None = None
-    if scaling in ("auto", "standard"):
-        layer = keras.layers.Normalization(axis=-1)
-        layer.adapt(matrix)
-        mean, variance = _normalization_constants(layer)
-    elif scaling == "max":
-        # Divide by the largest absolute value: a Normalization with mean 0 and variance max².
-        peak = np.abs(matrix).max(axis=0) if len(matrix) else np.ones(len(columns))
-        mean, variance = np.zeros(len(columns)), np.where(peak > 0, peak, 1.0) ** 2
-    return {
-        entry.column: NumericFit(
-            fill=float(fill[position]),
-            mean=None if mean is None else float(mean[position]),
-            variance=None if variance is None else float(variance[position]),
-        )
-        for position, entry in enumerate(columns)
-    }
-
-
-def adapt_vocabulary(column: pd.Series, max_categories: int) -> list[str]:
-    """The column's most frequent values (missing ones count as MISSING), without the OOV token."""
-    import keras
-
-    layer = keras.layers.StringLookup(max_tokens=max_categories + 1, num_oov_indices=1)
-    layer.adapt(strings(column).reshape(-1, 1))
-    return [str(value) for value in layer.get_vocabulary()[1:]]
-
-
-def adapt_text(column: pd.Series, params: PreprocessParams) -> TextFit:
-    """The text column's vocabulary, without the padding ("") and OOV tokens the layer adds back itself."""
-    import keras
-
-    settings = params.text
-    layer = keras.layers.TextVectorization(
-        max_tokens=settings.max_tokens,
-        output_sequence_length=settings.sequence_length,
-        standardize=None if settings.standardize == "none" else settings.standardize,
-    )
-    layer.adapt(strings(column))
-    return TextFit([str(value) for value in layer.get_vocabulary()[2:]], settings.sequence_length, settings.standardize)
-
-
-def _normalization_constants(layer: Any) -> tuple[np.ndarray, np.ndarray]:
-    mean = np.asarray(layer.mean, dtype="float64").reshape(-1)
-    variance = np.asarray(layer.variance, dtype="float64").reshape(-1)
-    # Constant columns keep variance 1 so the normalization divides by one, not zero.
-    return mean, np.where(variance > 0, variance, 1.0)
+    """The input layers' constants from training rows held in memory (one batch of `InputFitter`)."""
+    fitter = InputFitter(inputs, params)
+    fitter.add(x_train)
+    fitted = fitter.fitted()
+    return replace(fitted, target=target) if target is not None else fitted
 
 
 def input_graph(inputs: ModelInputs, fitted: FittedInputs) -> tuple[Any, dict[str, Any]]:

@@ -1,18 +1,34 @@
-"""Ingest: load the raw dataset from its source into one Parquet file plus metadata."""
+"""Ingest: stream the configured source into one Parquet file of bounded row groups, plus its description.
+
+Every source is one entry of `SOURCES`: how to read it as Arrow record batches, whether it names a
+file, and which dataset labels it. Files are converted a block at a time (`pyarrow.csv.open_csv`,
+`pyarrow.dataset`), so memory follows `ingest.batch_rows`, never the file; the md5 (the hash DVC
+records) is computed as the bytes are written, and the file appears only when the last row is in.
+An image folder stays files: the raw dataset is each image's path (relative to the folder), label and
+md5, and each image is decoded once here, so a broken one is named before any training.
+"""
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import logging
+import re
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from kerasflow.config import IngestParams
-from kerasflow.io import atomic_path, file_md5, write_json
+from kerasflow.io import write_json
 from kerasflow.records import RawDatasetInfo
+from kerasflow.tables import ParquetStream, iter_batches, row_count
+from tasks.sampling import position_hashes, smallest_hashes
 
 logger = logging.getLogger(__name__)
 
@@ -20,6 +36,11 @@ logger = logging.getLogger(__name__)
 CLASSIFICATION_DATASETS = {"digits", "breast_cancer", "iris", "wine", "mnist", "fashion_mnist", "imdb"}
 IMAGE_SHAPES = {"digits": [8, 8, 1], "mnist": [28, 28, 1], "fashion_mnist": [28, 28, 1]}
 KERAS_ORIGIN = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+# The columns of an image folder's raw table.
+IMAGE_PATH, IMAGE_MD5 = "path", "md5"
+# A salt for the max_rows sample, so it is not the split's own order.
+SAMPLE_SALT = 1
 
 
 class DataSourceError(RuntimeError):
@@ -31,39 +52,64 @@ class DataSourceError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class RawDataset:
-    """What ingest produced: the frame and what later stages need to know about it."""
+class SourceData:
+    """A source opened for reading: a way to stream its rows (callable again for a second pass), its target
+    column, and what it says about itself."""
 
-    frame: pd.DataFrame
+    batches: Callable[[], Iterator[pa.RecordBatch]]
     target: str
-    task: str
-    feature_columns: list[str]
+    schema: pa.Schema | None = None
+    rows: int | None = None
+    dataset: str | None = None
     image_shape: list[int] | None = None
+    image_root: str | None = None
     text_column: str | None = None
-    source: dict[str, Any] = field(default_factory=dict)
+    # A value that does not fit its column, found as rows are read (deep in a CSV): the error naming column
+    # and row, or the source opened again with the column's type widened (whole numbers, then a decimal).
+    describe_error: Callable[[Exception], DataSourceError | SourceData] | None = None
 
 
-def _load_sklearn(name: str) -> pd.DataFrame:
+@dataclass(frozen=True)
+class DataSource:
+    """One kind of source: its loader, whether `ingest.path` names a file or folder for it, and the label of a
+    dataset read from it (`sklearn:digits`, `file:/data/houses.csv`)."""
+
+    name: str
+    open: Callable[[IngestParams], SourceData]
+    names_path: bool = False
+    datasets: tuple[str, ...] = ()
+
+
+def _frame_source(frame: pd.DataFrame, params: IngestParams, **details: Any) -> SourceData:
+    frame.columns = [str(column) for column in frame.columns]
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    return SourceData(
+        lambda: iter(table.to_batches(max_chunksize=params.batch_rows)),
+        rows=len(frame),
+        schema=table.schema,
+        **details,
+    )
+
+
+def _open_sklearn(params: IngestParams) -> SourceData:
     from sklearn import datasets
 
-    bunch = getattr(datasets, f"load_{name}")(as_frame=True)
-    frame = bunch.frame.copy()
-    frame.columns = [str(column) for column in frame.columns]
-    return frame
+    frame = getattr(datasets, f"load_{params.dataset}")(as_frame=True).frame.copy()
+    return _frame_source(frame, params, target="target", dataset=params.dataset)
 
 
 def _images_to_frame(images: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
     flat = images.reshape(len(images), -1)
-    columns = [f"pixel_{index}" for index in range(flat.shape[1])]
-    frame = pd.DataFrame(flat, columns=columns)
+    frame = pd.DataFrame(flat, columns=[f"pixel_{index}" for index in range(flat.shape[1])])
     frame["target"] = labels.astype("int64")
     return frame
 
 
-def _load_keras(name: str) -> pd.DataFrame:
+def _open_keras(params: IngestParams) -> SourceData:
     """Download (or read from ~/.keras/datasets) one of the keras.datasets sources."""
     import keras
 
+    name = params.dataset
     loader = getattr(keras.datasets, name)
     try:
         (x_train, y_train), (x_test, y_test) = loader.load_data()
@@ -78,64 +124,230 @@ def _load_keras(name: str) -> pd.DataFrame:
     if name == "imdb":
         # Reviews are word-id sequences of any length: joined as lists, never stacked as arrays.
         texts = [" ".join(str(token) for token in sequence) for sequence in [*x_train, *x_test]]
-        return pd.DataFrame({"text": texts, "target": labels.astype("int64")})
+        frame = pd.DataFrame({"text": texts, "target": labels.astype("int64")})
+        return _frame_source(frame, params, target="target", dataset=name, text_column="text")
     features = np.concatenate([x_train, x_test])
     if name == "boston_housing":
         columns = ["crim", "zn", "indus", "chas", "nox", "rm", "age", "dis", "rad", "tax", "ptratio", "b", "lstat"]
         frame = pd.DataFrame(features, columns=columns)
         frame["target"] = labels.astype("float64")
-        return frame
-    return _images_to_frame(features, labels)
+        return _frame_source(frame, params, target="target", dataset=name)
+    return _frame_source(_images_to_frame(features, labels), params, target="target", dataset=name)
 
 
-def _load_image_folder(path: str, image_shape: list[int]) -> pd.DataFrame:
-    """Images laid out one sub-folder per class, resized to image_shape, as pixel columns and a label."""
-    import keras
+def _open_file(params: IngestParams) -> SourceData:
+    """A CSV file, a Parquet file, or a folder of Parquet files (a dataset), read a block at a time."""
+    path = Path(params.path)
+    if not path.exists():
+        raise DataSourceError(f"{path}: file not found (ingest.path must name a .csv or .parquet file)")
+    suffix = path.suffix.lower()
+    if path.is_dir() or suffix == ".parquet":
+        return _open_parquet(path, params)
+    if suffix in (".csv", ".txt"):
+        return _open_csv(path, params)
+    raise DataSourceError(f"{path}: unsupported file type {path.suffix!r}; expected .csv or .parquet")
 
-    folder = Path(path)
+
+def _open_parquet(path: Path, params: IngestParams) -> SourceData:
+    import pyarrow.dataset as ds
+
+    try:
+        dataset = ds.dataset(path, format="parquet")
+        schema = dataset.schema
+        rows = dataset.count_rows()
+    except (pa.ArrowException, OSError, ValueError) as error:
+        raise DataSourceError(f"{path}: could not be read as parquet: {error}") from error
+    if not dataset.files:
+        raise DataSourceError(f"{path}: no Parquet files in the folder")
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        try:
+            yield from dataset.to_batches(batch_size=params.batch_rows)
+        except (pa.ArrowException, OSError) as error:
+            raise DataSourceError(f"{path}: could not be read as parquet: {error}") from error
+
+    return SourceData(batches, target=params.target, schema=schema, rows=rows)
+
+
+def _open_csv(path: Path, params: IngestParams, schema: pa.Schema | None = None) -> SourceData:
+    """A CSV file a block at a time, every block converted to the column types of the first (`schema`)."""
+    import pyarrow.csv as pv
+
+    def reader(**convert: Any) -> Any:
+        try:
+            return pv.open_csv(
+                path,
+                read_options=pv.ReadOptions(block_size=1 << 22),
+                parse_options=pv.ParseOptions(delimiter=params.delimiter),
+                # As pandas reads it: an empty text cell is missing, not "".
+                convert_options=pv.ConvertOptions(strings_can_be_null=True, **convert),
+            )
+        except (pa.ArrowException, OSError, UnicodeDecodeError) as error:
+            raise DataSourceError(f"{path}: could not be read as csv: {error}{delimiter_hint(path, params)}") from error
+
+    if schema is None:
+        schema = reader().schema
+        if len(schema) and all(pa.types.is_null(field.type) for field in schema):
+            # pyarrow types a column with no values as null: a header and nothing under it.
+            raise DataSourceError(f"{path}: no rows under the header{delimiter_hint(path, params)}")
+        # A column empty all through the first block is taken as numbers with gaps.
+        schema = pa.schema(
+            [field.with_type(pa.float64()) if pa.types.is_null(field.type) else field for field in schema]
+        )
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        yield from reader(column_types=schema)
+
+    def describe(error: Exception) -> DataSourceError | SourceData:
+        found = re.search(r"column #(\d+).*?: invalid value '(.*)'", str(error))
+        if found:
+            field = schema.field(int(found.group(1)))
+            # Whole numbers in the first block and a decimal later: the column is decimal, as pandas would read it.
+            if pa.types.is_integer(field.type) and _is_number(found.group(2)):
+                logger.info("column %r holds decimals after its first block: read as decimals", field.name)
+                return _open_csv(
+                    path, params, schema.set(schema.get_field_index(field.name), field.with_type(pa.float64()))
+                )
+        return csv_value_error(path, params, schema, error)
+
+    return SourceData(batches, target=params.target, schema=schema, describe_error=describe)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def csv_value_error(path: Path, params: IngestParams, schema: pa.Schema, error: Exception) -> DataSourceError:
+    """pyarrow names the column and the value of a CSV value that does not fit its column's type, not the row:
+    find the row by reading that column alone as text, and name both."""
+    import pyarrow.csv as pv
+
+    found = re.search(r"column #(\d+).*?: invalid value '(.*)'", str(error))
+    if not found:
+        return DataSourceError(f"{path}: could not be read as csv: {error}")
+    field = schema.field(int(found.group(1)))
+    text_reader = pv.open_csv(
+        path,
+        read_options=pv.ReadOptions(block_size=1 << 22),
+        parse_options=pv.ParseOptions(delimiter=params.delimiter),
+        convert_options=pv.ConvertOptions(include_columns=[field.name], column_types={field.name: pa.string()}),
+    )
+    numeric = pa.types.is_floating(field.type) or pa.types.is_integer(field.type)
+    expected = "a number" if numeric else "true or false" if pa.types.is_boolean(field.type) else f"a {field.type}"
+    for position, batch in enumerate_batches(text_reader):
+        values = batch.column(0).to_pandas()
+        present = values.notna() & (values.str.strip() != "")
+        if numeric:
+            broken = present & pd.to_numeric(values, errors="coerce").isna()
+        else:
+            broken = present & ~values.str.strip().str.lower().isin(["true", "false", "1", "0"])
+        if broken.any():
+            row = position + int(np.flatnonzero(broken.to_numpy())[0])
+            value = values.iloc[row - position]
+            return DataSourceError(
+                f"{path}: column {field.name!r}, row {row} (line {row + 2} of the file): {value!r} is not {expected}, "
+                "as the column's earlier values are; fix the value (nothing was written)"
+            )
+    return DataSourceError(f"{path}: column {field.name!r}: {found.group(2)!r} is not {expected} ({error})")
+
+
+def enumerate_batches(reader: Any) -> Iterator[tuple[int, pa.RecordBatch]]:
+    position = 0
+    for batch in reader:
+        yield position, batch
+        position += batch.num_rows
+
+
+def delimiter_hint(path: Path, params: IngestParams) -> str:
+    """`; it looks separated by ';': set ingest.delimiter` when the header splits better on another character."""
+    try:
+        with open(path, newline="", errors="replace") as stream:
+            head = stream.read(8192)
+        found = csv.Sniffer().sniff(head, delimiters=",;\t|").delimiter
+    except (OSError, csv.Error):
+        return ""
+    if found == params.delimiter:
+        return ""
+    shown = "\\t" if found == "\t" else found
+    return f"; it looks separated by {shown!r}: set ingest.delimiter: {shown!r}"
+
+
+def _open_image_folder(params: IngestParams) -> SourceData:
+    """One sub-folder of images per class: each file's relative path, its class and md5, each image decoded once
+    (so a broken one is named here), a batch of files at a time."""
+    folder = Path(params.path)
     if not folder.is_dir():
         raise DataSourceError(
             f"{folder}: folder not found (ingest.path must name a folder with one sub-folder per class)"
         )
-    height, width, *rest = image_shape
+    height, width, *rest = params.image_shape
     channels = rest[0] if rest else 3
-    modes = {1: "grayscale", 3: "rgb", 4: "rgba"}
-    if channels not in modes:
+    if channels not in (1, 3, 4):
         raise DataSourceError(f"ingest.image_shape: {channels} channels; image folders give 1, 3 or 4")
-    try:
-        dataset = keras.utils.image_dataset_from_directory(
-            folder,
-            labels="inferred",
-            label_mode="int",
-            color_mode=modes[channels],
-            image_size=(height, width),
-            batch_size=None,
-            shuffle=False,
-            verbose=False,
+    classes = sorted(path for path in folder.iterdir() if path.is_dir())
+    files = [
+        (file, kind.name)
+        for kind in classes
+        for file in sorted(kind.rglob("*"))
+        if file.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    if not files:
+        raise DataSourceError(
+            f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in class sub-folders; expected {folder}/<class>/<image>"
         )
-    except (ValueError, OSError) as error:
-        raise DataSourceError(f"{folder}: could not read images: {error}") from error
-    images = np.stack([image.numpy() for image, _ in dataset]) if dataset.cardinality() else np.empty((0,))
-    if not len(images):
-        raise DataSourceError(f"{folder}: no images found in its class sub-folders")
-    labels = np.array([dataset.class_names[int(label)] for _, label in dataset])
-    frame = _images_to_frame(images.astype("float32"), np.zeros(len(images)))
-    frame["target"] = labels
-    return frame
+    schema = pa.schema([(IMAGE_PATH, pa.string()), ("target", pa.string()), (IMAGE_MD5, pa.string())])
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="kerasflow-images") as pool:
+            for start in range(0, len(files), params.batch_rows):
+                chunk = files[start : start + params.batch_rows]
+                digests = list(pool.map(lambda item: check_image(item[0], channels), chunk))
+                yield pa.record_batch(
+                    [
+                        pa.array([file.relative_to(folder).as_posix() for file, _ in chunk]),
+                        pa.array([label for _, label in chunk]),
+                        pa.array(digests),
+                    ],
+                    schema=schema,
+                )
+
+    return SourceData(
+        batches,
+        target="target",
+        schema=schema,
+        rows=len(files),
+        image_shape=[height, width, channels],
+        image_root=str(folder.resolve()),
+    )
 
 
-def _load_file(path: str) -> pd.DataFrame:
-    file = Path(path)
-    if not file.is_file():
-        raise DataSourceError(f"{file}: file not found (ingest.path must name a .csv or .parquet file)")
+def check_image(path: Path, channels: int) -> str:
+    """The image file's md5, once TensorFlow has decoded it as training will; a file it cannot decode is a
+    DataSourceError naming it."""
+    import tensorflow as tf
+
+    data = path.read_bytes()
     try:
-        if file.suffix.lower() == ".parquet":
-            return pd.read_parquet(file)
-        if file.suffix.lower() in (".csv", ".txt"):
-            return pd.read_csv(file)
-    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as error:
-        raise DataSourceError(f"{file}: could not be read as {file.suffix.lstrip('.')}: {error}") from error
-    raise DataSourceError(f"{file}: unsupported file type {file.suffix!r}; expected .csv or .parquet")
+        tf.io.decode_image(data, channels=channels, expand_animations=False)
+    except (tf.errors.InvalidArgumentError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0][:200]
+        raise DataSourceError(f"{path}: not an image TensorFlow can decode ({reason}); remove or replace it") from None
+    return hashlib.md5(data).hexdigest()
+
+
+SOURCES = {
+    source.name: source
+    for source in (
+        DataSource("sklearn", _open_sklearn, datasets=("digits", "breast_cancer", "diabetes", "iris", "wine")),
+        DataSource("keras", _open_keras, datasets=("mnist", "fashion_mnist", "boston_housing", "imdb")),
+        DataSource("file", _open_file, names_path=True),
+        DataSource("image_folder", _open_image_folder, names_path=True),
+    )
+}
 
 
 def infer_task(frame: pd.DataFrame, target: str, dataset: str | None) -> str:
@@ -150,86 +362,166 @@ def infer_task(frame: pd.DataFrame, target: str, dataset: str | None) -> str:
     return "classification" if is_integral and values.nunique() <= 20 else "regression"
 
 
-def load_dataset(params: IngestParams, seed: int) -> RawDataset:
-    """Load the configured source into a DataFrame (no files written)."""
-    if params.source == "sklearn":
-        frame = _load_sklearn(params.dataset)
-        target = "target"
-    elif params.source == "keras":
-        frame = _load_keras(params.dataset)
-        target = "target"
-    elif params.source == "image_folder":
-        frame = _load_image_folder(params.path, params.image_shape)
-        target = "target"
-    else:
-        frame = _load_file(params.path)
-        target = params.target
-    if target not in frame.columns:
-        columns = list(frame.columns)[:20]
+@dataclass
+class TargetProbe:
+    """What the task is inferred from, gathered as the target streams by: its type, and its distinct values
+    (up to a few more than a classification may have)."""
+
+    numeric: bool = True
+    integral: bool = True
+    values: set[Any] = field(default_factory=set)
+
+    def add(self, column: pa.Array) -> None:
+        series = column.to_pandas()
+        if not pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series):
+            self.numeric = False
+        present = series.dropna()
+        if self.numeric and len(present):
+            self.integral = self.integral and bool(np.all(np.mod(present.to_numpy(dtype="float64"), 1) == 0))
+        if len(self.values) <= 20:
+            self.values.update(present.unique().tolist()[:21])
+
+    def task(self) -> str:
+        if not self.numeric:
+            return "classification"
+        return "classification" if self.integral and len(self.values) <= 20 else "regression"
+
+
+def load_source(params: IngestParams) -> SourceData:
+    return SOURCES[params.source].open(params)
+
+
+def where(params: IngestParams) -> str:
+    """How messages name the user's data: the file or folder, or the built-in dataset."""
+    return params.path or f"{params.source} dataset {params.dataset!r}"
+
+
+def choose_columns(data: SourceData, params: IngestParams) -> tuple[list[str], str | None]:
+    """The feature columns (every column but the target, or ingest.features) and the text column; a duplicate,
+    missing or unknown name is a DataSourceError naming the user's file."""
+    names = list(data.schema.names)
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise DataSourceError(f"{where(params)}: column name(s) {duplicates} appear more than once; rename them")
+    target = data.target
+    if target not in names:
+        hint = delimiter_hint(Path(params.path), params) if params.source == "file" and params.path else ""
         raise DataSourceError(
-            f"{params.path or params.dataset}: target column {target!r} not found; columns are {columns}"
+            f"{where(params)}: target column {target!r} not found (ingest.target); columns are {names[:20]}{hint}"
         )
-    if params.max_rows and len(frame) > params.max_rows:
-        frame = frame.sample(n=params.max_rows, random_state=seed).sort_index().reset_index(drop=True)
-    builtin = params.source in ("sklearn", "keras")
-    dataset = params.dataset if builtin else None
-    task = params.task if params.task != "auto" else infer_task(frame, target, dataset)
-    text_column = params.text_column or ("text" if params.dataset == "imdb" and params.source == "keras" else None)
-    image_shape = params.image_shape or (IMAGE_SHAPES.get(params.dataset) if builtin else None)
-    if image_shape and len(image_shape) == 2:
-        image_shape = [*image_shape, 1]
-    features = [column for column in frame.columns if column != target]
+    features = [name for name in names if name != target and (data.image_root is None or name == IMAGE_PATH)]
     if params.features:
-        unknown = [column for column in params.features if column not in frame.columns or column == target]
+        unknown = [name for name in params.features if name not in names or name == target]
         if unknown:
             raise DataSourceError(
-                f"{params.path or params.dataset}: ingest.features names {unknown}, which are not feature columns; "
+                f"{where(params)}: ingest.features names {unknown}, which are not feature columns; "
                 f"columns are {features[:20]}"
             )
         features = list(params.features)
-        frame = frame[[*features, target]]
+    text_column = params.text_column or data.text_column
     if text_column and text_column not in features:
         raise DataSourceError(
-            f"{params.path or params.dataset}: ingest.text_column {text_column!r} is not a feature column; "
-            f"columns are {features[:20]}"
+            f"{where(params)}: ingest.text_column {text_column!r} is not a feature column; columns are {features[:20]}"
         )
-    return RawDataset(
-        frame=frame,
-        target=target,
+    return features, text_column
+
+
+def sample_limit(data: SourceData, params: IngestParams, seed: int) -> np.uint64 | None:
+    """With ingest.max_rows below the source's rows: the hash bound of the seeded sample of that many rows."""
+    if not params.max_rows:
+        return None
+    rows = data.rows if data.rows is not None else sum(batch.num_rows for batch in data.batches())
+    if rows <= params.max_rows:
+        return None
+    return smallest_hashes(lambda: position_hashes(rows, seed, SAMPLE_SALT), params.max_rows)
+
+
+def ingest_dataset(params: IngestParams, seed: int, data_path: Path, meta_path: Path) -> RawDatasetInfo:
+    """Stream the source into the raw dataset (Parquet, row groups of ingest.batch_rows) and its description;
+    return the description (with the file's md5). Nothing is left at either path on failure."""
+    data = load_source(params)
+    features, text_column = choose_columns(data, params)
+    limit = sample_limit(data, params, seed)
+    while True:
+        try:
+            md5, probe = write_rows(data, features, limit, seed, params, data_path)
+            break
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+            if data.describe_error is None:
+                raise DataSourceError(f"{where(params)}: could not be read: {error}") from error
+            found = data.describe_error(error)
+            if isinstance(found, DataSourceError):
+                raise found from None
+            data = found
+    if params.task != "auto":
+        task = params.task
+    elif data.dataset in CLASSIFICATION_DATASETS:
+        task = "classification"
+    else:
+        task = probe.task()
+    image_shape = params.image_shape or IMAGE_SHAPES.get(data.dataset or "")
+    if image_shape and len(image_shape) == 2:
+        image_shape = [*image_shape, 1]
+    builtin = params.source in ("sklearn", "keras")
+    info = RawDatasetInfo(
+        target=data.target,
         task=task,
         feature_columns=features,
         image_shape=list(image_shape) if image_shape else None,
         text_column=text_column,
-        source={"source": params.source, "dataset": dataset, "path": params.path},
-    )
-
-
-def write_raw(dataset: RawDataset, data_path: Path, meta_path: Path) -> RawDatasetInfo:
-    """Write the raw frame (Parquet) and its description, atomically; return the description."""
-    with atomic_path(data_path) as temporary:
-        dataset.frame.to_parquet(temporary, index=False)
-    info = RawDatasetInfo(
-        target=dataset.target,
-        task=dataset.task,
-        feature_columns=dataset.feature_columns,
-        image_shape=dataset.image_shape,
-        text_column=dataset.text_column,
-        source=dataset.source,
-        rows=len(dataset.frame),
-        md5=file_md5(data_path),
+        source={"source": params.source, "dataset": data.dataset if builtin else None, "path": params.path},
+        rows=row_count(data_path),
+        md5=md5,
         file=data_path.name,
+        image_root=data.image_root,
     )
-    write_json(meta_path, info.to_dict())
+    try:
+        write_json(meta_path, info.to_dict())
+    except BaseException:
+        data_path.unlink(missing_ok=True)
+        raise
     logger.info(
-        "ingested %d rows x %d columns from %s (md5 %s)",
-        info.rows,
-        len(info.feature_columns) + 1,
-        info.source_label,
-        info.md5,
+        "ingested %d rows x %d columns from %s (md5 %s)", info.rows, len(features) + 1, info.source_label, info.md5
     )
     return info
 
 
-def ingest_dataset(params: IngestParams, seed: int, data_path: Path, meta_path: Path) -> RawDatasetInfo:
-    """Load the source and write it as the raw dataset; returns its metadata (with md5)."""
-    return write_raw(load_dataset(params, seed), data_path, meta_path)
+def write_rows(
+    data: SourceData, features: list[str], limit: np.uint64 | None, seed: int, params: IngestParams, data_path: Path
+) -> tuple[str, TargetProbe]:
+    """The source's chosen columns (and rows, with max_rows) into the raw Parquet file; its md5 and the target probe."""
+    from tasks.sampling import hash_positions
+
+    columns = [*features, data.target] + ([IMAGE_MD5] if data.image_root else [])
+    probe = TargetProbe()
+    position = 0
+    with ParquetStream(data_path, params.batch_rows, schema=pa.schema([data.schema.field(n) for n in columns])) as out:
+        for batch in data.batches():
+            batch = batch.select(columns)
+            if limit is not None:
+                hashes = hash_positions(np.arange(position, position + batch.num_rows), seed, SAMPLE_SALT)
+                position += batch.num_rows
+                batch = batch.filter(pa.array(hashes <= limit))
+            probe.add(batch.column(data.target))
+            out.write(batch)
+        return out.commit(), probe
+
+
+def read_raw(data_path: Path, batch_rows: int, columns: list[str] | None = None) -> Iterator[tuple[int, pd.DataFrame]]:
+    """The raw dataset, a batch of rows at a time, each frame indexed by its rows' positions."""
+    from kerasflow.tables import iter_frames
+
+    yield from iter_frames(data_path, batch_rows, columns)
+
+
+def load_dataset(params: IngestParams, seed: int) -> tuple[pd.DataFrame, RawDatasetInfo]:
+    """The source ingested as the stage does, then read back whole: the raw table and its description (for
+    small data and tests; the stage streams)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="kerasflow-ingest-") as folder:
+        info = ingest_dataset(params, seed, Path(folder) / "dataset.parquet", Path(folder) / "dataset.json")
+        return pd.read_parquet(Path(folder) / "dataset.parquet"), info
+
+
+__all__ = ["SOURCES", "DataSourceError", "ingest_dataset", "infer_task", "iter_batches"]

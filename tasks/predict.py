@@ -17,8 +17,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from kerasflow.model_interface import ModelInputError, ModelInputs
+from kerasflow.tables import iter_frames
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
@@ -50,44 +52,72 @@ def read_batches(path: Path, batch_rows: int, inputs: ModelInputs) -> Iterator[t
             for start in range(0, len(images), batch_rows):
                 yield start, np.asarray(images[start : start + batch_rows])
         elif suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            start = 0
-            # Without pre-buffering, pyarrow holds one batch's columns at a time, not whole row groups.
-            reader = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 22)
-            for batch in reader.iter_batches(batch_size=batch_rows):
-                yield start, batch.to_pandas()
-                start += batch.num_rows
+            yield from iter_frames(path, batch_rows)
         elif suffix in (".csv", ".txt"):
             start = 0
             for frame in pd.read_csv(path, chunksize=batch_rows):
+                frame.index = pd.RangeIndex(start, start + len(frame))
                 yield start, frame
                 start += len(frame)
         else:
             raise InputFileError(f"{path}: unsupported file type {suffix!r}; expected .csv, .parquet, .npy or a folder")
     except InputFileError:
         raise
-    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as error:
+    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError, pa.ArrowException) as error:
         if type(error).__name__ == "ModelInputError":
             raise
         raise InputFileError(f"{path}: could not be read as {suffix.lstrip('.') or 'a folder'}: {error}") from error
 
 
-def _image_folder(folder: Path, batch_rows: int, inputs: ModelInputs) -> Iterator[tuple[int, np.ndarray]]:
-    """Every image under `folder` (sorted by path), decoded and resized to the model's input shape."""
-    import keras
-
+def image_files(folder: Path) -> list[Path]:
+    """Every image under `folder`, sorted by path: the rows of an image folder, in their order."""
     files = sorted(path for path in folder.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise InputFileError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in it")
-    height, width, channels = inputs.shape
-    mode = {1: "grayscale", 3: "rgb", 4: "rgba"}[channels]
+    return files
+
+
+def _image_folder(folder: Path, batch_rows: int, inputs: ModelInputs) -> Iterator[tuple[int, np.ndarray]]:
+    """Every image under `folder` (sorted by path), decoded and resized to the model's input shape by tf.data, in
+    parallel; a file that cannot be decoded is named."""
+    import tensorflow as tf
+
+    from tasks.images import decode_files
+
+    files = image_files(folder)
     for start in range(0, len(files), batch_rows):
-        images = [
-            keras.utils.img_to_array(keras.utils.load_img(file, color_mode=mode, target_size=(height, width)))
-            for file in files[start : start + batch_rows]
-        ]
-        yield start, np.stack(images)
+        chunk = [str(file) for file in files[start : start + batch_rows]]
+        try:
+            yield start, np.concatenate(list(decode_files(chunk, inputs.shape, batch=len(chunk))))
+        except tf.errors.InvalidArgumentError:
+            raise InputFileError(broken_image(chunk, inputs.shape[-1])) from None
+
+
+def broken_image(paths: list[str], channels: int) -> str:
+    """Which of `paths` TensorFlow cannot decode, and why (found one by one, once a batch of them failed)."""
+    from tasks.ingest import DataSourceError, check_image
+
+    for path in paths:
+        try:
+            check_image(Path(path), channels)
+        except DataSourceError as error:
+            return str(error)
+    return f"one of {paths[0]} ... {paths[-1]} could not be decoded"
+
+
+def identity(source: Path, start: int, batch: Any, keep_columns: list[str], files: list[Path] | None) -> pd.DataFrame:
+    """What joins each prediction back to its record: an image's path, or the row number in the file and the
+    columns `predict.keep_columns` names (an id, a timestamp)."""
+    if files is not None:
+        return pd.DataFrame({"path": [str(path) for path in files[start : start + len(batch)]]})
+    frame = pd.DataFrame({"row": np.arange(start, start + len(batch))})
+    if keep_columns:
+        missing = [name for name in keep_columns if not isinstance(batch, pd.DataFrame) or name not in batch.columns]
+        if missing:
+            raise InputFileError(f"{source}: predict.keep_columns names {missing}, which the file does not have")
+        for name in keep_columns:
+            frame[name] = batch[name].to_numpy()
+    return frame
 
 
 class OutputWriter:
@@ -128,16 +158,22 @@ class OutputWriter:
         self.temporary.unlink(missing_ok=True)
 
 
-def read_ahead(batches: Iterator[Any]) -> Iterator[Any]:
-    """`batches`, with the next one read in a thread while the current one is scored (reading Parquet and CSV
-    releases the GIL, so the file is read while the model predicts). At most two batches are in memory."""
+def read_ahead(batches: Iterator[Any], convert: Any = None) -> Iterator[Any]:
+    """`batches`, each passed through `convert`, with the next one read and converted in a thread while the current
+    one is scored (reading Parquet and CSV, and much of the conversion, release the GIL). At most two batches
+    are in memory."""
     from concurrent.futures import ThreadPoolExecutor
 
     done = object()
+
+    def following() -> Any:
+        item = next(batches, done)
+        return item if item is done or convert is None else convert(item)
+
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="kerasflow-read") as reader:
-        upcoming = reader.submit(next, batches, done)
+        upcoming = reader.submit(following)
         while (item := upcoming.result()) is not done:
-            upcoming = reader.submit(next, batches, done)
+            upcoming = reader.submit(following)
             yield item
 
 
@@ -157,31 +193,59 @@ def score_file(
     input_path: Path,
     output_path: Path,
     scorer: Any,
-    identity: dict[str, str],
+    identity_columns: dict[str, str],
     batch_rows: int,
     drift: Any = None,
+    keep_columns: list[str] | None = None,
 ) -> OutputWriter:
     """Score `input_path` batch by batch with `scorer` (the model's pyfunc implementation) into a temporary
     file beside `output_path`; return its writer, for the caller to `commit` (or `abort`).
 
-    Each batch's rows keep their number in the file, so an error names the row; `identity` (the
-    model's name and version) is added to every row; `drift` (a DriftCounter) counts each batch.
+    Each batch is read and turned into model inputs (by the model's own copy of the raw-input function) in a
+    thread while the one before is scored; its rows keep their number in the file, so an error names the row.
+    Each prediction row starts with what joins it back to its record (the row number and `keep_columns`, or
+    the image's path) and ends with `identity_columns` (the model's name and version); `drift` (a
+    DriftCounter) counts each batch.
     """
     writer = OutputWriter(output_path)
+    files = image_files(input_path) if input_path.is_dir() else None
+    interface = getattr(scorer, "interface", None)
+    split = interface is not None and hasattr(scorer, "outputs")
+
+    def convert(item: tuple[int, Any]) -> tuple[int, Any, Any]:
+        first, batch = item
+        if not len(batch) or not split:
+            return first, batch, None
+        return first, batch, to_inputs(interface, batch, scorer.config.inputs)
+
     try:
-        for first, batch in read_ahead(read_batches(input_path, batch_rows, scorer.config.inputs)):
-            if isinstance(batch, pd.DataFrame):
-                batch.index = pd.RangeIndex(first, first + len(batch))
-            predictions = predict_batch(scorer, batch)
-            for name, value in identity.items():
+        for first, batch, features in read_ahead(read_batches(input_path, batch_rows, scorer.config.inputs), convert):
+            if not len(batch):
+                continue  # a header-only CSV's one empty chunk
+            if split:
+                predictions = interface.prediction_frame(scorer.outputs(features), scorer.config)
+            else:  # a model logged before its wrapper had `outputs`
+                predictions = predict_batch(scorer, batch)
+            predictions = pd.concat(
+                [identity(input_path, first, batch, keep_columns or [], files), predictions], axis=1
+            )
+            for name, value in identity_columns.items():
                 # One value on every row: categorical, so Parquet stores it once per batch.
                 predictions[name] = pd.Categorical([value] * len(predictions))
             writer.write(predictions)
             if drift is not None:
                 drift.add(batch)
         if writer.rows == 0:
-            raise InputFileError(f"{input_path}: no rows to score")
+            raise InputFileError(f"{input_path}: no rows to score (the file is empty, or only a header)")
     except BaseException:
         writer.abort()
         raise
     return writer
+
+
+def to_inputs(interface: Any, batch: Any, inputs: Any) -> Any:
+    """The model's inputs from a raw batch, by the model's own interface; its bad-input error as kerasflow's."""
+    try:
+        return interface.to_model_inputs(batch, inputs)
+    except interface.ModelInputError as error:
+        raise ModelInputError(str(error)) from None

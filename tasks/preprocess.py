@@ -1,32 +1,54 @@
-"""Preprocess: seeded (stratified) train / validation / test split of the raw features, by a hash of
-each row's position, so the split is the same on every run and every machine.
+"""Preprocess: a seeded (stratified) train / validation / test split of the raw rows, streamed, and in the same
+pass the constants the model's input layers need, fitted on the training rows.
 
-The features stay raw (images as arrays, columns as they are, text as strings): the
-preprocessing layers are fitted on the training split when the model is built
-(`tasks/features.py`), so the trained model takes raw input and nothing has to be
-pickled beside it. The state records what each input is.
+Each row goes to a split by the seeded hash of its position in the raw file (`tasks.sampling`): the
+first `test_fraction` of each class's rows in hash order are test, the next `val_fraction` validation,
+the rest training, exactly as if the whole file had been sorted, but found with two cheap passes over
+the target column and bounded memory, so the split never depends on how the file is batched. The
+main pass reads the raw file a row group at a time, appends each row to its split's Parquet file
+(row groups of `preprocess.row_group_rows`), and feeds the training rows to the input fitter (numeric
+moments, vocabularies, text tokens, image scaling, target scaling, class counts) and to the drift
+statistics. The features stay raw: the model's first layers impute, normalize, look up and vectorize,
+with the fitted constants, so the trained model takes raw input.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from kerasflow.config import PreprocessParams
 from kerasflow.io import atomic_dir, read_json, write_json
+from kerasflow.model_interface import ModelInputs, to_model_inputs
 from kerasflow.records import PreprocessState, RawDatasetInfo
-from tasks.features import describe_inputs, feature_matrix
+from kerasflow.tables import ParquetStream, decoded_bytes, iter_batches, iter_frames, open_parquet, row_count
+from tasks.drift import IMAGE_COLUMN, TrainingStatistics, drift_columns, image_means, statistics_from
+from tasks.features import InputFitter, column_kinds, describe_inputs, feature_matrix
+from tasks.sampling import SmallestRows, class_thresholds, hash_positions, position_hashes, row_hash
+from tasks.summaries import TableSummary
+
+logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
+# The encoded label in a split file: the class index, or the regression target as float32.
+LABEL = "__label__"
+# Salt of the drift sample's hash (independent of the split).
+SAMPLE_SALT = 2
+
+__all__ = ["LABEL", "SPLITS", "ParquetSplit", "Split", "preprocess_dataset", "read_state", "row_hash"]
 
 
 @dataclass(frozen=True)
 class Split:
-    """Raw features (an image array or a DataFrame of columns) and labels of one split."""
+    """Raw features (an image array or a DataFrame of columns) and labels of one split, in memory."""
 
     x: np.ndarray | pd.DataFrame
     y: np.ndarray
@@ -35,58 +57,164 @@ class Split:
         return len(self.y)
 
 
-def encode_labels(frame: pd.DataFrame, info: RawDatasetInfo) -> tuple[np.ndarray, list[Any] | None]:
-    """Labels as class indices (classification) or float32 values (regression)."""
-    target = frame[info.target]
-    if info.task != "classification":
-        return target.to_numpy(dtype="float32"), None
-    classes = sorted(target.unique().tolist(), key=lambda value: (str(type(value)), value))
-    index = {label: position for position, label in enumerate(classes)}
-    return target.map(index).to_numpy(dtype="int64"), [
-        value.item() if hasattr(value, "item") else value for value in classes
-    ]
+@dataclass(frozen=True)
+class ParquetSplit:
+    """One split file: its raw feature columns (or image paths) and labels, read a batch at a time."""
+
+    path: Path
+    inputs: ModelInputs
+    image_root: str | None = None
+
+    def __len__(self) -> int:
+        return row_count(self.path)
+
+    @property
+    def files(self) -> bool:
+        """Whether its images are files to decode (an image folder), not pixel columns."""
+        return self.image_root is not None
+
+    def frames(self, batch_rows: int) -> Iterator[tuple[pd.DataFrame, np.ndarray]]:
+        """(raw features, labels) batch by batch: a DataFrame of the columns, or of an image folder's paths."""
+        for _, frame in iter_frames(self.path, batch_rows):
+            yield frame.drop(columns=LABEL), frame[LABEL].to_numpy()
+
+    def batches(self, batch_rows: int) -> Iterator[tuple[Any, np.ndarray]]:
+        """(raw features as the model takes them, labels) batch by batch: images decoded, columns as they are."""
+        for x, y in self.frames(batch_rows):
+            yield self.features(x), y
+
+    def features(self, frame: pd.DataFrame) -> Any:
+        """Raw features of a batch: images as arrays (decoded from their files), or the feature columns."""
+        if self.files:
+            from tasks.images import absolute, decode_files
+
+            return np.concatenate(
+                list(decode_files(list(absolute(self.image_root, frame["path"])), self.inputs.shape, len(frame)))
+            )
+        if self.inputs.kind == "image":
+            return np.asarray(to_model_inputs(frame, self.inputs))
+        return frame.reset_index(drop=True)
+
+    def labels(self) -> np.ndarray:
+        """Every row's label (one column: small beside the features)."""
+        return open_parquet(self.path).read(columns=[LABEL]).column(0).to_numpy()
+
+    def decoded_bytes(self) -> int:
+        """What the split takes in memory, decoded (an image folder's images at the model's size, as float32)."""
+        if self.files:
+            return len(self) * int(np.prod(self.inputs.shape)) * 4
+        return decoded_bytes(self.path)
+
+    def load(self) -> Split:
+        """The whole split in memory."""
+        parts = list(self.batches(1 << 16))
+        if not parts:
+            return Split(self.features(pd.read_parquet(self.path).drop(columns=LABEL)), np.empty(0))
+        xs, ys = zip(*parts, strict=True)
+        x = pd.concat(xs, ignore_index=True) if isinstance(xs[0], pd.DataFrame) else np.concatenate(xs)
+        return Split(x, np.concatenate(ys))
 
 
-SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
+def split_path(directory: Path, name: str) -> Path:
+    return Path(directory) / f"{name}.parquet"
 
 
-def row_hash(rows: np.ndarray, seed: int) -> np.ndarray:
-    """A uniform number in [0, 1) per row position, from the seed alone (splitmix64): the same rows get
-    the same numbers on any machine, in any order they are read, one batch or many."""
-    with np.errstate(over="ignore"):
-        z = rows.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-    return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
+def split_source(directory: Path, name: str, state: PreprocessState | None = None) -> ParquetSplit:
+    """A split of the processed folder, to stream."""
+    path = split_path(directory, name)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; run the preprocess stage first")
+    state = state or read_state(directory)
+    return ParquetSplit(path, state.inputs, state.image_root)
+
+
+def read_split(directory: Path, name: str) -> Split:
+    """A split of the processed folder, in memory (small data, tests)."""
+    return split_source(directory, name).load()
+
+
+def read_state(directory: Path) -> PreprocessState:
+    return PreprocessState.from_dict(read_json(Path(directory) / "state.json"))
+
+
+def read_statistics(directory: Path) -> TrainingStatistics:
+    return TrainingStatistics.from_dict(read_json(Path(directory) / "statistics.json"))
+
+
+# The split -------------------------------------------------------------------------------------------------
+
+
+def ordered_classes(values: set[Any]) -> list[Any]:
+    """Class labels in a fixed order: by type name, then value (so 2 sorts before 10, "a" before "b")."""
+    labels = [value.item() if hasattr(value, "item") else value for value in values]
+    return sorted(labels, key=lambda value: (str(type(value)), value))
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    """Where each row goes: per class, the hash bound of its test rows and of its test and validation rows."""
+
+    seed: int
+    test_bound: np.ndarray  # uint64 per class code
+    val_bound: np.ndarray
+
+    def assign(self, positions: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """Each row's split (SPLIT_CODES) from its position in the raw file and its class code."""
+        hashes = hash_positions(positions, self.seed)
+        assignment = np.full(len(positions), SPLIT_CODES["train"], dtype=np.int8)
+        assignment[hashes <= self.val_bound[codes]] = SPLIT_CODES["val"]
+        assignment[hashes <= self.test_bound[codes]] = SPLIT_CODES["test"]
+        return assignment
+
+
+def plan_split(
+    labels: Callable[[], Iterator[np.ndarray]],
+    counts: np.ndarray,
+    params: PreprocessParams,
+    seed: int,
+    stratified: bool,
+) -> SplitPlan:
+    """The split's hash bounds: the first `test_fraction` of each class's rows in hash order are test, the next
+    `val_fraction` validation (at least one row each), the rest training. `labels()` yields the class codes of
+    every row in file order (all zeros when not stratified); it is read twice."""
+    ranks = {}
+    for code, rows in enumerate(counts):
+        test_rows = max(1, round(rows * params.test_fraction))
+        val_rows = max(1, round(rows * params.val_fraction))
+        if rows - test_rows - val_rows < 1:
+            label = f" of class {code!r}" if stratified else ""
+            raise ValueError(
+                f"{rows} rows{label} are too few to split into train / val / test with test_fraction "
+                f"{params.test_fraction} and val_fraction {params.val_fraction} (each split needs at least 1 row)"
+            )
+        ranks[code] = [test_rows, test_rows + val_rows]
+
+    def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        start = 0
+        for codes in labels():
+            yield codes, hash_positions(np.arange(start, start + len(codes)), seed)
+            start += len(codes)
+
+    bounds = class_thresholds(batches, ranks, len(counts))
+    test = np.array([bounds[code][0] for code in range(len(counts))], dtype=np.uint64)
+    val = np.array([bounds[code][1] for code in range(len(counts))], dtype=np.uint64)
+    return SplitPlan(seed, test, val)
 
 
 def assign_splits(y: np.ndarray, params: PreprocessParams, seed: int, classification: bool) -> np.ndarray:
-    """Which split each row goes to (SPLIT_CODES): by the rank of its seeded hash, within its class when
-    stratified, so each split has its share of every class and the assignment never depends on shuffle order."""
+    """Which split each row of labels held in memory goes to (SPLIT_CODES): the streaming rule on one batch."""
     stratified = classification and params.stratify
-    groups = [np.flatnonzero(y == label) for label in np.unique(y)] if stratified else [np.arange(len(y))]
-    assignment = np.full(len(y), SPLIT_CODES["train"], dtype=np.int8)
-    order_key = row_hash(np.arange(len(y)), seed)
-    for rows in groups:
-        ranked = rows[np.argsort(order_key[rows], kind="stable")]
-        test_rows = max(1, round(len(rows) * params.test_fraction))
-        val_rows = max(1, round(len(rows) * params.val_fraction))
-        if len(rows) - test_rows - val_rows < 1:
-            label = f" of class {y[rows[0]].item()!r}" if stratified else ""
-            raise ValueError(
-                f"{len(rows)} rows{label} are too few to split into train / val / test with test_fraction "
-                f"{params.test_fraction} and val_fraction {params.val_fraction} (each split needs at least 1 row)"
-            )
-        assignment[ranked[:test_rows]] = SPLIT_CODES["test"]
-        assignment[ranked[test_rows : test_rows + val_rows]] = SPLIT_CODES["val"]
-    return assignment
+    classes = np.unique(y) if stratified else np.zeros(1)
+    codes = np.searchsorted(classes, y) if stratified else np.zeros(len(y), dtype=np.int64)
+    counts = np.bincount(codes, minlength=len(classes))
+    plan = plan_split(lambda: iter([codes]), counts, params, seed, stratified)
+    return plan.assign(np.arange(len(y)), codes)
 
 
 def split_dataset(
     x: np.ndarray | pd.DataFrame, y: np.ndarray, params: PreprocessParams, seed: int, classification: bool
 ) -> dict[str, Split]:
-    """Seeded train / val / test split (stratified on the label for classification), rows in their original order."""
+    """The split of rows held in memory, rows in their original order."""
     assignment = assign_splits(y, params, seed, classification)
     splits = {}
     for name, code in SPLIT_CODES.items():
@@ -96,56 +224,155 @@ def split_dataset(
     return splits
 
 
+# The pass -------------------------------------------------------------------------------------------------
+
+
+class LabelCoder:
+    """Target values to the encoded label: class indices (classification), float32 values (regression)."""
+
+    def __init__(self, classes: list[Any] | None) -> None:
+        self.classes = classes
+        self.index = {label: position for position, label in enumerate(classes or [])}
+
+    def encode(self, column: pd.Series) -> np.ndarray:
+        if self.classes is None:
+            return column.to_numpy(dtype="float32")
+        return column.map(self.index).to_numpy(dtype="int64")
+
+
+def find_classes(raw: Path, info: RawDatasetInfo, batch_rows: int) -> list[Any] | None:
+    if info.task != "classification":
+        return None
+    values: set[Any] = set()
+    for _, frame in iter_frames(raw, batch_rows, [info.target]):
+        values.update(frame[info.target].dropna().unique().tolist())
+    return ordered_classes(values)
+
+
 def preprocess_dataset(
-    frame: pd.DataFrame, info: RawDatasetInfo, params: PreprocessParams, seed: int
-) -> tuple[dict[str, Split], PreprocessState]:
-    """Split the raw features; return the splits and the preprocessing state (what each input is)."""
-    inputs = describe_inputs(frame, info, params)
-    x = feature_matrix(frame, info, inputs)
-    y, classes = encode_labels(frame, info)
-    splits = split_dataset(x, y, params, seed, info.task == "classification")
-    state = PreprocessState(
-        task=info.task,
-        inputs=inputs,
-        target=info.target,
-        feature_columns=info.feature_columns,
-        rows={name: len(split) for name, split in splits.items()},
-        seed=seed,
-        data_md5=info.md5,
-        source=info.source,
-        classes=classes,
-    )
-    return splits, state
+    raw: Path, info: RawDatasetInfo, params: PreprocessParams, seed: int, directory: Path
+) -> PreprocessState:
+    """Split the raw dataset into `directory` (train, val and test Parquet files, the state, the drift
+    statistics) in one streaming pass, fitting the input layers on the training rows; swap the folder in at
+    once, and return the state."""
+    batch_rows = params.row_group_rows
+    kinds = column_kinds(open_parquet(raw).schema_arrow.empty_table().to_pandas())
+    inputs = describe_inputs(kinds, info, params)
+    classes = find_classes(raw, info, batch_rows)
+    coder = LabelCoder(classes)
+    stratified = classes is not None and params.stratify
+    rows = row_count(raw)
+    codes_of = _codes_reader(raw, info, coder, batch_rows, stratified, rows)
+    counts = np.zeros(len(classes) if stratified else 1, dtype=np.int64)
+    for codes in codes_of():
+        counts += np.bincount(codes, minlength=len(counts))
+    plan = plan_split(codes_of, counts, params, seed, stratified)
+    fitter = InputFitter(inputs, params, info.task)
+    drift = DriftSample(inputs, params.sample_rows, seed)
+    columns = [*info.feature_columns, info.target]
+    with atomic_dir(directory) as folder:
+        writers = {name: ParquetStream(split_path(folder, name), batch_rows) for name in SPLITS}
+        try:
+            for start, batch in iter_batches(raw, batch_rows, columns):
+                positions = np.arange(start, start + batch.num_rows)
+                labels = coder.encode(batch.column(info.target).to_pandas())
+                features = batch.drop_columns([info.target])
+                codes = labels if stratified else np.zeros(len(labels), dtype=np.int64)
+                assignment = plan.assign(positions, codes)
+                for name, code in SPLIT_CODES.items():
+                    chosen = assignment == code
+                    part = features.filter(pa.array(chosen)).append_column(LABEL, pa.array(labels[chosen]))
+                    writers[name].write(part)
+                train = assignment == SPLIT_CODES["train"]
+                frame = features.filter(pa.array(train)).to_pandas()
+                frame.index = pd.Index(positions[train])
+                x = training_features(frame, info, inputs)
+                fitter.add(x, labels[train])
+                drift.add(x, positions[train])
+            kept = {name: writer.commit() for name, writer in writers.items()}
+        except BaseException:
+            for writer in writers.values():
+                writer.abort()
+            raise
+        state = PreprocessState(
+            task=info.task,
+            inputs=inputs,
+            target=info.target,
+            feature_columns=info.feature_columns,
+            rows={name: writers[name].rows for name in SPLITS},
+            seed=seed,
+            data_md5=info.md5,
+            source=info.source,
+            classes=classes,
+            fitted=fitter.fitted(),
+            class_counts=fitter.class_counts.tolist() if classes else None,
+            image_root=info.image_root,
+            split_md5=kept,
+            notes=drift.notes(),
+        )
+        write_json(folder / "state.json", state.to_dict())
+        write_json(folder / "statistics.json", drift.statistics().to_dict())
+    return state
 
 
-def write_processed(splits: dict[str, Split], state: PreprocessState, directory: Path) -> None:
-    """Write images as .npy, columns as Parquet, labels as .npy and the state as JSON; swap the folder in at once."""
-    with atomic_dir(directory) as temporary:
-        for name, split in splits.items():
-            if isinstance(split.x, pd.DataFrame):
-                split.x.to_parquet(temporary / f"x_{name}.parquet", index=False)
-            else:
-                np.save(temporary / f"x_{name}.npy", split.x)
-            np.save(temporary / f"y_{name}.npy", split.y)
-        write_json(temporary / "state.json", state.to_dict())
+def _codes_reader(
+    raw: Path, info: RawDatasetInfo, coder: LabelCoder, batch_rows: int, stratified: bool, rows: int
+) -> Callable[[], Iterator[np.ndarray]]:
+    """Every row's class code, in file order (zeros when not stratified: then nothing is read)."""
+
+    def codes() -> Iterator[np.ndarray]:
+        if not stratified:
+            for part in position_hashes(rows, 0):
+                yield np.zeros(len(part), dtype=np.int64)
+            return
+        for _, frame in iter_frames(raw, max(batch_rows, 1 << 18), [info.target]):
+            yield coder.encode(frame[info.target])
+
+    return codes
 
 
-def split_files(directory: Path, name: str) -> tuple[Path, Path]:
-    """A split's feature file (Parquet for columns, .npy for images) and its label file."""
-    directory = Path(directory)
-    table = directory / f"x_{name}.parquet"
-    return (table if table.is_file() else directory / f"x_{name}.npy"), directory / f"y_{name}.npy"
+def training_features(frame: pd.DataFrame, info: RawDatasetInfo, inputs: ModelInputs) -> Any:
+    """Training rows of a batch as the fitters take them: images (decoded from their files, or from pixel
+    columns), or the feature columns as they are."""
+    if info.image_root:
+        from tasks.images import absolute, decode_files
+
+        paths = list(absolute(info.image_root, frame["path"]))
+        decoded = list(decode_files(paths, inputs.shape))
+        return np.concatenate(decoded) if decoded else np.empty((0, *inputs.shape), dtype="float32")
+    return feature_matrix(frame, info, inputs) if inputs.kind == "image" else frame
 
 
-def read_split(directory: Path, name: str) -> Split:
-    directory = Path(directory)
-    labels = directory / f"y_{name}.npy"
-    if not labels.is_file():
-        raise FileNotFoundError(f"{labels}: not found; run the preprocess stage first")
-    table = directory / f"x_{name}.parquet"
-    x = pd.read_parquet(table) if table.is_file() else np.load(directory / f"x_{name}.npy")
-    return Split(x, np.load(labels))
+class DriftSample:
+    """The training rows' drift statistics, batch by batch: a summary of every row of the drift columns, and a
+    seeded sample (`preprocess.sample_rows`) for the numbers' decile bins."""
+
+    def __init__(self, inputs: ModelInputs, rows: int, seed: int) -> None:
+        self.inputs = inputs
+        self.summary = TableSummary()
+        self.sample = SmallestRows(rows)
+        self.seed = seed
+        self.limit = rows
+
+    def add(self, x: Any, positions: np.ndarray) -> None:
+        frame = image_means(x) if self.inputs.kind == "image" else x
+        columns = drift_columns(frame.set_axis(pd.Index(positions)), self.inputs)
+        self.summary.add(columns)
+        numeric = [name for name in columns if name == IMAGE_COLUMN or name in {e.column for e in self.inputs.numeric}]
+        if numeric:
+            self.sample.add(hash_positions(positions, self.seed, SAMPLE_SALT), columns[numeric])
+
+    def statistics(self) -> TrainingStatistics:
+        return statistics_from(self.summary, self.sample.rows(), self.inputs)
+
+    def notes(self) -> dict[str, str]:
+        """What was computed on a sample rather than on every training row."""
+        if self.summary.rows > self.limit and len(self.sample):
+            return {
+                "drift_bins": f"decile bins from a seeded sample of {len(self.sample):,} of {self.summary.rows:,} training rows"
+            }
+        return {}
 
 
-def read_state(directory: Path) -> PreprocessState:
-    return PreprocessState.from_dict(read_json(Path(directory) / "state.json"))
+def describe_split(state: PreprocessState) -> str:
+    return ", ".join(f"{name} {rows}" for name, rows in state.rows.items())

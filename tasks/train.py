@@ -6,22 +6,28 @@ so this function is the same under Prefect, DVC, tuning trials and tests.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import logging
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
+import pandas as pd
+import pyarrow as pa
 import tensorflow as tf
 
 from kerasflow.config import ConfigError, TrainParams
-from kerasflow.model_interface import ModelInputs, to_model_inputs
-from tasks.preprocess import Split
+from kerasflow.model_interface import NUMERIC_INPUT, ModelInputs, to_model_inputs
+from kerasflow.tables import open_parquet
+from tasks import images
+from tasks.preprocess import LABEL, ParquetSplit, Split
 
 logger = logging.getLogger(__name__)
 
@@ -82,40 +88,181 @@ def distribution_strategy(plan: dict[str, Any]) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
+DataSource = Split | ParquetSplit
+# Batches handed from the Python reader to tf.data at a time.
+BLOCK_BATCHES = 32
+
+
+def in_memory(source: DataSource, params: TrainParams) -> DataSource:
+    """`source` read into memory when train.in_memory says so (auto: when it fits train.memory_budget_mb)."""
+    if isinstance(source, Split) or params.in_memory is False:
+        return source
+    if params.in_memory is True or source.decoded_bytes() <= params.memory_budget_mb * 2**20:
+        return source.load()
+    return source
+
+
 def make_dataset(
-    split: Split,
+    source: DataSource,
     inputs: ModelInputs,
     batch_size: int,
     shuffle: bool = False,
     seed: int = 0,
     labels: bool = True,
+    shuffle_buffer: int = 65536,
 ) -> tf.data.Dataset:
-    """A batched, prefetched tf.data pipeline over one split's raw features (and labels)."""
-    features = to_model_inputs(split.x, inputs)
-    dataset = tf.data.Dataset.from_tensor_slices((features, split.y) if labels else features)
+    """A batched, prefetched tf.data pipeline over one split's raw features (and labels).
+
+    A split in memory is sliced (and shuffled whole, reshuffled each epoch); a split file streams:
+    its row groups in a seeded order each epoch, each read and turned into model inputs by
+    `to_model_inputs` as it comes, through a shuffle buffer of `shuffle_buffer` rows.
+    """
+    if isinstance(source, ParquetSplit):
+        return stream_dataset(source, inputs, batch_size, shuffle, seed, labels, shuffle_buffer)
+    features = to_model_inputs(source.x, inputs)
+    dataset = tf.data.Dataset.from_tensor_slices((features, source.y) if labels else features)
     if shuffle:
-        dataset = dataset.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.shuffle(len(source), seed=seed, reshuffle_each_iteration=True)
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
+def input_signature(inputs: ModelInputs, files: bool = False) -> Any:
+    """The tf.data element spec of a batch of model inputs (an image folder's batches hold paths)."""
+    if inputs.kind == "image":
+        return tf.TensorSpec((None,), tf.string) if files else tf.TensorSpec((None, *inputs.shape), tf.float32)
+    spec = {entry.input: tf.TensorSpec((None, 1), tf.string) for entry in inputs.strings}
+    if inputs.numeric:
+        spec[NUMERIC_INPUT] = tf.TensorSpec((None, len(inputs.numeric)), tf.float32)
+    return spec
+
+
+def stream_dataset(
+    source: ParquetSplit,
+    inputs: ModelInputs,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    labels: bool,
+    shuffle_buffer: int,
+    shard: tuple[int, int] | None = None,
+) -> tf.data.Dataset:
+    """The split file's rows in batches: each epoch (each pass) reads the row groups in an order drawn from
+    (seed, epoch), keeps a pool of up to `shuffle_buffer` rows across them, and hands out shuffled batches of
+    the pool as it refills. Memory: a row group and the pool. An image folder's paths are decoded in parallel
+    after the shuffle. With `shard` (index, count), only every count-th row group, from index on, is read."""
+    file = open_parquet(source.path)
+    groups = np.arange(file.metadata.num_row_groups)
+    if shard is not None:
+        groups = groups[shard[0] :: shard[1]]
+    passes = itertools.count()
+    label_dtype = file.schema_arrow.field(LABEL).type
+
+    def features_of(frame: pd.DataFrame) -> Any:
+        if source.files:
+            return images.absolute(source.image_root, frame["path"]).astype(str)
+        return to_model_inputs(frame, inputs)
+
+    def blocks() -> Iterator[Any]:
+        rng = np.random.default_rng([seed, next(passes)]) if shuffle else None
+        reader = open_parquet(source.path)
+        pool: Any = None
+        for group in rng.permutation(groups) if shuffle else groups:
+            frame = reader.read_row_group(int(group)).to_pandas()
+            chunk = (features_of(frame.drop(columns=LABEL)), frame[LABEL].to_numpy())
+            pool = chunk if pool is None else _concat(pool, chunk)
+            rows = _rows(pool)
+            keep = min(shuffle_buffer, rows) if shuffle else 0
+            ready = (rows - keep) // batch_size * batch_size
+            order = rng.permutation(rows) if shuffle else np.arange(rows)
+            yield from _blocks(pool, order[:ready], batch_size, labels)
+            pool = _take(pool, order[ready:])
+        if pool is not None and _rows(pool):
+            order = rng.permutation(_rows(pool)) if shuffle else np.arange(_rows(pool))
+            yield from _blocks(pool, order, batch_size, labels)
+
+    def block(spec: tf.TensorSpec) -> tf.TensorSpec:
+        return tf.TensorSpec((None, *spec.shape), spec.dtype)
+
+    spec = tf.nest.map_structure(block, input_signature(inputs, source.files))
+    label_spec = tf.TensorSpec((None, None), tf.int64 if pa.types.is_integer(label_dtype) else tf.float32)
+    # Each element the generator yields is a block of batches (calls into Python are the costly part); unbatched
+    # here into batches.
+    dataset = tf.data.Dataset.from_generator(blocks, output_signature=(spec, label_spec) if labels else spec)
+    dataset = dataset.unbatch()
+    if source.files:
+        decode = functools.partial(images.load_image, shape=inputs.shape)
+        if labels:
+            dataset = dataset.unbatch().map(lambda path, y: (decode(path), y), num_parallel_calls=tf.data.AUTOTUNE)
+        else:
+            dataset = dataset.unbatch().map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = dataset.batch(batch_size)
+    # Keras then knows the epoch's steps (and does not warn when the generator ends).
+    rows = sum(file.metadata.row_group(int(group)).num_rows for group in groups)
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(-(-rows // batch_size)))
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _rows(pool: tuple[Any, np.ndarray]) -> int:
+    return len(pool[1])
+
+
+def _take(pool: tuple[Any, np.ndarray], rows: np.ndarray) -> tuple[Any, np.ndarray]:
+    x, y = pool
+    if isinstance(x, dict):
+        return {name: values[rows] for name, values in x.items()}, y[rows]
+    return x[rows], y[rows]
+
+
+def _concat(first: tuple[Any, np.ndarray], second: tuple[Any, np.ndarray]) -> tuple[Any, np.ndarray]:
+    (x1, y1), (x2, y2) = first, second
+    if isinstance(x1, dict):
+        return {name: np.concatenate([x1[name], x2[name]]) for name in x1}, np.concatenate([y1, y2])
+    return np.concatenate([x1, x2]), np.concatenate([y1, y2])
+
+
+def _blocks(pool: tuple[Any, np.ndarray], order: np.ndarray, batch_size: int, labels: bool) -> Iterator[Any]:
+    """The pool's rows `order`, in that order, as blocks of up to BLOCK_BATCHES full batches (arrays of shape (batches,
+    batch_size, ...)), then any last partial batch as a block of one."""
+    rows = len(order)
+    full = rows // batch_size * batch_size
+
+    def shaped(part: tuple[Any, np.ndarray], batches: int) -> Any:
+        x, y = part
+        fold = lambda values: values.reshape(batches, -1, *values.shape[1:])  # noqa: E731
+        x = {name: fold(values) for name, values in x.items()} if isinstance(x, dict) else fold(x)
+        return (x, fold(y)) if labels else x
+
+    step = BLOCK_BATCHES * batch_size
+    for start in range(0, full, step):
+        chosen = order[start : min(full, start + step)]
+        yield shaped(_take(pool, chosen), len(chosen) // batch_size)
+    if full < rows:
+        yield shaped(_take(pool, order[full:]), 1)
+
+
 def predict(model: keras.Model, x: Any, inputs: ModelInputs, batch_size: int = 256) -> np.ndarray:
-    """The model's outputs on raw features (Keras' predict refuses NumPy strings, so it goes through tf.data)."""
-    dataset = make_dataset(Split(x, np.zeros(len(x))), inputs, batch_size, labels=False)
-    return np.asarray(model.predict(dataset, verbose=0))
+    """The model's outputs on raw features in memory, or on a split file streamed (Keras' predict refuses NumPy
+    strings, so it goes through tf.data)."""
+    source = x if isinstance(x, ParquetSplit) else Split(x, np.zeros(len(x)))
+    return np.asarray(model.predict(make_dataset(source, inputs, batch_size, labels=False), verbose=0))
 
 
 def class_weights(
-    setting: str | dict[str, float] | None, y_train: np.ndarray, classes: list[Any] | None
+    setting: str | dict[str, float] | None, class_counts: np.ndarray | list[int] | None, classes: list[Any] | None
 ) -> dict[int, float] | None:
-    """Keras `class_weight` from train.class_weight: null, "balanced", or {label: weight}."""
+    """Keras `class_weight` from train.class_weight: null, "balanced" (scikit-learn's rule on the training rows'
+    class counts; absent classes weigh 1), or {label: weight}."""
     if setting is None:
         return None
     if not classes:
         raise ConfigError("train.class_weight applies to classification only")
     if setting == "balanced":
-        counts = np.bincount(y_train, minlength=len(classes)).astype("float64")
-        # The scikit-learn rule: rows / (classes * rows of the class); absent classes weigh 1.
-        weights = np.where(counts > 0, len(y_train) / (len(classes) * np.maximum(counts, 1)), 1.0)
+        counts = np.zeros(len(classes))
+        given = np.asarray(class_counts if class_counts is not None else [], dtype="float64")[: len(classes)]
+        counts[: len(given)] = given
+        # scikit-learn's rule (compute_class_weight, which refuses a class with no rows): rows / (classes * rows
+        # of the class); a class absent from the training rows weighs 1.
+        weights = np.where(counts > 0, counts.sum() / (len(classes) * np.maximum(counts, 1)), 1.0)
         return {index: float(weight) for index, weight in enumerate(weights)}
     names = [str(label) for label in classes]
     unknown = [label for label in setting if label not in names]
@@ -237,8 +384,8 @@ def training_callbacks(
 
 def train_model(
     model: keras.Model,
-    train_split: Split,
-    val_split: Split,
+    train_split: DataSource,
+    val_split: DataSource,
     inputs: ModelInputs,
     params: TrainParams,
     seed: int,
@@ -261,7 +408,9 @@ def train_model(
         raise ValueError("train and validation splits must not be empty")
     keras.utils.set_random_seed(seed)
     backup = Backup(backup_dir) if backup_dir is not None else None
-    train_data = make_dataset(train_split, inputs, params.batch_size, params.shuffle, seed)
+    train_split, val_split = in_memory(train_split, params), in_memory(val_split, params)
+    buffer = params.shuffle_buffer
+    train_data = make_dataset(train_split, inputs, params.batch_size, params.shuffle, seed, shuffle_buffer=buffer)
     val_data = make_dataset(val_split, inputs, params.batch_size, False, seed)
     injected = [*callbacks, EpochProgress(params.epochs + (params.fine_tune.epochs if fine_tune else 0), label)]
 

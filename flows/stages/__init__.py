@@ -102,8 +102,8 @@ def build_stages(layout: Layout, params: Params | None = None) -> list[Stage]:
         ),
         Stage(
             "train",
-            # preprocess: the input layers are adapted here (scaling, categories, text vocabulary).
-            ("seed", "preprocess", "model", "train"),
+            # The input layers' constants come fitted from preprocess: a model change never re-splits.
+            ("seed", "model", "train"),
             deps=(path(layout.processed_dir), *data_files.get("train", ())),
             outs=(path(layout.models_dir),),
             git_outs=(path(layout.run_file), path(layout.model_summary), path(layout.history)),

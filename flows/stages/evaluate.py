@@ -17,11 +17,12 @@ from kerasflow.config import Params
 from kerasflow.io import atomic_path, read_json, write_json
 from kerasflow.layout import Layout
 from kerasflow.metrics import is_better
-from kerasflow.model_interface import ModelConfig
+from kerasflow.model_interface import ModelConfig, predicted_classes
 from kerasflow.records import PreprocessState
 from tasks.champion import rescore_current
 from tasks.evaluate import (
     baseline_metrics,
+    baseline_sample,
     per_class_metrics,
     plot_binary_curves,
     plot_confusion_matrix,
@@ -31,10 +32,13 @@ from tasks.evaluate import (
     score_predictions,
 )
 from tasks.model import load_model_file
-from tasks.preprocess import Split, read_split, read_state, split_files
+from tasks.preprocess import ParquetSplit, read_state, split_path, split_source
 from tasks.train import make_dataset, predict
 
 logger = logging.getLogger(__name__)
+
+# Rows of the predictions file written at a time.
+PREDICTION_ROWS = 100_000
 
 
 def run(params: Params, context: Context) -> dict[str, Any]:
@@ -42,14 +46,17 @@ def run(params: Params, context: Context) -> dict[str, Any]:
     run_info = read_json(layout.run_file)
     state = read_state(layout.processed_dir)
     config = ModelConfig.from_dict(read_json(layout.model_config))
-    train_split, test_split = read_split(layout.processed_dir, "train"), read_split(layout.processed_dir, "test")
+    train_split = split_source(layout.processed_dir, "train", state)
+    test_split = split_source(layout.processed_dir, "test", state)
     model = load_model_file(layout.model_file, compile=True)
-    outputs = predict(model, test_split.x, state.inputs)
+    # The test rows stream through the model; their labels and the model's outputs are kept (one value or one
+    # per class a row), for the metrics, the plots and ROC AUC.
+    outputs, y_test = predict(model, test_split, state.inputs), test_split.labels()
     test_loss = model.evaluate(make_dataset(test_split, state.inputs, 256), verbose=0, return_dict=True)["loss"]
-    result = score(params, state, config, train_split, test_split, outputs, test_loss)
+    result = score(params, state, config, train_split, test_split, (y_test, outputs), test_loss)
     result.update(epochs_trained=run_info.get("epochs_trained"), best_epoch=run_info.get("best_epoch"))
-    per_class = per_class_metrics(test_split.y, outputs, state.classes, config.threshold) if state.classes else {}
-    pictures = draw_plots(layout, params, state, config, test_split, outputs, run_info.get("best_epoch"))
+    per_class = per_class_metrics(y_test, outputs, state.classes, config.threshold) if state.classes else {}
+    pictures = draw_plots(layout, params, state, config, y_test, outputs, run_info.get("best_epoch"))
     experiment_id = tracking.configure(params.tracking, context.project_root)
     # The gate compares the candidate with the champion on the same rows: this run's test split.
     result["champion_rescored"] = rescore_current(params.register_.model_name, test_split, state)
@@ -81,17 +88,20 @@ def score(
     params: Params,
     state: PreprocessState,
     config: ModelConfig,
-    train_split: Split,
-    test_split: Split,
-    outputs: np.ndarray,
+    train_split: ParquetSplit,
+    test_split: ParquetSplit,
+    scored: tuple[np.ndarray, np.ndarray],
     test_loss: float,
 ) -> dict[str, Any]:
     """The model's and the baseline's test metrics, and whether the model beats the baseline."""
-    scores = score_predictions(state.task, test_split.y, outputs, state.n_classes, config.threshold)
+    y_test, outputs = scored
+    scores = score_predictions(state.task, y_test, outputs, state.n_classes, config.threshold)
+    # Fitted on all training rows, or a seeded sample of evaluate.baseline_rows of them.
+    sample = baseline_sample(train_split, params.evaluate.baseline_rows, params.seed, state.inputs)
     baseline_name, baseline = baseline_metrics(
         params.evaluate,
         state.task,
-        train_split,
+        sample,
         test_split,
         state.n_classes,
         params.seed,
@@ -108,8 +118,9 @@ def score(
         "primary_metric": primary,
         "test": {**scores, "loss": float(test_loss)},
         "baseline": {"name": baseline_name, **baseline},
+        "baseline_rows": len(sample),
         "beats_baseline": is_better(primary, scores[primary], baseline[primary]),
-        "test_rows": len(test_split),
+        "test_rows": len(y_test),
         "decision_threshold": config.threshold if state.n_classes == 2 else None,
     }
 
@@ -125,7 +136,7 @@ def record(
 ) -> None:
     """Final metrics (linked to the logged model and to the test split as a dataset), per-class scores, plots."""
     test = tracking.log_split(
-        split_files(layout.processed_dir, "test")[0],
+        split_path(layout.processed_dir, "test"),
         "test",
         result["test_rows"],
         tracking.input_schema(config),
@@ -133,6 +144,7 @@ def record(
     )
     finals = {f"test_{name}": value for name, value in result["test"].items()}
     finals.update({f"baseline_{name}": value for name, value in result["baseline"].items() if name != "name"})
+    mlflow.log_param("evaluate.baseline_rows_used", result["baseline_rows"])
     for label, scores in per_class.items():
         safe = re.sub(r"[^\w\-. /]", "_", label)  # the characters MLflow allows in a metric name
         # A section of their own in the MLflow UI's charts: per_class/f1_3, per_class/precision_3, ...
@@ -152,23 +164,27 @@ def draw_plots(
     params: Params,
     state: PreprocessState,
     config: ModelConfig,
-    test_split: Split,
+    y_test: np.ndarray,
     outputs: np.ndarray,
     best_epoch: int | None,
 ) -> list[Path]:
-    """Training curves (the kept epoch marked), the normalised confusion matrix, and for two classes ROC and
-    precision-recall curves."""
-    predictions = predictions_frame(state.task, test_split.y, outputs, state.classes, config.threshold)
+    """The test predictions (DVC's plot data, written in batches), training curves (the kept epoch marked), the
+    normalised confusion matrix, and for two classes ROC and precision-recall curves."""
     layout.plots_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(layout.predictions) as temporary:
-        predictions.to_csv(temporary, index=False)
+        for start in range(0, len(y_test), PREDICTION_ROWS):
+            rows = slice(start, start + PREDICTION_ROWS)
+            frame = predictions_frame(state.task, y_test[rows], outputs[rows], state.classes, config.threshold)
+            frame.to_csv(temporary, mode="a" if start else "w", header=not start, index=False)
+        if not len(y_test):
+            predictions_frame(state.task, y_test, outputs, state.classes).to_csv(temporary, index=False)
     name = params.register_.model_name
     pictures = [layout.plots_dir / "training_curves.png"]
     plot_training_curves(pd.read_csv(layout.history), pictures[0], best_epoch, title=f"{name}: training curves")
     if state.task == "classification":
         pictures.append(layout.plots_dir / "confusion_matrix.png")
-        plot_confusion_matrix(predictions, pictures[-1])
+        plot_confusion_matrix(y_test, predicted_classes(outputs, config.threshold), state.classes, pictures[-1])
     if state.n_classes == 2:
         pictures += [layout.plots_dir / "roc_curve.png", layout.plots_dir / "precision_recall_curve.png"]
-        plot_binary_curves(test_split.y, outputs, config.threshold, pictures[-2], pictures[-1])
+        plot_binary_curves(y_test, outputs, config.threshold, pictures[-2], pictures[-1])
     return pictures

@@ -1,17 +1,16 @@
-"""Stage preprocess: split the validated raw data into train / validation / test."""
+"""Stage preprocess: split the validated raw data into train / validation / test, fitting the input layers'
+constants on the training rows in the same streaming pass."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-import pandas as pd
-
 from flows.stages import Context
 from kerasflow.config import Params
 from kerasflow.io import read_json
 from kerasflow.records import RawDatasetInfo
-from tasks.preprocess import preprocess_dataset, write_processed
+from tasks.preprocess import describe_split, preprocess_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -22,8 +21,7 @@ def run(params: Params, context: Context) -> dict[str, Any]:
     info = RawDatasetInfo.from_dict(read_json(layout.raw_meta))
     if not report.get("ok") or report.get("md5") != info.md5:
         raise RuntimeError(f"{layout.validation_report}: the raw dataset has not passed validation; run validate first")
-    splits, state = preprocess_dataset(pd.read_parquet(layout.raw_data), info, params.preprocess, params.seed)
-    write_processed(splits, state, layout.processed_dir)
+    state = preprocess_dataset(layout.raw_data, info, params.preprocess, params.seed, layout.processed_dir)
     kinds = {
         kind: sum(entry.kind == kind for entry in state.inputs.columns) for kind in ("numeric", "categorical", "text")
     }
@@ -31,7 +29,9 @@ def run(params: Params, context: Context) -> dict[str, Any]:
         "split %s rows (seed %d): %s; inputs: %s",
         sum(state.rows.values()),
         params.seed,
-        ", ".join(f"{name} {rows}" for name, rows in state.rows.items()),
+        describe_split(state),
         f"images {list(state.inputs.shape)}" if state.inputs.kind == "image" else kinds,
     )
+    for note in state.notes.values():
+        logger.info("%s", note)
     return state.rows

@@ -22,7 +22,7 @@ from kerasflow import notes, tracking
 from kerasflow.config import Params
 from kerasflow.io import read_json, write_json
 from kerasflow.records import PreprocessState
-from tasks.preprocess import read_split, read_state
+from tasks.preprocess import read_state, split_source
 from tasks.register import apply_decision, decide, register_version, verify_registered_files
 
 logger = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ def current_rescore(
     if version is None:
         return None
     logger.info("the champion changed to version %s since evaluate; re-scoring it on this run's test rows", version)
-    return rescore(name, version, read_split(processed, "test"), state)
+    return rescore(name, version, split_source(processed, "test", state), state)
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,10 +34,9 @@ from kerasflow.metrics import lower_is_better
 from kerasflow.records import PreprocessState
 from kerasflow.runtime import set_seeds
 from tasks.backbone import unfreeze
-from tasks.drift import training_statistics
-from tasks.features import adapt_inputs, raw_example, target_scaling
+from tasks.features import raw_example
 from tasks.model import DataSpec, build_model, compile_model, export_for_serving
-from tasks.preprocess import Split, read_split, read_state, split_files
+from tasks.preprocess import ParquetSplit, read_state, split_path, split_source
 from tasks.train import Backup, accelerator_plan, class_weights, device_summary, distribution_strategy, predict
 from tasks.train import train_model as fit_model
 
@@ -48,11 +48,11 @@ ROUND_TRIP_TOLERANCE = 1e-5
 
 @dataclass(frozen=True)
 class TrainingData:
-    """The preprocessing state and the two splits training sees."""
+    """The preprocessing state (with the fitted input constants) and the two splits training sees."""
 
     state: PreprocessState
-    train: Split
-    val: Split
+    train: ParquetSplit
+    val: ParquetSplit
 
 
 @dataclass(frozen=True)
@@ -101,20 +101,20 @@ def run(params: Params, context: Context) -> dict[str, Any]:
 
 def load_training_data(layout: Layout) -> TrainingData:
     folder = layout.processed_dir
-    return TrainingData(read_state(folder), read_split(folder, "train"), read_split(folder, "val"))
+    state = read_state(folder)
+    return TrainingData(state, split_source(folder, "train", state), split_source(folder, "val", state))
 
 
 def build(params: Params, data: TrainingData) -> ModelSetup:
-    """Seed everything, adapt the input layers on the training split, build and compile the model."""
+    """Seed everything, build and compile the model on the input constants preprocess fitted."""
     set_seeds(params.seed)
     state = data.state
     plan = accelerator_plan(params.train, string_inputs=state.string_inputs)
-    target = target_scaling(data.train.y, state.task, params.preprocess)
-    spec = DataSpec.from_state(state, adapt_inputs(state.inputs, data.train.x, params.preprocess, target))
+    spec = DataSpec.from_state(state, state.fitted)
     strategy = distribution_strategy(plan)
     with strategy.scope():
         model = build_model(params.model, spec, jit_compile=plan["jit_compile"])
-    weights = class_weights(params.train.class_weight, data.train.y, state.classes)
+    weights = class_weights(params.train.class_weight, state.class_counts, state.classes)
     return ModelSetup(model, spec, plan, strategy, weights)
 
 
@@ -157,7 +157,7 @@ def fit(params: Params, context: Context, data: TrainingData, setup: ModelSetup,
     # The best-weights checkpoint grows beside the backup; outputs appear only when training succeeded.
     checkpoint = best_weights_path(backup)
 
-    callbacks = [tracking.epoch_logger(run_id, len(data.train))]
+    callbacks = [tracking.epoch_logger(run_id, data.state.rows["train"])]
     history = fit_setup(params, data, setup, callbacks, checkpoint=checkpoint, backup=backup)
     frame = pd.concat([earlier, pd.DataFrame(history)], ignore_index=True)
     frame.insert(0, "epoch", range(len(frame)))
@@ -218,7 +218,7 @@ def best_epoch(params: Params, history: pd.DataFrame) -> int:
 
 
 def layout_split_file(layout: Layout, name: str) -> Path:
-    return split_files(layout.processed_dir, name)[0]
+    return split_path(layout.processed_dir, name)
 
 
 def backup_folder(params: Params, layout: Layout, data_md5: str) -> Path:
@@ -281,14 +281,14 @@ def publish(params: Params, layout: Layout, data: TrainingData, setup: ModelSetu
     """
     model, state = setup.model, data.state
     config = state.model_config(params.model.decision_threshold)
-    example = raw_example(data.val.x, state.inputs)
+    example = raw_example(first_rows(data.val), state.inputs)
     write_model_summary(model, layout.model_summary)
     checkpoint = best_weights_path(backup_folder(params, layout, state.data_md5))
     with atomic_dir(layout.models_dir) as folder:
         model.save(folder / layout.model_file.name)
         export_for_serving(model, folder / layout.saved_model_dir.name, state.inputs)
         write_json(folder / layout.model_config.name, config.to_dict())
-        write_json(folder / layout.statistics.name, training_statistics(data.train.x, state.inputs).to_dict())
+        shutil.copy(layout.processed_dir / "statistics.json", folder / layout.statistics.name)
         if checkpoint.is_file():
             (folder / "checkpoints").mkdir()
             os.replace(checkpoint, folder / "checkpoints" / layout.checkpoint_file.name)
@@ -312,6 +312,12 @@ def publish(params: Params, layout: Layout, data: TrainingData, setup: ModelSetu
                 f"(tolerance {ROUND_TRIP_TOLERANCE:g}); not publishing it"
             )
     return LoggedModel(info.model_uri, info.model_id, digest, difference)
+
+
+def first_rows(split: ParquetSplit, rows: int = 5) -> Any:
+    """The split's first rows as raw features (images decoded): the input example."""
+    x, _ = next(split.batches(rows))
+    return x
 
 
 def write_model_summary(model: keras.Model, path: Path) -> None:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import pandas as pd
-
 from flows.stages import Context
 from kerasflow.config import Params
 from kerasflow.io import read_json, write_json
 from kerasflow.records import RawDatasetInfo
+from kerasflow.tables import iter_frames, row_group_rows
 from tasks.validate import DataValidationError, validate_dataset
 
 logger = logging.getLogger(__name__)
@@ -19,10 +18,10 @@ logger = logging.getLogger(__name__)
 def run(params: Params, context: Context) -> dict[str, Any]:
     layout = context.layout
     info = RawDatasetInfo.from_dict(read_json(layout.raw_meta))
-    frame = pd.read_parquet(layout.raw_data)
     recorded = read_json(layout.schema) if layout.schema.is_file() else None
+    batches = (frame for _, frame in iter_frames(layout.raw_data, row_group_rows(layout.raw_data)))
     try:
-        schema, report = validate_dataset(frame, info, recorded, params.validate_)
+        schema, report = validate_dataset(batches, info, recorded, params.validate_)
     except DataValidationError as error:
         # The report says what went wrong; preprocess refuses to run on a failed report.
         write_json(layout.validation_report, {"ok": False, "problems": error.problems, "md5": info.md5})

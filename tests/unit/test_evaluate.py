@@ -174,7 +174,7 @@ def test_plots_are_written(tmp_path):
         "classification", np.array([0, 1, 1]), np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3]]), ["cat", "dog"]
     )
     assert frame.to_dict("list") == {"actual": ["cat", "dog", "dog"], "predicted": ["cat", "dog", "cat"]}
-    plot_confusion_matrix(frame, tmp_path / "confusion.png")
+    plot_confusion_matrix(np.array([0, 1, 1]), np.array([0, 1, 0]), ["cat", "dog"], tmp_path / "confusion.png")
     for name in ("curves.png", "confusion.png"):
         assert (tmp_path / name).read_bytes()[:8] == PNG
 

@@ -205,3 +205,40 @@ def test_target_scaling_comes_from_the_training_labels(y, task, scale, expected)
         assert scaling is None
     else:
         assert (scaling.mean, scaling.std) == (pytest.approx(expected.mean), pytest.approx(expected.std))
+
+
+def test_constants_fitted_batch_by_batch_equal_keras_adapt_on_all_rows():
+    """The streaming fit (batches of 17 rows) gives what Keras' own layers adapt to on the whole training split
+    in memory: the numeric fill, mean and variance, the category vocabulary and the text vocabulary."""
+    import keras
+
+    from tasks.features import InputFitter
+
+    frame = mixed_frame(rows=400, seed=3)
+    frame.loc[::7, "color"] = "teal"  # a rarer category, so the vocabulary order is by frequency
+    info = RawDatasetInfo(
+        target="label", task="classification", feature_columns=["size", "color", "note"], text_column="note"
+    )
+    params = PreprocessParams(max_categories=3, text={"max_tokens": 12})
+    inputs = describe_inputs(frame, info, params)
+    fitter = InputFitter(inputs, params)
+    for start in range(0, len(frame), 17):
+        fitter.add(frame.iloc[start : start + 17])
+    fitted = fitter.fitted()
+
+    size = frame["size"].to_numpy(dtype="float32")
+    filled = np.where(np.isnan(size), np.nanmean(size), size).reshape(-1, 1)
+    normalization = keras.layers.Normalization(axis=-1)
+    normalization.adapt(filled)
+    fit = fitted.numeric["size"]
+    assert fit.fill == pytest.approx(float(np.nanmean(size)), rel=1e-5)
+    assert fit.mean == pytest.approx(float(np.asarray(normalization.mean).ravel()[0]), rel=1e-5)
+    assert fit.variance == pytest.approx(float(np.asarray(normalization.variance).ravel()[0]), rel=1e-5)
+
+    lookup = keras.layers.StringLookup(max_tokens=params.max_categories + 1, num_oov_indices=1)
+    lookup.adapt(frame["color"].astype("string").fillna(MISSING).to_numpy(dtype=object).astype(str).reshape(-1, 1))
+    assert fitted.categorical["color"] == [str(value) for value in lookup.get_vocabulary()[1:]]
+
+    vectorize = keras.layers.TextVectorization(max_tokens=12, output_sequence_length=params.text.sequence_length)
+    vectorize.adapt(frame["note"].astype(str).to_numpy())
+    assert fitted.text["note"].vocabulary == [str(value) for value in vectorize.get_vocabulary()[2:]]

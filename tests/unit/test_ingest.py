@@ -27,8 +27,8 @@ from tasks.ingest import DataSourceError, infer_task, ingest_dataset, load_datas
     ],
 )
 def test_sklearn_sources(dataset, task, rows, image_shape):
-    raw = load_dataset(IngestParams(source="sklearn", dataset=dataset), seed=0)
-    assert (len(raw.frame), raw.task, raw.image_shape) == (rows, task, image_shape)
+    frame, raw = load_dataset(IngestParams(source="sklearn", dataset=dataset), seed=0)
+    assert (len(frame), raw.task, raw.image_shape) == (rows, task, image_shape)
     assert raw.target == "target" and "target" not in raw.feature_columns
 
 
@@ -45,8 +45,8 @@ def test_writes_parquet_and_metadata_with_dvc_md5(tmp_path):
 def test_file_sources(tmp_path, tabular_frame, suffix):
     path = tmp_path / f"data{suffix}"
     tabular_frame.to_csv(path, index=False) if suffix == ".csv" else tabular_frame.to_parquet(path)
-    raw = load_dataset(IngestParams(source="file", path=str(path), target="label"), seed=0)
-    assert raw.task == "classification" and raw.feature_columns == ["a", "b"] and len(raw.frame) == 60
+    frame, raw = load_dataset(IngestParams(source="file", path=str(path), target="label"), seed=0)
+    assert raw.task == "classification" and raw.feature_columns == ["a", "b"] and len(frame) == 60
 
 
 @pytest.mark.parametrize(
@@ -107,15 +107,23 @@ def image_folder(tmp_path_factory):
     return samples.shapes(tmp_path_factory.mktemp("images") / "shapes", per_class=4, size=8, seed=0)
 
 
-@pytest.mark.parametrize(("image_shape", "pixels"), [([8, 8, 3], 8 * 8 * 3), ([4, 4, 1], 4 * 4)])
-def test_image_folder_source(image_folder, image_shape, pixels):
-    raw = load_dataset(IngestParams(source="image_folder", path=str(image_folder), image_shape=image_shape), 0)
+@pytest.mark.parametrize("image_shape", [[8, 8, 3], [4, 4, 1]])
+def test_image_folder_source_stays_files(image_folder, image_shape):
+    """The raw dataset of an image folder is its files (path, label, md5): no pixel columns; the images are
+    decoded lazily, at the model's size, wherever they are read."""
+    frame, raw = load_dataset(IngestParams(source="image_folder", path=str(image_folder), image_shape=image_shape), 0)
     assert raw.task == "classification" and raw.image_shape == image_shape and raw.target == "target"
-    assert len(raw.feature_columns) == pixels and len(raw.frame) == 12
-    assert raw.frame["target"].value_counts().to_dict() == {"circle": 4, "cross": 4, "square": 4}
-    values = raw.frame[raw.feature_columns].to_numpy()
-    assert values.dtype == np.float32 and 0 <= values.min() and values.max() <= 255 and values.std() > 10
+    assert list(frame.columns) == ["path", "target", "md5"] and raw.feature_columns == ["path"] and len(frame) == 12
+    assert frame["target"].value_counts().to_dict() == {"circle": 4, "cross": 4, "square": 4}
+    assert raw.image_root == str(image_folder.resolve())
+    first = image_folder / frame["path"][0]
+    assert frame["md5"][0] == hashlib.md5(first.read_bytes()).hexdigest()
     assert raw.source == {"source": "image_folder", "dataset": None, "path": str(image_folder)}
+    from tasks.images import decode_files
+
+    (values,) = decode_files([str(first)], tuple(image_shape))
+    assert values.shape == (1, *image_shape) and values.dtype == np.float32
+    assert 0 <= values.min() and values.max() <= 255 and values.std() > 10
 
 
 def test_image_folder_problems_are_named(tmp_path, image_folder):
@@ -124,17 +132,17 @@ def test_image_folder_problems_are_named(tmp_path, image_folder):
     with pytest.raises(DataSourceError, match="2 channels; image folders give 1, 3 or 4"):
         load_dataset(IngestParams(source="image_folder", path=str(image_folder), image_shape=[8, 8, 2]), 0)
     (tmp_path / "empty" / "cats").mkdir(parents=True)
-    with pytest.raises(DataSourceError, match="empty"):
+    with pytest.raises(DataSourceError, match=r"no images .* in class sub-folders"):
         load_dataset(IngestParams(source="image_folder", path=str(tmp_path / "empty"), image_shape=[8, 8]), 0)
 
 
 def test_features_choose_the_columns(tmp_path, tabular_frame):
     path = tmp_path / "data.csv"
     tabular_frame.assign(c=1.0, note="some words").to_csv(path, index=False)
-    raw = load_dataset(IngestParams(source="file", path=str(path), target="label", features=["b", "note"]), 0)
-    assert raw.feature_columns == ["b", "note"] and list(raw.frame.columns) == ["b", "note", "label"]
+    frame, raw = load_dataset(IngestParams(source="file", path=str(path), target="label", features=["b", "note"]), 0)
+    assert raw.feature_columns == ["b", "note"] and list(frame.columns) == ["b", "note", "label"]
     assert raw.text_column is None
-    with_text = load_dataset(IngestParams(source="file", path=str(path), target="label", text_column="note"), 0)
+    _, with_text = load_dataset(IngestParams(source="file", path=str(path), target="label", text_column="note"), 0)
     assert with_text.text_column == "note" and with_text.feature_columns == ["a", "b", "c", "note"]
 
 
@@ -182,8 +190,7 @@ from kerasflow.config import IngestParams
 from tasks.ingest import load_dataset
 report = {}
 for name in ("mnist", "fashion_mnist", "boston_housing", "imdb"):
-    raw = load_dataset(IngestParams(source="keras", dataset=name), seed=0)
-    frame = raw.frame
+    frame, raw = load_dataset(IngestParams(source="keras", dataset=name), seed=0)
     report[name] = {
         "rows": len(frame), "task": raw.task, "features": len(raw.feature_columns), "image_shape": raw.image_shape,
         "text_column": raw.text_column, "target_dtype": str(frame[raw.target].dtype),
@@ -220,3 +227,64 @@ def test_keras_datasets_convert_from_the_files_keras_loads(tmp_path):
     assert (imdb["rows"], imdb["task"], imdb["text_column"]) == (12, "classification", "text")
     # Reviews arrive as word ids (shifted by Keras' index_from=3, after a start token 1), written as text.
     assert imdb["first"].split()[0] == "1" and all(token.isdigit() for token in imdb["first"].split())
+
+
+def test_a_csv_is_converted_block_by_block_into_row_groups(tmp_path):
+    """A CSV of several read blocks becomes Parquet row groups of ingest.batch_rows, with the same rows and an md5
+    that is the written file's (computed as it was written)."""
+    rows = 120_000  # about 6 MB: pyarrow reads it in several blocks
+    frame = pd.DataFrame({"a": np.arange(rows) * 0.5, "b": np.arange(rows) % 7, "label": np.arange(rows) % 2})
+    frame.to_csv(tmp_path / "big.csv", index=False)
+    data, meta = tmp_path / "raw" / "dataset.parquet", tmp_path / "raw" / "dataset.json"
+    info = ingest_dataset(
+        IngestParams(source="file", path=str(tmp_path / "big.csv"), target="label", batch_rows=10_000), 0, data, meta
+    )
+    import pyarrow.parquet as pq
+
+    metadata = pq.ParquetFile(data).metadata
+    assert metadata.num_rows == rows and metadata.row_group(0).num_rows == 10_000 and metadata.num_row_groups == 12
+    assert info.md5 == hashlib.md5(data.read_bytes()).hexdigest()
+    pd.testing.assert_frame_equal(pd.read_parquet(data), frame, check_dtype=False)
+
+
+def test_a_bad_value_deep_in_a_csv_names_its_column_and_row_and_nothing_is_written(tmp_path):
+    rows = 700_000  # about 7 MB: pyarrow takes the column types from the first 4 MB block
+    frame = pd.DataFrame({"area": (np.arange(rows) * 0.25).astype(object), "label": np.arange(rows) % 2})
+    frame.loc[600_000, "area"] = "huge"  # far past the block the column's type is read from
+    frame.to_csv(tmp_path / "houses.csv", index=False)
+    data, meta = tmp_path / "raw" / "dataset.parquet", tmp_path / "raw" / "dataset.json"
+    with pytest.raises(DataSourceError) as raised:
+        ingest_dataset(IngestParams(source="file", path=str(tmp_path / "houses.csv"), target="label"), 0, data, meta)
+    message = str(raised.value)
+    assert (
+        "houses.csv" in message
+        and "column 'area', row 600000 (line 600002 of the file): 'huge' is not a number" in message
+    )
+    assert not (tmp_path / "raw").exists() or list((tmp_path / "raw").iterdir()) == []
+
+
+def test_whole_numbers_then_a_decimal_deep_in_a_csv_read_as_decimals(tmp_path):
+    rows = 700_000
+    frame = pd.DataFrame({"price": np.arange(rows).astype(float), "label": np.arange(rows) % 2})
+    frame.loc[680_000, "price"] = 12.5
+    frame.to_csv(tmp_path / "prices.csv", index=False)  # "0.0, 1.0, ..." is written as decimals anyway
+    text = (tmp_path / "prices.csv").read_text().replace(".0,", ",")  # whole numbers written as integers
+    (tmp_path / "prices.csv").write_text(text)
+    data, meta = tmp_path / "raw" / "dataset.parquet", tmp_path / "raw" / "dataset.json"
+    ingest_dataset(IngestParams(source="file", path=str(tmp_path / "prices.csv"), target="label"), 0, data, meta)
+    back = pd.read_parquet(data)
+    assert back["price"].dtype == np.float64 and back["price"][680_000] == 12.5 and back["price"][5] == 5
+
+
+def test_a_corrupt_image_is_named_at_ingest(tmp_path):
+    folder = samples.shapes(tmp_path / "shapes", per_class=3, size=8, seed=0)
+    broken = folder / "square" / "square_002.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(DataSourceError, match=r"square_002.png: not an image TensorFlow can decode"):
+        ingest_dataset(
+            IngestParams(source="image_folder", path=str(folder), image_shape=[8, 8, 3]),
+            0,
+            tmp_path / "raw" / "dataset.parquet",
+            tmp_path / "raw" / "dataset.json",
+        )
+    assert not (tmp_path / "raw" / "dataset.parquet").exists()

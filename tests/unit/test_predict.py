@@ -44,6 +44,7 @@ def test_a_file_many_batches_long_is_scored_in_its_own_row_order(tmp_path, score
     writer.commit()
     out = pd.read_csv(tmp_path / f"out{suffix}") if suffix == ".csv" else pd.read_parquet(tmp_path / f"out{suffix}")
     assert len(out) == 1000 and list(out.columns) == [
+        "row",
         "label",
         "probability_0",
         "probability_1",
@@ -53,7 +54,32 @@ def test_a_file_many_batches_long_is_scored_in_its_own_row_order(tmp_path, score
     # Row order kept: the same predictions as scoring the whole frame at once.
     np.testing.assert_allclose(out["probability_1"], model.predict(None, data)["probability_1"], atol=1e-6)
     assert set(out["model_version"].astype(str)) == {"7"}
+    assert out["row"].tolist() == list(range(1000))  # each prediction names its row in the file
     assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".")] == []
+
+
+def test_kept_columns_join_the_predictions_back_to_their_records(tmp_path, scorer):
+    model, _ = scorer
+    data = rows(300).assign(house_id=[f"h{index:04d}" for index in range(300)], listed=pd.Timestamp("2026-01-01"))
+    data.to_parquet(tmp_path / "new.parquet")
+    writer = score_file(tmp_path / "new.parquet", tmp_path / "out.parquet", model, {}, 64, keep_columns=["house_id"])
+    writer.commit()
+    out = pd.read_parquet(tmp_path / "out.parquet")
+    assert list(out.columns[:2]) == ["row", "house_id"] and out["house_id"].tolist() == data["house_id"].tolist()
+    with pytest.raises(InputFileError, match=r"predict.keep_columns names \['id'\], which the file does not have"):
+        score_file(tmp_path / "new.parquet", tmp_path / "again.parquet", model, {}, 64, keep_columns=["id"])
+    assert not (tmp_path / "again.parquet").exists()
+
+
+def test_a_header_only_file_is_named_as_empty(tmp_path, scorer):
+    from tasks.drift import DriftCounter, training_statistics
+
+    model, prepared = scorer
+    (tmp_path / "new.csv").write_text("size,color\n")
+    counter = DriftCounter(training_statistics(prepared.x, prepared.inputs), prepared.inputs)
+    with pytest.raises(InputFileError, match=r"new.csv: no rows to score"):
+        score_file(tmp_path / "new.csv", tmp_path / "out.csv", model, {}, 64, counter)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["new.csv"]
 
 
 def test_text_in_a_numeric_column_names_the_file_row_and_nothing_is_written(tmp_path, scorer):
@@ -121,3 +147,13 @@ def test_an_image_folder_is_read_lazily_in_batches_at_the_models_size(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputFileError, match="empty: no images"):
         list(read_batches(tmp_path / "empty", 4, ModelInputs.images([8, 8, 1])))
+
+
+def test_a_corrupt_image_is_named_by_its_path_and_nothing_is_dropped(tmp_path):
+    from kerasflow import samples
+
+    folder = samples.shapes(tmp_path / "images", per_class=3, size=12, seed=0)
+    broken = folder / "cross" / "cross_001.png"
+    broken.write_bytes(broken.read_bytes()[:40])  # a truncated file
+    with pytest.raises(InputFileError, match=r"cross_001.png: not an image TensorFlow can decode"):
+        list(read_batches(folder, 4, ModelInputs.images([8, 8, 1])))

@@ -143,7 +143,7 @@ def test_predict_takes_raw_columns(cancer):
     ],
 )
 def test_class_weights(setting, y, classes, expected):
-    weights = class_weights(setting, np.array(y), classes)
+    weights = class_weights(setting, np.bincount(np.array(y, dtype=int)), classes)
     assert weights == (pytest.approx(expected) if expected else None)
 
 
@@ -157,7 +157,7 @@ def test_class_weights(setting, y, classes, expected):
 )
 def test_class_weights_that_cannot_apply_are_named(setting, classes, expected):
     with pytest.raises(ConfigError, match=expected):
-        class_weights(setting, np.array([0, 1]), classes)
+        class_weights(setting, np.array([1, 1]), classes)
 
 
 def test_balanced_class_weight_moves_predictions_towards_the_minority_class():
@@ -166,7 +166,7 @@ def test_balanced_class_weight_moves_predictions_towards_the_minority_class():
     frame = pd.DataFrame({"noise": rng.normal(size=250), "label": (np.arange(250) % 5 == 0).astype(int)})
     prepared = prepare(frame, "label", "classification", train_rows=200)
     train_split, val_split = splits(prepared, 200)
-    weights = class_weights("balanced", train_split.y, [0, 1])
+    weights = class_weights("balanced", np.bincount(train_split.y), [0, 1])
     assert weights == pytest.approx({0: 200 / (2 * 160), 1: 200 / (2 * 40)})
     means = {}
     for name, weight in (("none", None), ("balanced", weights)):
@@ -376,3 +376,34 @@ def test_a_scaled_target_makes_large_regression_targets_learnable(scale_target):
         assert history["val_rmse"][-1] < 0.3 * val_split.y.std()  # metrics stay in target units
     else:
         assert history["loss"][0] > 1e8 and r2 < 0.5  # raw units: the same budget does not get there
+
+
+def test_a_split_file_streams_every_row_once_per_epoch_in_a_seeded_order(tmp_path):
+    """Row groups in a seeded order each epoch, through a bounded shuffle buffer: each epoch holds every row once,
+    the same seed gives the same order, the next epoch another; unshuffled, the file's own order."""
+    import pyarrow as pa
+
+    from kerasflow.model_interface import InputColumn, ModelInputs
+    from kerasflow.tables import ParquetStream
+    from tasks.preprocess import LABEL, ParquetSplit
+
+    rows = 1000
+    frame = pd.DataFrame({"value": np.arange(rows, dtype="float64"), LABEL: np.arange(rows) % 2})
+    with ParquetStream(tmp_path / "train.parquet", 64) as stream:
+        stream.write(pa.Table.from_pandas(frame, preserve_index=False))
+        stream.commit()
+    inputs = ModelInputs("columns", (InputColumn("value", "numeric", "numeric"),))
+    split = ParquetSplit(tmp_path / "train.parquet", inputs)
+
+    def epochs(dataset, count=2):
+        return [np.concatenate([x["numeric"].numpy().ravel() for x, _ in dataset]) for _ in range(count)]
+
+    first, second = epochs(make_dataset(split, inputs, 50, shuffle=True, seed=3, shuffle_buffer=100))
+    again, _ = epochs(make_dataset(split, inputs, 50, shuffle=True, seed=3, shuffle_buffer=100))
+    assert sorted(first) == sorted(second) == list(range(rows))  # every row once
+    assert np.array_equal(first, again) and not np.array_equal(first, second)
+    assert not np.array_equal(first, np.arange(rows))
+    (ordered,) = epochs(make_dataset(split, inputs, 50), 1)
+    assert np.array_equal(ordered, np.arange(rows))
+    batches = [len(y) for _, y in make_dataset(split, inputs, 300)]
+    assert batches == [300, 300, 300, 100]  # batches span row groups; only the last is short

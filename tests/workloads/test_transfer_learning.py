@@ -17,7 +17,11 @@ from tests.workloads.test_workloads import copy_example
 def pretrain_backbone(images):
     """Pretrained weights the test makes (no ImageNet download): MobileNetV2 trained briefly on the images."""
     import keras
+    import tensorflow as tf
 
+    # Op determinism is process-wide, and a pipeline run earlier in the process leaves it as its training set it:
+    # set it here, so these weights (and the accuracy the test expects from them) never depend on what ran before.
+    tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(7)
     data = keras.utils.image_dataset_from_directory(images, image_size=(32, 32), batch_size=32, seed=7, verbose=False)
     backbone = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3), pooling="avg")
@@ -30,7 +34,7 @@ def pretrain_backbone(images):
     )
     classifier = keras.Model(inputs, outputs)
     classifier.compile(optimizer=keras.optimizers.Adam(0.001), loss="sparse_categorical_crossentropy")
-    classifier.fit(data, epochs=5, verbose=0)
+    classifier.fit(data, epochs=10, verbose=0)
     # Settle BatchNormalization's moving statistics, which the frozen backbone uses in inference mode.
     images = np.concatenate([batch for batch, _ in data]) / 127.5 - 1
     for _ in range(30):

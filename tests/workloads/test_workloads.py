@@ -198,3 +198,36 @@ def test_missing_values_and_unseen_categories_at_prediction_time(workload_run):
     training_mean = read_split(run.layout.processed_dir, "train").x["area"].mean()
     imputed = model.predict(pd.DataFrame([{**house, "area": training_mean}]))["prediction"].to_numpy()
     np.testing.assert_allclose(predictions[1], imputed[0], rtol=1e-5)
+
+
+IMAGE_FOLDER = "image folder CNN"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workload_run", [IMAGE_FOLDER], indirect=True)
+def test_an_image_folder_trains_from_its_files_with_no_pixel_columns_written(workload_run, tmp_path):
+    """The raw dataset and the splits hold each image's path (and label, md5); the pixels are decoded by tf.data
+    when training, evaluation and scoring read them, and scoring names each image's path."""
+    import mlflow
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from tasks.predict import score_file
+
+    _, run, _ = workload_run
+    layout = run.layout
+    assert pq.read_schema(layout.raw_data).names == ["path", "target", "md5"]
+    for name in ("train", "val", "test"):
+        assert pq.read_schema(layout.processed_dir / f"{name}.parquet").names == ["path", "__label__"]
+    written = [path for path in layout.root.rglob("*.parquet") if "images" not in path.parts]
+    assert all(len(pq.read_schema(path).names) <= 3 for path in written), written
+    assert run.results["evaluate"]["test"]["accuracy"] >= 0.8
+
+    scorer = mlflow.pyfunc.load_model(f"models:/{run.params.register_.model_name}@champion").unwrap_python_model()
+    images = layout.root / "images"
+    writer = score_file(images, tmp_path / "scored.csv", scorer, {}, 32)
+    writer.commit()
+    scored = pd.read_csv(tmp_path / "scored.csv")
+    assert len(scored) == 240 and scored["path"].str.endswith(".png").all()
+    circles = scored[scored["path"].str.contains("/circle/")]
+    assert (circles["label"] == "circle").mean() > 0.8  # the path tells which image each prediction is for
