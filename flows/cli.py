@@ -23,6 +23,19 @@ def parse_assignments(items: list[str]) -> dict[str, Any]:
     return overrides
 
 
+def failed(error: Exception, what: str) -> int:
+    """One message for a failed pipeline or study: an expected failure's own (exit 2 for params, else 1), no
+    traceback (Prefect's logs keep it); anything else is named as a failure of kerasflow's, with its type."""
+    from kerasflow.config import ConfigError
+    from kerasflow.errors import is_expected
+
+    if is_expected(error):
+        sys.stderr.write(f"kerasflow: {error}\n")
+        return 2 if isinstance(error, ConfigError) else 1
+    sys.stderr.write(f"kerasflow: {what} failed: {type(error).__name__}: {error}\n")
+    return 1
+
+
 def report(result: dict[str, Any]) -> str:
     registration = result["registration"]
     lines = ["", "kerasflow: pipeline finished", f"  MLflow run      {result['run_id']}"]
@@ -89,15 +102,13 @@ def tune(args: argparse.Namespace) -> int:
         sys.stderr.write(f"kerasflow: {error}\n")
         return 2
     from flows.tuning import tuning_pipeline
+    from kerasflow.errors import quiet_console
 
+    quiet_console()
     try:
         result = tuning_pipeline(params_path=args.params, overrides=overrides or None, cache_data=not args.no_cache)
-    except ConfigError as error:  # found once the data is known (e.g. a metric this task does not log)
-        sys.stderr.write(f"kerasflow: {error}\n")
-        return 2
     except Exception as error:
-        sys.stderr.write(f"kerasflow: study failed: {error}\n")
-        return 1
+        return failed(error, "study")
     sys.stdout.write((json.dumps(result, indent=2, default=str) if args.json else study_report(result)) + "\n")
     return 0
 
@@ -154,6 +165,58 @@ def predict(args: argparse.Namespace) -> int:
     if result.drift:
         lines.append(f"  drift report    {result.drift_report} (and .png)")
     sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+def init(args: argparse.Namespace) -> int:
+    """`kerasflow init --data PATH --target COLUMN`: params.yaml for the user's own data, each choice explained."""
+    from pathlib import Path
+
+    from kerasflow.config import ConfigError
+    from kerasflow.init import init_project
+
+    try:
+        params, reasons = init_project(
+            Path(args.data),
+            args.target,
+            Path.cwd(),
+            task=args.task,
+            text=args.text_column,
+            image_size=args.image_size,
+            model_name=args.name,
+        )
+    except ConfigError as error:
+        sys.stderr.write(f"kerasflow: {error}\n")
+        return 2
+    lines = [f"kerasflow: params.yaml is now a {params.ingest.task} workload on {args.data}", "", "Chosen:"]
+    lines += [f"  {reason}" for reason in reasons]
+    lines += [
+        "",
+        "The previous workload's schema is cleared and dvc.yaml follows params.yaml.",
+        "Run it with `kerasflow run` or `dvc repro`; change anything in params.yaml first if you like.",
+    ]
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+def accept_schema(args: argparse.Namespace) -> int:
+    """`kerasflow accept-schema`: record the current raw data's schema, accepting a change validate refused."""
+    from pathlib import Path
+
+    from kerasflow.config import ConfigError, load_params
+    from kerasflow.layout import Layout
+    from kerasflow.runtime import configure_logging
+
+    configure_logging()
+    from flows.stages.validate import accept
+
+    try:
+        params = load_params(args.params)
+        schema = accept(params, Layout(Path(args.params).resolve().parent))
+    except (ConfigError, FileNotFoundError) as error:
+        sys.stderr.write(f"kerasflow: {error}\n")
+        return 2
+    sys.stdout.write(f"kerasflow: recorded the schema of {schema['source']} ({len(schema['columns'])} columns)\n")
     return 0
 
 
@@ -217,6 +280,15 @@ def main(argv: list[str] | None = None) -> int:
     scoring.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a param"
     )
+    starting = commands.add_parser("init", help="write params.yaml for your own CSV, Parquet file or image folder")
+    starting.add_argument("--data", required=True, help="a .csv or .parquet file, or a folder of class sub-folders")
+    starting.add_argument("--target", help="the column to predict (not for an image folder)")
+    starting.add_argument("--task", choices=["classification", "regression"], help="when the target's values mislead")
+    starting.add_argument("--text-column", help="the column of free text (found by itself where it can be)")
+    starting.add_argument("--image-size", type=int, help="images are resized to this many pixels square")
+    starting.add_argument("--name", help="the registered model's name (default: from the data's)")
+    accepting = commands.add_parser("accept-schema", help="record the raw data's schema, accepting a changed one")
+    accepting.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
     example = commands.add_parser("example", help="make examples/NAME the project's workload (params, dvc.yaml)")
     example.add_argument("name", nargs="?", help="the example (omit to list them)")
     example.add_argument(
@@ -226,6 +298,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "example":
         return use_example(args.name, parse_assignments(args.overrides))
+    if args.command == "init":
+        return init(args)
+    if args.command == "accept-schema":
+        return accept_schema(args)
     if args.command == "predict":
         return predict(args)
     if args.command == "tune":
@@ -254,7 +330,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"kerasflow: {error}\n")
         return 2
     from flows.training import training_pipeline
+    from kerasflow.errors import quiet_console
 
+    quiet_console()
     try:
         result = training_pipeline(
             params_path=args.params,
@@ -264,8 +342,7 @@ def main(argv: list[str] | None = None) -> int:
             cache_data=not args.no_cache,
         )
     except Exception as error:
-        sys.stderr.write(f"kerasflow: pipeline failed: {error}\n")
-        return 1
+        return failed(error, "pipeline")
     sys.stdout.write((json.dumps(result, indent=2, default=str) if args.json else report(result)) + "\n")
     return 0
 

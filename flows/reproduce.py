@@ -37,6 +37,7 @@ from typing import Any
 import yaml
 from prefect import flow
 
+from kerasflow.errors import ExpectedError
 from kerasflow.runtime import attach_to_prefect_logging, quiet_defaults
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ DEFAULT_TOLERANCE = 1e-6
 REBUILD_STAGES = ("validate", "preprocess", "train", "evaluate")
 
 
-class ReproduceError(RuntimeError):
+class ReproduceError(ExpectedError, RuntimeError):
     """The record does not say enough to rebuild the version, or a part of it cannot be found."""
 
 

@@ -32,6 +32,7 @@ from prefect.futures import as_completed
 from flows.stages import DATA_STAGES, Context
 from flows.training import run_folder, run_stages, tag_flow_run
 from kerasflow.config import Params, apply_overrides, check_search_space, load_params, parse_params
+from kerasflow.errors import ExpectedError
 from kerasflow.layout import Layout
 from kerasflow.runtime import attach_to_prefect_logging, import_quietly, quiet_defaults
 
@@ -43,7 +44,7 @@ MODEL_STAGES = ("train", "evaluate", "register")
 REGISTERED_TRIAL = "kerasflow.study.registered_trial"
 
 
-class StudyError(RuntimeError):
+class StudyError(ExpectedError, RuntimeError):
     """A study that cannot go on or gave nothing to register (every trial failed or was pruned)."""
 
 

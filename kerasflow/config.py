@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from kerasflow.errors import ExpectedError
 from kerasflow.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS
 
 SKLEARN_DATASETS = ("digits", "breast_cancer", "diabetes", "iris", "wine")
@@ -69,7 +70,7 @@ MERGE_LAYERS = ("concatenate", "add", "average", "multiply")
 OPTIMIZERS = ("sgd", "adam", "rmsprop", "adagrad", "adadelta")
 
 
-class ConfigError(ValueError):
+class ConfigError(ExpectedError, ValueError):
     """Raised when params.yaml (or an override) is not a valid kerasflow configuration."""
 
 
@@ -306,7 +307,7 @@ class TrainParams(_Section):
     # Data streamed from the split files (row groups in a seeded order per epoch, then a shuffle buffer of
     # `shuffle_buffer` rows), or read into memory once: auto keeps splits under `memory_budget_mb` in memory.
     in_memory: bool | Literal["auto"] = "auto"
-    memory_budget_mb: PositiveInt = 256
+    memory_budget_mb: PositiveInt = 32
     shuffle_buffer: PositiveInt = 65536
     # Deterministic ops (tf.config.experimental.enable_op_determinism): the same seed gives the same weights,
     # so `kerasflow reproduce` matches exactly. auto: on without a GPU (about 5 % of throughput on a CPU) unless

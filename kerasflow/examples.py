@@ -46,9 +46,6 @@ def relative_paths(params: Params, project_root: Path) -> dict[str, Any]:
 def use_example(name: str, project_root: Path, overrides: dict[str, Any] | None = None) -> Params:
     """Write examples/NAME/params.yaml, completed and with `overrides`, as the project's params.yaml; clear the
     previous workload's schema and regenerate dvc.yaml for the files the example names."""
-    from flows.dvc_stage import render_dvc_yaml
-    from flows.stages import build_stages
-
     project_root = project_root.resolve()
     source = project_root / "examples" / name / "params.yaml"
     if not source.is_file():
@@ -58,6 +55,17 @@ def use_example(name: str, project_root: Path, overrides: dict[str, Any] | None 
         f"# The workload of examples/{name}, written by `kerasflow example {name}`: every key, with paths from\n"
         "# the project root. Edit it, or switch workloads again with `kerasflow example NAME`.\n"
     )
+    write_workload(params, project_root, header)
+    logger.info("params.yaml is now examples/%s (model %s)", name, params.register_.model_name)
+    return params
+
+
+def write_workload(params: Params, project_root: Path, header: str) -> None:
+    """`params` as the project's params.yaml (every key, paths from the project root); the previous workload's
+    recorded schema cleared, and dvc.yaml regenerated for the files the params name."""
+    from flows.dvc_stage import render_dvc_yaml
+    from flows.stages import build_stages
+
     body = yaml.safe_dump(relative_paths(params, project_root), sort_keys=False, width=120)
     write_text(project_root / "params.yaml", header + body)
     layout = Layout(project_root)
@@ -65,5 +73,3 @@ def use_example(name: str, project_root: Path, overrides: dict[str, Any] | None 
         layout.schema.unlink()  # recorded for the previous workload's data; validate records this one's
     if (project_root / "dvc.yaml").is_file():
         write_text(project_root / "dvc.yaml", render_dvc_yaml(build_stages(layout, params)))
-    logger.info("params.yaml is now examples/%s (model %s)", name, params.register_.model_name)
-    return params

@@ -27,7 +27,7 @@ import pandas as pd
 # Up to this many rows (a served request) the model runs eagerly; more (batch scoring) go through its
 # compiled predict step, this many rows at a time.
 EAGER_ROWS = 2048
-PREDICT_BATCH = 8192
+PREDICT_BATCH = 65536
 
 
 def load_interface(path: str) -> Any:
@@ -87,12 +87,14 @@ class KerasRawInputModel(mlflow.pyfunc.PythonModel):
 
 
 def tensors(features: Any, start: int, stop: int) -> Any:
-    """Rows `start:stop` of the model inputs as tensors (Keras' predict refuses NumPy string arrays)."""
+    """Rows `start:stop` of the model inputs: numbers as they are, text as tensors (Keras refuses NumPy strings)."""
     import tensorflow as tf
 
-    if isinstance(features, dict):
-        return {name: tf.constant(values[start:stop]) for name, values in features.items()}
-    return tf.constant(features[start:stop])
+    def part(values: np.ndarray) -> Any:
+        values = values[start:stop]
+        return values if values.dtype.kind in "fiub" else tf.constant(values)
+
+    return {name: part(values) for name, values in features.items()} if isinstance(features, dict) else part(features)
 
 
 mlflow.models.set_model(KerasRawInputModel())

@@ -12,6 +12,7 @@ import os
 import random
 import shlex
 import sys
+import threading
 from typing import Any
 
 import numpy as np
@@ -87,9 +88,27 @@ NATIVE_START_UP_NOISE = (
 )
 
 
+# One swap of file descriptor 2 at a time: it is the whole process's, so two overlapping swaps (stage runs on
+# Prefect's worker threads, tuning trials on a thread pool) would leave stderr on a deleted temporary file.
+_STDERR_SWAP = threading.Lock()
+_QUIETED: set[str] = set()
+
+
 def import_quietly(module: str) -> Any:
     """Import `module` (and, if that loads TensorFlow, let it look for GPUs) with TensorFlow's native start-up
-    lines left out of stderr; every other line written meanwhile is passed on."""
+    lines left out of stderr; every other line written meanwhile is passed on. Thread-safe: the swap of the
+    process's stderr happens under a lock, and once per module."""
+    import importlib
+
+    with _STDERR_SWAP:
+        if module in _QUIETED:
+            return importlib.import_module(module)
+        loaded = _import_with_stderr_filtered(module)
+        _QUIETED.add(module)
+        return loaded
+
+
+def _import_with_stderr_filtered(module: str) -> Any:
     import importlib
     import tempfile
 

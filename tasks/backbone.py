@@ -14,6 +14,7 @@ from typing import Any
 import keras
 
 from kerasflow.config import BackboneParams, ConfigError
+from kerasflow.errors import ExpectedError
 
 # How each supported backbone wants its RGB input (keras.applications' `preprocess_input` modes):
 # tf scales to [-1, 1]; torch to [0, 1] then ImageNet mean / std; "included" models rescale inside.
@@ -41,7 +42,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 WEIGHTS_ORIGIN = "https://storage.googleapis.com/tensorflow/keras-applications/"
 
 
-class BackboneWeightsError(RuntimeError):
+class BackboneWeightsError(ExpectedError, RuntimeError):
     """The backbone's weights could not be loaded; `transient` when a download may work on a retry."""
 
     def __init__(self, message: str, transient: bool = False) -> None:

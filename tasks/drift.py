@@ -139,12 +139,12 @@ def category_statistics(summary: CategorySummary) -> CategoryStatistics:
     )
 
 
-def missing_values(column: pd.Series) -> np.ndarray:
-    """Which values of a raw column are missing: null, NaN, or empty text."""
-    missing = column.isna().to_numpy()
-    if column.dtype == object or isinstance(column.dtype, pd.StringDtype):
-        missing |= (column.astype("string").str.strip() == "").fillna(False).to_numpy(dtype=bool)
-    return missing
+def numeric_matrix(frame: pd.DataFrame, names: list[str]) -> np.ndarray:
+    """The named columns side by side as float64, NaN where a value is missing."""
+    table = frame[names]
+    if all(pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype) for dtype in table.dtypes):
+        return table.to_numpy(dtype="float64", na_value=np.nan)
+    return np.column_stack([numbers(table[name]) for name in names])
 
 
 def psi(expected: np.ndarray, actual: np.ndarray) -> float:
@@ -182,17 +182,23 @@ class DriftCounter:
 
     def add(self, batch: Any) -> None:
         frame = image_means(batch) if self.image else batch
+        if not len(frame):
+            return
         self.rows += len(frame)
-        for name, stats in self.statistics.numeric.items():
-            column = frame[name]
+        names = list(self.statistics.numeric)
+        # Every numeric column at once: one float64 matrix (NaN where missing, a blank text cell included).
+        matrix = numeric_matrix(frame, names) if names else np.empty((len(frame), 0))
+        missing = np.isnan(matrix).sum(axis=0)
+        sample = matrix[:BIN_SAMPLE_ROWS]
+        for position, (name, stats) in enumerate(self.statistics.numeric.items()):
             counts = self.counts[name]
-            counts.rows += len(column)
-            counts.missing += int(missing_values(column).sum())
-            sample = numbers(column.iloc[:BIN_SAMPLE_ROWS])
-            sample = sample[~np.isnan(sample)]
-            counts.binned += len(sample)
+            counts.rows += len(frame)
+            counts.missing += int(missing[position])
+            values = sample[:, position]
+            values = values[~np.isnan(values)]
+            counts.binned += len(values)
             counts.bins += np.bincount(
-                np.searchsorted(np.asarray(stats.edges), sample, side="right"), minlength=len(stats.shares)
+                np.searchsorted(np.asarray(stats.edges), values, side="right"), minlength=len(stats.shares)
             )
         for name, stats in self.statistics.categorical.items():
             values = pd.Series(strings(frame[name]))

@@ -25,6 +25,7 @@ import pandas as pd
 import pyarrow as pa
 
 from kerasflow.config import IngestParams
+from kerasflow.errors import ExpectedError
 from kerasflow.io import write_json
 from kerasflow.records import RawDatasetInfo
 from kerasflow.tables import ParquetStream, iter_batches, row_count
@@ -43,7 +44,7 @@ IMAGE_PATH, IMAGE_MD5 = "path", "md5"
 SAMPLE_SALT = 1
 
 
-class DataSourceError(RuntimeError):
+class DataSourceError(ExpectedError, RuntimeError):
     """The raw data could not be read or downloaded; `transient` when trying again may help."""
 
     def __init__(self, message: str, transient: bool = False) -> None:
@@ -149,20 +150,27 @@ def _open_file(params: IngestParams) -> SourceData:
 
 
 def _open_parquet(path: Path, params: IngestParams) -> SourceData:
+    """A Parquet file, or a folder of them (read in name order, each a batch at a time: pyarrow's dataset scanner
+    reads ahead by whole row groups, holding far more than a batch)."""
     import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
 
+    files = sorted(item for item in path.rglob("*.parquet") if item.is_file()) if path.is_dir() else [path]
+    if not files:
+        raise DataSourceError(f"{path}: no Parquet files in the folder")
     try:
-        dataset = ds.dataset(path, format="parquet")
-        schema = dataset.schema
-        rows = dataset.count_rows()
+        schema = ds.dataset([str(file) for file in files], format="parquet").schema
+        rows = sum(pq.ParquetFile(file).metadata.num_rows for file in files)
     except (pa.ArrowException, OSError, ValueError) as error:
         raise DataSourceError(f"{path}: could not be read as parquet: {error}") from error
-    if not dataset.files:
-        raise DataSourceError(f"{path}: no Parquet files in the folder")
 
     def batches() -> Iterator[pa.RecordBatch]:
         try:
-            yield from dataset.to_batches(batch_size=params.batch_rows)
+            for file in files:
+                for batch in pq.ParquetFile(file, pre_buffer=False).iter_batches(batch_size=params.batch_rows):
+                    yield pa.Table.from_batches([batch]).select(schema.names).cast(schema).to_batches()[0]
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            raise
         except (pa.ArrowException, OSError) as error:
             raise DataSourceError(f"{path}: could not be read as parquet: {error}") from error
 

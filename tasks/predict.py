@@ -19,17 +19,19 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from kerasflow.errors import ExpectedError
 from kerasflow.model_interface import ModelInputError, ModelInputs
 from kerasflow.tables import iter_frames
+from kerasflow.tables import writer as parquet_writer
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
 
-class InputFileError(ValueError):
+class InputFileError(ExpectedError, ValueError):
     """The input cannot be read as rows the model takes; the message names the file and says why."""
 
 
-class DriftError(RuntimeError):
+class DriftError(ExpectedError, RuntimeError):
     """New data drifted past the thresholds and `predict.fail_on_drift` refused to write predictions."""
 
 
@@ -139,11 +141,10 @@ class OutputWriter:
             frame.to_csv(self.temporary, mode="a", header=self.rows == 0, index=False)
         else:
             import pyarrow as pa
-            import pyarrow.parquet as pq
 
             table = pa.Table.from_pandas(frame, preserve_index=False)
             if self.parquet is None:
-                self.parquet = pq.ParquetWriter(self.temporary, table.schema)
+                self.parquet = parquet_writer(self.temporary, table.schema)
             self.parquet.write_table(table)
         self.rows += len(frame)
 
@@ -201,8 +202,9 @@ def score_file(
     """Score `input_path` batch by batch with `scorer` (the model's pyfunc implementation) into a temporary
     file beside `output_path`; return its writer, for the caller to `commit` (or `abort`).
 
-    Each batch is read and turned into model inputs (by the model's own copy of the raw-input function) in a
-    thread while the one before is scored; its rows keep their number in the file, so an error names the row.
+    Three steps overlap: the next batch is read and turned into model inputs (by the model's own copy of the
+    raw-input function) in a thread, the current one is scored, and the one before is written and counted for
+    drift in another; a batch's rows keep their number in the file, so an error names the row.
     Each prediction row starts with what joins it back to its record (the row number and `keep_columns`, or
     the image's path) and ends with `identity_columns` (the model's name and version); `drift` (a
     DriftCounter) counts each batch.
@@ -218,23 +220,36 @@ def score_file(
             return first, batch, None
         return first, batch, to_inputs(interface, batch, scorer.config.inputs)
 
+    def finish(first: int, batch: Any, outputs: Any) -> None:
+        """A scored batch into the output (and the drift counts), in a thread while the next one is scored."""
+        if split:
+            predictions = interface.prediction_frame(outputs, scorer.config)
+        else:  # a model logged before its wrapper had `outputs`
+            predictions = predict_batch(scorer, batch)
+        predictions = pd.concat([identity(input_path, first, batch, keep_columns or [], files), predictions], axis=1)
+        for name, value in identity_columns.items():
+            # One value on every row: categorical, so Parquet stores it once per batch.
+            predictions[name] = pd.Categorical.from_codes(np.zeros(len(predictions), dtype=np.int8), [value])
+        writer.write(predictions)
+        if drift is not None:
+            drift.add(batch)
+
+    from concurrent.futures import ThreadPoolExecutor
+
     try:
-        for first, batch, features in read_ahead(read_batches(input_path, batch_rows, scorer.config.inputs), convert):
-            if not len(batch):
-                continue  # a header-only CSV's one empty chunk
-            if split:
-                predictions = interface.prediction_frame(scorer.outputs(features), scorer.config)
-            else:  # a model logged before its wrapper had `outputs`
-                predictions = predict_batch(scorer, batch)
-            predictions = pd.concat(
-                [identity(input_path, first, batch, keep_columns or [], files), predictions], axis=1
-            )
-            for name, value in identity_columns.items():
-                # One value on every row: categorical, so Parquet stores it once per batch.
-                predictions[name] = pd.Categorical([value] * len(predictions))
-            writer.write(predictions)
-            if drift is not None:
-                drift.add(batch)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="kerasflow-write") as behind:
+            pending = None
+            for first, batch, features in read_ahead(
+                read_batches(input_path, batch_rows, scorer.config.inputs), convert
+            ):
+                if not len(batch):
+                    continue  # a header-only CSV's one empty chunk
+                outputs = scorer.outputs(features) if split else None
+                if pending is not None:
+                    pending.result()  # one batch in writing at a time (and its error, if any, raised here)
+                pending = behind.submit(finish, first, batch, outputs)
+            if pending is not None:
+                pending.result()
         if writer.rows == 0:
             raise InputFileError(f"{input_path}: no rows to score (the file is empty, or only a header)")
     except BaseException:

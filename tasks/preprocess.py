@@ -42,6 +42,10 @@ SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 LABEL = "__label__"
 # Salt of the drift sample's hash (independent of the split).
 SAMPLE_SALT = 2
+# Images decoded at a time when fitting on an image folder's training rows; decoded pixels a batch of a split
+# of image files holds at most.
+IMAGE_CHUNK = 64
+BATCH_BYTES = 64 * 2**20
 
 __all__ = ["LABEL", "SPLITS", "ParquetSplit", "Split", "preprocess_dataset", "read_state", "row_hash"]
 
@@ -79,7 +83,10 @@ class ParquetSplit:
             yield frame.drop(columns=LABEL), frame[LABEL].to_numpy()
 
     def batches(self, batch_rows: int) -> Iterator[tuple[Any, np.ndarray]]:
-        """(raw features as the model takes them, labels) batch by batch: images decoded, columns as they are."""
+        """(raw features as the model takes them, labels) batch by batch: images decoded, columns as they are. An
+        image folder's batches hold at most BATCH_BYTES of decoded pixels."""
+        if self.files:
+            batch_rows = max(1, min(batch_rows, BATCH_BYTES // (int(np.prod(self.inputs.shape)) * 4)))
         for x, y in self.frames(batch_rows):
             yield self.features(x), y
 
@@ -286,9 +293,13 @@ def preprocess_dataset(
                 train = assignment == SPLIT_CODES["train"]
                 frame = features.filter(pa.array(train)).to_pandas()
                 frame.index = pd.Index(positions[train])
-                x = training_features(frame, info, inputs)
-                fitter.add(x, labels[train])
-                drift.add(x, positions[train])
+                train_labels, train_positions = labels[train], positions[train]
+                done = 0
+                for x in training_features(frame, info, inputs):  # images a chunk at a time
+                    rows = slice(done, done + len(x))
+                    fitter.add(x, train_labels[rows])
+                    drift.add(x, train_positions[rows])
+                    done += len(x)
             kept = {name: writer.commit() for name, writer in writers.items()}
         except BaseException:
             for writer in writers.values():
@@ -331,16 +342,15 @@ def _codes_reader(
     return codes
 
 
-def training_features(frame: pd.DataFrame, info: RawDatasetInfo, inputs: ModelInputs) -> Any:
-    """Training rows of a batch as the fitters take them: images (decoded from their files, or from pixel
-    columns), or the feature columns as they are."""
+def training_features(frame: pd.DataFrame, info: RawDatasetInfo, inputs: ModelInputs) -> Iterator[Any]:
+    """Training rows of a batch as the fitters take them: images (decoded from their files a chunk at a time, or
+    from pixel columns), or the feature columns as they are."""
     if info.image_root:
         from tasks.images import absolute, decode_files
 
-        paths = list(absolute(info.image_root, frame["path"]))
-        decoded = list(decode_files(paths, inputs.shape))
-        return np.concatenate(decoded) if decoded else np.empty((0, *inputs.shape), dtype="float32")
-    return feature_matrix(frame, info, inputs) if inputs.kind == "image" else frame
+        yield from decode_files(list(absolute(info.image_root, frame["path"])), inputs.shape, IMAGE_CHUNK)
+    else:
+        yield feature_matrix(frame, info, inputs) if inputs.kind == "image" else frame
 
 
 class DriftSample:
@@ -368,9 +378,8 @@ class DriftSample:
     def notes(self) -> dict[str, str]:
         """What was computed on a sample rather than on every training row."""
         if self.summary.rows > self.limit and len(self.sample):
-            return {
-                "drift_bins": f"decile bins from a seeded sample of {len(self.sample):,} of {self.summary.rows:,} training rows"
-            }
+            sampled = f"{len(self.sample):,} of {self.summary.rows:,}"
+            return {"drift_bins": f"drift's decile bins from a seeded sample of {sampled} training rows"}
         return {}
 
 

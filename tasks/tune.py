@@ -203,7 +203,9 @@ def recover_interrupted(study: optuna.Study) -> list[int]:
     store = study._storage  # noqa: SLF001 (Optuna has no public setter for another process's trial)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         store.set_trial_user_attr(trial._trial_id, INTERRUPTED, True)
-        study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+        # The grid sampler's after_trial may call Study.stop here, outside an objective (optuna/optuna#5141):
+        # the trial is recorded failed by then, and its point is queued again just below.
+        told(study.tell, trial.number, state=TrialState.FAIL, skip_if_finished=True)
         study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
         if "grid_id" in trial.system_attrs:
             # The retry stands for the same grid point: GridSampler looks its point up when it is told.
@@ -233,8 +235,14 @@ def tell(study: optuna.Study, trial: optuna.trial.Trial, state: str, value: floa
     GridSampler); the trial is recorded by then, and the study has simply run out of points.
     """
     states = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL}
+    told(study.tell, trial, value if state == "complete" else None, state=states[state], skip_if_finished=True)
+
+
+def told(telling: Any, *args: Any, **kwargs: Any) -> None:
+    """Run a `study.tell`; the grid sampler's "Study.stop is supposed to be invoked inside an objective function"
+    after the state is stored (its last point) is not an error here."""
     try:
-        study.tell(trial, value if state == "complete" else None, state=states[state], skip_if_finished=True)
+        telling(*args, **kwargs)
     except RuntimeError as error:
         if "Study.stop" not in str(error):
             raise

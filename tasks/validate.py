@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from kerasflow.config import ValidateParams
+from kerasflow.errors import ExpectedError
 from kerasflow.records import RawDatasetInfo
 from tasks.summaries import TableSummary
 
@@ -22,13 +23,13 @@ from tasks.summaries import TableSummary
 REPORTED_CATEGORIES = 20
 
 
-class DataValidationError(ValueError):
+class DataValidationError(ExpectedError, ValueError):
     """The raw dataset has problems; `problems` lists each one."""
 
-    def __init__(self, problems: list[str], source: str = "raw dataset") -> None:
+    def __init__(self, problems: list[str], source: str = "raw dataset", hint: str = "") -> None:
         self.problems = problems
         listing = "\n".join(f"  - {problem}" for problem in problems)
-        super().__init__(f"{source}: {len(problems)} validation problem(s):\n{listing}")
+        super().__init__(f"{source}: {len(problems)} validation problem(s):\n{listing}" + (f"\n{hint}" if hint else ""))
 
 
 # Examples of values that are not numbers kept per column, for the message.

@@ -1,4 +1,10 @@
-"""Stage validate: check the raw data against the recorded schema (inferred and recorded on the first run)."""
+"""Stage validate: check the raw data against the recorded schema (inferred and recorded on the first run).
+
+The schema knows the source it was recorded for. Data from another source (another file, another
+dataset) gets a schema of its own, said in one line; the same source with other columns or ranges
+is refused, naming them, the user's file, and `kerasflow accept-schema`, the one command that accepts
+the change.
+"""
 
 from __future__ import annotations
 
@@ -8,27 +14,48 @@ from typing import Any
 from flows.stages import Context
 from kerasflow.config import Params
 from kerasflow.io import read_json, write_json
+from kerasflow.layout import Layout
 from kerasflow.records import RawDatasetInfo
 from kerasflow.tables import iter_frames, row_group_rows
 from tasks.validate import DataValidationError, validate_dataset
 
 logger = logging.getLogger(__name__)
 
+ACCEPT = "kerasflow accept-schema"
+
 
 def run(params: Params, context: Context) -> dict[str, Any]:
     layout = context.layout
     info = RawDatasetInfo.from_dict(read_json(layout.raw_meta))
     recorded = read_json(layout.schema) if layout.schema.is_file() else None
-    batches = (frame for _, frame in iter_frames(layout.raw_data, row_group_rows(layout.raw_data)))
+    replaced = None
+    if recorded is not None and recorded.get("source") != info.source_label:
+        replaced = recorded.get("source") or "data of unknown source"
+        logger.info(
+            "%s was recorded for %s; this data is %s: recording a schema for it",
+            layout.schema,
+            replaced,
+            info.source_label,
+        )
+        recorded = None
     try:
-        schema, report = validate_dataset(batches, info, recorded, params.validate_)
+        schema, report = validate_dataset(batches(layout), info, recorded, params.validate_)
     except DataValidationError as error:
         # The report says what went wrong; preprocess refuses to run on a failed report.
         write_json(layout.validation_report, {"ok": False, "problems": error.problems, "md5": info.md5})
-        raise
+        if recorded is not None:
+            raise DataValidationError(
+                error.problems,
+                source=where(info),
+                hint=f"{layout.schema} was recorded for this source; if the change is intended, run `{ACCEPT}`",
+            ) from None
+        raise DataValidationError(error.problems, source=where(info)) from None
     if recorded is None:
-        write_json(layout.schema, schema)
+        write_json(layout.schema, {**schema, "source": info.source_label})
         logger.info("recorded the dataset schema in %s", layout.schema)
+    if replaced:
+        report["schema"] = "new source"
+        report["replaced_schema_of"] = replaced
     write_json(layout.validation_report, report)
     logger.info(
         "%d rows x %d columns passed validation against the %s schema",
@@ -37,3 +64,23 @@ def run(params: Params, context: Context) -> dict[str, Any]:
         report["schema"],
     )
     return report
+
+
+def where(info: RawDatasetInfo) -> str:
+    """The user's file or folder, or the built-in dataset: how messages name the data."""
+    return info.source.get("path") or info.source_label or info.file
+
+
+def batches(layout: Layout) -> Any:
+    return (frame for _, frame in iter_frames(layout.raw_data, row_group_rows(layout.raw_data)))
+
+
+def accept(params: Params, layout: Layout) -> dict[str, Any]:
+    """Record the schema of the raw data as it is now (the change validate refused becomes the recorded schema)."""
+    if not layout.raw_meta.is_file():
+        raise FileNotFoundError(f"{layout.raw_meta}: not found; run the ingest stage first (`dvc repro ingest`)")
+    info = RawDatasetInfo.from_dict(read_json(layout.raw_meta))
+    schema, _ = validate_dataset(batches(layout), info, None, params.validate_)
+    write_json(layout.schema, {**schema, "source": info.source_label})
+    logger.info("recorded the schema of %s in %s", info.source_label, layout.schema)
+    return {**schema, "source": info.source_label}

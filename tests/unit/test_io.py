@@ -41,3 +41,39 @@ def test_file_md5_is_the_plain_content_hash(tmp_path):
     path = tmp_path / "data.bin"
     path.write_bytes(b"kerasflow" * 100_000)
     assert file_md5(path, chunk_size=4096) == hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def test_quiet_imports_from_two_threads_leave_stderr_whole():
+    """Stage runs and tuning trials import from threads: overlapping swaps of the process's stderr once left it
+    pointing at a deleted temporary file, and every later warning was lost."""
+    import importlib
+    import os
+    import sys
+    import threading
+
+    from kerasflow import runtime
+
+    before = os.fstat(2)
+    errors = []
+    names = [f"json.{name}" for name in ("decoder", "encoder", "scanner")] + ["csv", "uuid", "decimal", "fractions"]
+
+    def work(offset: int) -> None:
+        try:
+            for index in range(40):
+                name = names[(index + offset) % len(names)]
+                getattr(runtime, "_QUIETED", set()).discard(name)  # swap every time, as a first import would
+                sys.modules.pop(name, None) if name in ("fractions",) else None
+                runtime.import_quietly(name)
+                sys.stderr.write("")
+        except Exception as error:  # noqa: BLE001 (collected for the assertion)
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(offset,)) for offset in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    after = os.fstat(2)
+    assert not errors
+    assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)  # stderr is still stderr
+    importlib.import_module("json")

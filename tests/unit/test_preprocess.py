@@ -75,7 +75,9 @@ def test_the_split_does_not_depend_on_how_the_file_is_batched(tmp_path):
             assert np.array_equal(splits[name].y, first[name].y)
         assert state.rows == first_state.rows
         # The same vocabularies; the same moments up to the last bits (sums merged in another order).
-        assert state.fitted.categorical == first_state.fitted.categorical and state.fitted.text == first_state.fitted.text
+        assert (
+            state.fitted.categorical == first_state.fitted.categorical and state.fitted.text == first_state.fitted.text
+        )
         for column, fit in state.fitted.numeric.items():
             other = first_state.fitted.numeric[column]
             assert [fit.fill, fit.mean, fit.variance] == pytest.approx([other.fill, other.mean, other.variance], 1e-12)

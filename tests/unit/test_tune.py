@@ -236,3 +236,19 @@ def test_the_report_has_a_row_per_trial_and_draws_each_chart(tmp_path):
 def test_labels_show_a_mapping_choice_by_its_values():
     assert tune_report.shown('{"momentum": 0.9, "name": "sgd"}') == "sgd momentum 0.9"
     assert tune_report.shown(0.000123456) == "0.000123"
+
+
+def test_a_grid_study_killed_in_its_last_trial_continues_at_the_first_try(tmp_path):
+    """Marking the killed last grid point failed makes the grid sampler stop the study from outside an objective
+    (optuna/optuna#5141): the next run once failed at once with Optuna's RuntimeError."""
+    study, params = study_in(tmp_path, "grid")
+    space = tune.distributions(params.tune.space, grid=True)
+    for _ in range(2):
+        tune.tell(study, study.ask(space), "complete", 0.5)
+    killed = study.ask(space)  # the last of the three points, left RUNNING by a SIGKILL
+    again, _ = study_in(tmp_path, "grid")
+    assert tune.recover_interrupted(again) == [killed.number]
+    retry = again.ask(space)
+    assert retry.params == killed.params
+    tune.tell(again, retry, "complete", 0.4)
+    assert len(tune.counted_trials(again)) == 3
