@@ -47,7 +47,7 @@ class QuietExpectedFailures(logging.Filter):
         return True
 
 
-def quiet_console(loggers: tuple[str, ...] = ("prefect", "prefect.flow_runs", "prefect.task_runs")) -> None:
+def quiet_console(loggers: tuple[str, ...] = ("", "prefect", "prefect.flow_runs", "prefect.task_runs")) -> None:
     """Add the filter to the console handlers of Prefect's loggers (not to its API handler)."""
     quiet = QuietExpectedFailures()
     for name in loggers:

@@ -87,14 +87,15 @@ class KerasRawInputModel(mlflow.pyfunc.PythonModel):
 
 
 def tensors(features: Any, start: int, stop: int) -> Any:
-    """Rows `start:stop` of the model inputs: numbers as they are, text as tensors (Keras refuses NumPy strings)."""
+    """Rows `start:stop` of the model inputs: NumPy arrays when all are numbers, else all tensors (Keras refuses
+    NumPy strings, and a mix of tensors and arrays)."""
     import tensorflow as tf
 
-    def part(values: np.ndarray) -> Any:
-        values = values[start:stop]
-        return values if values.dtype.kind in "fiub" else tf.constant(values)
-
-    return {name: part(values) for name, values in features.items()} if isinstance(features, dict) else part(features)
+    parts = features if isinstance(features, dict) else {"": features}
+    rows = {name: values[start:stop] for name, values in parts.items()}
+    if any(values.dtype.kind not in "fiub" for values in rows.values()):
+        rows = {name: tf.constant(values) for name, values in rows.items()}
+    return rows if isinstance(features, dict) else rows[""]
 
 
 mlflow.models.set_model(KerasRawInputModel())
