@@ -185,34 +185,19 @@ def worktree(project: Path, commit: str) -> Iterator[Path]:
 def fetch_data(record: Record, project: Path, checkout: Path) -> None:
     """The raw dataset by its hash into the checkout's data/raw, with its recorded description and schema.
 
-    `dvc pull` of a `.dvc` file naming the hash reads the project's cache, then its remote. kerasflow's
-    own content cache (`.kerasflow/cache/ingest-*`, where Prefect runs keep the data) is the last place
-    looked: a file there is used only if its md5 is the hash.
+    Looked up by hash through DVC's own API in the project's cache (wherever `cache.dir` puts it), then in its
+    default remote; nothing is written into the project or the checkout for DVC to track (data/ is git-ignored
+    there). kerasflow's own content cache (`.kerasflow/cache/ingest-*`, where Prefect runs keep the data) is the
+    last place looked: a file there is used only if its md5 is the hash.
     """
     from kerasflow.io import file_md5
     from kerasflow.layout import Layout
 
     layout = Layout(checkout)
-    raw = layout.raw_dir
-    raw.mkdir(parents=True, exist_ok=True)
+    layout.raw_dir.mkdir(parents=True, exist_ok=True)
     target = layout.raw_data
-    tried = []
-    if (project / ".dvc").is_dir() and (checkout / ".dvc").is_dir():
-        cache = dvc_cache_dir(project)
-        tool = [sys.executable, "-m", "dvc"]
-        subprocess.run([*tool, "config", "--local", "cache.dir", str(cache)], cwd=checkout, capture_output=True)
-        (raw / "dataset.parquet.dvc").write_text(
-            yaml.safe_dump({"outs": [{"md5": record.data_md5, "path": "dataset.parquet", "hash": "md5"}]})
-        )
-        pulled = subprocess.run(
-            [*tool, "pull", str(raw / "dataset.parquet.dvc")], cwd=checkout, capture_output=True, text=True
-        )
-        tried.append(f"the DVC cache {cache} and the project's DVC remote ({last_line(pulled.stderr) or 'not found'})")
-        (raw / "dataset.parquet.dvc").unlink()
-    else:
-        tried.append(f"no DVC cache ({project} is not a DVC project)")
-    if not (target.is_file() and file_md5(target) == record.data_md5):
-        target.unlink(missing_ok=True)
+    tried: list[str] = []
+    if not from_dvc(record.data_md5, project, target, tried):
         for candidate in sorted((project / ".kerasflow" / "cache").glob("ingest-*/dataset.parquet")):
             if file_md5(candidate) == record.data_md5:
                 shutil.copy(candidate, target)
@@ -225,14 +210,31 @@ def fetch_data(record: Record, project: Path, checkout: Path) -> None:
         layout.schema.write_text(record.lineage["schema.json"])
 
 
-def dvc_cache_dir(project: Path) -> Path:
-    found = subprocess.run([sys.executable, "-m", "dvc", "cache", "dir"], cwd=project, capture_output=True, text=True)
-    return Path(found.stdout.strip()) if found.returncode == 0 and found.stdout.strip() else project / ".dvc" / "cache"
+def from_dvc(md5: str, project: Path, target: Path, tried: list[str]) -> bool:
+    """Copy the object of hash `md5` from the project's DVC cache, or its default remote, to `target`."""
+    from kerasflow.io import file_md5
 
+    if not (project / ".dvc").is_dir():
+        tried.append(f"no DVC cache ({project} is not a DVC project)")
+        return False
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
 
-def last_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else ""
+    with Repo(str(project)) as repo:
+        places = [("the DVC cache", lambda: repo.cache.local), ("the DVC remote", lambda: repo.cloud.get_remote_odb())]
+        for name, database in places:
+            try:
+                odb = database()
+                path = odb.oid_to_path(md5)
+                if odb.fs.exists(path):
+                    odb.fs.get_file(path, str(target))
+                    if file_md5(target) == md5:
+                        return True
+                    target.unlink(missing_ok=True)
+                tried.append(f"{name} {odb.path}")
+            except DvcException as error:  # no remote configured, or one that cannot be reached
+                tried.append(f"{name} ({error})")
+    return False
 
 
 def rebuild(record: Record, checkout: Path) -> Path:
