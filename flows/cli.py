@@ -23,6 +23,15 @@ def parse_assignments(items: list[str]) -> dict[str, Any]:
     return overrides
 
 
+def check_model(params: Any) -> Any:
+    """Each layer of params.yaml's model made once (TensorFlow's start-up lines left out): a bad argument stops the
+    command here, with exit 2, before any stage runs. Returns the params."""
+    from kerasflow.runtime import import_quietly
+
+    import_quietly("tasks.model").check_spec(params.model)
+    return params
+
+
 def failed(error: Exception, what: str) -> int:
     """One message for a failed pipeline or study: an expected failure's own (exit 2 for params, else 1), no
     traceback (Prefect's logs keep it); anything else is named as a failure of kerasflow's, with its type."""
@@ -97,15 +106,17 @@ def tune(args: argparse.Namespace) -> int:
     if args.n_trials is not None:
         overrides["tune.n_trials"] = args.n_trials
     try:
-        check_search_space(load_params(args.params, overrides))
+        check_search_space(check_model(load_params(args.params, overrides)))
     except ConfigError as error:
         sys.stderr.write(f"kerasflow: {error}\n")
         return 2
     from flows.tuning import tuning_pipeline
     from kerasflow.errors import quiet_console
+    from kerasflow.runtime import start_temporary_prefect_server
 
     quiet_console()
     try:
+        start_temporary_prefect_server()
         result = tuning_pipeline(params_path=args.params, overrides=overrides or None, cache_data=not args.no_cache)
     except Exception as error:
         return failed(error, "study")
@@ -324,16 +335,19 @@ def main(argv: list[str] | None = None) -> int:
 
     overrides = parse_assignments(args.overrides)
     try:
-        load_params(args.params, overrides)  # Fail before Prefect starts a server for a bad config.
+        # Fail before Prefect starts a server for a bad config (every layer argument included).
+        check_model(load_params(args.params, overrides))
     except ConfigError as error:
         # Prefect formats the logs of flow runs; the command's own errors go straight to stderr.
         sys.stderr.write(f"kerasflow: {error}\n")
         return 2
     from flows.training import training_pipeline
     from kerasflow.errors import quiet_console
+    from kerasflow.runtime import start_temporary_prefect_server
 
     quiet_console()
     try:
+        start_temporary_prefect_server()
         result = training_pipeline(
             params_path=args.params,
             overrides=overrides or None,

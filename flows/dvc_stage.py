@@ -92,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     layout = Layout(root)
     try:
         params = load_params(root / args.params)
+        if args.stage == "ingest":  # the first stage of a `dvc repro`: every layer argument checked before any work
+            from kerasflow.runtime import import_quietly
+
+            import_quietly("tasks.model").check_spec(params.model)
     except ConfigError as error:
         logger.error("%s", error)
         return 2

@@ -118,12 +118,35 @@ def predict_file(
     run_id = record(params, project_root, uri, name, version, source, output, writer.rows, seconds, drift, report_path)
     summary = summary_line(drift) if drift else "drift: not checked (the model carries no training statistics)"
     logger.info("scored %d rows with %s version %s in %.1f s; %s", writer.rows, name, version, seconds, summary)
+    if version:  # a registered model: tell Prefect (automations may retrain on drift)
+        announce(name, version, drift, source, writer.rows, run_id, report_path)
     if refused:
         raise DriftError(f"{source}: {summary}; predict.fail_on_drift is true, so no predictions were written")
     plot_path = report_path.with_suffix(".png")
     if drift:
         plot_drift(drift, plot_path, title=f"{source.name} against {name} v{version}'s training split")
     return PredictionResult(output, writer.rows, seconds, uri, name, version, drift, report_path, run_id)
+
+
+def announce(
+    name: str, version: str, drift: dict[str, Any], source: Path, rows: int, run_id: str | None, report_path: Path
+) -> None:
+    """`kerasflow.prediction.completed`, and `kerasflow.drift.detected` when a column drifted (no-ops without a
+    Prefect API)."""
+    from kerasflow import events
+
+    drifted = bool(drift.get("drifted"))
+    if drifted:
+        payload = events.drift_payload(drift, str(source.resolve()), run_id, str(report_path.resolve()))
+        labels = {events.PREDICTION_RUN_LABEL: run_id} if run_id else {}
+        events.emit(events.DRIFT_DETECTED, name, version, payload, labels)
+    events.emit(
+        events.PREDICTION_COMPLETED,
+        name,
+        version,
+        {"rows": rows, "drift_found": drifted, "scored_file": str(source.resolve()), "prediction_run_id": run_id},
+    )
+    events.flush()
 
 
 def record(

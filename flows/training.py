@@ -15,16 +15,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.utilities.annotations import quote
 
 from flows.stages import PROJECT_ROOT, Context, Stage, build_stages
 from kerasflow.config import Params, load_params
+from kerasflow.events import Trigger
 from kerasflow.io import file_md5
 from kerasflow.layout import Layout
-from kerasflow.runtime import attach_to_prefect_logging, quiet_defaults
+from kerasflow.runtime import attach_to_prefect_logging, import_quietly, quiet_defaults
 
 # Stages whose work can fail transiently (downloads, the tracking store). A retried train resumes
 # from its per-epoch backup in the same run folder.
@@ -172,6 +173,7 @@ def training_pipeline(
     workdir: str | None = None,
     isolate: bool = False,
     cache_data: bool = True,
+    trigger: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run every stage in order; return the MLflow run id, test metrics and registration decision.
 
@@ -182,6 +184,8 @@ def training_pipeline(
         workdir: where this run's models and reports go (default: the project root).
         isolate: give this run a folder of its own, `runs/<flow-run-id>/` (deployments do).
         cache_data: reuse ingest and preprocess outputs whose inputs have not changed.
+        trigger: set by an automation (prefect.yaml's retrain-on-drift): the event that started this run, its
+            reason and the predictions run that saw it; kept as the MLflow run's and version's tags.
     """
     from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
@@ -192,12 +196,17 @@ def training_pipeline(
     shorthands = {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate}
     changes = {**(overrides or {}), **{key: value for key, value in shorthands.items() if value is not None}}
     params = load_params(params_path, changes or None)
+    import_quietly("tasks.model").check_spec(params.model)  # a bad layer argument fails the run before any stage
+    started_by = Trigger.from_parameter(trigger, params.register_.model_name)
     tag_flow_run(params)
     project_root = Path(params_path).resolve().parent
     layout = Layout(run_folder(project_root, workdir, isolate), schema=project_root / "data" / "schema.json")
     context = Context(layout, project_root)
     previous = open_run_task()(params, context, return_state=True)
     context = replace(context, run_id=previous.result())
+    if started_by:
+        tracking.set_run_tags(context.run_id, started_by.tags())
+        get_run_logger().info("this run was started by an automation: %s", started_by.description)
     try:
         context, _, results = run_stages(params, context, previous, cache_data)
     except BaseException:
@@ -214,7 +223,7 @@ def training_pipeline(
         "run_id": context.run_id,
         "run_url": results["train"].get("run_url"),
         "experiment_id": results["train"].get("experiment_id"),
-        "tracking_uri": results["train"].get("tracking_uri"),
+        "tracking_uri": tracking.resolve_tracking_uri(params.tracking, project_root),
         "workdir": str(context.layout.root),
         "metrics": results["evaluate"]["test"],
         "baseline": results["evaluate"]["baseline"],

@@ -499,6 +499,9 @@ class TrackingParams(_Section):
     experiment: str = Field("kerasflow", min_length=1)
     # Used when MLFLOW_TRACKING_URI is unset; relative sqlite paths are taken from the project root.
     tracking_uri: str = "sqlite:///mlflow.db"
+    # With a tracking server: how long (seconds) one call to it may take, its retries included, before the stage
+    # fails naming the server (MLflow's own MLFLOW_HTTP_REQUEST_* settings, unless you set them yourself).
+    request_timeout: PositiveInt = 60
 
 
 class Params(_Section):

@@ -65,6 +65,8 @@ def run_description(
     model = tags.get("registry.model", "model")
     lines = [f"### {model} · {tags.get('data.source', 'data')}", ""]
     lines.append(f"- **Made by:** {orchestrator_line(tags)}")
+    if tags.get("kerasflow.trigger.reason"):
+        lines.append(f"- **Why it ran:** {tags['kerasflow.trigger.reason']}")
     if "data.md5" in tags:
         rows = tags.get("data.rows", "")
         rows_text = f"; {rows}" if rows else ""
@@ -111,6 +113,7 @@ def version_description(
         f'Load it: `mlflow.pyfunc.load_model("models:/{model_name}/{version}")`; it takes raw columns '
         f"`{', '.join(inputs[:12])}{' …' if len(inputs) > 12 else ''}` and returns predictions.",
         "",
+        *([f"**Why it was trained:** {run['why']}.", ""] if run.get("why") else []),
         f"Test split, {evaluation.get('test_rows', '?')} rows:",
         "",
         metrics_table(evaluation["test"], evaluation["baseline"], champion),
@@ -150,6 +153,7 @@ def flow_summary(results: dict[str, dict[str, Any]], overrides: dict[str, Any], 
         "",
         f"**Model** `{registration['model_name']}` version {registration['version']} → **{registration['alias']}**",
         "",
+        *([f"**Why it ran:** {tags['kerasflow.trigger.reason']}", ""] if tags.get("kerasflow.trigger.reason") else []),
         metrics_table(evaluation["test"], evaluation["baseline"]),
         f"\nBaseline: {evaluation['baseline']['name']}, on the same {evaluation['test_rows']} test rows.",
         "",

@@ -32,6 +32,9 @@ QUIET_ENVIRONMENT = {
     "PREFECT_LOGGING_EXTRA_LOGGERS": "kerasflow,flows,tasks",
     # ...and the same modules, used outside a flow run (DVC stages), log locally without complaint.
     "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
+    # The temporary server's first start on a new machine creates its database, which takes longer than
+    # Prefect's 20 s on two slow cores.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
 }
 PROJECT_LOGGERS = ("kerasflow", "flows", "tasks")
 
@@ -147,3 +150,47 @@ def shell_exports() -> str:
 
 if __name__ == "__main__":
     sys.stdout.write(shell_exports() + "\n")
+
+
+# Watches its parent (the kerasflow command) and stops the temporary Prefect server when the parent is gone,
+# also after a SIGKILL, which runs no clean-up of the parent's own.
+WATCHDOG = """
+import os, signal, sys, time
+parent, server = int(sys.argv[1]), int(sys.argv[2])
+while os.getppid() == parent:
+    time.sleep(0.5)
+for sent in (signal.SIGTERM, signal.SIGKILL):
+    try:
+        os.kill(server, sent)
+    except ProcessLookupError:
+        break
+    time.sleep(3)
+"""
+
+
+def start_temporary_prefect_server() -> None:
+    """Without PREFECT_API_URL, start Prefect's temporary server now (Prefect then uses this one), with a watchdog
+    that stops it if this process dies without stopping it itself (SIGKILL); and make SIGTERM a clean exit, in
+    which Prefect stops the server and the MLflow run is marked FAILED."""
+    import signal
+    import subprocess
+
+    from prefect.settings import PREFECT_API_URL
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    if PREFECT_API_URL.value():
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()  # the instance Prefect's client will find and reuse
+    server.start()
+    subprocess.Popen(
+        [sys.executable, "-c", WATCHDOG, str(os.getpid()), str(server.server_process.pid)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )

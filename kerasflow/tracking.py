@@ -40,36 +40,41 @@ def resolve_tracking_uri(params: TrackingParams, project_root: Path) -> str:
     return uri
 
 
+def portable_uri(uri: str, project_root: Path) -> str:
+    """A sqlite store inside the project as a path relative to it (`sqlite:///mlflow.db`); any other as it is."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix):
+        path = Path(uri.removeprefix(prefix))
+        if path.is_absolute() and path.is_relative_to(Path(project_root).resolve()):
+            return prefix + path.relative_to(Path(project_root).resolve()).as_posix()
+    return uri
+
+
 def is_local_store(uri: str) -> bool:
     return uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri
 
 
-def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """For a tracking server, one quick health check, so a pipeline fails before training, not after.
+# MLflow's retries of a failed call to a tracking server: this many, waiting 1 s, then 2 s.
+HTTP_RETRIES = 2
 
-    MLflow's own client would retry an unreachable server for minutes.
-    """
-    if not uri.startswith(("http://", "https://")):
-        return
-    import urllib.error
-    import urllib.request
 
-    try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
-            return
-    except urllib.error.HTTPError:
-        return  # It answered; authentication or routing is MLflow's business from here on.
-    except (OSError, ValueError) as error:
-        raise ConnectionError(
-            f"MLflow tracking server {uri} is not reachable ({error}); start it, or unset MLFLOW_TRACKING_URI "
-            "to use the local sqlite store"
-        ) from error
+def http_settings(request_timeout: int) -> dict[str, str]:
+    """MLflow's own HTTP settings for a tracking server, so that one call, retries included, is over within about
+    `request_timeout` seconds: a server that is down, or stops answering, fails the stage instead of hanging it."""
+    return {
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(HTTP_RETRIES),
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(2, request_timeout // (HTTP_RETRIES + 1))),
+    }
 
 
 def configure(params: TrackingParams, project_root: Path) -> str:
     """Point MLflow at the store and make sure the experiment exists; return the experiment id."""
     uri = resolve_tracking_uri(params, project_root)
-    check_reachable(uri)
+    if uri.startswith(("http://", "https://")):
+        for name, value in http_settings(params.request_timeout).items():
+            os.environ.setdefault(name, value)  # the user's own setting wins
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     with store_setup_lock(uri):
@@ -77,7 +82,11 @@ def configure(params: TrackingParams, project_root: Path) -> str:
             client = MlflowClient()
             experiment = client.get_experiment_by_name(params.experiment)
         except Exception as error:  # The store is unreachable or broken: say which one.
-            raise ConnectionError(f"MLflow tracking store {uri} is not reachable: {error}") from error
+            kind = "server" if uri.startswith(("http://", "https://")) else "store"
+            raise ConnectionError(
+                f"MLflow tracking {kind} {uri} is not reachable ({short_error(error)}); start it, or unset "
+                "MLFLOW_TRACKING_URI to use the local sqlite store"
+            ) from error
         if experiment is not None:
             if experiment.tags.get("mlflow.experimentKind") != EXPERIMENT_KIND["mlflow.experimentKind"]:
                 client.set_experiment_tag(experiment.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
@@ -85,6 +94,12 @@ def configure(params: TrackingParams, project_root: Path) -> str:
         # Local stores keep artifacts beside the database, not wherever the process happened to start.
         location = (project_root / "mlartifacts").resolve().as_uri() if is_local_store(uri) else None
         return client.create_experiment(params.experiment, artifact_location=location, tags=EXPERIMENT_KIND)
+
+
+def short_error(error: BaseException) -> str:
+    """The last line of an error's message (requests' retry errors run to many lines)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return (lines[-1] if lines else type(error).__name__)[:300]
 
 
 @contextlib.contextmanager
@@ -129,9 +144,17 @@ def open_run(
     try:
         yield run.info.run_id
     except BaseException:
-        mlflow.end_run(status="FAILED")
+        end_failed()
         raise
     mlflow.end_run(status="FINISHED")
+
+
+def end_failed() -> None:
+    """End the active run FAILED; when the store itself is gone, say so and leave the original error be."""
+    try:
+        mlflow.end_run(status="FAILED")
+    except Exception as error:  # noqa: BLE001 (the error being raised matters more)
+        logger.warning("could not mark the MLflow run FAILED: %s", short_error(error))
 
 
 def create_run(experiment_id: str, tags: dict[str, str], params_text: str, run_name: str | None = None) -> str:
@@ -160,8 +183,12 @@ def default_run_name() -> str:
 
 
 def mark_failed(run_id: str) -> None:
-    """Mark a run FAILED from outside it (e.g. a flow that failed after the run closed)."""
-    MlflowClient().set_terminated(run_id, status="FAILED")
+    """Mark a run FAILED from outside it (e.g. a flow that failed after the run closed); when the store itself is
+    gone, say so and leave the error being raised be."""
+    try:
+        MlflowClient().set_terminated(run_id, status="FAILED")
+    except Exception as error:  # noqa: BLE001
+        logger.warning("could not mark MLflow run %s FAILED: %s", run_id, short_error(error))
 
 
 def is_secret(name: str) -> bool:
@@ -301,7 +328,14 @@ def epoch_logger(run_id: str, samples: int) -> Any:
             values = {name: float(value) for name, value in (logs or {}).items()}
             values.setdefault("learning_rate", float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
             values.update(seconds=seconds, samples_per_second=samples / seconds if seconds else 0.0)
-            log_epoch(client, run_id, epoch, values)
+            try:
+                log_epoch(client, run_id, epoch, values)
+            except Exception as error:  # the store went away mid-training: stop now, keep the backup
+                uri = mlflow.get_tracking_uri()
+                raise ConnectionError(
+                    f"MLflow tracking store {uri} stopped answering when epoch {epoch + 1} was logged "
+                    f"({short_error(error)}); the per-epoch backup is kept: run again to resume from epoch {epoch}"
+                ) from error
 
     return MlflowEpochLogger()
 
@@ -494,6 +528,12 @@ def log_split(path: Path, name: str, rows: int, schema: Any, context: str) -> An
     dataset = MetaDataset(source, name=name, digest=file_md5(path), schema=schema)
     mlflow.log_input(dataset, context=context, tags={"rows": str(rows), "file": path.name})
     return dataset
+
+
+def set_run_tags(run_id: str, tags: dict[str, str]) -> None:
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
 
 
 def describe_run(run_id: str, decision: dict[str, Any] | None = None) -> None:

@@ -170,6 +170,26 @@ def compile_model(
     return model
 
 
+def check_spec(spec: ModelParams) -> None:
+    """Every layer of the spec made once, with no data (an embedding gets a stand-in vocabulary size), and the
+    output activation and loss looked up: a bad argument is a ConfigError naming its key before any stage runs."""
+    for index, layer in enumerate(spec.augmentation):
+        make_layer(layer, f"model.augmentation[{index}]")
+    for index, layer in enumerate(spec.layers):
+        make_layer(layer, f"model.layers[{index}]", vocabulary=1000)
+    if spec.output_activation != "auto":
+        checked(keras.activations.get, spec.output_activation, "model.output_activation")
+    if spec.loss != "auto":
+        checked(keras.losses.get, spec.loss, "model.loss")
+    if spec.backbone is not None:
+        from tasks.backbone import PREPROCESSING
+
+        if spec.backbone.name not in PREPROCESSING:
+            raise ConfigError(
+                f"model.backbone.name: {spec.backbone.name!r} is not supported; expected one of {sorted(PREPROCESSING)}"
+            )
+
+
 def build_model(spec: ModelParams, data: DataSpec, jit_compile: bool | str = "auto") -> keras.Model:
     """Build and compile the model described by `spec` for data shaped like `data`.
 

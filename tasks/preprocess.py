@@ -319,7 +319,7 @@ def preprocess_dataset(
             class_counts=fitter.class_counts.tolist() if classes else None,
             image_root=info.image_root,
             split_md5=kept,
-            notes=drift.notes(),
+            notes={**drift.notes(), **constant_note(fitter)},
         )
         write_json(folder / "state.json", state.to_dict())
         write_json(folder / "statistics.json", drift.statistics().to_dict())
@@ -381,6 +381,20 @@ class DriftSample:
             sampled = f"{len(self.sample):,} of {self.summary.rows:,}"
             return {"drift_bins": f"drift's decile bins from a seeded sample of {sampled} training rows"}
         return {}
+
+
+def constant_note(fitter: InputFitter) -> dict[str, str]:
+    """Feature columns with one value in every training row (they tell the model nothing), as a note."""
+    summary = fitter.columns
+    constant = [
+        name for name, numbers in summary.numeric.items() if numbers.rows and numbers.m2 == 0 and not numbers.missing
+    ]
+    constant += [name for name, text in summary.text.items() if len(text.counts) == 1 and not text.missing]
+    if not constant:
+        return {}
+    return {
+        "constant_columns": f"column(s) {constant} hold one value in every training row: they tell the model nothing"
+    }
 
 
 def describe_split(state: PreprocessState) -> str:

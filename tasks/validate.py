@@ -131,7 +131,9 @@ def check_summary(summary: DatasetSummary, info: RawDatasetInfo, params: Validat
     if task == "classification":
         classes = len(target_labels(summary, target))
         if classes < 2:
-            problems.append(f"target column {target!r} has {classes} class(es); classification needs at least 2")
+            named = "the folder has" if info.image_root else f"target column {target!r} has"
+            unit = "class sub-folder(s) with images" if info.image_root else "class(es)"
+            problems.append(f"{named} {classes} {unit}; classification needs at least 2")
         elif classes > params.max_classes:
             problems.append(
                 f"target column {target!r} has {classes} classes; validate.max_classes is {params.max_classes}"

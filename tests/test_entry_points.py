@@ -105,3 +105,26 @@ def test_a_queued_dvc_experiment_records_into_the_project_not_its_copy(tmp_path,
     assert shared_root(tmp_path) == tmp_path  # `dvc repro` and `dvc exp run` in the workspace
     monkeypatch.delenv("DVC_ROOT")
     assert shared_root(copy) == copy
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("model.layers.0.unitz=3", "model.layers[0] (conv2d): unknown argument 'unitz'"),
+        ("model.layers.5.units=abc", "model.layers[5] (dense): Received an invalid value for `units`"),
+        ("model.layers.0.activation=relux", "model.layers[0] (conv2d)"),
+    ],
+)
+def test_every_layer_argument_is_checked_before_any_stage_runs(project, capsys, override, expected):
+    """Layer arguments were once checked only inside train, after three stages ran and an MLflow run was opened."""
+    assert cli.main(["run", "--set", override]) == 2
+    assert expected in capsys.readouterr().err
+    assert sorted(path.name for path in project.iterdir()) == ["params.yaml"]  # no stage ran, no MLflow store
+
+
+def test_the_first_dvc_stage_checks_the_layers_too(project, caplog):
+    write_params(project, lambda tree: tree["model"]["layers"][0].update(filterz=3))
+    with caplog.at_level(logging.ERROR):
+        assert dvc_stage.main(["ingest"]) == 2
+    assert "model.layers[0] (conv2d): unknown argument 'filterz' (did you mean 'filters'?)" in caplog.text
+    assert sorted(path.name for path in project.iterdir()) == ["params.yaml"]

@@ -32,6 +32,6 @@ def run(params: Params, context: Context) -> dict[str, Any]:
         describe_split(state),
         f"images {list(state.inputs.shape)}" if state.inputs.kind == "image" else kinds,
     )
-    for note in state.notes.values():
-        logger.info("%s", note)
+    for name, note in state.notes.items():
+        logger.log(logging.WARNING if name == "constant_columns" else logging.INFO, "%s", note)
     return state.rows

@@ -41,7 +41,8 @@ def run(params: Params, context: Context) -> dict[str, Any]:
     with tracking.open_run(experiment_id, run_id=run_info["run_id"]) as run_id:
         with registry_lock(name, mlflow.get_tracking_uri()):
             champion = current_rescore(name, result.get("champion_rescored"), layout.processed_dir, state)
-            version = register_version(run_info["model_uri"], name, run_id, study_tags(run_id))
+            run_tags = mlflow.get_run(run_id).data.tags
+            version = register_version(run_info["model_uri"], name, run_id, version_tags(run_tags))
             # The logged model loaded back and predicted in train; these must be the very files it used.
             files_ok, files_detail = verify_registered_files(f"models:/{name}/{version}", run_info["artifacts_sha256"])
             decision = decide(
@@ -63,7 +64,8 @@ def run(params: Params, context: Context) -> dict[str, Any]:
                 **decision.to_dict(),
             }
             describe_model(name, state)
-            description = version_text(name, version, state, {**result, "champion_rescored": champion}, payload)
+            evaluation = {**result, "champion_rescored": champion}
+            description = version_text(name, version, state, evaluation, payload, run_tags)
             # The logged model's page (MLflow's "Logged models") carries the same account as the version's.
             mlflow.set_logged_model_tags(run_info["model_id"], {"mlflow.note.content": description})
             apply_decision(name, version, decision, description)
@@ -71,20 +73,49 @@ def run(params: Params, context: Context) -> dict[str, Any]:
         mlflow.log_dict(payload, "registration.json")
         write_json(layout.registration, payload)
         tracking.describe_run(run_id, payload)
+    announce(payload)
     logger.info("registered %s version %s as %s: %s", name, version, decision.alias, "; ".join(decision.reasons))
     return payload
 
 
-def study_tags(run_id: str) -> dict[str, str]:
-    """For the best configuration of a tuning study: the study, its MLflow run and the trial, on the version."""
-    tags = mlflow.get_run(run_id).data.tags
-    if "kerasflow.study" not in tags:
-        return {}
-    return {
-        "kerasflow.study": tags["kerasflow.study"],
-        "kerasflow.study_run": tags.get("mlflow.parentRunId", ""),
-        "optuna.trial": tags.get("optuna.trial", ""),
-    }
+def version_tags(tags: dict[str, str]) -> dict[str, str]:
+    """What the version carries from its run: the tuning study, its MLflow run and the trial (for the best
+    configuration of a study); the event that started a retraining (`kerasflow.trigger*`)."""
+    carried = {key: value for key, value in tags.items() if key.startswith("kerasflow.trigger")}
+    if "kerasflow.study" in tags:
+        carried |= {
+            "kerasflow.study": tags["kerasflow.study"],
+            "kerasflow.study_run": tags.get("mlflow.parentRunId", ""),
+            "optuna.trial": tags.get("optuna.trial", ""),
+        }
+    return carried
+
+
+def announce(payload: dict[str, Any]) -> None:
+    """`kerasflow.champion.changed` when the gate moved the alias, `kerasflow.registration.rejected` when the
+    candidate stayed challenger (no-ops without a Prefect API)."""
+    from kerasflow import events
+
+    name, version = payload["model_name"], payload["version"]
+    if payload["promote"]:
+        if payload["previous_champion"] != version:
+            changed = {
+                "previous_version": payload["previous_champion"],
+                "new_version": version,
+                "reasons": payload["reasons"],
+                "run_id": payload["run_id"],
+            }
+            events.emit(events.CHAMPION_CHANGED, name, version, changed)
+    else:
+        failed = [check for check, passed in payload["checks"].items() if not passed]
+        events.emit(
+            events.REGISTRATION_REJECTED,
+            name,
+            version,
+            {"failed_checks": failed, "reasons": payload["reasons"], "champion": payload["previous_champion"],
+             "run_id": payload["run_id"]},
+        )  # fmt: skip
+    events.flush()
 
 
 def current_rescore(
@@ -150,9 +181,16 @@ def source_of(state: PreprocessState) -> str:
 
 
 def version_text(
-    name: str, version: str, state: PreprocessState, result: dict[str, Any], payload: dict[str, Any]
+    name: str,
+    version: str,
+    state: PreprocessState,
+    result: dict[str, Any],
+    payload: dict[str, Any],
+    run_tags: dict[str, str] | None = None,
 ) -> str:
     run = {"run_id": payload["run_id"], "task": state.task, "source": source_of(state)}
+    if (run_tags or {}).get("kerasflow.trigger.reason"):
+        run["why"] = run_tags["kerasflow.trigger.reason"]
     columns = state.inputs.column_names or ["image"]
     return notes.version_description(name, version, run, result, payload, columns)
 

@@ -90,7 +90,8 @@ def run(params: Params, context: Context) -> dict[str, Any]:
             "model_uri": logged.uri,
             "model_id": logged.model_id,
             "artifacts_sha256": logged.digest,
-            "tracking_uri": mlflow.get_tracking_uri(),
+            # A local store as params.yaml names it (no machine's absolute path in a file git keeps).
+            "tracking_uri": tracking.portable_uri(mlflow.get_tracking_uri(), context.project_root),
             "run_url": tracking.run_url(run_id, experiment_id),
             "epochs_trained": len(history),
             "best_epoch": best,
@@ -134,6 +135,8 @@ def record_run(params: Params, context: Context, data: TrainingData, setup: Mode
             "data.rows": sizes,
             "data.inputs": state.inputs.kind,
             "model.api": params.model.api,
+            # What preprocess computed on a sample, and columns it warned about (constant ones).
+            **{f"data.note.{name}": note for name, note in state.notes.items()},
             "train.restored_best": str(stopping.enabled and stopping.restore_best_weights),
             **{f"train.{key}": str(value) for key, value in {**device_summary(), **setup.plan}.items()},
         }

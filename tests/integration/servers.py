@@ -19,15 +19,26 @@ from tests.conftest import REPO_ROOT
 BIN = Path(sys.executable).parent
 
 
-def copy_project(names: list[str], destination: Path) -> Path:
-    """Copy the project's code and config files (no caches) into `destination`."""
+def clone_project(destination: Path, env: dict[str, str] | None = None, remote: Path | None = None) -> Path:
+    """The project as a user's clone has it, in `destination`: every file git tracks or would track in the working
+    tree (its .gitignore, .dvc/, params.yaml, dvc.yaml, prefect.yaml, examples ...; the uncommitted changes under
+    test included), committed into a git repository of its own. With `remote`, DVC's default remote is there."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO_ROOT, capture_output=True, check=True,
+    ).stdout.decode().split("\0")  # fmt: skip
     destination.mkdir(parents=True, exist_ok=True)
-    for name in names:
+    for name in filter(None, listed):
         source = REPO_ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, destination / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(source, destination / name)
+        if source.is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination / name)
+    env = env or project_env(destination)
+    run(["git", "init", "-q"], destination, env)
+    if remote is not None:
+        run(["dvc", "remote", "modify", "local", "url", str(remote)], destination, env)
+    run(["git", "add", "-A"], destination, env)
+    run(["git", "commit", "-qm", "project"], destination, env)
     return destination
 
 
@@ -55,17 +66,6 @@ def project_env(root: Path) -> dict[str, str]:
     }
     env.pop("MLFLOW_TRACKING_URI", None)
     return env
-
-
-def init_git_dvc(root: Path, env: dict[str, str], remote: Path | None = None) -> None:
-    """Make `root` a git + DVC repository (analytics off, generated state ignored) with one commit of it all."""
-    for command in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):
-        run(command, root, env)
-    if remote is not None:
-        run(["dvc", "remote", "add", "-d", "local", str(remote)], root, env)
-    (root / ".gitignore").write_text("mlflow.db\nmlartifacts/\n.kerasflow/\n__pycache__/\n.*.lock\n")
-    run(["git", "add", "-A"], root, env)
-    run(["git", "commit", "-qm", "project"], root, env)
 
 
 def free_port() -> int:

@@ -9,6 +9,7 @@ the registry untouched.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import shutil
 from collections.abc import Callable
@@ -28,6 +29,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 STAGES = [stage.name for stage in build_stages(Layout(REPO_ROOT))]
 MODEL = "kerasflow-digits-cnn"
+
+
+def add_schema_column(project: Path, name: str) -> None:
+    path = project / "data" / "schema.json"
+    schema = json.loads(path.read_text())
+    schema["columns"][name] = next(iter(schema["columns"].values()))
+    path.write_text(json.dumps(schema))
 
 
 def edit_params(project: Path, change: Callable[[dict], None]) -> None:
@@ -136,10 +144,11 @@ CASES: dict[str, tuple[Callable[[Path], None], str, str]] = {
         "validate",
         "image_shape [8, 8, 1] needs 64 pixel columns, found 3",
     ),
+    # The same source, a column fewer than its recorded schema (another source records its own schema).
     "schema drift": (
-        lambda p: edit_params(p, lambda tree: tree["ingest"].update(dataset="iris")),
+        lambda p: add_schema_column(p, "pixel_extra"),
         "validate",
-        "column(s) missing compared with the recorded schema",
+        "column(s) missing compared with the recorded schema: ['pixel_extra']",
     ),
     "unknown params key": (
         lambda p: edit_params(p, lambda tree: tree["train"].update(epohcs=3)),
@@ -168,12 +177,12 @@ CASES: dict[str, tuple[Callable[[Path], None], str, str]] = {
     ),
     "unknown loss": (
         lambda p: edit_params(p, lambda tree: tree["model"].update(loss="hinge_of_doom")),
-        "train",
+        "ingest",  # the model is checked before any stage runs
         "model.loss: Keras does not know 'hinge_of_doom'",
     ),
     "unknown activation": (
         lambda p: edit_params(p, lambda tree: tree["model"]["layers"][0].update(activation="relux")),
-        "train",
+        "ingest",
         "model.layers[0] (conv2d): Could not interpret activation function identifier: relux",
     ),
     "output size that does not match the labels": (

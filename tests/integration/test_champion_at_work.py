@@ -95,7 +95,8 @@ def test_predict_scores_a_file_in_order_and_reports_drift(trained, tmp_path):
     assert "scored 500 rows with kerasflow-house-prices-mlp version 1" in result.stdout
     assert "drift: area PSI" in result.stdout and "neighborhood unseen categories 12." in result.stdout
     scored = pd.read_parquet(tmp_path / "scored.parquet")
-    assert list(scored.columns) == ["prediction", "model_name", "model_version"] and len(scored) == 500
+    assert list(scored.columns) == ["row", "prediction", "model_name", "model_version"] and len(scored) == 500
+    assert scored["row"].tolist() == list(range(500))  # each prediction names the input row it is for
     # In the input's row order: the same as the registered model on the same rows.
     client = use_store(trained[2] / "mlflow.db")
     model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from tests.conftest import use_store
-from tests.integration.servers import copy_project, init_git_dvc, project_env, run
+from tests.integration.servers import clone_project, project_env, run
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -22,13 +22,14 @@ EXPERIMENTS = {"lr-003": 0.003, "lr-01": 0.01}
 @pytest.fixture(scope="module")
 def queued(tmp_path_factory):
     """A git + DVC project whose two queued experiments ran, two at a time."""
-    root = copy_project(["kerasflow", "tasks", "flows", "params.yaml", "dvc.yaml"], tmp_path_factory.mktemp("p"))
+    root = tmp_path_factory.mktemp("p")
     env = project_env(root)
+    clone_project(root, env)
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["train"]["epochs"] = 2
     params["register"].update(thresholds={}, require_beat_baseline=False)  # every run would earn the crown
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    init_git_dvc(root, env)
+    run(["git", "commit", "-qam", "a short training"], root, env)
 
     for name, rate in EXPERIMENTS.items():
         run(["dvc", "exp", "run", "--queue", "-n", name, "-S", f"model.optimizer.learning_rate={rate}"], root, env)

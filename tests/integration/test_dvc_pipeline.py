@@ -11,11 +11,10 @@ import pytest
 import yaml
 
 from tests.conftest import use_store
-from tests.integration.servers import copy_project, init_git_dvc, project_env, run
+from tests.integration.servers import clone_project, project_env, run
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
-CODE = ["kerasflow", "tasks", "flows", "params.yaml", "dvc.yaml"]
 STAGES = ["ingest", "validate", "preprocess", "train", "evaluate", "register"]
 
 
@@ -26,9 +25,9 @@ def stages_run(result: subprocess.CompletedProcess) -> list[str]:
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     """A git + DVC repository holding a copy of the project, and the environment to run dvc in."""
-    root = copy_project(CODE, tmp_path_factory.mktemp("project"))
+    root = tmp_path_factory.mktemp("project")
     env = project_env(root)
-    init_git_dvc(root, env, remote=tmp_path_factory.mktemp("remote"))
+    clone_project(root, env, remote=tmp_path_factory.mktemp("remote"))
     return root, env
 
 
@@ -41,7 +40,7 @@ def test_dvc_repro_end_to_end(repo):
     for path in [
         "data/raw/dataset.parquet",
         "data/schema.json",
-        "data/processed/x_train.npy",
+        "data/processed/train.parquet",
         "models/model.keras",
         "reports/metrics.json",
         "reports/registration.json",
@@ -75,8 +74,10 @@ def test_dvc_repro_end_to_end(repo):
     artifacts = {item.path for item in client.list_artifacts(run_id, "plots")}
     assert {"plots/training_curves.png", "plots/confusion_matrix.png", "plots/history.csv"} <= artifacts
     model = mlflow.pyfunc.load_model("models:/kerasflow-digits-cnn@champion")
-    x_test = np.load(root / "data/processed/x_test.npy")[:20]
-    y_test = np.load(root / "data/processed/y_test.npy")[:20]
+    from tasks.preprocess import read_split
+
+    test = read_split(root / "data/processed", "test")
+    x_test, y_test = test.x[:20], test.y[:20]
     served = model.predict(x_test)  # raw 8x8 images in, labels and class probabilities out
     assert (served["label"].to_numpy() == y_test).mean() >= 0.85
     probabilities = served[[f"probability_{digit}" for digit in range(10)]].to_numpy()

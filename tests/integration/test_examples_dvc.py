@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO_ROOT
-from tests.integration.servers import copy_project, init_git_dvc, project_env, run
+from tests.integration.servers import clone_project, project_env, run
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -38,12 +38,10 @@ def test_the_offline_list_is_every_example_that_needs_no_download():
 
 
 def test_each_offline_example_through_kerasflow_example_then_dvc_repro(tmp_path_factory):
-    root = copy_project(
-        ["kerasflow", "tasks", "flows", "params.yaml", "dvc.yaml", "examples"], tmp_path_factory.mktemp("p")
-    )
     # The examples' data ships with them (their synthetic sets written by `python -m kerasflow.samples examples`).
+    root = tmp_path_factory.mktemp("p")
     env = project_env(root)
-    init_git_dvc(root, env)
+    clone_project(root, env)
 
     for name in OFFLINE:
         # Two epochs: this test shows each workload runs under DVC; tests/workloads shows each one learns.

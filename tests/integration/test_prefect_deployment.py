@@ -13,11 +13,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import use_store
-from tests.integration.servers import BIN, background, copy_project, free_port, wait_healthy
+from tests.integration.servers import BIN, background, clone_project, free_port, wait_healthy
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
-CODE = ["kerasflow", "tasks", "flows", "params.yaml", "prefect.yaml"]
 DEPLOYMENT = "training-pipeline/digits-cnn"
 
 
@@ -25,7 +24,7 @@ DEPLOYMENT = "training-pipeline/digits-cnn"
 def deployment(tmp_path_factory):
     """A project with its Prefect server, work pool, deployment and worker; all stopped afterwards."""
     root = tmp_path_factory.mktemp("deployed")
-    project = copy_project(CODE, root / "project")
+    project = clone_project(root / "project")
     port = free_port()
     env = {
         **os.environ,
@@ -218,7 +217,7 @@ def test_a_deployment_run_reads_well_in_mlflow_and_prefect(deployment):
     # The splits are the run's dataset inputs, each with the md5 DVC records for its file as digest.
     (processed,) = project.glob(".kerasflow/cache/preprocess-*")
     digests = {item.dataset.name: item.dataset.digest for item in run.inputs.dataset_inputs}
-    assert digests == {name: file_md5(processed / f"x_{name}.npy") for name in ("train", "val", "test")}
+    assert digests == {name: file_md5(processed / f"{name}.parquet") for name in ("train", "val", "test")}
 
     # Per-epoch learning rate and seconds, system metrics, no empty params, the params file.
     assert [point.step for point in client.get_metric_history(run.info.run_id, "epoch/learning_rate")] == [0, 1, 2]

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from tests.conftest import use_store
-from tests.integration.servers import BIN, copy_project, init_git_dvc, project_env, run
+from tests.integration.servers import BIN, clone_project, project_env, run
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -20,13 +20,14 @@ MODEL = "kerasflow-digits-cnn"
 def recorded(tmp_path_factory):
     """A git + DVC project whose `dvc repro` registered version 1 (default params: deterministic on the CPU),
     then committed."""
-    root = copy_project(["kerasflow", "tasks", "flows", "params.yaml", "dvc.yaml"], tmp_path_factory.mktemp("p"))
+    root = tmp_path_factory.mktemp("p")
     env = project_env(root)
+    clone_project(root, env)
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["train"]["epochs"] = 3
     params["register"].update(thresholds={}, require_beat_baseline=False)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    init_git_dvc(root, env)
+    run(["git", "commit", "-qam", "a short training"], root, env)
     run(["dvc", "repro"], root, env)
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "the run's lock file and reports"], root, env)

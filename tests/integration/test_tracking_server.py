@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import mlflow
-import numpy as np
 import pytest
 
 from tests.conftest import REPO_ROOT
@@ -40,7 +40,66 @@ def test_pipeline_logs_and_registers_through_a_tracking_server(prefect_harness, 
         mlflow.set_registry_uri(uri)
         model = mlflow.pyfunc.load_model("models:/kerasflow-digits-cnn@champion")
         (processed,) = tmp_path.glob(".kerasflow/cache/preprocess-*")
-        x_test, y_test = np.load(processed / "x_test.npy"), np.load(processed / "y_test.npy")
-        predictions = model.predict(x_test)["label"].astype(int).to_numpy()  # labels, from raw images
-        assert (predictions == y_test).mean() == pytest.approx(result["metrics"]["accuracy"])
+        from tasks.preprocess import read_split
+
+        test = read_split(processed, "test")
+        predictions = model.predict(test.x)["label"].astype(int).to_numpy()  # labels, from raw images
+        assert (predictions == test.y).mean() == pytest.approx(result["metrics"]["accuracy"])
         assert list((tmp_path / "served-artifacts").iterdir())  # the server stored the artifacts
+
+
+def test_a_tracking_server_lost_mid_training_fails_the_stage_quickly_naming_it(tmp_path):
+    """The server killed (its whole process group) at epoch 5 of 60: train fails within about a minute (MLflow's
+    own retry and timeout settings, tracking.request_timeout), names the server, and keeps the per-epoch backup,
+    so a rerun resumes. It once froze, retried for 8 minutes, and exited after 12."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from tests.integration.servers import background, free_port, project_env, wait_healthy
+
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["train"]["epochs"] = 60
+    params["train"]["early_stopping"]["enabled"] = False
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = project_env(REPO_ROOT)
+    for stage in ("ingest", "validate", "preprocess"):
+        subprocess.run([sys.executable, "-m", "flows.dvc_stage", stage], cwd=tmp_path, env=env, check=True)
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    command = [
+        str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+        "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+        "--artifacts-destination", str(tmp_path / "served-artifacts"),
+    ]  # fmt: skip
+    with background(command, tmp_path / "server.log", dict(os.environ)) as server:
+        wait_healthy(f"{uri}/health", server, tmp_path / "server.log")
+        train = subprocess.Popen(
+            [sys.executable, "-m", "flows.dvc_stage", "train"],
+            cwd=tmp_path, env={**env, "MLFLOW_TRACKING_URI": uri}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and train.poll() is None:
+            experiment = client.get_experiment_by_name("kerasflow")
+            runs = client.search_runs(experiment.experiment_id) if experiment else []
+            if runs and len(client.get_metric_history(runs[0].info.run_id, "epoch/train_loss")) >= 5:
+                break
+            time.sleep(0.2)
+        os.killpg(server.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        output, _ = train.communicate(timeout=300)
+        took = time.monotonic() - killed
+    assert train.returncode == 1, output[-3000:]
+    assert took < 90, f"train took {took:.0f} s to fail after the server went away"
+    assert f"MLflow tracking store {uri} stopped answering" in output
+    (backup,) = [path for path in (tmp_path / ".kerasflow" / "backup").iterdir() if path.is_dir()]
+    from tasks.train import Backup
+
+    assert Backup(backup).completed_epochs() >= 5  # a rerun resumes from here
+    assert not (tmp_path / "models").exists()  # nothing half-published

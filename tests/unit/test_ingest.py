@@ -288,3 +288,28 @@ def test_a_corrupt_image_is_named_at_ingest(tmp_path):
             tmp_path / "raw" / "dataset.json",
         )
     assert not (tmp_path / "raw" / "dataset.parquet").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"area,area,price\n1,2,3\n4,5,6\n", r"houses.csv: column name\(s\) \['area'\] appear more than once"),
+        (b"area,rooms,price\n", r"houses.csv: no rows under the header"),
+        (
+            b"area;rooms;price\n1;2;3\n4;5;6\n",
+            r"houses.csv: target column 'price' not found .*set ingest.delimiter: ';'",
+        ),
+    ],
+)
+def test_first_use_mistakes_in_a_csv_are_named_by_the_users_file(tmp_path, content, expected):
+    """Duplicate columns were silently renamed (area, area.1) and trained on; a header-only file and a semicolon-
+    separated one were reported against the internal dataset.parquet and 'target', with no hint."""
+    (tmp_path / "houses.csv").write_bytes(content)
+    with pytest.raises(DataSourceError, match=expected):
+        ingest_dataset(
+            IngestParams(source="file", path=str(tmp_path / "houses.csv"), target="price"),
+            0,
+            tmp_path / "raw" / "dataset.parquet",
+            tmp_path / "raw" / "dataset.json",
+        )
+    assert not (tmp_path / "raw" / "dataset.parquet").exists()

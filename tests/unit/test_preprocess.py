@@ -204,3 +204,13 @@ def test_the_split_is_each_class_in_hash_order():
         test, val = round(len(rows) * 0.2), round(len(rows) * 0.15)
         assert set(np.flatnonzero(assignment == 2)) & set(rows) == set(ranked[:test])
         assert set(np.flatnonzero(assignment == 1)) & set(rows) == set(ranked[test : test + val])
+
+
+def test_a_constant_feature_is_noted(tabular_frame, tabular_meta, tmp_path):
+    """It was once trained on without a word; the note goes to the log and, through train, to the MLflow run."""
+    frame = tabular_frame.assign(flat=3.0)
+    info = replace(tabular_meta, feature_columns=["a", "b", "flat"])
+    _, state = preprocess(frame, info, PreprocessParams(), 0, tmp_path)
+    assert "['flat'] hold one value in every training row" in state.notes["constant_columns"]
+    _, plain = preprocess(tabular_frame, tabular_meta, PreprocessParams(), 0, tmp_path / "plain")
+    assert "constant_columns" not in plain.notes

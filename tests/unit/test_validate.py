@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -192,3 +193,60 @@ def test_a_text_column_may_miss_some_values():
     )
     _, report = validate_dataset(frame, meta, None, PARAMS)
     assert report["ok"]
+
+
+def test_a_recorded_schema_knows_its_source(tmp_path, caplog):
+    """Another source gets a schema of its own, said in one line; the same source with a changed range is refused,
+    naming the user's file and the one command that accepts the change. (Bringing your own CSV into the project
+    once failed against the committed digits schema, naming the internal dataset.parquet.)"""
+    import logging
+
+    from flows.stages import Context
+    from flows.stages import validate as stage
+    from kerasflow.config import load_params
+    from kerasflow.layout import Layout
+    from tasks.ingest import ingest_dataset
+
+    layout = Layout(tmp_path)
+    (tmp_path / "params.yaml").write_text("validate: {min_rows: 10}\n")
+    context = Context(layout, tmp_path)
+
+    def ingest(params):
+        ingest_dataset(params.ingest, params.seed, layout.raw_data, layout.raw_meta)
+
+    digits = load_params(tmp_path / "params.yaml")
+    ingest(digits)
+    stage.run(digits, context)
+    assert json.loads(layout.schema.read_text())["source"] == "sklearn:digits"
+
+    frame = pd.DataFrame({"area": np.linspace(50, 150, 40), "price": np.linspace(1, 2, 40)})
+    frame.to_csv(tmp_path / "houses.csv", index=False)
+    (tmp_path / "params.yaml").write_text(
+        "validate: {min_rows: 10}\ningest: {source: file, path: houses.csv, target: price}\n"
+    )
+    houses = load_params(tmp_path / "params.yaml")
+    ingest(houses)
+    with caplog.at_level(logging.INFO):
+        report = stage.run(houses, context)
+    assert report["schema"] == "new source" and report["replaced_schema_of"] == "sklearn:digits"
+    assert "was recorded for sklearn:digits; this data is file:" in caplog.text
+    assert json.loads(layout.schema.read_text())["source"].endswith("houses.csv")
+
+    frame.assign(area=frame["area"] * 10).to_csv(tmp_path / "houses.csv", index=False)
+    ingest(houses)
+    with pytest.raises(DataValidationError) as raised:
+        stage.run(houses, context)
+    message = str(raised.value)
+    assert message.startswith(str(tmp_path / "houses.csv")) and "column 'area' ranges over" in message
+    assert "run `kerasflow accept-schema`" in message and "dataset.parquet" not in message
+    stage.accept(houses, layout)  # what `kerasflow accept-schema` does
+    assert stage.run(houses, context)["ok"]
+
+
+def test_a_folder_of_one_class_is_named_as_a_folder(tmp_path):
+    frame = pd.DataFrame({"path": [f"cats/{index}.png" for index in range(30)], "target": ["cats"] * 30})
+    info = RawDatasetInfo(
+        target="target", task="classification", feature_columns=["path"], image_shape=[8, 8, 3], image_root="/x"
+    )
+    problems = check_dataset(frame, info, PARAMS)
+    assert problems == ["the folder has 1 class sub-folder(s) with images; classification needs at least 2"]

@@ -1,0 +1,37 @@
+"""What the repository carries: committed pipeline outputs that the current code would write, and no path of the
+machine that made them."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+
+from tests.conftest import REPO_ROOT
+
+MACHINE_PATHS = re.compile(r"sqlite:////|file:///|(?<![\w.])/(?:home|root|tmp|work|Users|var)/")
+
+
+def tracked(*folders: str) -> list[str]:
+    listed = subprocess.run(["git", "ls-files", *folders], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    return [name for name in listed.stdout.splitlines() if name]
+
+
+def test_no_committed_output_carries_an_absolute_path_of_the_machine_that_made_it():
+    found = []
+    for name in tracked("reports", "data", "dvc.lock", "params.yaml", "dvc.yaml", "prefect.yaml"):
+        path = REPO_ROOT / name
+        if path.suffix in (".json", ".csv", ".txt", ".yaml", ".lock") and path.is_file():
+            found += [f"{name}: {match}" for match in MACHINE_PATHS.findall(path.read_text())]
+    assert not found, found
+
+
+def test_committed_reports_are_what_the_current_stages_write():
+    """The run file names the logged model and its files' digest, the metrics carry what register reads, the
+    schema its source: a stale report from an earlier pipeline fails register or reproduce."""
+    run = json.loads((REPO_ROOT / "reports" / "mlflow_run.json").read_text())
+    assert {"run_id", "model_uri", "model_id", "artifacts_sha256", "tracking_uri"} <= set(run)
+    metrics = json.loads((REPO_ROOT / "reports" / "metrics.json").read_text())
+    assert {"test", "baseline", "primary_metric", "champion_rescored", "test_rows", "baseline_rows"} <= set(metrics)
+    schema = json.loads((REPO_ROOT / "data" / "schema.json").read_text())
+    assert schema["source"] == "sklearn:digits"
