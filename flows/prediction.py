@@ -146,7 +146,6 @@ def announce(
         version,
         {"rows": rows, "drift_found": drifted, "scored_file": str(source.resolve()), "prediction_run_id": run_id},
     )
-    events.flush()
 
 
 def record(

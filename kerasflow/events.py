@@ -13,7 +13,8 @@ version a related resource):
 `prefect.yaml`'s `retrain-on-drift` deployment is triggered by the first of these; the training
 flow receives the event as its `trigger` parameter (`Trigger`), tags its MLflow run and registry
 version with it and says why it ran. Sending an event never fails a run: without a Prefect API it is a
-no-op (logged at debug level), and a failure to send is a warning.
+no-op (logged at debug level), and a failure to send is a warning. Prefect's events worker sends them in
+the background and drains at exit.
 """
 
 from __future__ import annotations
@@ -87,16 +88,15 @@ def emit(
     return str(sent.id)
 
 
-def flush() -> None:
-    """Wait until the events sent so far have left this process (a short-lived command exits right after)."""
-    if "prefect.events.worker" not in sys.modules:
-        return
-    try:
-        from prefect.events.worker import EventsWorker
+def read_events(model_name: str | None = None, limit: int = 50) -> list[Any]:
+    """kerasflow's events in the Prefect API's event feed (about `model_name`, if given), newest first."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
-        EventsWorker.drain_all(timeout=10, at_exit=False)
-    except Exception as error:  # noqa: BLE001
-        logger.warning("could not flush Prefect events: %s", error)
+    resource = EventResourceFilter(id=[model_resource(model_name)["prefect.resource.id"]]) if model_name else None
+    wanted = EventFilter(event=EventNameFilter(prefix=["kerasflow."]), resource=resource)
+    with get_client(sync_client=True) as client:
+        return list(client.read_events(wanted, limit=limit).events)
 
 
 def drift_reason(report: dict[str, Any], prediction_run_id: str | None) -> str:

@@ -66,10 +66,24 @@ def write_workload(params: Params, project_root: Path, header: str) -> None:
     from flows.dvc_stage import render_dvc_yaml
     from flows.stages import build_stages
 
+    previous = registered_name(project_root / "params.yaml")
     body = yaml.safe_dump(relative_paths(params, project_root), sort_keys=False, width=120)
     write_text(project_root / "params.yaml", header + body)
+    deployments = project_root / "prefect.yaml"
+    if previous and previous != params.register_.model_name and deployments.is_file():
+        # The deployments' model (reproduce's default, the retraining trigger's events) follows the workload.
+        write_text(deployments, deployments.read_text().replace(previous, params.register_.model_name))
     layout = Layout(project_root)
     if layout.schema.is_file():
         layout.schema.unlink()  # recorded for the previous workload's data; validate records this one's
     if (project_root / "dvc.yaml").is_file():
         write_text(project_root / "dvc.yaml", render_dvc_yaml(build_stages(layout, params)))
+
+
+def registered_name(params_file: Path) -> str | None:
+    """The model name a params file registers (None if there is no readable one)."""
+    try:
+        tree = yaml.safe_load(params_file.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    return ((tree.get("register") or {}).get("model_name") if isinstance(tree, dict) else None) or None

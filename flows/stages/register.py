@@ -96,11 +96,12 @@ def announce(payload: dict[str, Any]) -> None:
     candidate stayed challenger (no-ops without a Prefect API)."""
     from kerasflow import events
 
-    name, version = payload["model_name"], payload["version"]
+    name, version = payload["model_name"], str(payload["version"])
+    previous = None if payload["previous_champion"] is None else str(payload["previous_champion"])
     if payload["promote"]:
-        if payload["previous_champion"] != version:
+        if previous != version:
             changed = {
-                "previous_version": payload["previous_champion"],
+                "previous_version": previous,
                 "new_version": version,
                 "reasons": payload["reasons"],
                 "run_id": payload["run_id"],
@@ -112,10 +113,9 @@ def announce(payload: dict[str, Any]) -> None:
             events.REGISTRATION_REJECTED,
             name,
             version,
-            {"failed_checks": failed, "reasons": payload["reasons"], "champion": payload["previous_champion"],
+            {"failed_checks": failed, "reasons": payload["reasons"], "champion": previous,
              "run_id": payload["run_id"]},
         )  # fmt: skip
-    events.flush()
 
 
 def current_rescore(

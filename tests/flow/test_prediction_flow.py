@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import numpy as np
 import pandas as pd
@@ -52,3 +53,24 @@ def test_batch_prediction_scores_with_the_champion_and_publishes_the_drift(prefe
     )
     rows = table.data if isinstance(table.data, list) else json.loads(table.data)
     assert {row["column"]: row["drifted"].startswith("yes") for row in rows} == {"size": True, "color": False}
+
+    # Prefect's event feed heard of it: the drift (naming the column, the file and the predictions run) and the
+    # completed scoring; both about the registered model, the version a related resource.
+    from kerasflow import events
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        sent = {event.event: event for event in events.read_events("mixed")}
+        if {events.DRIFT_DETECTED, events.PREDICTION_COMPLETED} <= set(sent):
+            break
+        time.sleep(1)
+    drift = sent[events.DRIFT_DETECTED]
+    assert drift.resource[events.PREDICTION_RUN_LABEL] == result["run_id"]
+    assert drift.payload["prediction_run_id"] == result["run_id"] and list(drift.payload["drifted"]) == ["size"]
+    assert drift.payload["drifted"]["size"]["psi"] > 0.2 and drift.payload["scored_file"].endswith("new.csv")
+    assert drift.payload["reason"].startswith("column `size` (PSI ")
+    related = {item.id for item in drift.related}
+    assert f"kerasflow.model.mixed.version.{version}" in related  # and the flow run that sent it (Prefect adds it)
+    assert f"prefect.flow-run.{state.state_details.flow_run_id}" in related
+    completed = sent[events.PREDICTION_COMPLETED].payload
+    assert completed["rows"] == 200 and completed["drift_found"] is True

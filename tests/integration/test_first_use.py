@@ -38,6 +38,8 @@ def test_your_own_csv_in_one_command_then_kerasflow_run_and_dvc_repro(tmp_path):
     assert written["ingest"]["path"] == "houses.csv" and written["register"]["model_name"] == "kerasflow-houses-mlp"
     assert not (root / "data" / "schema.json").exists()  # the digits schema is cleared
     assert "houses.csv" in (root / "dvc.yaml").read_text()
+    deployments = (root / "prefect.yaml").read_text()  # reproduce's default and the retraining trigger follow
+    assert "kerasflow.model.kerasflow-houses-mlp" in deployments and "kerasflow-digits-cnn" not in deployments
 
     flow = run(["kerasflow", "run"], root, env)
     assert "registered      kerasflow-houses-mlp version 1 -> champion" in flow.stdout, flow.stdout

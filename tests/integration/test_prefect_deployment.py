@@ -40,10 +40,7 @@ def deployment(tmp_path_factory):
         "DO_NOT_TRACK": "true",
     }
     env.pop("MLFLOW_TRACKING_URI", None)
-    # A git checkout, as a deployed project is: runs record its commit.
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
-    for command in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "deployed project"]):
-        subprocess.run([*git, *command], cwd=project, check=True, capture_output=True)
+    # clone_project makes it a git checkout, as a deployed project is: runs record its commit.
     server_command = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     with background(server_command, root / "server.log", env) as server:
         wait_healthy(f"http://127.0.0.1:{port}/api/health", server, root / "server.log")
@@ -275,3 +272,165 @@ def test_the_tune_deployment_runs_a_study_on_the_worker(deployment):
     assert sorted(run.data.params["model.optimizer.name"] for run in trials) == ["adam", "sgd"]
     versions = client.search_model_versions("name = 'kerasflow-digits-cnn'")
     assert [v for v in versions if v.tags.get("kerasflow.study") == parent.data.tags["optuna.study"]]
+
+
+MODEL = "kerasflow-digits-cnn"
+RETRAIN = "training-pipeline/retrain-on-drift"
+
+SEND_EVENT = """
+import json, sys
+from prefect.events import emit_event
+from prefect.events.worker import EventsWorker
+resource, payload = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+emit_event(event="kerasflow.drift.detected", resource=resource, payload=payload)
+EventsWorker.drain_all(timeout=30)
+"""
+
+
+def api(deployment, method: str, path: str, body: dict | None = None):
+    import httpx
+
+    _, env, _ = deployment
+    response = httpx.request(method, f"{env['PREFECT_API_URL']}{path}", json=body, timeout=30)
+    response.raise_for_status()
+    return response.json()
+
+
+def kerasflow_events(deployment, name: str) -> list[dict]:
+    body = {"filter": {"event": {"name": [name]}, "order": "ASC"}, "limit": 50}
+    return api(deployment, "POST", "/events/filter", body)["events"]
+
+
+def retraining_runs(deployment) -> list[dict]:
+    deployment_id = api(deployment, "GET", f"/deployments/name/{RETRAIN}")["id"]
+    return api(deployment, "POST", "/flow_runs/filter", {"deployments": {"id": {"any_": [deployment_id]}}})
+
+
+def until(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while not (found := condition()):
+        assert time.monotonic() < deadline, f"after {timeout:.0f}s: {what}"
+        time.sleep(1)
+    return found
+
+
+def digits_file(path: Path, shift: float, rows: int = 300) -> Path:
+    import pandas as pd
+    from sklearn.datasets import load_digits
+
+    images = load_digits().images[-rows:] + shift  # brighter images than any the model trained on
+    columns = [f"pixel_{row}_{column}" for row in range(8) for column in range(8)]
+    pd.DataFrame(images.reshape(rows, -1), columns=columns).to_csv(path, index=False)
+    return path
+
+
+def parsed_time(text: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def test_drift_starts_one_retraining_through_prefect_events_and_the_gate_decides(deployment):
+    project, env, root = deployment
+    client = use_store(project / "mlflow.db")
+    if "champion" not in (client.get_registered_model(MODEL).aliases if client.search_registered_models() else {}):
+        assert wait_for(deployment, first := trigger(deployment, "epochs=5"))[first]["type"] == "COMPLETED"
+    champion = str(client.get_model_version_by_alias(MODEL, "champion").version)
+
+    # Decoys first: drift about another model, and one about this model that kerasflow did not send (no
+    # predictions run named). Neither may start a retraining.
+    decoys = [
+        ({"prefect.resource.id": "kerasflow.model.someone-elses-model", "kerasflow.prediction-run": "r0"}, {}),
+        ({"prefect.resource.id": f"kerasflow.model.{MODEL}"}, {"garbage": True}),
+    ]
+    for resource, payload in decoys:
+        subprocess.run(
+            [sys.executable, "-c", SEND_EVENT, json.dumps(resource), json.dumps(payload)],
+            env=env, check=True, capture_output=True, timeout=120,
+        )  # fmt: skip
+    until(lambda: len(kerasflow_events(deployment, "kerasflow.drift.detected")) >= 2, 60, "the decoys in the feed")
+
+    # Drifted data scored by the score-new-data deployment: the drift is in the event feed, about this model.
+    shifted = digits_file(project / "brighter.csv", shift=6.0)
+    scoring = trigger(deployment, f"input_path={shifted.name}", name="batch-prediction/score-new-data")
+    assert wait_for(deployment, scoring)[scoring]["type"] == "COMPLETED"
+    predictions = client.get_experiment_by_name("kerasflow-predictions")
+    (prediction_run,) = client.search_runs([predictions.experiment_id], max_results=1, order_by=["start_time DESC"])
+    drift = until(
+        lambda: [
+            e
+            for e in kerasflow_events(deployment, "kerasflow.drift.detected")
+            if e["resource"].get("kerasflow.prediction-run") == prediction_run.info.run_id
+        ],
+        60,
+        "the drift event in the feed",
+    )[0]
+    assert drift["resource"]["prefect.resource.id"] == f"kerasflow.model.{MODEL}"
+    assert "pixel_mean" in drift["payload"]["drifted"] and drift["payload"]["scored_file"].endswith("brighter.csv")
+    assert f"prefect.flow-run.{scoring}" in {related["prefect.resource.id"] for related in drift["related"]}
+
+    # The automation starts one retraining, for this event (not for a decoy).
+    (retraining,) = until(lambda: retraining_runs(deployment), 120, "a retraining flow run")
+    scheduled_after = parsed_time(retraining["created"]) - parsed_time(drift["occurred"])
+    assert retraining["parameters"]["trigger"]["event_id"] == drift["id"]
+
+    # While it trains: a second drifted file (within the cooldown) and an undrifted one.
+    for name, shift in (("brighter-again.csv", 6.0), ("as-trained.csv", 0.0)):
+        path = digits_file(project / name, shift=shift)
+        scored = subprocess.run(
+            [str(BIN / "kerasflow"), "predict", "--input", str(path)],
+            cwd=project, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert scored.returncode == 0, scored.stderr[-3000:]
+
+    def both_scorings() -> dict[str, bool] | None:
+        found = kerasflow_events(deployment, "kerasflow.prediction.completed")
+        drifted = {Path(e["payload"]["scored_file"]).name: e["payload"]["drift_found"] for e in found}
+        return drifted if {"brighter-again.csv", "as-trained.csv"} <= set(drifted) else None
+
+    completed = until(both_scorings, 60, "both scorings in the feed")
+    assert completed["brighter-again.csv"] is True and completed["as-trained.csv"] is False
+
+    state = wait_for(deployment, retraining["id"], timeout=600)[retraining["id"]]
+    assert state["type"] == "COMPLETED", state
+    finished = api(deployment, "GET", f"/flow_runs/{retraining['id']}")
+    # One retraining for the whole burst: the second drift event fell in the cooldown.
+    assert len(kerasflow_events(deployment, "kerasflow.drift.detected")) == 4  # two decoys, two drifted files
+    time.sleep(5)
+    assert [run["id"] for run in retraining_runs(deployment)] == [retraining["id"]]
+
+    # The record says why: the MLflow run, the registry version and the Prefect summary.
+    _, run = mlflow_run_of(project, retraining["id"])
+    tags = run.data.tags
+    assert tags["kerasflow.trigger"] == "drift" and tags["kerasflow.trigger.event_id"] == drift["id"]
+    assert tags["kerasflow.trigger.prediction_run_id"] == prediction_run.info.run_id
+    assert "retrained because column `pixel_mean`" in tags["mlflow.note.content"]
+    version = client.get_model_version(MODEL, tags["registry.version"])
+    assert version.tags["kerasflow.trigger.prediction_run_id"] == prediction_run.info.run_id
+    assert "**Why it was trained:** retrained because column `pixel_mean`" in version.description
+
+    # The gate decided, and said so in an event.
+    registration = json.loads((project / "runs" / retraining["id"] / "reports" / "registration.json").read_text())
+    expected = "kerasflow.champion.changed" if registration["promote"] else "kerasflow.registration.rejected"
+    said = until(
+        lambda: [
+            e
+            for e in kerasflow_events(deployment, expected)
+            if f"kerasflow.model.{MODEL}.version.{registration['version']}"
+            in {related["prefect.resource.id"] for related in e["related"]}
+        ],
+        60,
+        f"{expected} for the retrained version",
+    )[0]
+    if registration["promote"]:
+        assert said["payload"]["previous_version"] == champion
+        assert said["payload"]["new_version"] == str(version.version)
+    else:
+        assert said["payload"]["failed_checks"] and said["payload"]["champion"] == champion
+    latency = {
+        "event_to_flow_run_created_s": round(scheduled_after, 1),
+        "event_to_flow_run_completed_s": round(parsed_time(finished["end_time"]) - parsed_time(drift["occurred"]), 1),
+        "gate": registration["alias"],
+    }
+    (root / "retraining-latency.json").write_text(json.dumps(latency))
+    print("retraining latency:", latency)
