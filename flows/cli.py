@@ -131,12 +131,16 @@ def reproduce(args: argparse.Namespace) -> int:
 
     configure_logging()
     from flows.reproduce import ReproduceError, reproduce_in_project
+    from kerasflow.errors import ExpectedError
 
     try:
         verdict = reproduce_in_project(args.model_uri, args.params, args.tolerance)
     except (ConfigError, ReproduceError) as error:
         sys.stderr.write(f"kerasflow: {error}\n")
         return 2
+    except ExpectedError as error:  # the rebuild's own stages refused its data (named), or a store is down
+        sys.stderr.write(f"kerasflow: the rebuild of {args.model_uri} failed: {error}\n")
+        return 1
     lines = [f"kerasflow: {args.model_uri} rebuilt from its record", "", verdict.table(), "", verdict.summary()]
     lines += [f"warning: {warning}" for warning in verdict.warnings]
     sys.stdout.write("\n".join(lines) + "\n")
@@ -156,12 +160,13 @@ def predict(args: argparse.Namespace) -> int:
     from mlflow.exceptions import MlflowException
 
     from flows.prediction import predict_file
+    from kerasflow.errors import ExpectedError
     from kerasflow.model_interface import ModelInputError
     from tasks.predict import DriftError, InputFileError
 
     try:
         result = predict_file(args.input, args.output, args.model, args.params, overrides or None)
-    except (InputFileError, ModelInputError, DriftError) as error:
+    except (InputFileError, ModelInputError, DriftError, ExpectedError) as error:
         sys.stderr.write(f"kerasflow: {error}\n")
         return 1
     except MlflowException as error:
