@@ -208,7 +208,7 @@ def init(args: argparse.Namespace) -> int:
     lines += [f"  {reason}" for reason in reasons]
     lines += [
         "",
-        "The previous workload's schema is cleared and dvc.yaml follows params.yaml.",
+        "The previous workload's schema is cleared; dvc.yaml and prefect.yaml follow params.yaml.",
         "Run it with `kerasflow run` or `dvc repro`; change anything in params.yaml first if you like.",
     ]
     sys.stdout.write("\n".join(lines) + "\n")
