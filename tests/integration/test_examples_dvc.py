@@ -37,13 +37,20 @@ def test_the_offline_list_is_every_example_that_needs_no_download():
     assert set(OFFLINE) | DOWNLOADS == shipped
 
 
-def test_each_offline_example_through_kerasflow_example_then_dvc_repro(tmp_path_factory):
+# One example per kind of dvc.yaml a workload makes: a built-in source, a CSV file with numeric and categorical
+# columns, a text column, an image folder (its folder a dependency), a study's base configuration. The others
+# differ from these only in params, not in what DVC sees; tests/workloads trains each of them through the stages.
+UNDER_DVC = ["digits_cnn", "house_prices", "text_lstm", "image_folder_cnn", "optimizer_comparison"]
+
+
+def test_one_example_of_each_kind_through_kerasflow_example_then_dvc_repro(tmp_path_factory):
     # The examples' data ships with them (their synthetic sets written by `python -m kerasflow.samples examples`).
+    assert set(UNDER_DVC) <= set(OFFLINE)
     root = tmp_path_factory.mktemp("p")
     env = project_env(root)
     clone_project(root, env)
 
-    for name in OFFLINE:
+    for name in UNDER_DVC:
         # Two epochs: this test shows each workload runs under DVC; tests/workloads shows each one learns.
         run(["kerasflow", "example", name, "--set", "train.epochs=2"], root, env)
         params = yaml.safe_load((root / "params.yaml").read_text())
