@@ -305,6 +305,10 @@ def main(argv: list[str] | None = None) -> int:
     starting.add_argument("--name", help="the registered model's name (default: from the data's)")
     accepting = commands.add_parser("accept-schema", help="record the raw data's schema, accepting a changed one")
     accepting.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
+    worker = commands.add_parser(
+        "train-worker", help="one worker of train.distribute: multi_worker (TF_CONFIG: the cluster)", add_help=False
+    )
+    worker.add_argument("arguments", nargs=argparse.REMAINDER, help="--params, --set, --root (see --help)")
     example = commands.add_parser("example", help="make examples/NAME the project's workload (params, dvc.yaml)")
     example.add_argument("name", nargs="?", help="the example (omit to list them)")
     example.add_argument(
@@ -312,6 +316,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
+    if args.command == "train-worker":
+        from flows.train_worker import main as worker_main
+
+        return worker_main(args.arguments)
     if args.command == "example":
         return use_example(args.name, parse_assignments(args.overrides))
     if args.command == "init":

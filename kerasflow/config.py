@@ -300,10 +300,13 @@ class TrainParams(_Section):
     checkpoint: bool = True
     shuffle: bool = True
     # The GPU path. auto: mixed precision on a GPU; XLA where Keras finds the model supports it;
-    # MirroredStrategy across GPUs when there are several ("mirrored" also splits CPUs, for tests).
+    # MirroredStrategy across GPUs when there are several ("mirrored" also splits CPUs, for tests);
+    # multi_worker: MultiWorkerMirroredStrategy across processes or machines (the cluster from TF_CONFIG, or
+    # `workers` local processes started on free loopback ports). batch_size is the global batch.
     mixed_precision: bool | Literal["auto"] = "auto"
     jit_compile: bool | Literal["auto"] = "auto"
-    distribute: Literal["auto", "off", "mirrored"] = "auto"
+    distribute: Literal["auto", "off", "mirrored", "multi_worker"] = "auto"
+    workers: PositiveInt | None = None
     # Data streamed from the split files (row groups in a seeded order per epoch, then a shuffle buffer of
     # `shuffle_buffer` rows), or read into memory once: auto keeps splits under `memory_budget_mb` in memory.
     in_memory: bool | Literal["auto"] = "auto"
@@ -314,6 +317,17 @@ class TrainParams(_Section):
     # jit_compile is true (Keras turns XLA off under op determinism); off on a GPU (slower there, and it
     # raises on ops that have no deterministic kernel).
     deterministic: bool | Literal["auto"] = "auto"
+
+    @model_validator(mode="after")
+    def _workers_need_multi_worker(self) -> TrainParams:
+        if self.workers is not None and self.distribute != "multi_worker":
+            raise ValueError(f"workers: {self.workers} applies only with distribute: multi_worker")
+        if self.distribute == "multi_worker" and self.jit_compile is True:
+            raise ValueError(
+                "distribute: multi_worker cannot train with jit_compile: true (XLA does not compile "
+                "MultiWorkerMirroredStrategy's collective all-reduce); use auto or false"
+            )
+        return self
 
     @model_validator(mode="after")
     def _xla_or_determinism(self) -> TrainParams:

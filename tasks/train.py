@@ -7,6 +7,7 @@ so this function is the same under Prefect, DVC, tuning trials and tests.
 from __future__ import annotations
 
 import functools
+import hashlib
 import itertools
 import json
 import logging
@@ -51,6 +52,8 @@ def accelerator_plan(params: TrainParams, string_inputs: bool = False) -> dict[s
     fit under MirroredStrategy averages the first batch across replicas, which fails on strings.
     """
     gpus = tf.config.list_physical_devices("GPU")
+    if params.distribute == "multi_worker":
+        return multi_worker_plan(params, bool(gpus), string_inputs)
     devices = [device.name for device in tf.config.list_logical_devices("GPU" if gpus else "CPU")]
     if string_inputs and params.distribute == "mirrored":
         raise ConfigError(
@@ -71,6 +74,28 @@ def accelerator_plan(params: TrainParams, string_inputs: bool = False) -> dict[s
     }
 
 
+def multi_worker_plan(params: TrainParams, gpus: bool, string_inputs: bool) -> dict[str, Any]:
+    """The plan of one worker of a multi-worker training (the strategy is made first: it must precede any other
+    TensorFlow work); the run records the workers and the per-replica batch."""
+    from tasks import cluster
+
+    found = cluster.check(params.model_copy(update={"workers": None}), string_inputs)
+    assert found is not None
+    strategy = cluster.strategy()
+    replicas = int(strategy.num_replicas_in_sync)
+    mixed = gpus if params.mixed_precision == "auto" else params.mixed_precision
+    return {
+        "mixed_precision": ("mixed_float16" if gpus else "mixed_bfloat16") if mixed else False,
+        "jit_compile": False,
+        "deterministic": not gpus if params.deterministic == "auto" else params.deterministic,
+        "strategy": "MultiWorkerMirroredStrategy",
+        "replicas": replicas,
+        "workers": found.size,
+        "per_replica_batch": cluster.per_replica_batch(params, replicas),
+        "devices": [device.name for device in tf.config.list_logical_devices("GPU" if gpus else "CPU")],
+    }
+
+
 def distribution_strategy(plan: dict[str, Any]) -> tf.distribute.Strategy:
     """The strategy to build and fit the model under; set the precision policy and determinism to match."""
     keras.mixed_precision.set_global_policy(plan["mixed_precision"] or "float32")
@@ -85,7 +110,23 @@ def distribution_strategy(plan: dict[str, Any]) -> tf.distribute.Strategy:
         tf_config.disable_op_determinism()
     if plan["strategy"] == "MirroredStrategy":
         return tf.distribute.MirroredStrategy(plan["devices"])
+    if plan["strategy"] == "MultiWorkerMirroredStrategy":
+        from tasks import cluster
+
+        return cluster.strategy()
     return tf.distribute.get_strategy()
+
+
+def weights_digest(model: keras.Model) -> str:
+    """sha256 of the model's weights, in order: equal digests, bit-identical weights."""
+    digest = hashlib.sha256()
+    for values in model.get_weights():
+        digest.update(np.ascontiguousarray(values).tobytes())
+    return digest.hexdigest()
+
+
+def spans_workers(model: keras.Model) -> bool:
+    return isinstance(model.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
 
 DataSource = Split | ParquetSplit
@@ -95,7 +136,7 @@ BLOCK_BATCHES = 32
 
 def in_memory(source: DataSource, params: TrainParams) -> DataSource:
     """`source` read into memory when train.in_memory says so (auto: when it fits train.memory_budget_mb)."""
-    if isinstance(source, Split) or params.in_memory is False:
+    if isinstance(source, Split) or params.in_memory is False or params.distribute == "multi_worker":
         return source
     if params.in_memory is True or source.decoded_bytes() <= params.memory_budget_mb * 2**20:
         return source.load()
@@ -145,11 +186,13 @@ def stream_dataset(
     labels: bool,
     shuffle_buffer: int,
     shard: tuple[int, int] | None = None,
+    steps: int | None = None,
 ) -> tf.data.Dataset:
     """The split file's rows in batches: each epoch (each pass) reads the row groups in an order drawn from
     (seed, epoch), keeps a pool of up to `shuffle_buffer` rows across them, and hands out shuffled batches of
     the pool as it refills. Memory: a row group and the pool. An image folder's paths are decoded in parallel
-    after the shuffle. With `shard` (index, count), only every count-th row group, from index on, is read."""
+    after the shuffle. With `shard` (index, count), only every count-th row group, from index on, is read;
+    with `steps`, each pass is exactly that many full batches (the rest of the shard is left for the pass)."""
     file = open_parquet(source.path)
     groups = np.arange(file.metadata.num_row_groups)
     if shard is not None:
@@ -196,10 +239,62 @@ def stream_dataset(
         else:
             dataset = dataset.unbatch().map(decode, num_parallel_calls=tf.data.AUTOTUNE)
         dataset = dataset.batch(batch_size)
+    if steps is not None:
+        dataset = dataset.take(steps)
     # Keras then knows the epoch's steps (and does not warn when the generator ends).
     rows = sum(file.metadata.row_group(int(group)).num_rows for group in groups)
-    dataset = dataset.apply(tf.data.experimental.assert_cardinality(-(-rows // batch_size)))
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(steps or -(-rows // batch_size)))
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def shard_steps(source: ParquetSplit, workers: int, worker_batch: int) -> int:
+    """Full batches of `worker_batch` rows that every one of `workers` shards (every workers-th row group) holds:
+    each worker runs this many steps per epoch, so none waits at an all-reduce for another that has finished."""
+    metadata = open_parquet(source.path).metadata
+    groups = metadata.num_row_groups
+    rows = [
+        sum(metadata.row_group(group).num_rows for group in range(index, groups, workers)) for index in range(workers)
+    ]
+    steps = min(rows) // worker_batch
+    if steps == 0:
+        raise ConfigError(
+            f"{source.path.name}: {groups} row group(s) of {metadata.num_rows:,} rows give the smallest of {workers} "
+            f"worker shards {min(rows):,} rows, less than one batch of {worker_batch} per worker; make "
+            "preprocess.row_group_rows smaller or train.batch_size smaller"
+        )
+    return steps
+
+
+def sharded_dataset(
+    strategy: tf.distribute.Strategy,
+    source: ParquetSplit,
+    inputs: ModelInputs,
+    params: TrainParams,
+    shuffle: bool,
+    seed: int,
+    class_weight: dict[int, float] | None = None,
+) -> Any:
+    """For training across workers: each worker streams only its shard of the split's row groups, in batches of
+    the per-replica size, for the same number of steps as every other worker (tf.distribute's input function:
+    no auto-sharding, no rebatching)."""
+    from keras.src.trainers.data_adapters.tf_dataset_adapter import make_class_weight_map_fn
+
+    from tasks import cluster
+
+    per_replica = cluster.per_replica_batch(params, strategy.num_replicas_in_sync)
+
+    def worker_dataset(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        workers, index = context.num_input_pipelines, context.input_pipeline_id
+        local_replicas = strategy.num_replicas_in_sync // workers
+        steps = shard_steps(source, workers, per_replica * local_replicas) * local_replicas
+        dataset = stream_dataset(
+            source, inputs, per_replica, shuffle, seed, True, params.shuffle_buffer, (index, workers), steps
+        )
+        if class_weight is not None:
+            dataset = dataset.map(make_class_weight_map_fn(class_weight))
+        return dataset
+
+    return strategy.distribute_datasets_from_function(worker_dataset)
 
 
 def _rows(pool: tuple[Any, np.ndarray]) -> int:
@@ -410,8 +505,15 @@ def train_model(
     backup = Backup(backup_dir) if backup_dir is not None else None
     train_split, val_split = in_memory(train_split, params), in_memory(val_split, params)
     buffer = params.shuffle_buffer
-    train_data = make_dataset(train_split, inputs, params.batch_size, params.shuffle, seed, shuffle_buffer=buffer)
-    val_data = make_dataset(val_split, inputs, params.batch_size, False, seed)
+    if spans_workers(model):
+        strategy = model.distribute_strategy
+        assert isinstance(train_split, ParquetSplit) and isinstance(val_split, ParquetSplit)
+        train_data = sharded_dataset(strategy, train_split, inputs, params, params.shuffle, seed, class_weight)
+        val_data = sharded_dataset(strategy, val_split, inputs, params, False, seed)
+        class_weight = None  # in the workers' datasets, as sample weights
+    else:
+        train_data = make_dataset(train_split, inputs, params.batch_size, params.shuffle, seed, shuffle_buffer=buffer)
+        val_data = make_dataset(val_split, inputs, params.batch_size, False, seed)
     injected = [*callbacks, EpochProgress(params.epochs + (params.fine_tune.epochs if fine_tune else 0), label)]
 
     def fit(phase: str, first_epoch: int, epochs: int, checkpoint: Path | None) -> dict[str, list[float]]:
@@ -452,6 +554,9 @@ def train_model(
         more = fit("fine_tune", head_epochs, head_epochs + params.fine_tune.epochs, None)
         for name, values in more.items():
             result.setdefault(name, []).extend(values)
+    if spans_workers(model):
+        # Every worker logs this; the launcher checks they agree (tasks/cluster.py).
+        logger.info("final weights sha256 %s", weights_digest(model))
     losses = result.get("loss", [])
     if losses and not np.all(np.isfinite(losses)):
         raise FloatingPointError("training stopped: the loss became NaN or infinite (TerminateOnNaN)")

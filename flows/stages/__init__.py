@@ -107,7 +107,8 @@ def build_stages(layout: Layout, params: Params | None = None) -> list[Stage]:
             deps=(path(layout.processed_dir), *data_files.get("train", ())),
             outs=(path(layout.models_dir),),
             git_outs=(path(layout.run_file), path(layout.model_summary), path(layout.history)),
-            files=("kerasflow/pyfunc_model.py",),
+            # The worker entry point that train.workers starts as processes (run by name, not imported).
+            files=("kerasflow/pyfunc_model.py", "flows/train_worker.py"),
         ),
         Stage(
             "evaluate",

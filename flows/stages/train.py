@@ -33,11 +33,20 @@ from kerasflow.layout import Layout
 from kerasflow.metrics import lower_is_better
 from kerasflow.records import PreprocessState
 from kerasflow.runtime import set_seeds
+from tasks import cluster
 from tasks.backbone import unfreeze
 from tasks.features import raw_example
 from tasks.model import DataSpec, build_model, compile_model, export_for_serving
 from tasks.preprocess import ParquetSplit, read_state, split_path, split_source
-from tasks.train import Backup, accelerator_plan, class_weights, device_summary, distribution_strategy, predict
+from tasks.train import (
+    Backup,
+    accelerator_plan,
+    class_weights,
+    device_summary,
+    distribution_strategy,
+    predict,
+    spans_workers,
+)
 from tasks.train import train_model as fit_model
 
 logger = logging.getLogger(__name__)
@@ -67,7 +76,19 @@ class ModelSetup:
 
 
 def run(params: Params, context: Context) -> dict[str, Any]:
-    """Adapt the input layers and fit the model; log lineage, epochs and the model to the MLflow run."""
+    """Adapt the input layers and fit the model; log lineage, epochs and the model to the MLflow run. With
+    train.workers (and train.distribute: multi_worker), N local worker processes do it (`run_workers`)."""
+    if params.train.distribute == "multi_worker":
+        if params.train.workers:
+            return run_workers(params, context)
+        # One worker of a cluster TF_CONFIG describes, in this process (as `kerasflow train-worker` runs it).
+        if not cluster.check(params.train).chief:  # type: ignore[union-attr]
+            return train_shard(params, context)
+    return train_and_publish(params, context)
+
+
+def train_and_publish(params: Params, context: Context) -> dict[str, Any]:
+    """The train stage in one process: alone, or as the chief of several workers."""
     layout = context.layout
     data = load_training_data(layout)
     setup = build(params, data)
@@ -82,6 +103,7 @@ def run(params: Params, context: Context) -> dict[str, Any]:
             logged.model_id,
         )
         write_history(layout, history)
+        # (With several workers: the chief's, and the other workers' inside it.)
         Backup(backup_folder(params, layout, data.state.data_md5)).remove()
         tracking.describe_run(run_id)
         payload = {
@@ -100,6 +122,83 @@ def run(params: Params, context: Context) -> dict[str, Any]:
     return {**payload, "final_loss": float(history["loss"].iloc[-1])}
 
 
+def train_shard(params: Params, context: Context) -> dict[str, Any]:
+    """A worker other than the chief: train on its shard in step with the others, then remove what it wrote (its
+    backup, in a folder of its own). It records nothing and publishes nothing: the chief does."""
+    data = load_training_data(context.layout)
+    setup = build(params, data)
+    worker = cluster.read_tf_config()
+    backup = worker_backup(backup_folder(params, context.layout, data.state.data_md5), worker.index)
+    history = fit_setup(params, data, setup, [], checkpoint=None, backup=backup.folder)
+    backup.remove()
+    logger.info("worker %d of %d: trained %d epoch(s)", worker.index, worker.size, len(history.get("loss", [])))
+    return {"worker": worker.index, "epochs_trained": len(history.get("loss", []))}
+
+
+def worker_backup(chief: Path, index: int) -> Backup:
+    """Each worker's BackupAndRestore folder: the chief's is the stage's own, worker i's is inside it."""
+    return Backup(chief if index == 0 else chief / "workers" / str(index))
+
+
+def reconcile_backups(chief: Path, workers: int) -> None:
+    """Before (re)starting N workers: give every worker the backup of the one that got furthest. All workers hold
+    the same weights at the end of each epoch (the epoch's all-reduce made them so), so the furthest backup is
+    every worker's state there; a kill between two workers' backups would otherwise resume them at different
+    epochs, and they would wait for each other forever."""
+    backups = [worker_backup(chief, index) for index in range(workers)]
+    furthest = max(backups, key=lambda backup: backup.completed_epochs())
+    if not furthest.completed_epochs():
+        return
+    for backup in backups:
+        if backup is furthest or backup.completed_epochs() == furthest.completed_epochs():
+            continue
+        for name in ("head", "fine_tune"):
+            shutil.rmtree(backup.phase_dir(name), ignore_errors=True)
+            if furthest.phase_dir(name).is_dir():
+                shutil.copytree(furthest.phase_dir(name), backup.phase_dir(name))
+        for name in ("head_weights", "head_record"):
+            source, target = getattr(furthest, name), getattr(backup, name)
+            target.unlink(missing_ok=True)
+            if source.is_file():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(source, target)
+    logger.info("the workers resume after epoch %d", furthest.completed_epochs())
+
+
+def run_workers(params: Params, context: Context) -> dict[str, Any]:
+    """Start train.workers local worker processes (`python -m flows.train_worker`, TF_CONFIG on free loopback
+    ports) and wait for them all; the chief's record is the stage's result. A failed worker fails the stage by
+    name, with its last lines, the others stopped and no model published."""
+    layout = context.layout
+    state = read_state(layout.processed_dir)
+    cluster.check(params.train, state.string_inputs)
+    workers = params.train.workers or 1
+    cluster.per_replica_batch(params.train, workers)
+    chief_backup = backup_folder(params, layout, state.data_md5)
+    reconcile_backups(chief_backup, workers)
+    layout.run_file.unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory(prefix="kerasflow-workers-") as folder:
+        effective = Path(folder) / "params.yaml"
+        effective.write_text(yaml.safe_dump(params.to_dict(), sort_keys=False))
+        arguments = ["--params", str(effective), "--root", str(layout.root)]
+        arguments += ["--project-root", str(context.project_root)]
+        if context.run_id:
+            arguments += ["--run-id", context.run_id]
+        try:
+            cluster.launch(workers, arguments, cwd=context.project_root)
+        except cluster.WorkerFailed:
+            # A chief killed outright leaves its MLflow run RUNNING: it failed.
+            marker = chief_backup / "mlflow_run.json"
+            if marker.is_file() and read_json(marker)["run_id"] != context.run_id:
+                tracking.configure(params.tracking, context.project_root)
+                tracking.mark_failed(read_json(marker)["run_id"])
+            raise
+    Backup(chief_backup).remove()
+    payload = read_json(layout.run_file)
+    history = pd.read_csv(layout.history)
+    return {**payload, "final_loss": float(history["loss"].iloc[-1]), "workers": workers}
+
+
 def load_training_data(layout: Layout) -> TrainingData:
     folder = layout.processed_dir
     state = read_state(folder)
@@ -108,9 +207,10 @@ def load_training_data(layout: Layout) -> TrainingData:
 
 def build(params: Params, data: TrainingData) -> ModelSetup:
     """Seed everything, build and compile the model on the input constants preprocess fitted."""
-    set_seeds(params.seed)
     state = data.state
+    # The plan first: across workers it makes the strategy, which must precede any other TensorFlow work.
     plan = accelerator_plan(params.train, string_inputs=state.string_inputs)
+    set_seeds(params.seed)
     spec = DataSpec.from_state(state, state.fitted)
     strategy = distribution_strategy(plan)
     with strategy.scope():
@@ -282,7 +382,7 @@ def publish(params: Params, layout: Layout, data: TrainingData, setup: ModelSetu
     files the store holds, has proved it predicts what this one does (the serving smoke test;
     register checks that the version it registers has those same files).
     """
-    model, state = setup.model, data.state
+    model, state = local_copy(params, setup), data.state
     config = state.model_config(params.model.decision_threshold)
     example = raw_example(first_rows(data.val), state.inputs)
     write_model_summary(model, layout.model_summary)
@@ -315,6 +415,23 @@ def publish(params: Params, layout: Layout, data: TrainingData, setup: ModelSetu
                 f"(tolerance {ROUND_TRIP_TOLERANCE:g}); not publishing it"
             )
     return LoggedModel(info.model_uri, info.model_id, digest, difference)
+
+
+def local_copy(params: Params, setup: ModelSetup) -> keras.Model:
+    """The trained model, for saving and checking: itself, or (trained across workers) the same model built
+    outside the strategy with the trained weights, so that what the chief alone does next (predict the input
+    example, export) starts no collective operation the other workers would have to join."""
+    if not spans_workers(setup.model):
+        return setup.model
+    copy = build_model(params.model, setup.data, jit_compile=False)
+    copy.set_weights(setup.model.get_weights())
+    # The optimizer's state too, so the saved model holds the whole training state as one process's does.
+    copy.optimizer.build(copy.trainable_variables)
+    trained = setup.model.optimizer.variables
+    if len(copy.optimizer.variables) == len(trained):
+        for target, source in zip(copy.optimizer.variables, trained, strict=True):
+            target.assign(source.numpy())
+    return copy
 
 
 def first_rows(split: ParquetSplit, rows: int = 5) -> Any:
