@@ -307,6 +307,10 @@ class TrainParams(_Section):
     jit_compile: bool | Literal["auto"] = "auto"
     distribute: Literal["auto", "off", "mirrored", "multi_worker"] = "auto"
     workers: PositiveInt | None = None
+    # Where the `workers` run: local processes, or the pods of an Indexed Job (deploy/kubernetes/) in
+    # `kubernetes_namespace`, which the train stage creates and waits for.
+    launcher: Literal["local", "kubernetes"] = "local"
+    kubernetes_namespace: str = Field("default", min_length=1)
     # Data streamed from the split files (row groups in a seeded order per epoch, then a shuffle buffer of
     # `shuffle_buffer` rows), or read into memory once: auto keeps splits under `memory_budget_mb` in memory.
     in_memory: bool | Literal["auto"] = "auto"
@@ -322,6 +326,8 @@ class TrainParams(_Section):
     def _workers_need_multi_worker(self) -> TrainParams:
         if self.workers is not None and self.distribute != "multi_worker":
             raise ValueError(f"workers: {self.workers} applies only with distribute: multi_worker")
+        if self.launcher == "kubernetes" and self.workers is None:
+            raise ValueError("launcher: kubernetes starts `workers` pods: set workers (and distribute: multi_worker)")
         if self.distribute == "multi_worker" and self.jit_compile is True:
             raise ValueError(
                 "distribute: multi_worker cannot train with jit_compile: true (XLA does not compile "

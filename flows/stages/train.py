@@ -177,7 +177,9 @@ def run_workers(params: Params, context: Context) -> dict[str, Any]:
     chief_backup = backup_folder(params, layout, state.data_md5)
     reconcile_backups(chief_backup, workers)
     layout.run_file.unlink(missing_ok=True)
-    with tempfile.TemporaryDirectory(prefix="kerasflow-workers-") as folder:
+    # The params as this run has them (overrides included), where every worker sees them: beside the backups.
+    layout.backup_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="workers-", dir=layout.backup_dir.parent) as folder:
         effective = Path(folder) / "params.yaml"
         effective.write_text(yaml.safe_dump(params.to_dict(), sort_keys=False))
         arguments = ["--params", str(effective), "--root", str(layout.root)]
@@ -185,7 +187,14 @@ def run_workers(params: Params, context: Context) -> dict[str, Any]:
         if context.run_id:
             arguments += ["--run-id", context.run_id]
         try:
-            cluster.launch(workers, arguments, cwd=context.project_root)
+            if params.train.launcher == "kubernetes":
+                from tasks import kubernetes_job
+
+                name = f"kerasflow-train-{Path(folder).name.removeprefix('workers-').lower().replace('_', '-')}"
+                manifest = context.project_root / kubernetes_job.MANIFEST
+                kubernetes_job.launch(workers, arguments, params.train.kubernetes_namespace, manifest, name)
+            else:
+                cluster.launch(workers, arguments, cwd=context.project_root)
         except cluster.WorkerFailed:
             # A chief killed outright leaves its MLflow run RUNNING: it failed.
             marker = chief_backup / "mlflow_run.json"
