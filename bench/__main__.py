@@ -307,6 +307,63 @@ def epoch_seconds(folder: Path) -> list[float]:
     return [point.value for point in client.get_metric_history(run_id, "epoch/seconds")]
 
 
+def workers(work: Path, rows: int, epochs: int = 3, columns: int = 50) -> dict[str, Any]:
+    """One process against two local workers (train.distribute: multi_worker, train.workers: 2) on the same
+    processed data, and the bare streaming script doing the same both ways: epoch times (the last epoch's, past
+    tracing), per-worker throughput, and the all-reduce's share of an epoch. On one 2-core machine two workers
+    split the same cores: this shows the engine works and what it costs, not a speed-up."""
+    from tasks.cluster import free_ports
+
+    folder = work / "workers"
+    folder.mkdir(parents=True)
+    big_parquet(folder / "table.parquet", rows, columns, label=True)
+    changes = {**WORKLOADS["tabular_mlp"], "ingest.path": str(folder / "table.parquet"), "train.epochs": epochs,
+               "train.batch_size": 256, "preprocess.row_group_rows": 16384}  # fmt: skip
+    make_project(folder, changes)
+    for name in ("ingest", "validate", "preprocess"):
+        stage(folder, name)
+    params = yaml.safe_load((folder / "params.yaml").read_text())
+    results: dict[str, Any] = {"rows": rows}
+    for label, train in (
+        ("one_process", {"distribute": "off"}),
+        ("two_workers", {"distribute": "multi_worker", "workers": 2}),
+    ):
+        params["train"].update(train)
+        (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        seconds = stage(folder, "train")
+        epoch = epoch_seconds(folder)[-1]
+        results[label] = {"stage_s": seconds, "epoch_s": epoch}
+    processed = str(folder / "data" / "processed")
+    bare_command = [sys.executable, str(REPO / "bench" / "bare_stream.py"), "train", "--processed", processed,
+                    "--epochs", str(epochs), "--batch-size", "256", "--deterministic"]  # fmt: skip
+    _, output = run(bare_command, REPO)
+    results["bare_one_process"] = {"epoch_s": last_json(output)["epoch_seconds"][-1]}
+    ports = ",".join(str(port) for port in free_ports(2))
+    started = [
+        subprocess.Popen([*bare_command, "--worker", str(index), "--ports", ports], cwd=REPO, env=ENV,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for index in range(2)
+    ]  # fmt: skip
+    reports = [last_json(process.communicate(timeout=3600)[0]) for process in started]
+    bare_two = reports[0]
+    epoch = bare_two["epoch_seconds"][-1]
+    results["bare_two_workers"] = {
+        "epoch_s": epoch,
+        "all_reduce_s": bare_two["all_reduce_s"],
+        "weights": bare_two["weights"],
+        "all_reduce_bytes_per_step": bare_two["all_reduce_bytes_per_step"],
+        "steps_per_epoch": bare_two["steps_per_epoch"],
+        "all_reduce_share": bare_two["all_reduce_s"] * bare_two["steps_per_epoch"] / epoch,
+    }
+    train_rows = json.loads((folder / "data" / "processed" / "state.json").read_text())["rows"]["train"]
+    for label, count in (("one_process", 1), ("two_workers", 2), ("bare_one_process", 1), ("bare_two_workers", 2)):
+        results[label]["rows_per_s_per_worker"] = train_rows / count / results[label]["epoch_s"]
+    results["two_workers_over_bare"] = results["two_workers"]["epoch_s"] / results["bare_two_workers"]["epoch_s"]
+    results["one_process_over_bare"] = results["one_process"]["epoch_s"] / results["bare_one_process"]["epoch_s"]
+    shutil.rmtree(folder, ignore_errors=True)
+    return results
+
+
 BARE_PREDICT = """
 import json, resource, sys, time
 import keras, numpy as np, pandas as pd, pyarrow.parquet as pq
@@ -563,6 +620,22 @@ def gpu_path() -> dict[str, Any]:
 
 def markdown(results: dict[str, Any]) -> str:
     lines = [f"# kerasflow benchmarks ({results['date']})", "", f"Machine: {results['machine']}", ""]
+    if "workers" in results:
+        row = results["workers"]
+        lines += [f"## Training across workers ({row['rows']:,} rows x 50, batch 256 global; last epoch)", "",
+                  "Two workers share one machine's cores here: this shows the engine at work and its cost, not a "
+                  "speed-up.", "",
+                  "| | epoch s | rows/s per worker | train stage s |", "|---|---|---|---|"]  # fmt: skip
+        for label in ("one_process", "two_workers", "bare_one_process", "bare_two_workers"):
+            stage_s = f"{row[label]['stage_s']:.1f}" if "stage_s" in row[label] else ""
+            lines.append(
+                f"| {label} | {row[label]['epoch_s']:.2f} | {row[label]['rows_per_s_per_worker']:.0f} | {stage_s} |"
+            )
+        bare = row["bare_two_workers"]
+        lines += ["", f"kerasflow / bare: two workers {row['two_workers_over_bare']:.3f}, one process "
+                  f"{row['one_process_over_bare']:.3f}. All-reduce of {bare['weights']:,} weights "
+                  f"({bare['all_reduce_bytes_per_step'] / 1024:.1f} KiB sent per worker per step): "
+                  f"{bare['all_reduce_s'] * 1000:.2f} ms, {bare['all_reduce_share']:.1%} of an epoch.", ""]  # fmt: skip
     if "throughput" in results:
         lines += ["## Training throughput (samples/s, median of alternating runs)", "",
                   "kerasflow runs with `train.deterministic: auto` (op determinism on without a GPU); the last column "
@@ -674,8 +747,11 @@ def markdown(results: dict[str, Any]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
-        "--only", choices=["throughput", "fixed_cost", "scale", "images", "predict", "tune"], action="append"
+        "--only",
+        choices=["throughput", "fixed_cost", "scale", "images", "predict", "tune", "workers"],
+        action="append",
     )
+    parser.add_argument("--worker-rows", type=int, default=400_000, help="rows for the training-across-workers bench")
     parser.add_argument("--images", type=int, default=20_000, help="generated JPEGs for the image-folder benchmark")
     parser.add_argument("--predict-rows", type=int, default=5_000_000, help="rows for the prediction benchmark")
     parser.add_argument("--repeats", type=int, default=3)
@@ -683,7 +759,7 @@ def main() -> int:
     parser.add_argument("--sizes", default="1000000,3000000,10000000", help="rows for the scale benchmark")
     parser.add_argument("--output", default=str(RESULTS / "latest"), help="results path, without extension")
     args = parser.parse_args()
-    chosen = args.only or ["throughput", "fixed_cost", "scale", "images", "predict", "tune"]
+    chosen = args.only or ["throughput", "fixed_cost", "scale", "images", "predict", "tune", "workers"]
     results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine()}
     with tempfile.TemporaryDirectory(prefix="kerasflow-bench-") as folder:
         work = Path(folder)
@@ -699,6 +775,8 @@ def main() -> int:
             results["predict"] = prediction(work, args.predict_rows)
         if "tune" in chosen:
             results["tune"] = tuning(work)
+        if "workers" in chosen:
+            results["workers"] = workers(work, args.worker_rows)
     results["gpu_path"] = gpu_path()
     results["benchmark_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     output = Path(args.output)

@@ -3,6 +3,12 @@ larger than memory.
 
     python bench/bare_stream.py train --processed data/processed --epochs 1 --batch-size 256
     python bench/bare_stream.py predict --model models/model.keras --input new.parquet --output out.parquet
+    python bench/bare_stream.py train ... --worker 0 --ports 5000,5001   # and --worker 1 ...: two workers
+
+With --worker and --ports, `train` is one worker of a MultiWorkerMirroredStrategy training (the cluster on
+those loopback ports): it reads every n-th row group, in batches of batch-size / n, the same number of full
+batches as every other worker, with kerasflow's 20-line Keras workaround (tasks/keras_multiworker.py: bare Keras
+3 cannot fit under this strategy), and times the all-reduce of a tensor the size of the model's weights.
 
 `train` streams the pipeline's train.parquet through tf.data (row groups in a seeded order, each
 shuffled, cut into batches in NumPy, prefetched), validating on val.parquet each epoch,
@@ -15,6 +21,7 @@ Each prints one JSON line.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import time
@@ -32,6 +39,25 @@ LABEL = "__label__"
 
 
 def train(args: argparse.Namespace) -> dict:
+    strategy = None
+    if args.ports:
+        import os
+        import sys
+
+        ports = args.ports.split(",")
+        os.environ["TF_CONFIG"] = json.dumps(
+            {
+                "cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]},
+                "task": {"type": "worker", "index": args.worker},
+            }
+        )
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from tasks import keras_multiworker
+
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        keras_multiworker.install()
+    workers = strategy.num_replicas_in_sync if strategy else 1
+    batch_size = args.batch_size // workers
     folder = Path(args.processed)
     state = json.loads((folder / "state.json").read_text())
     numeric = state["fitted"]["numeric"]
@@ -40,6 +66,8 @@ def train(args: argparse.Namespace) -> dict:
     variance = np.array([numeric[name]["variance"] for name in columns], dtype="float32")
     classes = len(state["classes"])
     keras.utils.set_random_seed(args.seed)
+    scope = strategy.scope() if strategy else contextlib.nullcontext()
+    scope.__enter__()
     model = keras.Sequential(
         [
             keras.Input((len(columns),)),
@@ -51,37 +79,77 @@ def train(args: argparse.Namespace) -> dict:
     )
     loss = "sparse_categorical_crossentropy" if classes > 2 else "binary_crossentropy"
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss, metrics=["accuracy"])
+    scope.__exit__(None, None, None)
     if args.deterministic:
         tf.config.experimental.enable_op_determinism()
     rows = pq.ParquetFile(folder / "train.parquet").metadata.num_rows
 
-    def stream(name: str, shuffle: bool) -> tf.data.Dataset:
+    def stream(name: str, shuffle: bool, index: int = 0) -> tf.data.Dataset:
         passes = iter(range(10**9))
+        metadata = pq.ParquetFile(folder / f"{name}.parquet").metadata
+        mine = np.arange(index, metadata.num_row_groups, workers)
+        shard_rows = [
+            sum(metadata.row_group(int(group)).num_rows for group in range(worker, metadata.num_row_groups, workers))
+            for worker in range(workers)
+        ]
 
         def batches():
             # Row groups in a seeded order, each shuffled and cut into batches.
             rng = np.random.default_rng([args.seed, next(passes)])
             reader = pq.ParquetFile(folder / f"{name}.parquet")
-            groups = range(reader.num_row_groups)
-            for group in rng.permutation(reader.num_row_groups) if shuffle else groups:
+            for group in rng.permutation(mine) if shuffle else mine:
                 table = reader.read_row_group(int(group))
                 x = np.column_stack([table.column(column).to_numpy() for column in columns]).astype("float32")
                 y = table.column(LABEL).to_numpy()
                 order = rng.permutation(len(y)) if shuffle else np.arange(len(y))
-                for start in range(0, len(y), args.batch_size):
-                    chosen = order[start : start + args.batch_size]
+                for start in range(0, len(y), batch_size):
+                    chosen = order[start : start + batch_size]
                     yield x[chosen], y[chosen]
 
         signature = (tf.TensorSpec((None, len(columns)), tf.float32), tf.TensorSpec((None,), tf.int64))
-        return tf.data.Dataset.from_generator(batches, output_signature=signature).prefetch(tf.data.AUTOTUNE)
+        dataset = tf.data.Dataset.from_generator(batches, output_signature=signature)
+        if strategy:  # the same number of full batches on every worker
+            dataset = dataset.filter(lambda x, y: tf.shape(y)[0] == batch_size).take(min(shard_rows) // batch_size)
+        return dataset.prefetch(tf.data.AUTOTUNE)
+
+    def data(name: str, shuffle: bool):
+        if strategy is None:
+            return stream(name, shuffle)
+        return strategy.distribute_datasets_from_function(
+            lambda context: stream(name, shuffle, context.input_pipeline_id)
+        )
 
     ends: list[float] = []
     timer = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: ends.append(time.perf_counter()))
     started = time.perf_counter()
-    model.fit(
-        stream("train", True), validation_data=stream("val", False), epochs=args.epochs, callbacks=[timer], verbose=0
-    )
-    return {"train_rows": rows, "epoch_seconds": np.diff([started, *ends]).tolist()}
+    model.fit(data("train", True), validation_data=data("val", False), epochs=args.epochs, callbacks=[timer], verbose=0)
+    report = {"train_rows": rows, "workers": workers, "epoch_seconds": np.diff([started, *ends]).tolist()}
+    if strategy:
+        report.update(all_reduce(strategy, model, args.batch_size, rows))
+    return report
+
+
+def all_reduce(strategy, model, batch_size: int, rows: int, repeats: int = 50) -> dict:
+    """Seconds per all-reduce of a tensor the size of the model's trainable weights (what each step's gradient
+    all-reduce moves), and the bytes a ring all-reduce sends per worker per step."""
+    size = int(sum(np.prod(variable.shape) for variable in model.trainable_variables))
+
+    @tf.function
+    def reduce_once():
+        return strategy.run(lambda: tf.distribute.get_replica_context().all_reduce("SUM", tf.ones((size,))))
+
+    reduce_once()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        reduce_once()
+    seconds = (time.perf_counter() - started) / repeats
+    workers = strategy.num_replicas_in_sync
+    return {
+        "weights": size,
+        "all_reduce_s": seconds,
+        "steps_per_epoch": rows // batch_size,
+        "all_reduce_bytes_per_step": 2 * (workers - 1) / workers * size * 4,
+    }
 
 
 def predict(args: argparse.Namespace) -> dict:
@@ -113,6 +181,8 @@ def main() -> None:
     training.add_argument("--batch-size", type=int, default=256)
     training.add_argument("--seed", type=int, default=42)
     training.add_argument("--deterministic", action="store_true", help="op determinism, as kerasflow on a CPU")
+    training.add_argument("--worker", type=int, default=0, help="this worker's index (with --ports)")
+    training.add_argument("--ports", default=None, help="the workers' loopback ports, comma-separated")
     scoring = commands.add_parser("predict")
     scoring.add_argument("--model", required=True)
     scoring.add_argument("--input", required=True)

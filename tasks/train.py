@@ -191,11 +191,13 @@ def stream_dataset(
     """The split file's rows in batches: each epoch (each pass) reads the row groups in an order drawn from
     (seed, epoch), keeps a pool of up to `shuffle_buffer` rows across them, and hands out shuffled batches of
     the pool as it refills. Memory: a row group and the pool. An image folder's paths are decoded in parallel
-    after the shuffle. With `shard` (index, count), only every count-th row group, from index on, is read;
-    with `steps`, each pass is exactly that many full batches (the rest of the shard is left for the pass)."""
+    after the shuffle. With `shard` (index, count), only every count-th row group, from index on, is read (or,
+    in a split of fewer row groups than that, every count-th row of each); with `steps`, each pass is exactly
+    that many full batches (the rest of the shard is left for the pass)."""
     file = open_parquet(source.path)
     groups = np.arange(file.metadata.num_row_groups)
-    if shard is not None:
+    by_rows = shard is not None and len(groups) < shard[1]
+    if shard is not None and not by_rows:
         groups = groups[shard[0] :: shard[1]]
     passes = itertools.count()
     label_dtype = file.schema_arrow.field(LABEL).type
@@ -211,6 +213,8 @@ def stream_dataset(
         pool: Any = None
         for group in rng.permutation(groups) if shuffle else groups:
             frame = reader.read_row_group(int(group)).to_pandas()
+            if by_rows:
+                frame = frame.iloc[shard[0] :: shard[1]]
             chunk = (features_of(frame.drop(columns=LABEL)), frame[LABEL].to_numpy())
             pool = chunk if pool is None else _concat(pool, chunk)
             rows = _rows(pool)
@@ -242,25 +246,28 @@ def stream_dataset(
     if steps is not None:
         dataset = dataset.take(steps)
     # Keras then knows the epoch's steps (and does not warn when the generator ends).
-    rows = sum(file.metadata.row_group(int(group)).num_rows for group in groups)
+    rows = sum(file.metadata.row_group(int(group)).num_rows for group in groups) // (shard[1] if by_rows else 1)
     dataset = dataset.apply(tf.data.experimental.assert_cardinality(steps or -(-rows // batch_size)))
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 def shard_steps(source: ParquetSplit, workers: int, worker_batch: int) -> int:
-    """Full batches of `worker_batch` rows that every one of `workers` shards (every workers-th row group) holds:
-    each worker runs this many steps per epoch, so none waits at an all-reduce for another that has finished."""
+    """Full batches of `worker_batch` rows that every one of `workers` shards holds (every workers-th row group, or
+    every workers-th row of each when there are fewer row groups than workers): each worker runs this many steps
+    per epoch, so none waits at an all-reduce for another that has finished."""
     metadata = open_parquet(source.path).metadata
     groups = metadata.num_row_groups
-    rows = [
-        sum(metadata.row_group(group).num_rows for group in range(index, groups, workers)) for index in range(workers)
-    ]
+    sizes = [metadata.row_group(group).num_rows for group in range(groups)]
+    if groups < workers:
+        rows = [sum(len(range(index, size, workers)) for size in sizes) for index in range(workers)]
+    else:
+        rows = [sum(sizes[index::workers]) for index in range(workers)]
     steps = min(rows) // worker_batch
     if steps == 0:
         raise ConfigError(
-            f"{source.path.name}: {groups} row group(s) of {metadata.num_rows:,} rows give the smallest of {workers} "
+            f"{source.path.name}: {metadata.num_rows:,} rows in {groups} row group(s) give the smallest of {workers} "
             f"worker shards {min(rows):,} rows, less than one batch of {worker_batch} per worker; make "
-            "preprocess.row_group_rows smaller or train.batch_size smaller"
+            "train.batch_size smaller (it is the global batch) or train on fewer workers"
         )
     return steps
 

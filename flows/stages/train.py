@@ -45,6 +45,7 @@ from tasks.train import (
     device_summary,
     distribution_strategy,
     predict,
+    shard_steps,
     spans_workers,
 )
 from tasks.train import train_model as fit_model
@@ -173,7 +174,9 @@ def run_workers(params: Params, context: Context) -> dict[str, Any]:
     state = read_state(layout.processed_dir)
     cluster.check(params.train, state.string_inputs)
     workers = params.train.workers or 1
-    cluster.per_replica_batch(params.train, workers)
+    per_replica = cluster.per_replica_batch(params.train, workers)
+    for name in ("train", "val"):  # a split too small for every worker to get a batch is refused before any start
+        shard_steps(split_source(layout.processed_dir, name, state), workers, per_replica)
     chief_backup = backup_folder(params, layout, state.data_md5)
     reconcile_backups(chief_backup, workers)
     layout.run_file.unlink(missing_ok=True)

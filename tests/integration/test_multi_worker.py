@@ -170,3 +170,29 @@ def test_a_prefect_flow_run_trains_with_two_workers(project):
     client = use_store(root / "mlflow.db")
     run_id = re.search(r"MLflow run\s+([0-9a-f]{32})", result.stdout).group(1)
     assert client.get_run(run_id).data.tags["train.workers"] == "2"
+
+
+def test_two_workers_train_a_tabular_mlp(project):
+    root, _, _ = project
+    tabular = root.parent / f"{root.name}-tabular"
+    shutil.copytree(root, tabular, ignore=shutil.ignore_patterns(".kerasflow", "mlflow.db", "mlartifacts"))
+    params = yaml.safe_load((tabular / "params.yaml").read_text())
+    params["ingest"] = {"source": "sklearn", "dataset": "breast_cancer"}
+    params["preprocess"]["row_group_rows"] = 64  # 398 training rows: 7 row groups
+    params["model"] = {
+        "layers": [{"type": "dense", "units": 16, "activation": "relu"}],
+        "loss": "binary_crossentropy",
+        "optimizer": {"name": "adam", "learning_rate": 0.01},
+    }
+    params["train"].update(epochs=6, batch_size=32, early_stopping={"enabled": False})
+    params["register"]["model_name"] = "breast-cancer-two-workers"
+    (tabular / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (tabular / "data" / "schema.json").unlink(missing_ok=True)
+    env = project_env(tabular)
+    output = ""
+    for stage in ("ingest", "validate", "preprocess", "train", "evaluate"):
+        output += run([sys.executable, "-m", "flows.dvc_stage", stage], tabular, env).stderr
+    assert "all 2 workers ended with the same weights" in output, output[-3000:]
+    history = pd.read_csv(tabular / "reports" / "history.csv")
+    assert history["loss"].iloc[-1] < history["loss"].iloc[0]
+    assert json.loads((tabular / "reports" / "metrics.json").read_text())["test"]["accuracy"] > 0.9  # chance: 0.63

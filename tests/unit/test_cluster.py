@@ -82,8 +82,10 @@ def test_every_worker_gets_the_same_number_of_full_batches(tmp_path):
     # Worker 0 holds groups 0 and 2 (200 rows), worker 1 groups 1 and 3 (130): 130 // 16 = 8 batches each.
     assert shard_steps(source, 2, 16) == 8
     assert shard_steps(source, 4, 16) == 1
-    with pytest.raises(ConfigError, match="make preprocess.row_group_rows smaller"):
-        shard_steps(source, 5, 16)
+    # Fewer row groups than workers: every 5th row of each group (66 rows for the smallest shard).
+    assert shard_steps(source, 5, 16) == 4
+    with pytest.raises(ConfigError, match="make train.batch_size smaller"):
+        shard_steps(source, 5, 128)
 
 
 def test_restarted_workers_all_resume_from_the_furthest_backup(tmp_path):
