@@ -21,7 +21,6 @@ def project(tmp_path, monkeypatch):
     return tmp_path
 
 
-@pytest.mark.slow
 def test_default_pipeline_registers_a_champion_digits_cnn(prefect_harness, project, monkeypatch):
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId

@@ -11,8 +11,6 @@ import pytest
 
 from tests.conftest import REPO_ROOT, use_store
 
-pytestmark = pytest.mark.slow
-
 OPTIMIZERS = ["sgd", "adam", "rmsprop"]
 # A small CNN for 3 epochs: the study is what is under test, not the model.
 SMALL = {

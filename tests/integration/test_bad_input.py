@@ -25,7 +25,7 @@ from flows.stages import build_stages
 from kerasflow.layout import Layout
 from tests.conftest import REPO_ROOT, use_store
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
+pytestmark = pytest.mark.integration
 
 STAGES = [stage.name for stage in build_stages(Layout(REPO_ROOT))]
 MODEL = "kerasflow-digits-cnn"

@@ -13,7 +13,7 @@ import yaml
 from tests.conftest import use_store
 from tests.integration.servers import clone_project, project_env, run
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
+pytestmark = pytest.mark.integration
 
 STAGES = ["ingest", "validate", "preprocess", "train", "evaluate", "register"]
 

@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import use_store
 from tests.integration.servers import BIN, background, clone_project, free_port, wait_healthy
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
+pytestmark = pytest.mark.integration
 
 DEPLOYMENT = "training-pipeline/digits-cnn"
 
@@ -249,6 +249,7 @@ def test_a_deployment_run_reads_well_in_mlflow_and_prefect(deployment):
     assert "`epochs=3`" in summary and "best epoch" in summary
 
 
+@pytest.mark.slow
 def test_the_tune_deployment_runs_a_study_on_the_worker(deployment):
     project, _, _ = deployment
     study = {
@@ -330,6 +331,7 @@ def parsed_time(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
+@pytest.mark.slow
 def test_drift_starts_one_retraining_through_prefect_events_and_the_gate_decides(deployment):
     project, env, root = deployment
     client = use_store(project / "mlflow.db")

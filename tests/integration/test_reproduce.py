@@ -11,7 +11,7 @@ import yaml
 from tests.conftest import use_store
 from tests.integration.servers import BIN, clone_project, project_env, run
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
+pytestmark = pytest.mark.integration
 
 MODEL = "kerasflow-digits-cnn"
 

@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import REPO_ROOT
 from tests.integration.servers import mlflow_server
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
+pytestmark = pytest.mark.integration
 
 
 def test_pipeline_logs_and_registers_through_a_tracking_server(prefect_harness, tmp_path, monkeypatch):
@@ -48,6 +48,7 @@ def test_pipeline_logs_and_registers_through_a_tracking_server(prefect_harness, 
         assert list((tmp_path / "served-artifacts").iterdir())  # the server stored the artifacts
 
 
+@pytest.mark.slow
 def test_a_tracking_server_lost_mid_training_fails_the_stage_quickly_naming_it(tmp_path):
     """The server killed (its whole process group) at epoch 5 of 60: train fails within about a minute (MLflow's
     own retry and timeout settings, tracking.request_timeout), names the server, and keeps the per-epoch backup,

@@ -84,12 +84,10 @@ def _check_mirrored_matches_single(runs, dataset):
     np.testing.assert_allclose(mirrored["predictions"], single["predictions"], atol=1e-3)
 
 
-@pytest.mark.slow
 def test_mirrored_strategy_over_two_cpu_devices_matches_one_device(runs):
     _check_mirrored_matches_single(runs, "numeric")
 
 
-@pytest.mark.slow
 def test_a_model_that_takes_strings_trains_on_one_device_and_refuses_mirrored(runs):
     # Keras' fit under MirroredStrategy averages the first batch across replicas, which fails on strings.
     single = runs["categorical.off"]
@@ -117,7 +115,6 @@ def test_auto_switches_resolve_to_cpu_defaults_here():
     assert forced == ("mixed_float16" if has_gpu else "mixed_bfloat16")
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("switch", [{"mixed_precision": True}, {"jit_compile": True}], ids=["mixed", "xla"])
 def test_the_gpu_switches_train_a_model_that_learns_on_the_cpu(switch):
     """The GPU path's switches, really used: mixed precision (bfloat16 here) and XLA compile and learn on the CPU."""

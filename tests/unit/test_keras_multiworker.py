@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from tasks.cluster import free_ports
 from tests.conftest import REPO_ROOT
@@ -41,7 +40,6 @@ def train(mode: str, folder: Path, workers: int = 2) -> list[subprocess.Complete
     return results
 
 
-@pytest.mark.slow
 def test_keras_still_needs_the_workaround(tmp_path):
     results = train("bare", tmp_path)
     # If this fails, Keras trains under MultiWorkerMirroredStrategy by itself (keras-team/keras#20585 fixed):
@@ -50,7 +48,6 @@ def test_keras_still_needs_the_workaround(tmp_path):
     assert "PerReplica" in results[0].stdout or "axis" in results[0].stdout, results[0].stdout[-2000:]
 
 
-@pytest.mark.slow
 def test_with_the_workaround_two_workers_train_as_one_process_would(tmp_path):
     for result in train("patched", tmp_path):
         assert result.returncode == 0, result.stdout[-3000:]

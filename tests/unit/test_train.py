@@ -48,7 +48,6 @@ def accuracy(model, split: Split, inputs) -> float:
     return float(np.mean((predict(model, split.x, inputs).ravel() >= 0.5) == split.y))
 
 
-@pytest.mark.slow
 def test_loss_goes_down_and_accuracy_beats_chance(cancer, tmp_path):
     train_split, val_split = splits(cancer, 400)
     keras.utils.set_random_seed(0)
