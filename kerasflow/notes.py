@@ -78,9 +78,13 @@ def run_description(
         best = metrics.get("best_epoch")
         restored = " (its weights restored)" if tags.get("train.restored_best") == "True" else ""
         best_text = f", best epoch {int(best)}{restored}" if best is not None else ""
-        lines.append(
-            f"- **Training:** {int(metrics['epochs_trained'])} epochs{best_text}, on {tags.get('train.device', '?')}"
-        )
+        where = tags.get("train.device", "?")
+        if tags.get("train.workers"):
+            where += (
+                f", across {tags['train.workers']} workers (MultiWorkerMirroredStrategy, "
+                f"{tags.get('train.per_replica_batch', '?')} rows per replica and step)"
+            )
+        lines.append(f"- **Training:** {int(metrics['epochs_trained'])} epochs{best_text}, on {where}")
     primary = tags.get("evaluate.primary_metric")
     if primary and f"test_{primary}" in metrics:
         baseline = metrics.get(f"baseline_{primary}")

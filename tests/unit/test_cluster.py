@@ -112,3 +112,14 @@ def test_a_failed_worker_is_named_with_its_last_lines_and_the_others_stopped(tmp
     message = str(raised.value)
     assert re.search(r"training worker [01] of 2 exited with status 2; the other workers were stopped", message)
     assert "missing.yaml: file not found" in message
+
+
+def test_the_run_description_says_the_training_went_across_workers():
+    from kerasflow import notes
+
+    tags = {"registry.model": "digits", "train.device": "CPU", "train.workers": "2", "train.per_replica_batch": "16"}
+    described = notes.run_description(tags, {"epochs_trained": 4, "best_epoch": 3})
+    assert "- **Training:** 4 epochs, best epoch 3, on CPU, across 2 workers (MultiWorkerMirroredStrategy, 16 rows" in (
+        described
+    )
+    assert "across" not in notes.run_description({**tags, "train.workers": ""}, {"epochs_trained": 4})
