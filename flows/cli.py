@@ -260,6 +260,11 @@ def use_example(name: str | None, overrides: dict[str, Any]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     quiet_defaults()
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train-worker"]:  # its own options, all of them (argparse's REMAINDER would drop some)
+        from flows.train_worker import main as worker_main
+
+        return worker_main(argv[1:])
     parser = argparse.ArgumentParser(prog="kerasflow", description="Keras pipelines on Prefect, DVC and MLflow.")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the whole pipeline once as a Prefect flow")
@@ -305,21 +310,14 @@ def main(argv: list[str] | None = None) -> int:
     starting.add_argument("--name", help="the registered model's name (default: from the data's)")
     accepting = commands.add_parser("accept-schema", help="record the raw data's schema, accepting a changed one")
     accepting.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
-    worker = commands.add_parser(
-        "train-worker", help="one worker of train.distribute: multi_worker (TF_CONFIG: the cluster)", add_help=False
-    )
-    worker.add_argument("arguments", nargs=argparse.REMAINDER, help="--params, --set, --root (see --help)")
+    # Listed for --help; `main` hands its arguments to flows/train_worker.py before parsing.
+    commands.add_parser("train-worker", help="one worker of train.distribute: multi_worker (TF_CONFIG: the cluster)")
     example = commands.add_parser("example", help="make examples/NAME the project's workload (params, dvc.yaml)")
     example.add_argument("name", nargs="?", help="the example (omit to list them)")
     example.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="change a param of it"
     )
     args = parser.parse_args(argv)
-
-    if args.command == "train-worker":
-        from flows.train_worker import main as worker_main
-
-        return worker_main(args.arguments)
     if args.command == "example":
         return use_example(args.name, parse_assignments(args.overrides))
     if args.command == "init":

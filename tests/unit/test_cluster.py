@@ -123,3 +123,15 @@ def test_the_run_description_says_the_training_went_across_workers():
         described
     )
     assert "across" not in notes.run_description({**tags, "train.workers": ""}, {"epochs_trained": 4})
+
+
+def test_kerasflow_train_worker_refuses_a_malformed_tf_config_before_any_work(tmp_path, monkeypatch, caplog):
+    from flows import cli
+    from tests.conftest import REPO_ROOT
+
+    (tmp_path / "params.yaml").write_text((REPO_ROOT / "params.yaml").read_text())
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    arguments = ["train-worker", "--params", str(tmp_path / "params.yaml"), "--set", "train.distribute=multi_worker"]
+    assert cli.main(arguments) == 2
+    assert "TF_CONFIG is not JSON" in caplog.text
+    assert not (tmp_path / "models").exists() and not (tmp_path / "mlflow.db").exists()
