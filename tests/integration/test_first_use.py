@@ -9,7 +9,7 @@ import yaml
 from kerasflow import samples
 from tests.integration.servers import clone_project, project_env, run
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
 def test_your_own_csv_in_one_command_then_kerasflow_run_and_dvc_repro(tmp_path):

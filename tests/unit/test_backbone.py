@@ -103,6 +103,7 @@ def test_unfreeze_needs_a_backbone():
 
 
 @pytest.mark.parametrize("last", [4, None])
+@pytest.mark.slow
 def test_unfreeze_makes_only_the_last_layers_trainable(last):
     model = _head_on_backbone(BackboneParams(name=NAME, weights=None))
     backbone = model.get_layer("backbone")
@@ -148,6 +149,7 @@ def test_build_model_puts_a_frozen_backbone_under_the_head(weights_file, tmp_pat
     np.testing.assert_allclose(loaded.predict(x, verbose=0), outputs, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_fine_tuning_trains_only_the_unfrozen_backbone_layers(weights_file):
     """The mechanics of the two phases. (A randomly initialised backbone's features carry no signal to
     learn from, and ImageNet weights cannot be downloaded here; the other training tests check learning.)"""
