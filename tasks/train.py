@@ -79,8 +79,8 @@ def multi_worker_plan(params: TrainParams, gpus: bool, string_inputs: bool) -> d
     TensorFlow work); the run records the workers and the per-replica batch."""
     from tasks import cluster
 
-    found = cluster.check(params.model_copy(update={"workers": None}), string_inputs)
-    assert found is not None
+    cluster.check(params, string_inputs)
+    found = cluster.read_tf_config()  # this process is one worker (of train.workers, or of a cluster)
     strategy = cluster.strategy()
     replicas = int(strategy.num_replicas_in_sync)
     mixed = gpus if params.mixed_precision == "auto" else params.mixed_precision
