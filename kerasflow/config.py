@@ -356,6 +356,8 @@ class EvaluateParams(_Section):
     baseline: Literal["auto", "logistic_regression", "knn", "linear_regression", "ridge"] = "auto"
     # The baseline is fitted on a seeded sample of at most this many training rows.
     baseline_rows: PositiveInt = 100_000
+    # Rows of a split read at a time for the baseline, its sample and the champion's re-score.
+    batch_rows: PositiveInt = 65_536
 
     @field_validator("primary_metric")
     @classmethod

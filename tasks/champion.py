@@ -51,7 +51,9 @@ def mismatch(champion: ModelConfig, state: PreprocessState) -> str | None:
     return None
 
 
-def rescore(model_name: str, version: str, test: Split | ParquetSplit, state: PreprocessState) -> dict[str, Any]:
+def rescore(
+    model_name: str, version: str, test: Split | ParquetSplit, state: PreprocessState, batch_rows: int = 1 << 16
+) -> dict[str, Any]:
     """The champion version's metrics on this run's test split, or why it could not be scored on it."""
     import mlflow
 
@@ -66,13 +68,15 @@ def rescore(model_name: str, version: str, test: Split | ParquetSplit, state: Pr
     if isinstance(test, Split):
         outputs, labels = model_outputs(scorer.predict(None, test.x), config), test.y
     else:  # the test split streamed through the champion's own code, a batch at a time
-        parts = [model_outputs(scorer.predict(None, x), config) for x, _ in test.batches(1 << 16)]
+        parts = [model_outputs(scorer.predict(None, x), config) for x, _ in test.batches(batch_rows)]
         outputs, labels = np.concatenate(parts), test.labels()
     scores = score_predictions(state.task, labels, outputs, state.n_classes, config.threshold)
     return {"version": version, "test": scores, "test_rows": len(test)}
 
 
-def rescore_current(model_name: str, test: Split | ParquetSplit, state: PreprocessState) -> dict[str, Any] | None:
+def rescore_current(
+    model_name: str, test: Split | ParquetSplit, state: PreprocessState, batch_rows: int = 1 << 16
+) -> dict[str, Any] | None:
     """The current champion re-scored on `test` (None when there is no champion)."""
     version = current_champion(model_name)
-    return rescore(model_name, version, test, state) if version else None
+    return rescore(model_name, version, test, state, batch_rows) if version else None

@@ -132,7 +132,9 @@ BASELINE_VALUES = 20_000_000
 BASELINE_SALT = 3
 
 
-def baseline_sample(train: Split | ParquetSplit, rows: int, seed: int, inputs: ModelInputs) -> Split:
+def baseline_sample(
+    train: Split | ParquetSplit, rows: int, seed: int, inputs: ModelInputs, batch_rows: int = 1 << 16
+) -> Split:
     """The training rows the baseline is fitted on: all of them when they are at most `rows` (and fit the
     values budget), else a seeded sample of that many, the same whatever the batching."""
     if isinstance(train, Split):
@@ -143,7 +145,7 @@ def baseline_sample(train: Split | ParquetSplit, rows: int, seed: int, inputs: M
         return train.load()
     sample = SmallestRows(rows)
     start = 0
-    for frame, y in train.frames(1 << 16):
+    for frame, y in train.frames(batch_rows):
         positions = np.arange(start, start + len(y))
         start += len(y)
         sample.add(hash_positions(positions, seed, BASELINE_SALT), frame.assign(**{LABEL: y}))
@@ -151,7 +153,7 @@ def baseline_sample(train: Split | ParquetSplit, rows: int, seed: int, inputs: M
     return Split(train.features(kept.drop(columns=LABEL)), kept[LABEL].to_numpy())
 
 
-def baseline_outputs(baseline: Any, test: Split | ParquetSplit, task: str) -> np.ndarray:
+def baseline_outputs(baseline: Any, test: Split | ParquetSplit, task: str, batch_rows: int = 1 << 16) -> np.ndarray:
     """The fitted baseline's probabilities (positive class for two) or values, on the test rows batch by batch."""
 
     def outputs(x: Any) -> np.ndarray:
@@ -162,7 +164,7 @@ def baseline_outputs(baseline: Any, test: Split | ParquetSplit, task: str) -> np
 
     if isinstance(test, Split):
         return outputs(test.x)
-    return np.concatenate([outputs(x) for x, _ in test.batches(1 << 16)])
+    return np.concatenate([outputs(x) for x, _ in test.batches(batch_rows)])
 
 
 def baseline_metrics(
@@ -178,10 +180,11 @@ def baseline_metrics(
     """Fit the scikit-learn baseline on the training rows (a split file is sampled as `baseline_sample` does;
     the same raw features); score it on the test split. Returns its name and its scores."""
     baseline = make_baseline(params, task, seed, inputs)
-    sample = baseline_sample(train_split, params.baseline_rows, seed, inputs)
+    sample = baseline_sample(train_split, params.baseline_rows, seed, inputs, params.batch_rows)
     baseline.fit(sample.x, sample.y)
     y_test = test_split.y if isinstance(test_split, Split) else test_split.labels()
-    scores = score_predictions(task, y_test, baseline_outputs(baseline, test_split, task), n_classes, threshold)
+    outputs = baseline_outputs(baseline, test_split, task, params.batch_rows)
+    scores = score_predictions(task, y_test, outputs, n_classes, threshold)
     return type(baseline[-1]).__name__, scores
 
 

@@ -59,7 +59,9 @@ def run(params: Params, context: Context) -> dict[str, Any]:
     pictures = draw_plots(layout, params, state, config, y_test, outputs, run_info.get("best_epoch"))
     experiment_id = tracking.configure(params.tracking, context.project_root)
     # The gate compares the candidate with the champion on the same rows: this run's test split.
-    result["champion_rescored"] = rescore_current(params.register_.model_name, test_split, state)
+    result["champion_rescored"] = rescore_current(
+        params.register_.model_name, test_split, state, params.evaluate.batch_rows
+    )
     with tracking.open_run(experiment_id, run_id=run_info["run_id"]) as run_id:
         record(layout, state, config, result, per_class, pictures, run_info)
         # The metrics file is written last: it is what register (and dvc metrics) read.
@@ -97,7 +99,9 @@ def score(
     y_test, outputs = scored
     scores = score_predictions(state.task, y_test, outputs, state.n_classes, config.threshold)
     # Fitted on all training rows, or a seeded sample of evaluate.baseline_rows of them.
-    sample = baseline_sample(train_split, params.evaluate.baseline_rows, params.seed, state.inputs)
+    sample = baseline_sample(
+        train_split, params.evaluate.baseline_rows, params.seed, state.inputs, params.evaluate.batch_rows
+    )
     baseline_name, baseline = baseline_metrics(
         params.evaluate,
         state.task,

@@ -52,7 +52,7 @@ def project(folder: Path, rows: int) -> Path:
     params["model"]["layers"] = [{"type": "dense", "units": 16, "activation": "relu"}]
     params["train"].update(epochs=1, batch_size=256, in_memory=False, shuffle_buffer=BATCH)
     params["train"]["early_stopping"]["enabled"] = False
-    params["evaluate"]["baseline_rows"] = BATCH
+    params["evaluate"].update(baseline_rows=BATCH, batch_rows=BATCH)
     params["register"].update(thresholds={}, require_beat_baseline=False)
     params["predict"] = {"batch_rows": BATCH}
     params.pop("tune")
@@ -74,4 +74,4 @@ def test_every_stage_and_predict_stay_flat_in_memory_as_the_file_grows(tmp_path)
         peaks[rows]["predict"] = peak_rss_mb(command, folder, env)
         assert len(pd.read_parquet(folder / "out.parquet", columns=["row"])) == rows
     growth = {stage: peaks[400_000][stage] - peaks[100_000][stage] for stage in peaks[100_000]}
-    assert all(value < ALLOWED_GROWTH_MB for value in growth.values()), (growth, peaks)
+    assert all(value < ALLOWED_GROWTH_MB for value in growth.values()), f"growth {growth}, peaks {peaks}"
