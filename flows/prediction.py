@@ -41,9 +41,7 @@ class PredictionResult:
     def summary(self) -> str:
         from tasks.drift import summary_line
 
-        return (
-            summary_line(self.drift) if self.drift else "drift: not checked (the model carries no training statistics)"
-        )
+        return summary_line(self.drift)
 
 
 def resolve_model(params: Params, model_uri: str | None) -> str:
@@ -116,7 +114,7 @@ def predict_file(
         writer.commit()
     report_path = output.with_name(f"{output.stem}.drift.json")
     run_id = record(params, project_root, uri, name, version, source, output, writer.rows, seconds, drift, report_path)
-    summary = summary_line(drift) if drift else "drift: not checked (the model carries no training statistics)"
+    summary = summary_line(drift)
     logger.info("scored %d rows with %s version %s in %.1f s; %s", writer.rows, name, version, seconds, summary)
     if version:  # a registered model: tell Prefect (automations may retrain on drift)
         announce(name, version, drift, source, writer.rows, run_id, report_path)

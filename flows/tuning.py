@@ -347,7 +347,7 @@ def summarize_study(params: Params, plan: StudyPlan) -> dict[str, Any]:
     keys = list(params.tune.space)
     objective = tune.objective_name(params.tune)
     direction = tune.direction(params.tune)
-    table = tune_report.trials_table(trials, keys)
+    table = tune_report.trials_table(study, keys)
     counts = {state: int((table["state"] == state).sum()) for state in ("complete", "pruned", "failed")}
     client = mlflow.MlflowClient()
     run_id = plan.parent_run_id
@@ -376,13 +376,11 @@ def summarize_study(params: Params, plan: StudyPlan) -> dict[str, Any]:
             "validation_curves.png": tune_report.plot_curves(
                 trials, tune.watched_metric(params.tune)[0], keys, where / "validation_curves.png", title
             ),
-            "optimization_history.png": tune_report.plot_history(
-                trials, direction, objective, where / "optimization_history.png"
-            ),
+            "optimization_history.png": tune_report.plot_history(study, objective, where / "optimization_history.png"),
             "parallel_coordinates.png": tune_report.plot_parallel(
-                trials, keys, objective, where / "parallel_coordinates.png"
+                study, keys, objective, where / "parallel_coordinates.png"
             ),
-            "param_importances.png": tune_report.plot_importances(found, where / "param_importances.png"),
+            "param_importances.png": tune_report.plot_importances(study, found, where / "param_importances.png"),
         }
         for name, made in drawn.items():
             if made:

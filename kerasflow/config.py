@@ -67,7 +67,8 @@ LAYER_TYPES = {
     "gaussian_noise": "GaussianNoise",
 }
 MERGE_LAYERS = ("concatenate", "add", "average", "multiply")
-OPTIMIZERS = ("sgd", "adam", "rmsprop", "adagrad", "adadelta")
+# The optimizers a params file may name: Keras knows them by these names.
+OptimizerName = Literal["sgd", "adam", "rmsprop", "adagrad", "adadelta"]
 
 
 class ConfigError(ExpectedError, ValueError):
@@ -205,7 +206,7 @@ class LayerSpec(BaseModel):
 
 
 class OptimizerParams(_Section):
-    name: Literal["sgd", "adam", "rmsprop", "adagrad", "adadelta"] = "adam"
+    name: OptimizerName = "adam"
     learning_rate: PositiveFloat = 0.001
     momentum: float = Field(0.0, ge=0, lt=1)
     nesterov: bool = False

@@ -101,7 +101,9 @@ def read_events(model_name: str | None = None, limit: int = 50) -> list[Any]:
 
 def drift_reason(report: dict[str, Any], prediction_run_id: str | None) -> str:
     """`column area drifted (PSI 0.42) in predictions run 1f2e…`, from a drift report."""
-    parts = [f"`{name}` ({', '.join(report['columns'][name]['reasons'])})" for name in report["drifted"]]
+    from tasks.drift import drifted_columns
+
+    parts = [f"`{name}` ({reasons})" for name, reasons in drifted_columns(report)]
     noun = "column" if len(parts) == 1 else "columns"
     where = f" in predictions run {prediction_run_id}" if prediction_run_id else ""
     return f"{noun} {', '.join(parts)} drifted{where}"

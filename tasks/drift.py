@@ -254,9 +254,17 @@ class DriftCounter:
         }
 
 
-def summary_line(report: dict[str, Any]) -> str:
-    """`drift: rm PSI 3.41, zip unseen categories 12.0%` (or `drift: none past the thresholds`)."""
-    parts = [f"{name} {', '.join(report['columns'][name]['reasons'])}" for name in report["drifted"]]
+def drifted_columns(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """Each drifted column with why: `("rm", "PSI 3.41")`."""
+    return [(name, ", ".join(report["columns"][name]["reasons"])) for name in report["drifted"]]
+
+
+def summary_line(report: dict[str, Any] | None) -> str:
+    """`drift: rm PSI 3.41, zip unseen categories 12.0%` (or `drift: none past the thresholds`, or not checked for
+    a model without training statistics: `report` None)."""
+    if report is None:
+        return "drift: not checked (the model carries no training statistics)"
+    parts = [f"{name} {reasons}" for name, reasons in drifted_columns(report)]
     return "drift: " + ("; ".join(parts) if parts else "none past the thresholds")
 
 

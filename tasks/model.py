@@ -20,14 +20,6 @@ from kerasflow.records import FittedInputs, PreprocessState
 from tasks.backbone import backbone_features
 from tasks.features import input_graph
 
-OPTIMIZER_CLASSES = {
-    "sgd": keras.optimizers.SGD,
-    "adam": keras.optimizers.Adam,
-    "rmsprop": keras.optimizers.RMSprop,
-    "adagrad": keras.optimizers.Adagrad,
-    "adadelta": keras.optimizers.Adadelta,
-}
-
 
 @dataclass(frozen=True)
 class DataSpec:
@@ -102,7 +94,8 @@ def make_optimizer(spec: ModelParams, learning_rate: float | None = None) -> ker
         arguments.update(momentum=options.momentum, nesterov=options.nesterov)
     elif options.name == "rmsprop":
         arguments["momentum"] = options.momentum
-    return OPTIMIZER_CLASSES[options.name](**arguments)
+    # Keras' own names (model.optimizer.name is one of OptimizerName, so `get` always finds it).
+    return keras.optimizers.get({"class_name": options.name, "config": arguments})
 
 
 def make_layer(layer: LayerSpec, position: str, vocabulary: int | None = None) -> keras.layers.Layer:

@@ -359,12 +359,20 @@ def class_weights(
     if not classes:
         raise ConfigError("train.class_weight applies to classification only")
     if setting == "balanced":
-        counts = np.zeros(len(classes))
-        given = np.asarray(class_counts if class_counts is not None else [], dtype="float64")[: len(classes)]
+        from sklearn.utils.class_weight import compute_class_weight
+
+        counts = np.zeros(len(classes), dtype="int64")
+        given = np.asarray(class_counts if class_counts is not None else [], dtype="int64")[: len(classes)]
         counts[: len(given)] = given
-        # scikit-learn's rule (compute_class_weight, which refuses a class with no rows): rows / (classes * rows
-        # of the class); a class absent from the training rows weighs 1.
-        weights = np.where(counts > 0, counts.sum() / (len(classes) * np.maximum(counts, 1)), 1.0)
+        present = np.flatnonzero(counts)
+        weights = np.ones(len(classes))
+        if len(present):
+            # scikit-learn's rule on the class indexes repeated by their counts: rows / (classes * rows of the
+            # class). It refuses a class with no rows, so it sees the present ones (scaled to all classes) and an
+            # absent class weighs 1.
+            labels = np.repeat(present.astype("int32"), counts[present])
+            found = compute_class_weight("balanced", classes=present, y=labels)
+            weights[present] = found * len(present) / len(classes)
         return {index: float(weight) for index, weight in enumerate(weights)}
     names = [str(label) for label in classes]
     unknown = [label for label in setting if label not in names]

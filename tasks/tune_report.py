@@ -1,9 +1,9 @@
 """What a finished study shows: a table of its trials and the figures the parent MLflow run holds.
 
-- the validation curves of every trial on one chart (the tutorials' comparison of optimizers);
-- the optimization history (each trial's value and the best so far);
-- parallel coordinates (each trial a line through its searched values, coloured by its value);
-- parameter importances (Optuna's fANOVA), when enough trials completed to estimate them.
+Optuna provides the table (`study.trials_dataframe`) and three of the charts (`optuna.visualization.matplotlib`):
+the optimization history, the parallel coordinates and the parameter importances (fANOVA, when enough trials
+completed to estimate them). Drawn here is the one Optuna has no match for: every trial's per-epoch validation
+curve on one chart, coloured by optimizer and dashed by learning rate (the tutorials' comparison of optimizers).
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,38 +21,37 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from kerasflow.metrics import lower_is_better as lower_better
 from kerasflow.plotting import pyplot, save_figure
 
 logger = logging.getLogger(__name__)
 
-STATES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
+STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed"}
 
 
-def state_name(trial: FrozenTrial) -> str:
-    if trial.user_attrs.get("interrupted"):
-        return "interrupted"
-    return STATES.get(trial.state, trial.state.name.lower())
-
-
-def trials_table(trials: list[FrozenTrial], keys: list[str]) -> pd.DataFrame:
-    """One row per trial: number, state, value, epochs run, seconds, each searched value, its MLflow run."""
-    rows = []
-    for trial in trials:
-        seconds = (trial.datetime_complete - trial.datetime_start).total_seconds() if trial.datetime_complete else None
-        rows.append(
-            {
-                "trial": trial.number,
-                "state": state_name(trial),
-                "value": trial.value,
-                "epochs": trial.user_attrs.get("epochs"),
-                "seconds": round(seconds, 1) if seconds is not None else None,
-                **{key: trial.params.get(key) for key in keys},
-                "mlflow_run_id": trial.user_attrs.get("mlflow_run_id"),
-                "note": trial.user_attrs.get("note", ""),
-            }
-        )
-    return pd.DataFrame(rows)
+def trials_table(study: optuna.Study, keys: list[str]) -> pd.DataFrame:
+    """One row per finished trial (an interrupted one is left out): number, state, value, epochs run, seconds,
+    each searched value, its MLflow run and note; Optuna's `trials_dataframe` renamed to these columns."""
+    frame = study.trials_dataframe(attrs=("number", "value", "state", "duration", "params", "user_attrs"))
+    frame = frame.reindex(
+        columns=[
+            "number", "value", "state", "duration", *(f"params_{key}" for key in keys),
+            "user_attrs_epochs", "user_attrs_mlflow_run_id", "user_attrs_note", "user_attrs_interrupted",
+        ]
+    )  # fmt: skip
+    frame = frame[frame["state"].isin(list(STATES)) & (frame["user_attrs_interrupted"] != True)]  # noqa: E712
+    table = pd.DataFrame(
+        {
+            "trial": frame["number"],
+            "state": frame["state"].map(STATES),
+            "value": frame["value"],
+            "epochs": frame["user_attrs_epochs"],
+            "seconds": pd.to_timedelta(frame["duration"]).dt.total_seconds().round(1),
+            **{key: frame[f"params_{key}"] for key in keys},
+            "mlflow_run_id": frame["user_attrs_mlflow_run_id"],
+            "note": frame["user_attrs_note"].fillna(""),
+        }
+    )
+    return table.reset_index(drop=True)
 
 
 def short_label(trial: FrozenTrial, keys: list[str]) -> str:
@@ -133,83 +134,42 @@ def plot_curves(trials: list[FrozenTrial], metric: str, keys: list[str], path: P
     return True
 
 
-def plot_history(trials: list[FrozenTrial], direction: str, metric: str, path: Path) -> bool:
+def optuna_chart(draw: Callable[[], Any], path: Path) -> bool:
+    """Save the figure of one of Optuna's matplotlib charts (experimental in Optuna: its warning is expected).
+    Optuna switches matplotlib to its "ggplot" style: the rc context puts the process's style back after."""
+    plt = pyplot()
+    from optuna.exceptions import ExperimentalWarning
+
+    with warnings.catch_warnings(), plt.rc_context():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        axes = draw()
+    figure = axes.figure
+    figure.set_size_inches(8, 4.5)
+    figure.tight_layout()
+    save_figure(figure, path)
+    return True
+
+
+def completed(study: optuna.Study) -> list[FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+
+def plot_history(study: optuna.Study, metric: str, path: Path) -> bool:
     """Each completed trial's value by trial number, and the best value so far."""
-    complete = [trial for trial in trials if trial.state == TrialState.COMPLETE]
-    if not complete:
+    if not completed(study):
         return False
-    plt = pyplot()
-    figure, axis = plt.subplots(figsize=(7, 4))
-    numbers = [trial.number for trial in complete]
-    values = np.array([trial.value for trial in complete])
-    best = np.minimum.accumulate(values) if direction == "minimize" else np.maximum.accumulate(values)
-    axis.scatter(numbers, values, label="trial value", zorder=3)
-    axis.step(numbers, best, where="post", color="tab:red", label="best so far")
-    for trial in trials:
-        if trial.state == TrialState.PRUNED:
-            axis.axvline(trial.number, color="lightgrey", linewidth=1, zorder=1)
-    axis.set_xlabel("trial (grey lines: pruned)")
-    axis.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
-    if values.min() > 0 and values.max() / values.min() >= 100:
-        axis.set_yscale("log")
-    axis.set_ylabel(metric)
-    axis.set_title(f"Optimization history ({direction} {metric})")
-    axis.legend()
-    figure.tight_layout()
-    save_figure(figure, path)
-    return True
+    from optuna.visualization.matplotlib import plot_optimization_history
+
+    return optuna_chart(lambda: plot_optimization_history(study, target_name=metric), path)
 
 
-def axis_positions(values: list[Any]) -> tuple[np.ndarray, list[tuple[float, str]]]:
-    """Where each trial crosses one axis of the parallel-coordinates chart (0..1), and the labels to write on it:
-    numbers scaled (logarithmically when they span two decades or more), choices spaced evenly."""
-    if all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in values):
-        numeric = np.array(values, dtype=float)
-        logarithmic = numeric.min() > 0 and numeric.max() / numeric.min() >= 100
-        scaled = np.log10(numeric) if logarithmic else numeric
-        low, high = scaled.min(), scaled.max()
-        if high == low:
-            return np.full(len(numeric), 0.5), [(0.5, f"{numeric[0]:.3g}")]
-        positions = (scaled - low) / (high - low)
-        distinct = sorted(set(numeric))
-        shown_values = distinct if len(distinct) <= 6 else [numeric.min(), numeric.max()]
-        place = dict(zip(numeric, positions, strict=True))
-        return positions, [(float(place[value]), f"{value:.3g}") for value in shown_values]
-    levels = sorted({shown(value) for value in values})
-    place = {level: index / max(len(levels) - 1, 1) if len(levels) > 1 else 0.5 for index, level in enumerate(levels)}
-    return np.array([place[shown(value)] for value in values]), [(place[level], level) for level in levels]
-
-
-def plot_parallel(trials: list[FrozenTrial], keys: list[str], metric: str, path: Path) -> bool:
+def plot_parallel(study: optuna.Study, keys: list[str], metric: str, path: Path) -> bool:
     """Parallel coordinates: one line per completed trial through its searched values, coloured by its value."""
-    complete = [trial for trial in trials if trial.state == TrialState.COMPLETE and trial.params]
-    if len(complete) < 2 or not keys:
+    if len([trial for trial in completed(study) if trial.params]) < 2 or not keys:
         return False
-    plt = pyplot()
-    from matplotlib.colors import LogNorm, Normalize
+    from optuna.visualization.matplotlib import plot_parallel_coordinate
 
-    placed = [axis_positions([trial.params.get(key) for trial in complete]) for key in keys]
-    scores = np.array([trial.value for trial in complete], dtype=float)
-    spread = scores.min() > 0 and scores.max() / scores.min() >= 100
-    norm = LogNorm(scores.min(), scores.max()) if spread else Normalize(scores.min(), scores.max())
-    colour = plt.get_cmap("viridis_r" if lower_better(metric) else "viridis")
-    figure, axis = plt.subplots(figsize=(max(6.0, 2.6 * len(keys)), 4.8))
-    matrix = np.column_stack([positions for positions, _ in placed])
-    for row, value in sorted(zip(matrix, scores, strict=True), key=lambda pair: -norm(pair[1])):
-        axis.plot(range(len(keys)), row, color=colour(norm(value)), linewidth=2, alpha=0.85)
-    for index, (_, labels) in enumerate(placed):
-        axis.axvline(index, color="grey", linewidth=1)
-        for height, text in labels:
-            axis.text(index + 0.03, height, text, fontsize=8, va="center", ha="left")
-    axis.set_xticks(range(len(keys)), [".".join(key.split(".")[-2:]) for key in keys], fontsize=9)
-    axis.set_xlim(-0.2, len(keys) - 0.6)
-    axis.set_ylim(-0.08, 1.08)
-    axis.set_yticks([])
-    figure.colorbar(plt.cm.ScalarMappable(cmap=colour, norm=norm), ax=axis, label=metric)
-    axis.set_title("Searched values of the completed trials (brighter: better)", fontsize=10)
-    figure.tight_layout()
-    save_figure(figure, path)
-    return True
+    return optuna_chart(lambda: plot_parallel_coordinate(study, params=keys, target_name=metric), path)
 
 
 def importances(study: optuna.Study) -> dict[str, float]:
@@ -224,18 +184,13 @@ def importances(study: optuna.Study) -> dict[str, float]:
         return {}
 
 
-def plot_importances(found: dict[str, float], path: Path) -> bool:
+def plot_importances(study: optuna.Study, found: dict[str, float], path: Path) -> bool:
+    """Optuna's importance chart, when `importances` found any."""
     if not found:
         return False
-    plt = pyplot()
-    names = list(found)[::-1]
-    figure, axis = plt.subplots(figsize=(7, 0.5 * len(names) + 1.5))
-    axis.barh(names, [found[name] for name in names])
-    axis.set_xlabel("importance (fANOVA)")
-    axis.set_title("Which searched values mattered")
-    figure.tight_layout()
-    save_figure(figure, path)
-    return True
+    from optuna.visualization.matplotlib import plot_param_importances
+
+    return optuna_chart(lambda: plot_param_importances(study), path)
 
 
 def markdown_table(frame: pd.DataFrame, limit: int = 50) -> str:

@@ -218,16 +218,16 @@ def finished_study(folder: Path) -> tuple[optuna.Study, list[str]]:
 def test_the_report_has_a_row_per_trial_and_draws_each_chart(tmp_path):
     study, keys = finished_study(tmp_path)
     trials = study.get_trials()
-    table = tune_report.trials_table(trials, keys)
+    table = tune_report.trials_table(study, keys)
     assert list(table["state"]) == ["complete", "complete", "complete", "pruned", "failed"]
     assert list(table["epochs"]) == [4, 4, 4, 2, 4]
     assert {"model.optimizer.name", "model.optimizer.learning_rate", "value"} <= set(table.columns)
     assert tune_report.markdown_table(table).count("\n") == 1 + len(trials)
     charts = {
         "curves": tune_report.plot_curves(trials, "val_loss", keys, tmp_path / "c.png", "t"),
-        "history": tune_report.plot_history(trials, "minimize", "val_loss", tmp_path / "h.png"),
-        "parallel": tune_report.plot_parallel(trials, keys, "val_loss", tmp_path / "p.png"),
-        "importances": tune_report.plot_importances(tune_report.importances(study), tmp_path / "i.png"),
+        "history": tune_report.plot_history(study, "val_loss", tmp_path / "h.png"),
+        "parallel": tune_report.plot_parallel(study, keys, "val_loss", tmp_path / "p.png"),
+        "importances": tune_report.plot_importances(study, tune_report.importances(study), tmp_path / "i.png"),
     }
     assert charts == {"curves": True, "history": True, "parallel": True, "importances": True}
     assert all((tmp_path / name).stat().st_size > 5000 for name in ("c.png", "h.png", "p.png", "i.png"))
