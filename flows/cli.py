@@ -100,7 +100,8 @@ def study_report(result: dict[str, Any]) -> str:
 
 def tune(args: argparse.Namespace) -> int:
     """`kerasflow tune`: the tuning flow, after the params and the search space are checked."""
-    from kerasflow.config import ConfigError, check_search_space, load_params
+    from kerasflow.config import ConfigError, load_params
+    from kerasflow.search_space import check_search_space
 
     overrides = parse_assignments(args.overrides)
     if args.n_trials is not None:

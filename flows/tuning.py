@@ -31,10 +31,12 @@ from prefect.futures import as_completed
 
 from flows.stages import DATA_STAGES, Context
 from flows.training import run_folder, run_stages, tag_flow_run
-from kerasflow.config import Params, apply_overrides, check_search_space, load_params, parse_params
+from kerasflow.config import Params, load_params, parse_params
 from kerasflow.errors import ExpectedError
 from kerasflow.layout import Layout
+from kerasflow.overrides import apply_overrides
 from kerasflow.runtime import attach_to_prefect_logging, import_quietly, quiet_defaults
+from kerasflow.search_space import check_search_space
 
 logger = logging.getLogger(__name__)
 

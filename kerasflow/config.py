@@ -8,7 +8,6 @@ that names the key path and what was expected.
 from __future__ import annotations
 
 import builtins
-import copy
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,8 +23,9 @@ from pydantic import (
     model_validator,
 )
 
-from kerasflow.errors import ExpectedError
+from kerasflow.errors import ConfigError
 from kerasflow.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS
+from kerasflow.overrides import apply_overrides
 
 SKLEARN_DATASETS = ("digits", "breast_cancer", "diabetes", "iris", "wine")
 KERAS_DATASETS = ("mnist", "fashion_mnist", "boston_housing", "imdb")
@@ -69,10 +69,6 @@ LAYER_TYPES = {
 MERGE_LAYERS = ("concatenate", "add", "average", "multiply")
 # The optimizers a params file may name: Keras knows them by these names.
 OptimizerName = Literal["sgd", "adam", "rmsprop", "adagrad", "adadelta"]
-
-
-class ConfigError(ExpectedError, ValueError):
-    """Raised when params.yaml (or an override) is not a valid kerasflow configuration."""
 
 
 class _Section(BaseModel):
@@ -563,55 +559,6 @@ def _format_errors(error: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set `dotted` (`train.epochs`, or `model.layers.5.units` with a list index) in a params tree."""
-    node: Any = tree
-    parts = dotted.split(".")
-    for depth, part in enumerate(parts):
-        last = depth == len(parts) - 1
-        where = ".".join(parts[:depth]) or "the top level"
-        if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise ConfigError(f"override {dotted!r}: {where} has {len(node)} item(s); {part!r} is not one of them")
-            if last:
-                node[int(part)] = value
-            else:
-                node = node[int(part)]
-        elif isinstance(node, dict):
-            if last:
-                node[part] = value
-            else:
-                node = node.setdefault(part, {})
-        else:
-            raise ConfigError(f"override {dotted!r}: {where} is a value, not a section")
-
-
-def apply_overrides(tree: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
-    """Merge overrides into a params tree.
-
-    Keys may be dotted (`{"train.epochs": 5}`) or nested (`{"train": {"epochs": 5}}`);
-    the top-level shorthands `epochs`, `batch_size` and `learning_rate` are accepted
-    for Prefect runs (`--param epochs=5`).
-    """
-    merged = copy.deepcopy(tree)
-    shorthands = {
-        "epochs": "train.epochs",
-        "batch_size": "train.batch_size",
-        "learning_rate": "model.optimizer.learning_rate",
-    }
-
-    def merge(prefix: str, value: Any) -> None:
-        # tune.space's own keys are dotted param names: an override replaces the whole space.
-        if isinstance(value, dict) and (value or not prefix) and prefix != "tune.space":
-            for key, child in value.items():
-                merge(f"{prefix}.{key}" if prefix else str(key), child)
-        else:
-            _set_dotted(merged, shorthands.get(prefix, prefix), value)
-
-    merge("", overrides or {})
-    return merged
-
-
 def parse_params(tree: dict[str, Any], source: str = "params.yaml") -> Params:
     """Validate a params tree; raise ConfigError naming each bad key."""
     if not isinstance(tree, dict):
@@ -620,36 +567,6 @@ def parse_params(tree: dict[str, Any], source: str = "params.yaml") -> Params:
         return Params.model_validate(tree)
     except ValidationError as error:
         raise ConfigError(_format_errors(error, source)) from None
-
-
-# Settings that change the raw data, the splits or the input layers' constants fitted beside them: fixed for a
-# study (its data stages run once).
-STUDY_DATA_KEYS = ("ingest.", "validate.", "preprocess.")
-
-
-def check_search_space(params: Params) -> None:
-    """Each key of `tune.space` must be a param a trial can set: applied with a value from its range, the params
-    must still be valid. Raise ConfigError naming the key."""
-    tree = params.to_dict()
-    if not params.tune.space:
-        raise ConfigError("tune.space is empty: give at least one key to search, e.g. model.optimizer.learning_rate")
-    for key, dimension in params.tune.space.items():
-        if key.split(".")[0] in ("tune", "tracking", "predict"):
-            raise ConfigError(f"tune.space: {key!r} is not a setting of a trial")
-        if key == "seed" or key.startswith(STUDY_DATA_KEYS):
-            raise ConfigError(
-                f"tune.space: {key!r} changes the data splits or the input layers fitted with them, which a "
-                "study makes once for all its trials; search model or train settings"
-            )
-        values = dimension.choice if dimension.choice is not None else list(getattr(dimension, dimension.kind))
-        for value in values:  # every choice, and both ends of a range, must make valid params
-            try:
-                parse_params(apply_overrides(tree, {key: value}), f"tune.space.{key}")
-            except ConfigError as error:
-                message = str(error).replace("override ", "")
-                raise ConfigError(
-                    f"tune.space: {key!r} = {value!r} is not a param a trial can set ({message})"
-                ) from None
 
 
 def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> Params:
@@ -679,16 +596,3 @@ def with_paths_from(params: Params, folder: Path) -> Params:
         backbone = model.backbone.model_copy(update={"weights": absolute(model.backbone.weights)})
         model = model.model_copy(update={"backbone": backbone})
     return params.model_copy(update={"ingest": ingest, "model": model})
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Flatten nested params to dotted keys (lists by index), e.g. for MLflow params."""
-    flat: dict[str, Any] = {}
-    items = tree.items() if isinstance(tree, dict) else enumerate(tree)
-    for key, value in items:
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, (dict, list)) and value:
-            flat.update(flatten(value, name))
-        else:
-            flat[name] = value
-    return flat

@@ -56,3 +56,7 @@ def quiet_console(loggers: tuple[str, ...] = ("", "prefect", "prefect.flow_runs"
                 continue
             if not any(isinstance(existing, QuietExpectedFailures) for existing in handler.filters):
                 handler.addFilter(quiet)
+
+
+class ConfigError(ExpectedError, ValueError):
+    """Raised when params.yaml (or an override) is not a valid kerasflow configuration."""

@@ -21,8 +21,9 @@ from typing import Any
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from kerasflow.config import Params, TrackingParams, flatten
+from kerasflow.config import Params, TrackingParams
 from kerasflow.model_interface import ModelConfig, model_outputs
+from kerasflow.overrides import flatten
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from kerasflow.config import ConfigError, Params, apply_overrides, flatten, load_params, parse_params
+from kerasflow.config import ConfigError, Params, load_params, parse_params
+from kerasflow.overrides import apply_overrides, flatten
 from tests.conftest import REPO_ROOT
 
 

@@ -9,7 +9,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from kerasflow.config import ConfigError, apply_overrides, check_search_space, load_params, parse_params
+from kerasflow.config import ConfigError, load_params, parse_params
+from kerasflow.overrides import apply_overrides
+from kerasflow.search_space import check_search_space
 from tasks import tune, tune_report
 from tests.conftest import REPO_ROOT
 
