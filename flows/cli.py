@@ -32,6 +32,22 @@ def check_model(params: Any) -> Any:
     return params
 
 
+def params_ok(args: argparse.Namespace, overrides: dict[str, Any], *checks: Any) -> bool:
+    """Load the command's params file with its overrides and run `checks` on it (each takes the params and returns
+    them): True, or False once the error is written (the command then exits 2, before any server starts)."""
+    from kerasflow.config import ConfigError, load_params
+
+    try:
+        params = load_params(args.params, overrides)
+        for check in checks:
+            params = check(params)
+    except ConfigError as error:
+        # Prefect formats the logs of flow runs; the command's own errors go straight to stderr.
+        sys.stderr.write(f"kerasflow: {error}\n")
+        return False
+    return True
+
+
 def failed(error: Exception, what: str) -> int:
     """One message for a failed pipeline or study: an expected failure's own (exit 2 for params, else 1), no
     traceback (Prefect's logs keep it); anything else is named as a failure of kerasflow's, with its type."""
@@ -100,16 +116,12 @@ def study_report(result: dict[str, Any]) -> str:
 
 def tune(args: argparse.Namespace) -> int:
     """`kerasflow tune`: the tuning flow, after the params and the search space are checked."""
-    from kerasflow.config import ConfigError, load_params
     from kerasflow.search_space import check_search_space
 
     overrides = parse_assignments(args.overrides)
     if args.n_trials is not None:
         overrides["tune.n_trials"] = args.n_trials
-    try:
-        check_search_space(check_model(load_params(args.params, overrides)))
-    except ConfigError as error:
-        sys.stderr.write(f"kerasflow: {error}\n")
+    if not params_ok(args, overrides, check_model, check_search_space):
         return 2
     from flows.tuning import tuning_pipeline
     from kerasflow.errors import quiet_console
@@ -150,13 +162,8 @@ def reproduce(args: argparse.Namespace) -> int:
 
 def predict(args: argparse.Namespace) -> int:
     """`kerasflow predict`: the prediction function, without Prefect (no server to start for one file)."""
-    from kerasflow.config import ConfigError, load_params
-
     overrides = parse_assignments(args.overrides)
-    try:
-        load_params(args.params, overrides)
-    except ConfigError as error:
-        sys.stderr.write(f"kerasflow: {error}\n")
+    if not params_ok(args, overrides):
         return 2
     from mlflow.exceptions import MlflowException
 
@@ -259,99 +266,10 @@ def use_example(name: str | None, overrides: dict[str, Any]) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    quiet_defaults()
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["train-worker"]:  # its own options, all of them (argparse's REMAINDER would drop some)
-        from flows.train_worker import main as worker_main
-
-        return worker_main(argv[1:])
-    parser = argparse.ArgumentParser(prog="kerasflow", description="Keras pipelines on Prefect, DVC and MLflow.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="run the whole pipeline once as a Prefect flow")
-    run.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
-    run.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a param"
-    )
-    run.add_argument("--workdir", default=None, help="where models and reports go (default: beside params)")
-    run.add_argument("--isolate", action="store_true", help="give the run a folder of its own under runs/")
-    run.add_argument("--no-cache", action="store_true", help="run ingest and preprocess even if cached")
-    run.add_argument("--json", action="store_true", help="print the result as JSON")
-    serve = commands.add_parser("serve", help="serve the flow (no work pool needed); trigger runs from Prefect")
-    serve.add_argument("--name", default="kerasflow-serve", help="the deployment name (default: kerasflow-serve)")
-    serve.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
-    tuning = commands.add_parser("tune", help="search params.yaml's tune.space; register the best configuration")
-    tuning.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
-    tuning.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a param"
-    )
-    tuning.add_argument("--n-trials", type=int, default=None, help="override tune.n_trials")
-    tuning.add_argument("--no-cache", action="store_true", help="run ingest and preprocess even if cached")
-    tuning.add_argument("--json", action="store_true", help="print the result as JSON")
-    rebuild = commands.add_parser("reproduce", help="rebuild a registered version from its record; compare")
-    rebuild.add_argument("model_uri", help="models:/NAME/VERSION or models:/NAME@ALIAS")
-    rebuild.add_argument("--params", default="params.yaml", help="the project's params file (its tracking store)")
-    rebuild.add_argument("--tolerance", type=float, default=1e-6, help="largest difference that matches (1e-6)")
-    stage = commands.add_parser("stage", help="run one stage as `dvc repro` does")
-    stage.add_argument("name")
-    scoring = commands.add_parser("predict", help="score a file with the champion (or --model); check it for drift")
-    scoring.add_argument("--input", required=True, help="a .csv or .parquet file, a .npy of images, or an image folder")
-    scoring.add_argument("--output", default=None, help="a .csv or .parquet file (default: beside the input)")
-    scoring.add_argument("--model", default=None, help="a model URI (default: models:/<register.model_name>@champion)")
-    scoring.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
-    scoring.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a param"
-    )
-    starting = commands.add_parser("init", help="write params.yaml for your own CSV, Parquet file or image folder")
-    starting.add_argument("--data", required=True, help="a .csv or .parquet file, or a folder of class sub-folders")
-    starting.add_argument("--target", help="the column to predict (not for an image folder)")
-    starting.add_argument("--task", choices=["classification", "regression"], help="when the target's values mislead")
-    starting.add_argument("--text-column", help="the column of free text (found by itself where it can be)")
-    starting.add_argument("--image-size", type=int, help="images are resized to this many pixels square")
-    starting.add_argument("--name", help="the registered model's name (default: from the data's)")
-    accepting = commands.add_parser("accept-schema", help="record the raw data's schema, accepting a changed one")
-    accepting.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
-    # Listed for --help; `main` hands its arguments to flows/train_worker.py before parsing.
-    commands.add_parser("train-worker", help="one worker of train.distribute: multi_worker (TF_CONFIG: the cluster)")
-    example = commands.add_parser("example", help="make examples/NAME the project's workload (params, dvc.yaml)")
-    example.add_argument("name", nargs="?", help="the example (omit to list them)")
-    example.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="change a param of it"
-    )
-    args = parser.parse_args(argv)
-    if args.command == "example":
-        return use_example(args.name, parse_assignments(args.overrides))
-    if args.command == "init":
-        return init(args)
-    if args.command == "accept-schema":
-        return accept_schema(args)
-    if args.command == "predict":
-        return predict(args)
-    if args.command == "tune":
-        return tune(args)
-    if args.command == "reproduce":
-        return reproduce(args)
-
-    if args.command == "stage":
-        from flows.dvc_stage import main as stage_main
-
-        return stage_main([args.name])
-    if args.command == "serve":
-        from flows.training import training_pipeline
-
-        # Each served run gets its own run folder, like a deployment run on a work pool.
-        training_pipeline.serve(name=args.name, parameters={"params_path": args.params, "isolate": True})
-        return 0
-
-    from kerasflow.config import ConfigError, load_params
-
+def run(args: argparse.Namespace) -> int:
+    """`kerasflow run`: the training flow once, after the params and every layer of the model are checked."""
     overrides = parse_assignments(args.overrides)
-    try:
-        # Fail before Prefect starts a server for a bad config (every layer argument included).
-        check_model(load_params(args.params, overrides))
-    except ConfigError as error:
-        # Prefect formats the logs of flow runs; the command's own errors go straight to stderr.
-        sys.stderr.write(f"kerasflow: {error}\n")
+    if not params_ok(args, overrides, check_model):  # before Prefect starts a server for a bad config
         return 2
     from flows.training import training_pipeline
     from kerasflow.errors import quiet_console
@@ -371,6 +289,89 @@ def main(argv: list[str] | None = None) -> int:
         return failed(error, "pipeline")
     sys.stdout.write((json.dumps(result, indent=2, default=str) if args.json else report(result)) + "\n")
     return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    """`kerasflow serve`: serve the training flow; each served run gets its own run folder, as on a work pool."""
+    from flows.training import training_pipeline
+
+    training_pipeline.serve(name=args.name, parameters={"params_path": args.params, "isolate": True})
+    return 0
+
+
+def stage(args: argparse.Namespace) -> int:
+    from flows.dvc_stage import main as stage_main
+
+    return stage_main([args.name])
+
+
+def example(args: argparse.Namespace) -> int:
+    return use_example(args.name, parse_assignments(args.overrides))
+
+
+def parser() -> argparse.ArgumentParser:
+    """The `kerasflow` command line; each command's function is its `handler`."""
+    params = argparse.ArgumentParser(add_help=False)  # the options several commands share, declared once
+    params.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
+    overrides = argparse.ArgumentParser(add_help=False)
+    overrides.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a param"
+    )
+    cached = argparse.ArgumentParser(add_help=False)
+    cached.add_argument("--no-cache", action="store_true", help="run ingest and preprocess even if cached")
+    cached.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    top = argparse.ArgumentParser(prog="kerasflow", description="Keras pipelines on Prefect, DVC and MLflow.")
+    commands = top.add_subparsers(dest="command", required=True)
+
+    def command(name: str, handler: Any, help: str, *shared: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        found = commands.add_parser(name, help=help, parents=list(shared))
+        found.set_defaults(handler=handler)
+        return found
+
+    running = command("run", run, "run the whole pipeline once as a Prefect flow", params, overrides, cached)
+    running.add_argument("--workdir", default=None, help="where models and reports go (default: beside params)")
+    running.add_argument("--isolate", action="store_true", help="give the run a folder of its own under runs/")
+    serving = command("serve", serve, "serve the flow (no work pool needed); trigger runs from Prefect", params)
+    serving.add_argument("--name", default="kerasflow-serve", help="the deployment name (default: kerasflow-serve)")
+    tuning = command(
+        "tune", tune, "search params.yaml's tune.space; register the best configuration", params, overrides, cached
+    )
+    tuning.add_argument("--n-trials", type=int, default=None, help="override tune.n_trials")
+    rebuild = command("reproduce", reproduce, "rebuild a registered version from its record; compare", params)
+    rebuild.add_argument("model_uri", help="models:/NAME/VERSION or models:/NAME@ALIAS")
+    rebuild.add_argument("--tolerance", type=float, default=1e-6, help="largest difference that matches (1e-6)")
+    command("stage", stage, "run one stage as `dvc repro` does").add_argument("name")
+    scoring = command(
+        "predict", predict, "score a file with the champion (or --model); check it for drift", params, overrides
+    )
+    scoring.add_argument("--input", required=True, help="a .csv or .parquet file, a .npy of images, or an image folder")
+    scoring.add_argument("--output", default=None, help="a .csv or .parquet file (default: beside the input)")
+    scoring.add_argument("--model", default=None, help="a model URI (default: models:/<register.model_name>@champion)")
+    starting = command("init", init, "write params.yaml for your own CSV, Parquet file or image folder")
+    starting.add_argument("--data", required=True, help="a .csv or .parquet file, or a folder of class sub-folders")
+    starting.add_argument("--target", help="the column to predict (not for an image folder)")
+    starting.add_argument("--task", choices=["classification", "regression"], help="when the target's values mislead")
+    starting.add_argument("--text-column", help="the column of free text (found by itself where it can be)")
+    starting.add_argument("--image-size", type=int, help="images are resized to this many pixels square")
+    starting.add_argument("--name", help="the registered model's name (default: from the data's)")
+    command("accept-schema", accept_schema, "record the raw data's schema, accepting a changed one", params)
+    # Listed for --help; `main` hands its arguments to flows/train_worker.py before parsing.
+    command("train-worker", None, "one worker of train.distribute: multi_worker (TF_CONFIG: the cluster)")
+    chosen = command("example", example, "make examples/NAME the project's workload (params, dvc.yaml)", overrides)
+    chosen.add_argument("name", nargs="?", help="the example (omit to list them)")
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    quiet_defaults()
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train-worker"]:  # its own options, all of them (argparse's REMAINDER would drop some)
+        from flows.train_worker import main as worker_main
+
+        return worker_main(argv[1:])
+    args = parser().parse_args(argv)
+    return args.handler(args)
 
 
 if __name__ == "__main__":
