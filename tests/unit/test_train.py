@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import keras
 import numpy as np
@@ -250,34 +251,15 @@ def test_a_kill_while_fine_tuning_resumes_fine_tuning_after_its_last_finished_ep
         compile_model(model, ModelParams(), cancer.data, jit_compile=False, learning_rate=1e-4)
 
     backup = tmp_path / "backup"
+
+    def train(callback: keras.callbacks.Callback) -> Any:
+        split = (train_split, val_split, cancer.inputs)
+        return train_model(make_model(cancer), *split, params, 0, None, backup, [callback], None, fine_tune)
+
     with pytest.raises(RuntimeError, match="killed"):
-        train_model(
-            make_model(cancer),
-            train_split,
-            val_split,
-            cancer.inputs,
-            params,
-            0,
-            None,
-            backup,
-            [Killed()],
-            None,
-            fine_tune,
-        )
+        train(Killed())
     assert Backup(backup).head_epochs() == 3 and Backup(backup).completed_epochs() == 4
-    history = train_model(
-        make_model(cancer),
-        train_split,
-        val_split,
-        cancer.inputs,
-        params,
-        0,
-        None,
-        backup,
-        [Recorder()],
-        None,
-        fine_tune,
-    )
+    history = train(Recorder())
     # The first phase is not trained again; fine-tuning goes on from epoch 4 of 6, recompiled for it.
     assert seen == [4, 5] and len(history["loss"]) == 2 and tuned == [True, True]
     assert Backup(backup).completed_epochs() == 6
