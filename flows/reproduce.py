@@ -271,9 +271,10 @@ def compare(record: Record, checkout: Path, tolerance: float) -> Verdict:
     import_quietly("keras")  # the models below load TensorFlow: its native start-up lines stay out of the terminal
     from kerasflow.layout import Layout
     from kerasflow.model_interface import ModelConfig, model_outputs
+    from kerasflow.records import Evaluation
 
     layout = Layout(checkout)
-    rebuilt_metrics = read_json(layout.metrics)["test"]
+    rebuilt_metrics = Evaluation.read(layout.metrics).test
     metrics = {
         name: (record.metrics[name], float(rebuilt_metrics[name])) for name in rebuilt_metrics if name in record.metrics
     }

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from kerasflow.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS
+from kerasflow.records import Evaluation
 
 FINAL_METRICS = (*CLASSIFICATION_METRICS, *REGRESSION_METRICS, "loss")
 
@@ -104,12 +105,12 @@ def version_description(
     model_name: str,
     version: str,
     run: dict[str, Any],
-    evaluation: dict[str, Any],
+    evaluation: Evaluation,
     decision: dict[str, Any],
     inputs: list[str],
 ) -> str:
     """A registered version's description: what it is, how to load it, how it scored, and the gate's verdict."""
-    champion = (evaluation.get("champion_rescored") or {}).get("test")
+    champion = evaluation.champion_rescored.test if evaluation.champion_rescored else None
     lines = [
         f"**{model_name}** version {version}: {run.get('task', 'a model')} on {run.get('source', 'its data')}, "
         f"trained in MLflow run `{run['run_id']}`.",
@@ -118,9 +119,9 @@ def version_description(
         f"`{', '.join(inputs[:12])}{' …' if len(inputs) > 12 else ''}` and returns predictions.",
         "",
         *([f"**Why it was trained:** {run['why']}.", ""] if run.get("why") else []),
-        f"Test split, {evaluation.get('test_rows', '?')} rows:",
+        f"Test split, {evaluation.test_rows} rows:",
         "",
-        metrics_table(evaluation["test"], evaluation["baseline"], champion),
+        metrics_table(evaluation.test, evaluation.baseline, champion),
         "",
         f"**Decision: {decision['alias']}**",
         *(f"- {reason}" for reason in decision["reasons"]),

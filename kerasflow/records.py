@@ -3,6 +3,8 @@
 - `RawDatasetInfo`: what ingest wrote (data/raw/dataset.json): the target, the task, the columns.
 - `PreprocessState`: what preprocess wrote beside the splits (state.json): the inputs, the classes.
 - `FittedInputs`: the constants the input layers were adapted to on the training split.
+- `Evaluation`: what evaluate wrote (reports/metrics.json) for register: the model's and the baseline's
+  test metrics and, as `champion_rescored`, the current champion's on the same rows (`ChampionScore`).
 
 The model's own interface (`ModelInputs`, `ModelConfig`) lives in `kerasflow.model_interface`,
 which the logged model carries with it.
@@ -10,9 +12,11 @@ which the logged model carries with it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
+from kerasflow.io import read_json, write_json
 from kerasflow.model_interface import ModelConfig, ModelInputs
 
 
@@ -166,3 +170,77 @@ class FittedInputs:
         if source == "categorical" or not text:
             return max(categories) if categories else None
         return text[0]
+
+
+@dataclass(frozen=True)
+class ChampionScore:
+    """The current champion re-scored on this run's test rows: its `test` metrics, or why it was `skipped`
+    (it cannot take this data: other columns, classes or image size)."""
+
+    version: str
+    test: dict[str, float] | None = None
+    test_rows: int | None = None
+    skipped: str | None = None
+
+    def metric(self, name: str) -> float | None:
+        """The champion's `name` on these rows; None when it was not scored or has no such metric."""
+        return (self.test or {}).get(name)
+
+    def summary(self, name: str) -> str:
+        """One line for the log: the champion's `name` on these rows, or why it was not scored."""
+        value = self.metric(name)
+        if value is None:
+            return self.skipped or f"the champion (version {self.version}) has no {name}"
+        return f"champion (version {self.version}) {value:.4f} on the same rows"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ChampionScore:
+        return cls(str(data["version"]), data.get("test"), data.get("test_rows"), data.get("skipped"))
+
+    def to_dict(self) -> dict[str, Any]:
+        """As on disk: `version` with `test` and `test_rows`, or with `skipped`."""
+        return {key: value for key, value in asdict(self).items() if value is not None}
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Evaluate's result, written to reports/metrics.json (DVC's metrics file) and read by register."""
+
+    task: str
+    primary_metric: str
+    test: dict[str, float]
+    # The scikit-learn baseline's metrics on the same rows, and its `name`.
+    baseline: dict[str, Any]
+    baseline_rows: int
+    beats_baseline: bool
+    test_rows: int
+    decision_threshold: float | None = None
+    epochs_trained: int | None = None
+    best_epoch: int | None = None
+    # None: there was no champion when evaluate ran.
+    champion_rescored: ChampionScore | None = None
+
+    @property
+    def score(self) -> float:
+        """The model's primary metric on the test split."""
+        return self.test[self.primary_metric]
+
+    def with_champion(self, champion: ChampionScore | None) -> Evaluation:
+        return replace(self, champion_rescored=champion)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Evaluation:
+        values = {key: data[key] for key in cls.__dataclass_fields__ if key in data}
+        champion = data.get("champion_rescored")
+        return cls(**{**values, "champion_rescored": ChampionScore.from_dict(champion) if champion else None})
+
+    def to_dict(self) -> dict[str, Any]:
+        champion = self.champion_rescored.to_dict() if self.champion_rescored else None
+        return {**asdict(self), "champion_rescored": champion}
+
+    @classmethod
+    def read(cls, path: Path) -> Evaluation:
+        return cls.from_dict(read_json(path))
+
+    def write(self, path: Path) -> None:
+        write_json(path, self.to_dict())

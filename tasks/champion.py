@@ -8,12 +8,10 @@ other classes, another image size) is not scored, and the reason is kept.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from kerasflow.model_interface import ModelConfig, model_outputs
-from kerasflow.records import PreprocessState
+from kerasflow.records import ChampionScore, PreprocessState
 from tasks.evaluate import score_predictions
 from tasks.preprocess import ParquetSplit, Split
 from tasks.register import CHAMPION
@@ -53,7 +51,7 @@ def mismatch(champion: ModelConfig, state: PreprocessState) -> str | None:
 
 def rescore(
     model_name: str, version: str, test: Split | ParquetSplit, state: PreprocessState, batch_rows: int = 1 << 16
-) -> dict[str, Any]:
+) -> ChampionScore:
     """The champion version's metrics on this run's test split, or why it could not be scored on it."""
     import mlflow
 
@@ -64,19 +62,19 @@ def rescore(
     config = ModelConfig.from_dict(raw)
     reason = mismatch(config, state)
     if reason:
-        return {"version": version, "skipped": f"the champion (version {version}) cannot be scored here: {reason}"}
+        return ChampionScore(version, skipped=f"the champion (version {version}) cannot be scored here: {reason}")
     if isinstance(test, Split):
         outputs, labels = model_outputs(scorer.predict(None, test.x), config), test.y
     else:  # the test split streamed through the champion's own code, a batch at a time
         parts = [model_outputs(scorer.predict(None, x), config) for x, _ in test.batches(batch_rows)]
         outputs, labels = np.concatenate(parts), test.labels()
     scores = score_predictions(state.task, labels, outputs, state.n_classes, config.threshold)
-    return {"version": version, "test": scores, "test_rows": len(test)}
+    return ChampionScore(version, test=scores, test_rows=len(test))
 
 
 def rescore_current(
     model_name: str, test: Split | ParquetSplit, state: PreprocessState, batch_rows: int = 1 << 16
-) -> dict[str, Any] | None:
+) -> ChampionScore | None:
     """The current champion re-scored on `test` (None when there is no champion)."""
     version = current_champion(model_name)
     return rescore(model_name, version, test, state, batch_rows) if version else None

@@ -15,6 +15,7 @@ from typing import Any
 
 from kerasflow.config import RegisterParams
 from kerasflow.metrics import at_least, is_better, lower_is_better
+from kerasflow.records import ChampionScore
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +39,43 @@ class Decision:
         return {**asdict(self), "alias": self.alias}
 
 
+@dataclass(frozen=True)
+class Registration:
+    """What register wrote (reports/registration.json): the version, the champion it was judged against
+    (re-scored on the same rows), the serving check's detail and the gate's decision."""
+
+    model_name: str
+    version: str
+    run_id: str
+    decision: Decision
+    champion: ChampionScore | None = None
+    smoke_test: str = ""
+
+    @property
+    def previous_champion(self) -> str | None:
+        return self.champion.version if self.champion else None
+
+    @property
+    def failed_checks(self) -> list[str]:
+        return [check for check, passed in self.decision.checks.items() if not passed]
+
+    def to_dict(self) -> dict[str, Any]:
+        """As on disk (and in the run's registration.json): the decision's fields at the top level."""
+        return {
+            "model_name": self.model_name,
+            "version": self.version,
+            "previous_champion": self.previous_champion,
+            "champion_rescored": self.champion.to_dict() if self.champion else None,
+            "smoke_test": self.smoke_test,
+            "run_id": self.run_id,
+            **self.decision.to_dict(),
+        }
+
+
 def decide(
     candidate: dict[str, float],
     baseline: dict[str, float],
-    champion: dict[str, Any] | None,
+    champion: ChampionScore | None,
     primary: str,
     params: RegisterParams,
     smoke_test_ok: bool = True,
@@ -75,17 +109,16 @@ def decide(
         if champion is None:
             checks["at_least_champion"] = True
             reasons.append("there is no current champion")
-        elif "skipped" in champion or primary not in champion.get("test", {}):
+        elif (reference := champion.metric(primary)) is None:
             checks["at_least_champion"] = True
-            why = champion.get("skipped", f"it has no {primary}")
-            reasons.append(f"{why}; judged on the thresholds and the baseline alone")
+            # Why it was not scored (or that it has no such metric).
+            reasons.append(f"{champion.summary(primary)}; judged on the thresholds and the baseline alone")
         else:
-            reference = champion["test"][primary]
             ok = at_least(primary, value, reference)
             checks["at_least_champion"] = ok
             verdict = "is at least as good as" if ok else "is worse than"
             reasons.append(
-                f"{primary} {value:.4f} {verdict} the champion's (version {champion['version']}) {reference:.4f} "
+                f"{primary} {value:.4f} {verdict} the champion's (version {champion.version}) {reference:.4f} "
                 "on the same test rows"
             )
     if dvc_experiment:

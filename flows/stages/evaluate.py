@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,11 @@ import pandas as pd
 from flows.stages import Context
 from kerasflow import tracking
 from kerasflow.config import Params
-from kerasflow.io import atomic_path, read_json, write_json
+from kerasflow.io import atomic_path, read_json
 from kerasflow.layout import Layout
 from kerasflow.metrics import is_better
 from kerasflow.model_interface import ModelConfig, predicted_classes
-from kerasflow.records import PreprocessState
+from kerasflow.records import Evaluation, PreprocessState
 from tasks.champion import rescore_current
 from tasks.evaluate import (
     baseline_metrics,
@@ -54,36 +55,34 @@ def run(params: Params, context: Context) -> dict[str, Any]:
     outputs, y_test = predict(model, test_split, state.inputs), test_split.labels()
     test_loss = model.evaluate(make_dataset(test_split, state.inputs, 256), verbose=0, return_dict=True)["loss"]
     result = score(params, state, config, train_split, test_split, (y_test, outputs), test_loss)
-    result.update(epochs_trained=run_info.get("epochs_trained"), best_epoch=run_info.get("best_epoch"))
     per_class = per_class_metrics(y_test, outputs, state.classes, config.threshold) if state.classes else {}
     pictures = draw_plots(layout, params, state, config, y_test, outputs, run_info.get("best_epoch"))
     experiment_id = tracking.configure(params.tracking, context.project_root)
     # The gate compares the candidate with the champion on the same rows: this run's test split.
-    result["champion_rescored"] = rescore_current(
-        params.register_.model_name, test_split, state, params.evaluate.batch_rows
+    champion = rescore_current(params.register_.model_name, test_split, state, params.evaluate.batch_rows)
+    result = replace(
+        result,
+        epochs_trained=run_info.get("epochs_trained"),
+        best_epoch=run_info.get("best_epoch"),
+        champion_rescored=champion,
     )
     with tracking.open_run(experiment_id, run_id=run_info["run_id"]) as run_id:
         record(layout, state, config, result, per_class, pictures, run_info)
         # The metrics file is written last: it is what register (and dvc metrics) read.
-        write_json(layout.metrics, result)
+        result.write(layout.metrics)
         mlflow.log_artifact(str(layout.metrics))
         tracking.describe_run(run_id)
-    primary = result["primary_metric"]
-    champion = result["champion_rescored"]
-    if champion and "test" in champion:
-        versus = f"; champion (version {champion['version']}) {champion['test'][primary]:.4f} on the same rows"
-    else:
-        versus = f"; {champion['skipped']}" if champion else "; no champion yet"
+    versus = champion.summary(result.primary_metric) if champion else "no champion yet"
     logger.info(
-        "test %s %.4f (baseline %s %.4f) on %d rows%s",
-        primary,
-        result["test"][primary],
-        result["baseline"]["name"],
-        result["baseline"][primary],
-        result["test_rows"],
+        "test %s %.4f (baseline %s %.4f) on %d rows; %s",
+        result.primary_metric,
+        result.score,
+        result.baseline["name"],
+        result.baseline[result.primary_metric],
+        result.test_rows,
         versus,
     )
-    return result
+    return result.to_dict()
 
 
 def score(
@@ -94,7 +93,7 @@ def score(
     test_split: ParquetSplit,
     scored: tuple[np.ndarray, np.ndarray],
     test_loss: float,
-) -> dict[str, Any]:
+) -> Evaluation:
     """The model's and the baseline's test metrics, and whether the model beats the baseline."""
     y_test, outputs = scored
     scores = score_predictions(state.task, y_test, outputs, state.n_classes, config.threshold)
@@ -117,23 +116,23 @@ def score(
         raise ValueError(
             f"evaluate.primary_metric {primary!r} is not a {state.task} metric; choose from {sorted(scores)}"
         )
-    return {
-        "task": state.task,
-        "primary_metric": primary,
-        "test": {**scores, "loss": float(test_loss)},
-        "baseline": {"name": baseline_name, **baseline},
-        "baseline_rows": len(sample),
-        "beats_baseline": is_better(primary, scores[primary], baseline[primary]),
-        "test_rows": len(y_test),
-        "decision_threshold": config.threshold if state.n_classes == 2 else None,
-    }
+    return Evaluation(
+        task=state.task,
+        primary_metric=primary,
+        test={**scores, "loss": float(test_loss)},
+        baseline={"name": baseline_name, **baseline},
+        baseline_rows=len(sample),
+        beats_baseline=is_better(primary, scores[primary], baseline[primary]),
+        test_rows=len(y_test),
+        decision_threshold=config.threshold if state.n_classes == 2 else None,
+    )
 
 
 def record(
     layout: Layout,
     state: PreprocessState,
     config: ModelConfig,
-    result: dict[str, Any],
+    result: Evaluation,
     per_class: dict[str, dict[str, float]],
     pictures: list[Path],
     run_info: dict[str, Any],
@@ -142,19 +141,19 @@ def record(
     test = tracking.log_split(
         split_path(layout.processed_dir, "test"),
         "test",
-        result["test_rows"],
+        result.test_rows,
         tracking.input_schema(config),
         "testing",
     )
-    finals = {f"test_{name}": value for name, value in result["test"].items()}
-    finals.update({f"baseline_{name}": value for name, value in result["baseline"].items() if name != "name"})
-    mlflow.log_param("evaluate.baseline_rows_used", result["baseline_rows"])
+    finals = {f"test_{name}": value for name, value in result.test.items()}
+    finals.update({f"baseline_{name}": value for name, value in result.baseline.items() if name != "name"})
+    mlflow.log_param("evaluate.baseline_rows_used", result.baseline_rows)
     for label, scores in per_class.items():
         safe = re.sub(r"[^\w\-. /]", "_", label)  # the characters MLflow allows in a metric name
         # A section of their own in the MLflow UI's charts: per_class/f1_3, per_class/precision_3, ...
         finals.update({f"per_class/{name}_{safe}": scores[name] for name in ("precision", "recall", "f1")})
     tracking.log_model_metrics(finals, run_info["model_id"], dataset=test)
-    mlflow.set_tags({"baseline.model": result["baseline"]["name"], "evaluate.primary_metric": result["primary_metric"]})
+    mlflow.set_tags({"baseline.model": result.baseline["name"], "evaluate.primary_metric": result.primary_metric})
     if per_class:
         table = pd.DataFrame.from_dict(per_class, orient="index").rename_axis("class").reset_index()
         mlflow.log_table(table, "per_class_scores.json")

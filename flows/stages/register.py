@@ -21,9 +21,9 @@ from flows.stages import Context
 from kerasflow import notes, tracking
 from kerasflow.config import Params
 from kerasflow.io import read_json, write_json
-from kerasflow.records import PreprocessState
+from kerasflow.records import ChampionScore, Evaluation, PreprocessState
 from tasks.preprocess import read_state, split_source
-from tasks.register import apply_decision, decide, register_version, verify_registered_files
+from tasks.register import Registration, apply_decision, decide, register_version, verify_registered_files
 
 logger = logging.getLogger(__name__)
 
@@ -34,46 +34,40 @@ LOCK_TIMEOUT_SECONDS = 900
 def run(params: Params, context: Context) -> dict[str, Any]:
     layout = context.layout
     run_info = read_json(layout.run_file)
-    result = read_json(layout.metrics)
+    evaluation = Evaluation.read(layout.metrics)
     state = read_state(layout.processed_dir)
     name = params.register_.model_name
     experiment_id = tracking.configure(params.tracking, context.project_root)
     with tracking.open_run(experiment_id, run_id=run_info["run_id"]) as run_id:
         with registry_lock(name, mlflow.get_tracking_uri()):
-            champion = current_rescore(name, result.get("champion_rescored"), layout.processed_dir, state)
+            evaluation = evaluation.with_champion(
+                current_rescore(name, evaluation.champion_rescored, layout.processed_dir, state)
+            )
             run_tags = mlflow.get_run(run_id).data.tags
             version = register_version(run_info["model_uri"], name, run_id, version_tags(run_tags))
             # The logged model loaded back and predicted in train; these must be the very files it used.
             files_ok, files_detail = verify_registered_files(f"models:/{name}/{version}", run_info["artifacts_sha256"])
             decision = decide(
-                result["test"],
-                result["baseline"],
-                champion,
-                result["primary_metric"],
+                evaluation.test,
+                evaluation.baseline,
+                evaluation.champion_rescored,
+                evaluation.primary_metric,
                 params.register_,
                 files_ok,
                 dvc_experiment=os.environ.get("DVC_EXP_NAME"),
             )
-            payload = {
-                "model_name": name,
-                "version": version,
-                "previous_champion": champion["version"] if champion else None,
-                "champion_rescored": champion,
-                "smoke_test": files_detail,
-                "run_id": run_id,
-                **decision.to_dict(),
-            }
+            registration = Registration(name, version, run_id, decision, evaluation.champion_rescored, files_detail)
             describe_model(name, state)
-            evaluation = {**result, "champion_rescored": champion}
-            description = version_text(name, version, state, evaluation, payload, run_tags)
+            description = version_text(state, evaluation, registration, run_tags)
             # The logged model's page (MLflow's "Logged models") carries the same account as the version's.
             mlflow.set_logged_model_tags(run_info["model_id"], {"mlflow.note.content": description})
             apply_decision(name, version, decision, description)
+        payload = registration.to_dict()
         mlflow.set_tags({"registry.model": name, "registry.version": version, "registry.alias": decision.alias})
         mlflow.log_dict(payload, "registration.json")
         write_json(layout.registration, payload)
         tracking.describe_run(run_id, payload)
-    announce(payload)
+    announce(registration)
     logger.info("registered %s version %s as %s: %s", name, version, decision.alias, "; ".join(decision.reasons))
     return payload
 
@@ -91,42 +85,32 @@ def version_tags(tags: dict[str, str]) -> dict[str, str]:
     return carried
 
 
-def announce(payload: dict[str, Any]) -> None:
+def announce(registration: Registration) -> None:
     """`kerasflow.champion.changed` when the gate moved the alias, `kerasflow.registration.rejected` when the
     candidate stayed challenger (no-ops without a Prefect API)."""
     from kerasflow import events
 
-    name, version = payload["model_name"], str(payload["version"])
-    previous = None if payload["previous_champion"] is None else str(payload["previous_champion"])
-    if payload["promote"]:
+    name, version, previous = registration.model_name, registration.version, registration.previous_champion
+    reasons, run_id = registration.decision.reasons, registration.run_id
+    if registration.decision.promote:
         if previous != version:
-            changed = {
-                "previous_version": previous,
-                "new_version": version,
-                "reasons": payload["reasons"],
-                "run_id": payload["run_id"],
-            }
+            changed = {"previous_version": previous, "new_version": version, "reasons": reasons, "run_id": run_id}
             events.emit(events.CHAMPION_CHANGED, name, version, changed)
     else:
-        failed = [check for check, passed in payload["checks"].items() if not passed]
-        events.emit(
-            events.REGISTRATION_REJECTED,
-            name,
-            version,
-            {"failed_checks": failed, "reasons": payload["reasons"], "champion": previous,
-             "run_id": payload["run_id"]},
-        )  # fmt: skip
+        failed = registration.failed_checks
+        rejected = {"failed_checks": failed, "reasons": reasons, "champion": previous, "run_id": run_id}
+        events.emit(events.REGISTRATION_REJECTED, name, version, rejected)
 
 
 def current_rescore(
-    name: str, rescored: dict[str, Any] | None, processed: Path, state: PreprocessState
-) -> dict[str, Any] | None:
+    name: str, rescored: ChampionScore | None, processed: Path, state: PreprocessState
+) -> ChampionScore | None:
     """The champion as it is now, re-scored on this run's test rows: evaluate's scoring if the champion is
     the one evaluate saw, else the new one scored now (the only case in which register loads TensorFlow)."""
     from tasks.champion import current_champion, rescore
 
     version = current_champion(name)
-    if version == (rescored or {}).get("version"):
+    if rescored is not None and version == rescored.version:
         return rescored
     if version is None:
         return None
@@ -181,18 +165,15 @@ def source_of(state: PreprocessState) -> str:
 
 
 def version_text(
-    name: str,
-    version: str,
-    state: PreprocessState,
-    result: dict[str, Any],
-    payload: dict[str, Any],
-    run_tags: dict[str, str] | None = None,
+    state: PreprocessState, evaluation: Evaluation, registration: Registration, run_tags: dict[str, str]
 ) -> str:
-    run = {"run_id": payload["run_id"], "task": state.task, "source": source_of(state)}
-    if (run_tags or {}).get("kerasflow.trigger.reason"):
+    run = {"run_id": registration.run_id, "task": state.task, "source": source_of(state)}
+    if run_tags.get("kerasflow.trigger.reason"):
         run["why"] = run_tags["kerasflow.trigger.reason"]
     columns = state.inputs.column_names or ["image"]
-    return notes.version_description(name, version, run, result, payload, columns)
+    return notes.version_description(
+        registration.model_name, registration.version, run, evaluation, registration.decision.to_dict(), columns
+    )
 
 
 def describe_model(name: str, state: PreprocessState) -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from kerasflow import events
 from kerasflow.config import ConfigError
+from kerasflow.records import Evaluation
 
 EVENT_ID = str(uuid.uuid4())
 
@@ -118,14 +119,14 @@ def test_the_reason_reaches_the_run_the_version_and_the_prefect_summary():
     reason = f"retrained because column `area` (PSI 0.42) drifted in predictions run r1 (Prefect event {EVENT_ID})"
     tags = {"kerasflow.trigger.reason": reason, "registry.model": "houses"}
     assert f"- **Why it ran:** {reason}" in notes.run_description(tags, {})
-    evaluation = {"test": {"r2": 0.9}, "baseline": {"r2": 0.8, "name": "Ridge"}, "test_rows": 90}
+    evaluation = Evaluation("regression", "r2", {"r2": 0.9}, {"r2": 0.8, "name": "Ridge"}, 900, True, 90)
     decision = {"alias": "champion", "reasons": ["r2 0.9 beats the baseline's 0.8"]}
     run = {"run_id": "abc", "task": "regression", "source": "houses.csv", "why": reason}
     assert f"**Why it was trained:** {reason}." in notes.version_description(
         "houses", "2", run, evaluation, decision, ["area"]
     )
     results = {
-        "evaluate": evaluation,
+        "evaluate": evaluation.to_dict(),
         "register": {"model_name": "houses", "version": "2", **decision},
         "train": {"epochs_trained": 3, "best_epoch": 2, "run_id": "abc"},
     }

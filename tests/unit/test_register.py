@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kerasflow.config import RegisterParams
+from kerasflow.records import ChampionScore
 from tasks.register import (
     CHALLENGER,
     CHAMPION,
@@ -30,7 +31,7 @@ def test_a_candidate_that_passes_everything_is_promoted():
     [
         ({"accuracy": 0.965, "f1": 0.9}, {"accuracy": 0.9}, None, True, "threshold.accuracy"),
         (GOOD, {"accuracy": 0.985}, None, True, "beats_baseline"),
-        (GOOD, BASELINE, {"version": "3", "test": {"accuracy": 0.99}}, True, "at_least_champion"),
+        (GOOD, BASELINE, ChampionScore("3", test={"accuracy": 0.99}), True, "at_least_champion"),
         (GOOD, BASELINE, None, False, "smoke_test"),
     ],
 )
@@ -51,7 +52,7 @@ def test_a_dvc_experiment_never_moves_the_champion_and_says_how_to_promote_it():
 
 
 def test_equal_to_the_champion_is_enough():
-    decision = decide(GOOD, BASELINE, {"version": "3", "test": {"accuracy": 0.98}}, "accuracy", PARAMS)
+    decision = decide(GOOD, BASELINE, ChampionScore("3", test={"accuracy": 0.98}), "accuracy", PARAMS)
     assert decision.promote
     assert "accuracy 0.9800 is at least as good as the champion's (version 3) 0.9800 on the same test rows" in (
         decision.reasons
@@ -59,7 +60,7 @@ def test_equal_to_the_champion_is_enough():
 
 
 def test_a_champion_that_cannot_take_the_data_leaves_thresholds_and_baseline_to_judge():
-    skipped = {"version": "3", "skipped": "the champion (version 3) cannot be scored here: it takes column(s) ['zip']"}
+    skipped = ChampionScore("3", skipped="the champion (version 3) cannot be scored here: it takes column(s) ['zip']")
     decision = decide(GOOD, BASELINE, skipped, "accuracy", PARAMS)
     assert decision.promote and decision.checks["at_least_champion"]
     assert any("['zip']" in reason and "thresholds and the baseline alone" in reason for reason in decision.reasons)
@@ -67,7 +68,7 @@ def test_a_champion_that_cannot_take_the_data_leaves_thresholds_and_baseline_to_
 
 def test_error_metrics_point_the_other_way():
     params = RegisterParams(model_name="m", thresholds={"rmse": 1.0})
-    champion = {"version": "1", "test": {"rmse": 0.85}}
+    champion = ChampionScore("1", test={"rmse": 0.85})
     decision = decide({"rmse": 0.8, "r2": 0.5}, {"rmse": 0.9, "r2": 0.4}, champion, "rmse", params)
     assert decision.promote, decision.reasons
     assert not decide({"rmse": 1.2, "r2": 0.5}, {"rmse": 0.9, "r2": 0.4}, None, "rmse", params).promote
@@ -97,7 +98,7 @@ def test_registry_round_trip_in_a_real_store(mlflow_store, tmp_path):
     apply_decision("m", first, decide({"accuracy": 0.9}, {"accuracy": 0.5}, None, "accuracy", params), "first")
     assert current_champion("m") == first
     second = register_version(uris[1][0], "m", uris[1][1])
-    champion = {"version": first, "test": {"accuracy": 0.9}}
+    champion = ChampionScore(first, test={"accuracy": 0.9})
     apply_decision("m", second, decide({"accuracy": 0.8}, {"accuracy": 0.5}, champion, "accuracy", params), "second")
     client = mlflow.MlflowClient()
     assert str(client.get_model_version_by_alias("m", CHAMPION).version) == first
@@ -127,3 +128,55 @@ def test_the_registered_files_must_be_the_ones_train_checked(mlflow_store, tmp_p
     assert not ok and "are not the ones train checked (000000000000)" in detail
     ok, detail = verify_registered_files("models:/m/99", checked)
     assert not ok and "could not be read" in detail
+
+
+@pytest.mark.parametrize(
+    "champion",
+    [
+        None,
+        {"version": "3", "test": {"accuracy": 0.97, "f1": 0.96}, "test_rows": 360},
+        {"version": "3", "skipped": "the champion (version 3) cannot be scored here: it takes column(s) ['zip']"},
+    ],
+)
+def test_the_evaluation_record_reads_and_writes_metrics_json_as_it_is_on_disk(champion, tmp_path):
+    """reports/metrics.json is DVC's metrics file: the typed record keeps its keys, their order and values."""
+    from kerasflow.io import write_json
+    from kerasflow.records import Evaluation
+
+    on_disk = {
+        "task": "classification",
+        "primary_metric": "accuracy",
+        "test": {"accuracy": 0.98, "f1": 0.97, "loss": 0.07},
+        "baseline": {"name": "LogisticRegression", "accuracy": 0.96, "f1": 0.95},
+        "baseline_rows": 1437,
+        "beats_baseline": True,
+        "test_rows": 360,
+        "decision_threshold": None,
+        "epochs_trained": 4,
+        "best_epoch": 3,
+        "champion_rescored": champion,
+    }
+    write_json(tmp_path / "metrics.json", on_disk)
+    evaluation = Evaluation.read(tmp_path / "metrics.json")
+    assert evaluation.score == 0.98
+    assert (evaluation.champion_rescored is None) == (champion is None)
+    if champion:
+        assert evaluation.champion_rescored.metric("accuracy") == champion.get("test", {}).get("accuracy")
+        assert evaluation.champion_rescored.skipped == champion.get("skipped")
+    evaluation.write(tmp_path / "again.json")
+    assert (tmp_path / "again.json").read_text() == (tmp_path / "metrics.json").read_text()
+
+
+def test_the_registration_record_keeps_the_decision_at_the_top_level():
+    from kerasflow.records import ChampionScore
+    from tasks.register import Registration
+
+    decision = decide(GOOD, BASELINE, ChampionScore("3", test={"accuracy": 0.99}), "accuracy", PARAMS)
+    registration = Registration("m", "4", "run-1", decision, ChampionScore("3", test={"accuracy": 0.99}), "ok")
+    payload = registration.to_dict()
+    assert list(payload) == [
+        "model_name", "version", "previous_champion", "champion_rescored", "smoke_test", "run_id",
+        "promote", "reasons", "checks", "alias",
+    ]  # fmt: skip
+    assert payload["previous_champion"] == "3" and payload["alias"] == CHALLENGER
+    assert registration.failed_checks == ["at_least_champion"]
