@@ -475,6 +475,59 @@ def artifact_digest(folder: str | Path) -> str:
     return digest.hexdigest()
 
 
+# The model registry: versions, aliases, the files a version holds.
+
+
+def register_version(model_uri: str, model_name: str, run_id: str, tags: dict[str, str] | None = None) -> str:
+    """Create a registry version for the logged model (tagged with its run, and `tags`); return its number."""
+    version = mlflow.register_model(model_uri, model_name, tags={"run_id": run_id, **(tags or {})})
+    return str(version.version)
+
+
+def version_for_alias(model_name: str, alias: str) -> str | None:
+    """The version `alias` points at now, or None (no such alias or model)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(MlflowClient().get_model_version_by_alias(model_name, alias).version)
+    except MlflowException:
+        return None
+
+
+def apply_decision(model_name: str, version: str, decision: Any, description: str = "") -> None:
+    """Record the gate's verdict (`tasks.register.Decision`) on the version: a tag per check, the reasons in
+    its description; then move its alias (last, so a failure leaves the alias be)."""
+    client = MlflowClient()
+    client.set_model_version_tag(model_name, version, "kerasflow.decision", decision.alias)
+    for check, ok in decision.checks.items():
+        client.set_model_version_tag(model_name, version, f"kerasflow.check.{check}", "passed" if ok else "failed")
+    if description:
+        client.update_model_version(model_name, version, description=description)
+    client.set_registered_model_alias(model_name, decision.alias, version)
+
+
+def registered_digest(model_uri: str) -> str:
+    """`artifact_digest` of the files a registered version holds, downloaded to a temporary folder."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        return artifact_digest(mlflow.artifacts.download_artifacts(model_uri, dst_path=folder))
+
+
+def load_version(model_name: str, version: str) -> Any:
+    """A registered version as its pyfunc model (with its own copy of the model code)."""
+    return mlflow.pyfunc.load_model(f"models:/{model_name}/{version}")
+
+
+def rejected_input(error: Exception) -> str | None:
+    """Why a pyfunc model refused its input (MLflow's INVALID_PARAMETER_VALUE), or None for any other error."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(error, MlflowException) and error.error_code == "INVALID_PARAMETER_VALUE":
+        return error.message
+    return None
+
+
 def round_trip_difference(model_path: str | Path, example: Any, expected: Any, config: ModelConfig) -> float:
     """Largest difference between the logged model's predictions (loaded back through MLflow) and `expected`."""
     import numpy as np

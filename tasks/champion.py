@@ -19,13 +19,9 @@ from tasks.register import CHAMPION
 
 def current_champion(model_name: str) -> str | None:
     """The version the `champion` alias points at now, or None."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
+    from kerasflow import tracking
 
-    try:
-        return str(MlflowClient().get_model_version_by_alias(model_name, CHAMPION).version)
-    except MlflowException:
-        return None
+    return tracking.version_for_alias(model_name, CHAMPION)
 
 
 def mismatch(champion: ModelConfig, state: PreprocessState) -> str | None:
@@ -53,9 +49,9 @@ def rescore(
     model_name: str, version: str, test: Split | ParquetSplit, state: PreprocessState, batch_rows: int = 1 << 16
 ) -> ChampionScore:
     """The champion version's metrics on this run's test split, or why it could not be scored on it."""
-    import mlflow
+    from kerasflow import tracking
 
-    model = mlflow.pyfunc.load_model(f"models:/{model_name}/{version}")
+    model = tracking.load_version(model_name, version)
     scorer = model.unwrap_python_model()
     # Its own copy of the model interface's config (older versions kept a plain dict).
     raw = scorer.config.to_dict() if hasattr(scorer.config, "to_dict") else dict(scorer.config)

@@ -180,14 +180,15 @@ def read_ahead(batches: Iterator[Any], convert: Any = None) -> Iterator[Any]:
 
 def predict_batch(scorer: Any, batch: Any) -> pd.DataFrame:
     """The model's predictions for one batch; raw input it cannot read is a ModelInputError naming column and row."""
-    from mlflow.exceptions import MlflowException
+    from kerasflow.tracking import rejected_input
 
     try:
         return scorer.predict(None, batch)
-    except MlflowException as error:
-        if error.error_code == "INVALID_PARAMETER_VALUE":
-            raise ModelInputError(error.message) from None
-        raise
+    except Exception as error:
+        message = rejected_input(error)
+        if message is None:
+            raise
+        raise ModelInputError(message) from None
 
 
 def score_file(

@@ -140,43 +140,15 @@ def verify_registered_files(model_uri: str, expected_sha256: str) -> tuple[bool,
     what the trained model does (`roundtrip_max_abs_diff`). Here the registered version's files
     must be those same bytes: then it serves as that check showed.
     """
-    import tempfile
+    from kerasflow import tracking
 
-    import mlflow
-
-    from kerasflow.tracking import artifact_digest
-
-    with tempfile.TemporaryDirectory() as folder:
-        try:
-            local = mlflow.artifacts.download_artifacts(model_uri, dst_path=folder)
-        except Exception as error:  # Any failure to fetch the files means the version is not servable.
-            return False, f"the registered files could not be read: {type(error).__name__}: {error}"
-        found = artifact_digest(local)
+    try:
+        found = tracking.registered_digest(model_uri)
+    except Exception as error:  # Any failure to fetch the files means the version is not servable.
+        return False, f"the registered files could not be read: {type(error).__name__}: {error}"
     if found != expected_sha256:
         return (
             False,
             f"the registered files (sha256 {found[:12]}) are not the ones train checked ({expected_sha256[:12]})",
         )
     return True, f"ok: the registered files are the ones that passed train's round trip (sha256 {found[:12]})"
-
-
-def register_version(model_uri: str, model_name: str, run_id: str, tags: dict[str, str] | None = None) -> str:
-    """Create a registry version for the logged model (tagged with its run, and `tags`); return its number."""
-    import mlflow
-
-    version = mlflow.register_model(model_uri, model_name, tags={"run_id": run_id, **(tags or {})})
-    return str(version.version)
-
-
-def apply_decision(model_name: str, version: str, decision: Decision, description: str = "") -> None:
-    """Record the verdict on the version (a tag per check, the reasons in its description), then move the
-    alias (last, so a failure leaves it be)."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient()
-    client.set_model_version_tag(model_name, version, "kerasflow.decision", decision.alias)
-    for check, ok in decision.checks.items():
-        client.set_model_version_tag(model_name, version, f"kerasflow.check.{check}", "passed" if ok else "failed")
-    if description:
-        client.update_model_version(model_name, version, description=description)
-    client.set_registered_model_alias(model_name, decision.alias, version)

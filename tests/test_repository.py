@@ -33,5 +33,24 @@ def test_committed_reports_are_what_the_current_stages_write():
     assert {"run_id", "model_uri", "model_id", "artifacts_sha256", "tracking_uri"} <= set(run)
     metrics = json.loads((REPO_ROOT / "reports" / "metrics.json").read_text())
     assert {"test", "baseline", "primary_metric", "champion_rescored", "test_rows", "baseline_rows"} <= set(metrics)
+    from kerasflow.records import Evaluation
+
+    assert Evaluation.read(REPO_ROOT / "reports" / "metrics.json").to_dict() == metrics  # the typed record reads it
     schema = json.loads((REPO_ROOT / "data" / "schema.json").read_text())
     assert schema["source"] == "sklearn:digits"
+
+
+def test_the_work_modules_leave_mlflow_to_the_tracking_module():
+    """tasks/ does the work; every MLflow call it needs goes through kerasflow.tracking."""
+    import ast
+
+    importing = []
+    for name in tracked("tasks"):
+        if name.endswith(".py"):
+            tree = ast.parse((REPO_ROOT / name).read_text())
+            for node in ast.walk(tree):
+                modules = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+                if isinstance(node, ast.ImportFrom):
+                    modules = [node.module or ""]
+                importing += [f"{name}: {module}" for module in modules if module.split(".")[0] == "mlflow"]
+    assert not importing, importing

@@ -23,7 +23,7 @@ from kerasflow.config import Params
 from kerasflow.io import read_json, write_json
 from kerasflow.records import ChampionScore, Evaluation, PreprocessState
 from tasks.preprocess import read_state, split_source
-from tasks.register import Registration, apply_decision, decide, register_version, verify_registered_files
+from tasks.register import Registration, decide, verify_registered_files
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def run(params: Params, context: Context) -> dict[str, Any]:
                 current_rescore(name, evaluation.champion_rescored, layout.processed_dir, state)
             )
             run_tags = mlflow.get_run(run_id).data.tags
-            version = register_version(run_info["model_uri"], name, run_id, version_tags(run_tags))
+            version = tracking.register_version(run_info["model_uri"], name, run_id, version_tags(run_tags))
             # The logged model loaded back and predicted in train; these must be the very files it used.
             files_ok, files_detail = verify_registered_files(f"models:/{name}/{version}", run_info["artifacts_sha256"])
             decision = decide(
@@ -61,7 +61,7 @@ def run(params: Params, context: Context) -> dict[str, Any]:
             description = version_text(state, evaluation, registration, run_tags)
             # The logged model's page (MLflow's "Logged models") carries the same account as the version's.
             mlflow.set_logged_model_tags(run_info["model_id"], {"mlflow.note.content": description})
-            apply_decision(name, version, decision, description)
+            tracking.apply_decision(name, version, decision, description)
         payload = registration.to_dict()
         mlflow.set_tags({"registry.model": name, "registry.version": version, "registry.alias": decision.alias})
         mlflow.log_dict(payload, "registration.json")

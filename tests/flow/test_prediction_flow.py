@@ -19,7 +19,8 @@ def test_batch_prediction_scores_with_the_champion_and_publishes_the_drift(prefe
     from flows.prediction import batch_prediction
     from kerasflow import tracking
     from kerasflow.config import RegisterParams, TrackingParams
-    from tasks.register import apply_decision, decide, register_version
+    from kerasflow.tracking import apply_decision, register_version
+    from tasks.register import decide
     from tests.unit.helpers import log_mixed_model, mixed_frame
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -6,14 +6,8 @@ import pytest
 
 from kerasflow.config import RegisterParams
 from kerasflow.records import ChampionScore
-from tasks.register import (
-    CHALLENGER,
-    CHAMPION,
-    apply_decision,
-    decide,
-    register_version,
-    verify_registered_files,
-)
+from kerasflow.tracking import apply_decision, register_version
+from tasks.register import CHALLENGER, CHAMPION, decide, verify_registered_files
 
 GOOD = {"accuracy": 0.98, "f1": 0.97}
 BASELINE = {"accuracy": 0.96, "f1": 0.95}
