@@ -13,12 +13,15 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import flow, task
 
 from kerasflow.config import Params, load_params
 from kerasflow.runtime import attach_to_prefect_logging, import_quietly, quiet_defaults
+
+if TYPE_CHECKING:
+    from tasks.drift import DriftReport
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +36,7 @@ class PredictionResult:
     model_uri: str
     model_name: str
     model_version: str
-    drift: dict[str, Any]
+    drift: DriftReport | None  # None: the model carries no training statistics
     drift_report: Path
     run_id: str
 
@@ -106,8 +109,8 @@ def predict_file(
     )
     seconds = time.perf_counter() - started
     thresholds = params.predict.drift
-    drift = counter.report(thresholds.psi, thresholds.unseen_share, thresholds.missing_change) if counter else {}
-    refused = bool(drift.get("drifted")) and params.predict.fail_on_drift
+    drift = counter.report(thresholds.psi, thresholds.unseen_share, thresholds.missing_change) if counter else None
+    refused = bool(drift and drift.drifted) and params.predict.fail_on_drift
     if refused:
         writer.abort()
     else:
@@ -127,13 +130,13 @@ def predict_file(
 
 
 def announce(
-    name: str, version: str, drift: dict[str, Any], source: Path, rows: int, run_id: str | None, report_path: Path
+    name: str, version: str, drift: DriftReport | None, source: Path, rows: int, run_id: str | None, report_path: Path
 ) -> None:
     """`kerasflow.prediction.completed`, and `kerasflow.drift.detected` when a column drifted (no-ops without a
     Prefect API)."""
     from kerasflow import events
 
-    drifted = bool(drift.get("drifted"))
+    drifted = bool(drift and drift.drifted)
     if drifted:
         payload = events.drift_payload(drift, str(source.resolve()), run_id, str(report_path.resolve()))
         labels = {events.PREDICTION_RUN_LABEL: run_id} if run_id else {}
@@ -156,7 +159,7 @@ def record(
     output: Path,
     rows: int,
     seconds: float,
-    drift: dict[str, Any],
+    drift: DriftReport | None,
     report_path: Path,
 ) -> str:
     """The drift report beside the output, and a run in `<experiment>-predictions`: model, rows, time, drift."""
@@ -168,7 +171,7 @@ def record(
     from tasks.drift import plot_drift, summary_line
 
     if drift:
-        write_json(report_path, drift)
+        write_json(report_path, drift.to_dict())
     experiment = TrackingParams(experiment=f"{params.tracking.experiment}-predictions")
     experiment_id = tracking.configure(
         experiment.model_copy(update={"tracking_uri": params.tracking.tracking_uri}), project_root
@@ -180,19 +183,19 @@ def record(
                 **tracking.source_tags(),
                 "registry.model": name,
                 "registry.version": version,
-                "predict.drift": summary_line(drift) if drift else "no training statistics",
+                "predict.drift": summary_line(drift),
                 "mlflow.note.content": f"Scored `{source}` ({rows:,} rows) with `{uri}` (version {version}) into "
-                f"`{output}`.\n\n{summary_line(drift) if drift else ''}\n",
+                f"`{output}`.\n\n{summary_line(drift)}\n",
             }
         )
         mlflow.log_params({"model_uri": uri, "input": str(source), "output": str(output)})
         metrics = {"rows": rows, "seconds": seconds, "rows_per_second": rows / seconds if seconds else 0.0}
-        metrics["drifted_columns"] = len(drift.get("drifted", []))
-        for column, entry in drift.get("columns", {}).items():
-            if "psi" in entry:
-                metrics[f"psi/{column}"] = entry["psi"]
-            if "unseen_share" in entry:
-                metrics[f"unseen_share/{column}"] = entry["unseen_share"]
+        metrics["drifted_columns"] = len(drift.drifted) if drift else 0
+        for column, entry in (drift.columns if drift else {}).items():
+            if entry.psi is not None:
+                metrics[f"psi/{column}"] = entry.psi
+            if entry.unseen_share is not None:
+                metrics[f"unseen_share/{column}"] = entry.unseen_share
         mlflow.log_metrics({key: float(value) for key, value in metrics.items()})
         if drift:
             mlflow.log_artifact(str(report_path), "drift")
@@ -203,18 +206,18 @@ def record(
     return run_id
 
 
-def drift_table(drift: dict[str, Any]) -> list[dict[str, Any]]:
-    """The drift report as rows for a Prefect table artifact."""
+def drift_table(drift: DriftReport | None) -> list[dict[str, Any]]:
+    """The drift report as rows for a Prefect table artifact (none for a model without training statistics)."""
     rows = []
-    for column, entry in drift.get("columns", {}).items():
+    for column, entry in (drift.columns if drift else {}).items():
         rows.append(
             {
                 "column": column,
-                "kind": entry["kind"],
-                "psi": round(entry["psi"], 4) if "psi" in entry else None,
-                "unseen share": round(entry["unseen_share"], 4) if "unseen_share" in entry else None,
-                "missing (training → new)": f"{entry['missing_share_training']:.1%} → {entry['missing_share_new']:.1%}",
-                "drifted": "yes: " + ", ".join(entry["reasons"]) if entry["drifted"] else "no",
+                "kind": entry.kind,
+                "psi": None if entry.psi is None else round(entry.psi, 4),
+                "unseen share": None if entry.unseen_share is None else round(entry.unseen_share, 4),
+                "missing (training → new)": f"{entry.missing_share_training:.1%} → {entry.missing_share_new:.1%}",
+                "drifted": "yes: " + ", ".join(entry.reasons) if entry.drifted else "no",
             }
         )
     return rows
@@ -228,7 +231,8 @@ def score(input_path: str, output_path: str | None, model_uri: str | None, param
         "rows": result.rows,
         "seconds": result.seconds,
         "model": f"{result.model_name} version {result.model_version}",
-        "drift": result.drift,
+        "drift": result.drift.to_dict() if result.drift else None,
+        "drift_table": drift_table(result.drift),
         "summary": result.summary,
         "run_id": result.run_id,
     }
@@ -251,7 +255,7 @@ def batch_prediction(
     quiet_defaults()
     attach_to_prefect_logging()
     result = score(input_path, output_path, model_uri, params_path)
-    create_table_artifact(drift_table(result["drift"]), key="drift", description=result["summary"])
+    create_table_artifact(result["drift_table"], key="drift", description=result["summary"])
     create_markdown_artifact(
         f"# Batch prediction\n\n**{result['rows']:,} rows** scored with `{result['model']}` in "
         f"{result['seconds']:.1f} s into `{result['output']}`.\n\n**{result['summary']}**\n\n"

@@ -24,9 +24,12 @@ import os
 import sys
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kerasflow.config import ConfigError
+
+if TYPE_CHECKING:
+    from tasks.drift import DriftReport
 
 logger = logging.getLogger(__name__)
 
@@ -99,29 +102,24 @@ def read_events(model_name: str | None = None, limit: int = 50) -> list[Any]:
         return list(client.read_events(wanted, limit=limit).events)
 
 
-def drift_reason(report: dict[str, Any], prediction_run_id: str | None) -> str:
+def drift_reason(report: DriftReport, prediction_run_id: str | None) -> str:
     """`column area drifted (PSI 0.42) in predictions run 1f2e…`, from a drift report."""
-    from tasks.drift import drifted_columns
-
-    parts = [f"`{name}` ({reasons})" for name, reasons in drifted_columns(report)]
+    parts = [f"`{name}` ({reasons})" for name, reasons in report.reasons()]
     noun = "column" if len(parts) == 1 else "columns"
     where = f" in predictions run {prediction_run_id}" if prediction_run_id else ""
     return f"{noun} {', '.join(parts)} drifted{where}"
 
 
-def drift_payload(report: dict[str, Any], scored_file: str, prediction_run_id: str | None, report_path: str) -> dict:
-    columns = {
-        name: {
-            key: report["columns"][name].get(key)
-            for key in ("psi", "unseen_share", "missing_share_training", "missing_share_new")
-            if report["columns"][name].get(key) is not None
-        }
-        for name in report["drifted"]
-    }
+def drift_payload(report: DriftReport, scored_file: str, prediction_run_id: str | None, report_path: str) -> dict:
+    measures = ("psi", "unseen_share", "missing_share_training", "missing_share_new")
+    columns = {}
+    for name in report.drifted:
+        values = {key: getattr(report.columns[name], key) for key in measures}
+        columns[name] = {key: value for key, value in values.items() if value is not None}
     return {
         "reason": drift_reason(report, prediction_run_id),
         "drifted": columns,
-        "rows": report["rows"],
+        "rows": report.rows,
         "scored_file": scored_file,
         "prediction_run_id": prediction_run_id,
         "report": report_path,

@@ -218,71 +218,117 @@ class DriftCounter:
                 for value, count in unseen.value_counts().head(5).items():
                     counts.unseen_values[str(value)] = counts.unseen_values.get(str(value), 0) + int(count)
 
-    def report(self, psi_threshold: float, unseen_threshold: float, missing_threshold: float) -> dict[str, Any]:
+    def report(self, psi_threshold: float, unseen_threshold: float, missing_threshold: float) -> DriftReport:
         """Per column: PSI (numeric), unseen share (categorical), missing share then and now; and which drifted."""
-        columns: dict[str, Any] = {}
+        columns: dict[str, ColumnDrift] = {}
         for name, stats in {**self.statistics.numeric, **self.statistics.categorical}.items():
             counts = self.counts[name]
             present = max(counts.rows - counts.missing, 1)
             missing_now = counts.missing / max(counts.rows, 1)
-            entry: dict[str, Any] = {
-                "kind": "numeric" if name in self.statistics.numeric else "categorical",
-                "missing_share_training": stats.missing_share,
-                "missing_share_new": missing_now,
-            }
-            reasons = []
+            reasons, psi_value, unseen_share = [], None, None
             if name in self.statistics.numeric:
-                entry["psi"] = psi(stats.shares, counts.bins / counts.binned) if counts.binned else 0.0
-                if entry["psi"] > psi_threshold:
-                    reasons.append(f"PSI {entry['psi']:.2f}")
+                psi_value = psi(stats.shares, counts.bins / counts.binned) if counts.binned else 0.0
+                if psi_value > psi_threshold:
+                    reasons.append(f"PSI {psi_value:.2f}")
             else:
-                entry["unseen_share"] = counts.unseen / present
-                entry["unseen_examples"] = counts.unseen_values
-                if entry["unseen_share"] > unseen_threshold:
-                    reasons.append(f"unseen categories {entry['unseen_share']:.1%}")
+                unseen_share = counts.unseen / present
+                if unseen_share > unseen_threshold:
+                    reasons.append(f"unseen categories {unseen_share:.1%}")
             if abs(missing_now - stats.missing_share) > missing_threshold:
                 reasons.append(f"missing {stats.missing_share:.1%} -> {missing_now:.1%}")
-            entry.update(drifted=bool(reasons), reasons=reasons)
-            columns[name] = entry
-        drifted = [name for name, entry in columns.items() if entry["drifted"]]
+            columns[name] = ColumnDrift(
+                kind="numeric" if psi_value is not None else "categorical",
+                missing_share_training=stats.missing_share,
+                missing_share_new=missing_now,
+                psi=psi_value,
+                unseen_share=unseen_share,
+                unseen_examples=None if unseen_share is None else counts.unseen_values,
+                drifted=bool(reasons),
+                reasons=reasons,
+            )
+        thresholds = {"psi": psi_threshold, "unseen_share": unseen_threshold, "missing_change": missing_threshold}
+        return DriftReport(self.rows, self.statistics.rows, thresholds, columns)
+
+
+@dataclass(frozen=True)
+class ColumnDrift:
+    """One column of new data against training: PSI for a number, the unseen share for a category."""
+
+    kind: str  # numeric | categorical
+    missing_share_training: float
+    missing_share_new: float
+    psi: float | None = None
+    unseen_share: float | None = None
+    unseen_examples: dict[str, int] | None = None  # up to five unseen categories a batch, with their counts
+    drifted: bool = False
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def value(self) -> float:
+        """What is compared with a threshold: the PSI, or the unseen share."""
+        return self.psi if self.psi is not None else self.unseen_share or 0.0
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    """New rows against the training split, per column (the `<output>.drift.json` beside predictions)."""
+
+    rows: int
+    training_rows: int
+    thresholds: dict[str, float]
+    columns: dict[str, ColumnDrift]
+
+    @property
+    def drifted(self) -> list[str]:
+        return [name for name, column in self.columns.items() if column.drifted]
+
+    def reasons(self) -> list[tuple[str, str]]:
+        """Each drifted column with why: `("rm", "PSI 3.41")`."""
+        return [(name, ", ".join(self.columns[name].reasons)) for name in self.drifted]
+
+    def to_dict(self) -> dict[str, Any]:
+        """As written to disk: a column's absent measures are left out, `drifted` names the drifted columns."""
+        columns = {
+            name: {key: value for key, value in asdict(column).items() if value is not None}
+            for name, column in self.columns.items()
+        }
         return {
             "rows": self.rows,
-            "training_rows": self.statistics.rows,
-            "thresholds": {"psi": psi_threshold, "unseen_share": unseen_threshold, "missing_change": missing_threshold},
+            "training_rows": self.training_rows,
+            "thresholds": self.thresholds,
             "columns": columns,
-            "drifted": drifted,
+            "drifted": self.drifted,
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DriftReport:
+        columns = {name: ColumnDrift(**entry) for name, entry in data["columns"].items()}
+        return cls(data["rows"], data.get("training_rows", 0), data.get("thresholds", {}), columns)
 
-def drifted_columns(report: dict[str, Any]) -> list[tuple[str, str]]:
-    """Each drifted column with why: `("rm", "PSI 3.41")`."""
-    return [(name, ", ".join(report["columns"][name]["reasons"])) for name in report["drifted"]]
 
-
-def summary_line(report: dict[str, Any] | None) -> str:
+def summary_line(report: DriftReport | None) -> str:
     """`drift: rm PSI 3.41, zip unseen categories 12.0%` (or `drift: none past the thresholds`, or not checked for
     a model without training statistics: `report` None)."""
     if report is None:
         return "drift: not checked (the model carries no training statistics)"
-    parts = [f"{name} {reasons}" for name, reasons in drifted_columns(report)]
+    parts = [f"{name} {reasons}" for name, reasons in report.reasons()]
     return "drift: " + ("; ".join(parts) if parts else "none past the thresholds")
 
 
-def plot_drift(report: dict[str, Any], path: Any, title: str = "") -> None:
+def plot_drift(report: DriftReport, path: Any, title: str = "") -> None:
     """One bar per column (PSI for numbers, unseen share for categories), the thresholds drawn, drifted ones red."""
     from kerasflow.plotting import pyplot, save_figure
 
     plt = pyplot()
-    columns = report["columns"]
-    names = list(columns)
-    values = [columns[n].get("psi", columns[n].get("unseen_share", 0.0)) for n in names]
-    colors = ["tab:red" if columns[n]["drifted"] else "tab:blue" for n in names]
+    names = list(report.columns)
+    values = [report.columns[name].value for name in names]
+    colors = ["tab:red" if report.columns[name].drifted else "tab:blue" for name in names]
     figure, axis = plt.subplots(figsize=(max(5, 0.45 * len(names) + 2), 3.8))
     axis.bar(range(len(names)), values, color=colors)
-    axis.axhline(report["thresholds"]["psi"], color="grey", linestyle="--", linewidth=1, label="PSI threshold")
+    axis.axhline(report.thresholds["psi"], color="grey", linestyle="--", linewidth=1, label="PSI threshold")
     axis.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
     axis.set_ylabel("PSI (numbers) / unseen share (categories)")
-    axis.set_title(title or f"Drift of {report['rows']:,} new rows against the training split")
+    axis.set_title(title or f"Drift of {report.rows:,} new rows against the training split")
     axis.legend()
     figure.tight_layout()
     save_figure(figure, path)

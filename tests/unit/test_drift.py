@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from kerasflow.model_interface import InputColumn, ModelInputs
-from tasks.drift import DriftCounter, TrainingStatistics, psi, summary_line, training_statistics
+from tasks.drift import DriftCounter, DriftReport, TrainingStatistics, psi, summary_line, training_statistics
 
 INPUTS = ModelInputs(
     "columns",
@@ -30,7 +30,7 @@ def training(rows: int = 4000, seed: int = 0) -> pd.DataFrame:
     )
 
 
-def counted(new: pd.DataFrame, statistics: TrainingStatistics, batches: int = 4) -> dict:
+def counted(new: pd.DataFrame, statistics: TrainingStatistics, batches: int = 4) -> DriftReport:
     counter = DriftCounter(statistics, INPUTS)
     for part in np.array_split(np.arange(len(new)), batches):  # batch by batch, as predict reads
         counter.add(new.iloc[part])
@@ -42,14 +42,14 @@ def test_a_shifted_column_is_flagged_and_an_unshifted_one_is_not():
     new = training(2000, seed=1)
     new["rm"] = new["rm"] + 2.0  # two standard deviations up
     report = counted(new, statistics)
-    assert report["drifted"] == ["rm"] and report["rows"] == 2000
-    assert report["columns"]["rm"]["psi"] > 2 and report["columns"]["age"]["psi"] < 0.05
+    assert report.drifted == ["rm"] and report.rows == 2000
+    assert report.columns["rm"].psi > 2 and report.columns["age"].psi < 0.05
     assert summary_line(report).startswith("drift: rm PSI ")
 
 
 def test_the_same_distribution_is_not_drift():
     report = counted(training(2000, seed=2), training_statistics(training(), INPUTS))
-    assert report["drifted"] == [] and summary_line(report) == "drift: none past the thresholds"
+    assert report.drifted == [] and summary_line(report) == "drift: none past the thresholds"
 
 
 def test_unseen_categories_and_missing_values_are_counted():
@@ -58,11 +58,25 @@ def test_unseen_categories_and_missing_values_are_counted():
     new.loc[:99, "zone"] = "atlantis"  # 10% a category training never had
     new.loc[:299, "age"] = np.nan  # 30% missing, none in training
     report = counted(new, statistics)
-    zone, age = report["columns"]["zone"], report["columns"]["age"]
-    assert zone["unseen_share"] == pytest.approx(0.1) and zone["unseen_examples"] == {"atlantis": 100}
-    assert age["missing_share_training"] == 0 and age["missing_share_new"] == pytest.approx(0.3)
-    assert sorted(report["drifted"]) == ["age", "zone"]
-    assert "missing 0.0% -> 30.0%" in age["reasons"] and zone["reasons"] == ["unseen categories 10.0%"]
+    zone, age = report.columns["zone"], report.columns["age"]
+    assert zone.unseen_share == pytest.approx(0.1) and zone.unseen_examples == {"atlantis": 100}
+    assert age.missing_share_training == 0 and age.missing_share_new == pytest.approx(0.3)
+    assert sorted(report.drifted) == ["age", "zone"]
+    assert "missing 0.0% -> 30.0%" in age.reasons and zone.reasons == ["unseen categories 10.0%"]
+    # As written beside the predictions: a number's PSI, a category's unseen share and examples, nothing absent.
+    on_disk = report.to_dict()
+    assert on_disk["drifted"] == report.drifted and on_disk["thresholds"]["psi"] == 0.2
+    assert list(on_disk["columns"]["zone"]) == [
+        "kind", "missing_share_training", "missing_share_new", "unseen_share", "unseen_examples", "drifted", "reasons",
+    ]  # fmt: skip
+    assert list(on_disk["columns"]["age"]) == [
+        "kind", "missing_share_training", "missing_share_new", "psi", "drifted", "reasons",
+    ]  # fmt: skip
+    assert DriftReport.from_dict(on_disk) == report
+
+
+def test_a_model_without_training_statistics_is_not_checked():
+    assert summary_line(None) == "drift: not checked (the model carries no training statistics)"
 
 
 def test_statistics_round_trip_and_describe_the_training_split():
@@ -90,4 +104,4 @@ def test_image_models_drift_on_each_images_mean_pixel():
     statistics = training_statistics(images, inputs)
     counter = DriftCounter(statistics, inputs)
     counter.add(np.clip(images * 1.6, 0, 16))  # brighter
-    assert counter.report(0.2, 0.05, 0.1)["drifted"] == ["pixel_mean"]
+    assert counter.report(0.2, 0.05, 0.1).drifted == ["pixel_mean"]

@@ -11,19 +11,14 @@ import pytest
 from kerasflow import events
 from kerasflow.config import ConfigError
 from kerasflow.records import Evaluation
+from tasks.drift import ColumnDrift, DriftReport
 
 EVENT_ID = str(uuid.uuid4())
 
 
-def drift_report() -> dict:
-    return {
-        "rows": 500,
-        "columns": {
-            "area": {"psi": 0.42, "reasons": ["PSI 0.42"], "missing_share_training": 0.0, "missing_share_new": 0.0},
-            "rooms": {"psi": 0.01, "reasons": [], "missing_share_training": 0.0, "missing_share_new": 0.0},
-        },
-        "drifted": ["area"],
-    }
+def drift_report() -> DriftReport:
+    area = ColumnDrift("numeric", 0.0, 0.0, psi=0.42, drifted=True, reasons=["PSI 0.42"])
+    return DriftReport(500, 1000, {"psi": 0.2}, {"area": area, "rooms": ColumnDrift("numeric", 0.0, 0.0, psi=0.01)})
 
 
 def test_without_a_prefect_api_emitting_is_a_debug_line_and_sends_nothing(monkeypatch, caplog):
