@@ -271,14 +271,14 @@ def compare(record: Record, checkout: Path, tolerance: float) -> Verdict:
     import_quietly("keras")  # the models below load TensorFlow: its native start-up lines stay out of the terminal
     from kerasflow.layout import Layout
     from kerasflow.model_interface import ModelConfig, model_outputs
-    from kerasflow.records import Evaluation
+    from kerasflow.records import Evaluation, TrainingResult
 
     layout = Layout(checkout)
     rebuilt_metrics = Evaluation.read(layout.metrics).test
     metrics = {
         name: (record.metrics[name], float(rebuilt_metrics[name])) for name in rebuilt_metrics if name in record.metrics
     }
-    model_id = read_json(layout.run_file)["model_id"]
+    model_id = TrainingResult.read(layout.run_file).model_id
     config = ModelConfig.from_dict(read_json(layout.model_config))
     test = rebuilt_test_split(layout.processed_dir)
     # The rebuild's store is a local one in the checkout: its logged model's files are under mlartifacts/.

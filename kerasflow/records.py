@@ -3,6 +3,7 @@
 - `RawDatasetInfo`: what ingest wrote (data/raw/dataset.json): the target, the task, the columns.
 - `PreprocessState`: what preprocess wrote beside the splits (state.json): the inputs, the classes.
 - `FittedInputs`: the constants the input layers were adapted to on the training split.
+- `TrainingResult`: what train wrote (reports/mlflow_run.json): the MLflow run, the logged model, its digest.
 - `Evaluation`: what evaluate wrote (reports/metrics.json) for register: the model's and the baseline's
   test metrics and, as `champion_rescored`, the current champion's on the same rows (`ChampionScore`).
 
@@ -170,6 +171,34 @@ class FittedInputs:
         if source == "categorical" or not text:
             return max(categories) if categories else None
         return text[0]
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """The train stage's record for the later stages (reports/mlflow_run.json): the run they reopen, the model
+    they score and register, and the digest of the files that passed the round trip."""
+
+    run_id: str
+    experiment_id: str
+    model_uri: str
+    model_id: str
+    artifacts_sha256: str
+    # A local store as params.yaml names it (no machine's absolute path in a file git keeps).
+    tracking_uri: str
+    run_url: str | None = None
+    epochs_trained: int | None = None
+    best_epoch: int | None = None
+
+    @classmethod
+    def read(cls, path: Path) -> TrainingResult:
+        data = read_json(path)
+        return cls(**{key: data[key] for key in cls.__dataclass_fields__ if key in data})
+
+    def write(self, path: Path) -> None:
+        write_json(path, asdict(self))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)

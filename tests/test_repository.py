@@ -33,8 +33,9 @@ def test_committed_reports_are_what_the_current_stages_write():
     assert {"run_id", "model_uri", "model_id", "artifacts_sha256", "tracking_uri"} <= set(run)
     metrics = json.loads((REPO_ROOT / "reports" / "metrics.json").read_text())
     assert {"test", "baseline", "primary_metric", "champion_rescored", "test_rows", "baseline_rows"} <= set(metrics)
-    from kerasflow.records import Evaluation
+    from kerasflow.records import Evaluation, TrainingResult
 
+    assert TrainingResult.read(REPO_ROOT / "reports" / "mlflow_run.json").to_dict() == run
     assert Evaluation.read(REPO_ROOT / "reports" / "metrics.json").to_dict() == metrics  # the typed record reads it
     schema = json.loads((REPO_ROOT / "data" / "schema.json").read_text())
     assert schema["source"] == "sklearn:digits"

@@ -19,7 +19,7 @@ from kerasflow.io import atomic_path, read_json
 from kerasflow.layout import Layout
 from kerasflow.metrics import is_better
 from kerasflow.model_interface import ModelConfig, predicted_classes
-from kerasflow.records import Evaluation, PreprocessState
+from kerasflow.records import Evaluation, PreprocessState, TrainingResult
 from tasks.champion import rescore_current
 from tasks.evaluate import (
     baseline_metrics,
@@ -44,7 +44,7 @@ PREDICTION_ROWS = 100_000
 
 def run(params: Params, context: Context) -> dict[str, Any]:
     layout = context.layout
-    run_info = read_json(layout.run_file)
+    trained = TrainingResult.read(layout.run_file)
     state = read_state(layout.processed_dir)
     config = ModelConfig.from_dict(read_json(layout.model_config))
     train_split = split_source(layout.processed_dir, "train", state)
@@ -56,18 +56,18 @@ def run(params: Params, context: Context) -> dict[str, Any]:
     test_loss = model.evaluate(make_dataset(test_split, state.inputs, 256), verbose=0, return_dict=True)["loss"]
     result = score(params, state, config, train_split, test_split, (y_test, outputs), test_loss)
     per_class = per_class_metrics(y_test, outputs, state.classes, config.threshold) if state.classes else {}
-    pictures = draw_plots(layout, params, state, config, y_test, outputs, run_info.get("best_epoch"))
+    pictures = draw_plots(layout, params, state, config, y_test, outputs, trained.best_epoch)
     experiment_id = tracking.configure(params.tracking, context.project_root)
     # The gate compares the candidate with the champion on the same rows: this run's test split.
     champion = rescore_current(params.register_.model_name, test_split, state, params.evaluate.batch_rows)
     result = replace(
         result,
-        epochs_trained=run_info.get("epochs_trained"),
-        best_epoch=run_info.get("best_epoch"),
+        epochs_trained=trained.epochs_trained,
+        best_epoch=trained.best_epoch,
         champion_rescored=champion,
     )
-    with tracking.open_run(experiment_id, run_id=run_info["run_id"]) as run_id:
-        record(layout, state, config, result, per_class, pictures, run_info)
+    with tracking.open_run(experiment_id, run_id=trained.run_id) as run_id:
+        record(layout, state, config, result, per_class, pictures, trained.model_id)
         # The metrics file is written last: it is what register (and dvc metrics) read.
         result.write(layout.metrics)
         mlflow.log_artifact(str(layout.metrics))
@@ -135,7 +135,7 @@ def record(
     result: Evaluation,
     per_class: dict[str, dict[str, float]],
     pictures: list[Path],
-    run_info: dict[str, Any],
+    model_id: str,
 ) -> None:
     """Final metrics (linked to the logged model and to the test split as a dataset), per-class scores, plots."""
     test = tracking.log_split(
@@ -152,7 +152,7 @@ def record(
         safe = re.sub(r"[^\w\-. /]", "_", label)  # the characters MLflow allows in a metric name
         # A section of their own in the MLflow UI's charts: per_class/f1_3, per_class/precision_3, ...
         finals.update({f"per_class/{name}_{safe}": scores[name] for name in ("precision", "recall", "f1")})
-    tracking.log_model_metrics(finals, run_info["model_id"], dataset=test)
+    tracking.log_model_metrics(finals, model_id, dataset=test)
     mlflow.set_tags({"baseline.model": result.baseline["name"], "evaluate.primary_metric": result.primary_metric})
     if per_class:
         table = pd.DataFrame.from_dict(per_class, orient="index").rename_axis("class").reset_index()

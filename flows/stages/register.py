@@ -20,8 +20,8 @@ import mlflow
 from flows.stages import Context
 from kerasflow import notes, tracking
 from kerasflow.config import Params
-from kerasflow.io import read_json, write_json
-from kerasflow.records import ChampionScore, Evaluation, PreprocessState
+from kerasflow.io import write_json
+from kerasflow.records import ChampionScore, Evaluation, PreprocessState, TrainingResult
 from tasks.preprocess import read_state, split_source
 from tasks.register import Registration, decide, verify_registered_files
 
@@ -33,20 +33,20 @@ LOCK_TIMEOUT_SECONDS = 900
 
 def run(params: Params, context: Context) -> dict[str, Any]:
     layout = context.layout
-    run_info = read_json(layout.run_file)
+    trained = TrainingResult.read(layout.run_file)
     evaluation = Evaluation.read(layout.metrics)
     state = read_state(layout.processed_dir)
     name = params.register_.model_name
     experiment_id = tracking.configure(params.tracking, context.project_root)
-    with tracking.open_run(experiment_id, run_id=run_info["run_id"]) as run_id:
+    with tracking.open_run(experiment_id, run_id=trained.run_id) as run_id:
         with registry_lock(name, mlflow.get_tracking_uri()):
             evaluation = evaluation.with_champion(
                 current_rescore(name, evaluation.champion_rescored, layout.processed_dir, state)
             )
             run_tags = mlflow.get_run(run_id).data.tags
-            version = tracking.register_version(run_info["model_uri"], name, run_id, version_tags(run_tags))
+            version = tracking.register_version(trained.model_uri, name, run_id, version_tags(run_tags))
             # The logged model loaded back and predicted in train; these must be the very files it used.
-            files_ok, files_detail = verify_registered_files(f"models:/{name}/{version}", run_info["artifacts_sha256"])
+            files_ok, files_detail = verify_registered_files(f"models:/{name}/{version}", trained.artifacts_sha256)
             decision = decide(
                 evaluation.test,
                 evaluation.baseline,
@@ -60,7 +60,7 @@ def run(params: Params, context: Context) -> dict[str, Any]:
             describe_model(name, state)
             description = version_text(state, evaluation, registration, run_tags)
             # The logged model's page (MLflow's "Logged models") carries the same account as the version's.
-            mlflow.set_logged_model_tags(run_info["model_id"], {"mlflow.note.content": description})
+            mlflow.set_logged_model_tags(trained.model_id, {"mlflow.note.content": description})
             tracking.apply_decision(name, version, decision, description)
         payload = registration.to_dict()
         mlflow.set_tags({"registry.model": name, "registry.version": version, "registry.alias": decision.alias})

@@ -31,7 +31,7 @@ from kerasflow.config import Params
 from kerasflow.io import atomic_dir, atomic_path, read_json, write_json, write_text
 from kerasflow.layout import Layout
 from kerasflow.metrics import lower_is_better
-from kerasflow.records import PreprocessState
+from kerasflow.records import PreprocessState, TrainingResult
 from kerasflow.runtime import set_seeds
 from tasks import cluster
 from tasks.backbone import unfreeze
@@ -107,20 +107,19 @@ def train_and_publish(params: Params, context: Context) -> dict[str, Any]:
         # (With several workers: the chief's, and the other workers' inside it.)
         Backup(backup_folder(params, layout, data.state.data_md5)).remove()
         tracking.describe_run(run_id)
-        payload = {
-            "run_id": run_id,
-            "experiment_id": experiment_id,
-            "model_uri": logged.uri,
-            "model_id": logged.model_id,
-            "artifacts_sha256": logged.digest,
-            # A local store as params.yaml names it (no machine's absolute path in a file git keeps).
-            "tracking_uri": tracking.portable_uri(mlflow.get_tracking_uri(), context.project_root),
-            "run_url": tracking.run_url(run_id, experiment_id),
-            "epochs_trained": len(history),
-            "best_epoch": best,
-        }
-        write_json(layout.run_file, payload)
-    return {**payload, "final_loss": float(history["loss"].iloc[-1])}
+        result = TrainingResult(
+            run_id=run_id,
+            experiment_id=experiment_id,
+            model_uri=logged.uri,
+            model_id=logged.model_id,
+            artifacts_sha256=logged.digest,
+            tracking_uri=tracking.portable_uri(mlflow.get_tracking_uri(), context.project_root),
+            run_url=tracking.run_url(run_id, experiment_id),
+            epochs_trained=len(history),
+            best_epoch=best,
+        )
+        result.write(layout.run_file)
+    return {**result.to_dict(), "final_loss": float(history["loss"].iloc[-1])}
 
 
 def train_shard(params: Params, context: Context) -> dict[str, Any]:
@@ -206,9 +205,9 @@ def run_workers(params: Params, context: Context) -> dict[str, Any]:
                 tracking.mark_failed(read_json(marker)["run_id"])
             raise
     Backup(chief_backup).remove()
-    payload = read_json(layout.run_file)
+    result = TrainingResult.read(layout.run_file)
     history = pd.read_csv(layout.history)
-    return {**payload, "final_loss": float(history["loss"].iloc[-1]), "workers": workers}
+    return {**result.to_dict(), "final_loss": float(history["loss"].iloc[-1]), "workers": workers}
 
 
 def load_training_data(layout: Layout) -> TrainingData:
