@@ -26,6 +26,7 @@ from kerasflow.events import Trigger
 from kerasflow.io import file_md5
 from kerasflow.layout import Layout
 from kerasflow.runtime import attach_to_prefect_logging, import_quietly, quiet_defaults
+from kerasflow.sources import source_of
 
 # Stages whose work can fail transiently (downloads, the tracking store). A retried train resumes
 # from its per-epoch backup in the same run folder.
@@ -63,8 +64,7 @@ def cache_folder(stage: Stage, params: Params, context: Context) -> Path | None:
         "seed": params.seed,
         "code": [file_md5(PROJECT_ROOT / path) for path in stage.code],
     }
-    if stage.name == "ingest" and params.ingest.source in ("file", "image_folder"):
-        source = Path(params.ingest.path)
+    if stage.name == "ingest" and (source := source_of(params.ingest).path(params.ingest)):
         files = sorted(path for path in source.rglob("*") if path.is_file()) if source.is_dir() else [source]
         if not source.exists() or not files:
             return None  # Nothing to key on: let ingest itself say what is wrong with the path.
@@ -110,8 +110,8 @@ def tag_flow_run(params: Params) -> None:
     """Tags to filter flow runs by in the Prefect UI: the workload (its data) and the registered model."""
     from prefect import get_client
 
-    source = params.ingest.dataset if params.ingest.source in ("sklearn", "keras") else Path(params.ingest.path).name
-    wanted = [f"workload:{params.ingest.source}:{source}", f"model:{params.register_.model_name}"]
+    label = source_of(params.ingest).label(params.ingest)
+    wanted = [f"workload:{params.ingest.source}:{label}", f"model:{params.register_.model_name}"]
     with get_client(sync_client=True) as client:
         current = client.read_flow_run(flow_run.id)
         client.update_flow_run(flow_run.id, tags=sorted({*current.tags, *wanted}))

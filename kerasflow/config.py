@@ -26,9 +26,7 @@ from pydantic import (
 from kerasflow.errors import ConfigError
 from kerasflow.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS
 from kerasflow.overrides import apply_overrides
-
-SKLEARN_DATASETS = ("digits", "breast_cancer", "diabetes", "iris", "wine")
-KERAS_DATASETS = ("mnist", "fashion_mnist", "boston_housing", "imdb")
+from kerasflow.sources import SOURCES
 
 # Layer names a model spec may use, mapped to their Keras class names.
 LAYER_TYPES = {
@@ -79,7 +77,8 @@ class _Section(BaseModel):
 class IngestParams(_Section):
     """Where the raw data comes from."""
 
-    source: Literal["sklearn", "keras", "file", "image_folder"] = "sklearn"
+    # One of kerasflow.sources.SOURCES.
+    source: str = "sklearn"
     dataset: str | None = "digits"
     # A .csv / .parquet file (source: file), or a folder with one sub-folder of images per class (image_folder).
     path: str | None = None
@@ -97,21 +96,18 @@ class IngestParams(_Section):
     # Rows converted at a time, and rows per row group of the raw Parquet file: memory follows this, not the file.
     batch_rows: PositiveInt = 65536
 
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, value: str) -> str:
+        if value not in SOURCES:
+            raise ValueError(f"must be one of {list(SOURCES)}")
+        return value
+
     @model_validator(mode="after")
     def _check_source(self) -> IngestParams:
-        if self.source == "sklearn" and self.dataset not in SKLEARN_DATASETS:
-            raise ValueError(
-                f"dataset must be one of {list(SKLEARN_DATASETS)} for source 'sklearn', got {self.dataset!r}"
-            )
-        if self.source == "keras" and self.dataset not in KERAS_DATASETS:
-            raise ValueError(f"dataset must be one of {list(KERAS_DATASETS)} for source 'keras', got {self.dataset!r}")
-        if self.source == "file" and not self.path:
-            raise ValueError("path is required for source 'file' (a .csv or .parquet file)")
-        if self.source == "image_folder" and not (self.path and self.image_shape):
-            raise ValueError(
-                "source 'image_folder' needs path (a folder with one sub-folder per class) and image_shape "
-                "([height, width, channels], the size images are resized to)"
-            )
+        problem = SOURCES[self.source].problem(self)
+        if problem:
+            raise ValueError(problem)
         if self.text_column and self.image_shape:
             raise ValueError("text_column and image_shape cannot both be set")
         if self.image_shape is not None and len(self.image_shape) not in (2, 3):

@@ -24,6 +24,7 @@ from mlflow.tracking import MlflowClient
 from kerasflow.config import Params, TrackingParams
 from kerasflow.model_interface import ModelConfig, model_outputs
 from kerasflow.overrides import flatten
+from kerasflow.sources import source_of
 
 logger = logging.getLogger(__name__)
 
@@ -541,12 +542,7 @@ def training_params(params: Params, state: Any) -> dict[str, Any]:
     """The flattened params that apply to this run's data: none of another source's, a binary decision
     threshold only for two classes, text settings only with a text column, fine-tuning only with a backbone."""
     flat = flatten(params.to_dict())
-    source = params.ingest.source
-    skip = ["tune.", "predict."]
-    if source in ("sklearn", "keras"):
-        skip += ["ingest.path", "ingest.target", "ingest.features", "ingest.text_column"]
-    else:
-        skip += ["ingest.dataset"]
+    skip = ["tune.", "predict.", *source_of(params.ingest).unused_params]
     if state.n_classes != 2:
         skip.append("model.decision_threshold")
     if not any(entry.kind == "text" for entry in state.inputs.columns):

@@ -1,7 +1,7 @@
 """Ingest: stream the configured source into one Parquet file of bounded row groups, plus its description.
 
-Every source is one entry of `SOURCES`: how to read it as Arrow record batches, whether it names a
-file, and which dataset labels it. Files are converted a block at a time (`pyarrow.csv.open_csv`,
+Every source is one entry of `kerasflow.sources.SOURCES`, whose loader (`open_<name>` here) reads it as
+Arrow record batches. Files are converted a block at a time (`pyarrow.csv.open_csv`,
 `pyarrow.dataset`), so memory follows `ingest.batch_rows`, never the file; the md5 (the hash DVC
 records) is computed as the bytes are written, and the file appears only when the last row is in.
 An image folder stays files: the raw dataset is each image's path (relative to the folder), label and
@@ -28,6 +28,7 @@ from kerasflow.config import IngestParams
 from kerasflow.errors import ExpectedError
 from kerasflow.io import write_json
 from kerasflow.records import RawDatasetInfo
+from kerasflow.sources import source_of
 from kerasflow.tables import ParquetStream, iter_batches, row_count
 from tasks.sampling import position_hashes, smallest_hashes
 
@@ -70,17 +71,6 @@ class SourceData:
     describe_error: Callable[[Exception], DataSourceError | SourceData] | None = None
 
 
-@dataclass(frozen=True)
-class DataSource:
-    """One kind of source: its loader, whether `ingest.path` names a file or folder for it, and the label of a
-    dataset read from it (`sklearn:digits`, `file:/data/houses.csv`)."""
-
-    name: str
-    open: Callable[[IngestParams], SourceData]
-    names_path: bool = False
-    datasets: tuple[str, ...] = ()
-
-
 def _frame_source(frame: pd.DataFrame, params: IngestParams, **details: Any) -> SourceData:
     frame.columns = [str(column) for column in frame.columns]
     table = pa.Table.from_pandas(frame, preserve_index=False)
@@ -92,7 +82,7 @@ def _frame_source(frame: pd.DataFrame, params: IngestParams, **details: Any) -> 
     )
 
 
-def _open_sklearn(params: IngestParams) -> SourceData:
+def open_sklearn(params: IngestParams) -> SourceData:
     from sklearn import datasets
 
     frame = getattr(datasets, f"load_{params.dataset}")(as_frame=True).frame.copy()
@@ -106,7 +96,7 @@ def _images_to_frame(images: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
     return frame
 
 
-def _open_keras(params: IngestParams) -> SourceData:
+def open_keras(params: IngestParams) -> SourceData:
     """Download (or read from ~/.keras/datasets) one of the keras.datasets sources."""
     import keras
 
@@ -136,7 +126,7 @@ def _open_keras(params: IngestParams) -> SourceData:
     return _frame_source(_images_to_frame(features, labels), params, target="target", dataset=name)
 
 
-def _open_file(params: IngestParams) -> SourceData:
+def open_file(params: IngestParams) -> SourceData:
     """A CSV file, a Parquet file, or a folder of Parquet files (a dataset), read a block at a time."""
     path = Path(params.path)
     if not path.exists():
@@ -284,7 +274,7 @@ def delimiter_hint(path: Path, params: IngestParams) -> str:
     return f"; it looks separated by {shown!r}: set ingest.delimiter: {shown!r}"
 
 
-def _open_image_folder(params: IngestParams) -> SourceData:
+def open_image_folder(params: IngestParams) -> SourceData:
     """One sub-folder of images per class: each file's relative path, its class and md5, each image decoded once
     (so a broken one is named here), a batch of files at a time."""
     folder = Path(params.path)
@@ -347,17 +337,6 @@ def check_image(path: Path, channels: int) -> str:
     return hashlib.md5(data).hexdigest()
 
 
-SOURCES = {
-    source.name: source
-    for source in (
-        DataSource("sklearn", _open_sklearn, datasets=("digits", "breast_cancer", "diabetes", "iris", "wine")),
-        DataSource("keras", _open_keras, datasets=("mnist", "fashion_mnist", "boston_housing", "imdb")),
-        DataSource("file", _open_file, names_path=True),
-        DataSource("image_folder", _open_image_folder, names_path=True),
-    )
-}
-
-
 def infer_task(frame: pd.DataFrame, target: str, dataset: str | None) -> str:
     """Classification when the target is a label (text, bool, or few integer values)."""
     if dataset in CLASSIFICATION_DATASETS:
@@ -396,7 +375,7 @@ class TargetProbe:
 
 
 def load_source(params: IngestParams) -> SourceData:
-    return SOURCES[params.source].open(params)
+    return source_of(params).open(params)
 
 
 def where(params: IngestParams) -> str:
@@ -470,7 +449,7 @@ def ingest_dataset(params: IngestParams, seed: int, data_path: Path, meta_path: 
     image_shape = params.image_shape or IMAGE_SHAPES.get(data.dataset or "")
     if image_shape and len(image_shape) == 2:
         image_shape = [*image_shape, 1]
-    builtin = params.source in ("sklearn", "keras")
+    builtin = not source_of(params).names_path
     info = RawDatasetInfo(
         target=data.target,
         task=task,
@@ -532,4 +511,4 @@ def load_dataset(params: IngestParams, seed: int) -> tuple[pd.DataFrame, RawData
         return pd.read_parquet(Path(folder) / "dataset.parquet"), info
 
 
-__all__ = ["SOURCES", "DataSourceError", "ingest_dataset", "infer_task", "iter_batches"]
+__all__ = ["DataSourceError", "SourceData", "ingest_dataset", "infer_task", "iter_batches"]

@@ -24,6 +24,7 @@ from typing import Any
 
 from kerasflow.config import Params
 from kerasflow.layout import Layout
+from kerasflow.sources import source_of
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("kerasflow", "tasks", "flows")
@@ -130,7 +131,7 @@ def build_stages(layout: Layout, params: Params | None = None) -> list[Stage]:
 def data_dependencies(layout: Layout, params: Params) -> dict[str, tuple[str, ...]]:
     """Files params.yaml names that a stage reads, relative to the project (those outside it are left out)."""
     named: dict[str, list[str | None]] = {
-        "ingest": [params.ingest.path if params.ingest.source in ("file", "image_folder") else None],
+        "ingest": [params.ingest.path if source_of(params.ingest).names_path else None],
         "train": [params.model.backbone.weights if params.model.backbone else None],
     }
     found: dict[str, tuple[str, ...]] = {}
