@@ -93,7 +93,7 @@ def run_trial(plan: StudyPlan, number: int, trial_id: int, values: dict[str, Any
     """
     quiet_defaults()
     attach_to_prefect_logging()
-    stage = import_quietly("flows.stages.train")
+    fit = import_quietly("tasks.fit")  # TensorFlow's native start-up lines left out of the log
     import mlflow
     import optuna
     from mlflow import MlflowClient
@@ -121,18 +121,18 @@ def run_trial(plan: StudyPlan, number: int, trial_id: int, values: dict[str, Any
     curves = EpochRecorder()
     state, value, note = "failed", None, ""
     try:
-        data = stage.load_training_data(plan.context.layout)
+        data = fit.load_training_data(plan.context.layout.processed_dir)
         tracking.log_params(tracking.training_params(params, data.state), run_id)
         tune.check_metric(params.tune, data.state.task)
-        setup = stage.build(params, data)
+        setup = fit.build_setup(params.model, params.train, params.seed, data)
         watched, sign = tune.watched_metric(params.tune)
         callbacks = [
             curves,
             tracking.epoch_logger(run_id, data.state.rows["train"]),
             PruningCallback(trial, watched, sign),
         ]
-        stage.fit_setup(params, data, setup, callbacks, label=f"trial {number}")
-        value = objective_value(params, stage, data, setup.model, curves.history())
+        fit.fit_setup(params.model, params.train, params.seed, data, setup, callbacks, label=f"trial {number}")
+        value = objective_value(params, data, setup.model, curves.history())
         state = "complete"
     except optuna.TrialPruned as pruned:
         state, note = "pruned", str(pruned)
@@ -148,12 +148,14 @@ def run_trial(plan: StudyPlan, number: int, trial_id: int, values: dict[str, Any
     return TrialResult(number, state, value, epochs, run_id, note)
 
 
-def objective_value(params: Params, stage: Any, data: Any, model: Any, history: Any) -> float:
+def objective_value(params: Params, data: Any, model: Any, history: Any) -> float:
     """The trial's value: a per-epoch metric at the epoch the model keeps (the best one when early stopping
     restores it), or an evaluate metric of the model on the validation split."""
     metric = params.tune.metric
     if metric.startswith("val_"):
-        return float(history.loc[stage.best_epoch(params, history), metric])
+        from tasks.fit import best_epoch
+
+        return float(history.loc[best_epoch(params.train, history), metric])
     from tasks.evaluate import score_predictions
     from tasks.train import predict
 

@@ -8,13 +8,10 @@ once the logged model, loaded back through MLflow, predicts what the trained one
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +19,6 @@ from typing import Any
 import keras
 import mlflow
 import pandas as pd
-import tensorflow as tf
 import yaml
 
 from flows.stages import Context
@@ -30,50 +26,32 @@ from kerasflow import tracking
 from kerasflow.config import Params
 from kerasflow.io import atomic_dir, atomic_path, read_json, write_json, write_text
 from kerasflow.layout import Layout
-from kerasflow.metrics import lower_is_better
-from kerasflow.records import PreprocessState, TrainingResult
-from kerasflow.runtime import set_seeds
+from kerasflow.records import TrainingResult
 from tasks import cluster
-from tasks.backbone import unfreeze
 from tasks.features import raw_example
-from tasks.model import DataSpec, build_model, compile_model, export_for_serving
-from tasks.preprocess import ParquetSplit, read_state, split_path, split_source
-from tasks.train import (
-    Backup,
-    accelerator_plan,
-    class_weights,
-    device_summary,
-    distribution_strategy,
-    predict,
-    shard_steps,
-    spans_workers,
+from tasks.fit import (
+    ModelSetup,
+    TrainingData,
+    backup_folder,
+    best_epoch,
+    best_weights_path,
+    build_setup,
+    finished_epochs,
+    first_rows,
+    fit_setup,
+    load_training_data,
+    local_copy,
+    reconcile_backups,
+    worker_backup,
 )
-from tasks.train import train_model as fit_model
+from tasks.model import export_for_serving
+from tasks.preprocess import read_state, split_path, split_source
+from tasks.train import Backup, device_summary, predict, shard_steps
 
 logger = logging.getLogger(__name__)
 
 # How far the logged model's predictions may stray from the trained model's (float32 rounding).
 ROUND_TRIP_TOLERANCE = 1e-5
-
-
-@dataclass(frozen=True)
-class TrainingData:
-    """The preprocessing state (with the fitted input constants) and the two splits training sees."""
-
-    state: PreprocessState
-    train: ParquetSplit
-    val: ParquetSplit
-
-
-@dataclass(frozen=True)
-class ModelSetup:
-    """A compiled model and everything `fit` needs besides the data."""
-
-    model: keras.Model
-    data: DataSpec
-    plan: dict[str, Any]
-    strategy: tf.distribute.Strategy
-    class_weight: dict[int, float] | None
 
 
 def run(params: Params, context: Context) -> dict[str, Any]:
@@ -91,13 +69,13 @@ def run(params: Params, context: Context) -> dict[str, Any]:
 def train_and_publish(params: Params, context: Context) -> dict[str, Any]:
     """The train stage in one process: alone, or as the chief of several workers."""
     layout = context.layout
-    data = load_training_data(layout)
-    setup = build(params, data)
+    data = load_training_data(layout.processed_dir)
+    setup = build_setup(params.model, params.train, params.seed, data)
     experiment_id = tracking.configure(params.tracking, context.project_root)
     with tracking.open_run(experiment_id, run_id=context.run_id, system_metrics=True) as run_id:
         record_run(params, context, data, setup)
-        history = fit(params, context, data, setup, run_id)
-        best = best_epoch(params, history)
+        history = fit_resuming(params, context, data, setup, run_id)
+        best = best_epoch(params.train, history)
         logged = publish(params, layout, data, setup, epochs=len(history))
         tracking.log_model_metrics(
             {"epochs_trained": len(history), "best_epoch": best, "roundtrip_max_abs_diff": logged.difference},
@@ -105,7 +83,7 @@ def train_and_publish(params: Params, context: Context) -> dict[str, Any]:
         )
         write_history(layout, history)
         # (With several workers: the chief's, and the other workers' inside it.)
-        Backup(backup_folder(params, layout, data.state.data_md5)).remove()
+        Backup(stage_backup(params, layout, data.state.data_md5)).remove()
         tracking.describe_run(run_id)
         result = TrainingResult(
             run_id=run_id,
@@ -125,44 +103,14 @@ def train_and_publish(params: Params, context: Context) -> dict[str, Any]:
 def train_shard(params: Params, context: Context) -> dict[str, Any]:
     """A worker other than the chief: train on its shard in step with the others, then remove what it wrote (its
     backup, in a folder of its own). It records nothing and publishes nothing: the chief does."""
-    data = load_training_data(context.layout)
-    setup = build(params, data)
+    data = load_training_data(context.layout.processed_dir)
+    setup = build_setup(params.model, params.train, params.seed, data)
     worker = cluster.read_tf_config()
-    backup = worker_backup(backup_folder(params, context.layout, data.state.data_md5), worker.index)
-    history = fit_setup(params, data, setup, [], checkpoint=None, backup=backup.folder)
+    backup = worker_backup(stage_backup(params, context.layout, data.state.data_md5), worker.index)
+    history = fit_setup(params.model, params.train, params.seed, data, setup, [], backup=backup.folder)
     backup.remove()
     logger.info("worker %d of %d: trained %d epoch(s)", worker.index, worker.size, len(history.get("loss", [])))
     return {"worker": worker.index, "epochs_trained": len(history.get("loss", []))}
-
-
-def worker_backup(chief: Path, index: int) -> Backup:
-    """Each worker's BackupAndRestore folder: the chief's is the stage's own, worker i's is inside it."""
-    return Backup(chief if index == 0 else chief / "workers" / str(index))
-
-
-def reconcile_backups(chief: Path, workers: int) -> None:
-    """Before (re)starting N workers: give every worker the backup of the one that got furthest. All workers hold
-    the same weights at the end of each epoch (the epoch's all-reduce made them so), so the furthest backup is
-    every worker's state there; a kill between two workers' backups would otherwise resume them at different
-    epochs, and they would wait for each other forever."""
-    backups = [worker_backup(chief, index) for index in range(workers)]
-    furthest = max(backups, key=lambda backup: backup.completed_epochs())
-    if not furthest.completed_epochs():
-        return
-    for backup in backups:
-        if backup is furthest or backup.completed_epochs() == furthest.completed_epochs():
-            continue
-        for name in ("head", "fine_tune"):
-            shutil.rmtree(backup.phase_dir(name), ignore_errors=True)
-            if furthest.phase_dir(name).is_dir():
-                shutil.copytree(furthest.phase_dir(name), backup.phase_dir(name))
-        for name in ("head_weights", "head_record"):
-            source, target = getattr(furthest, name), getattr(backup, name)
-            target.unlink(missing_ok=True)
-            if source.is_file():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy(source, target)
-    logger.info("the workers resume after epoch %d", furthest.completed_epochs())
 
 
 def run_workers(params: Params, context: Context) -> dict[str, Any]:
@@ -176,7 +124,7 @@ def run_workers(params: Params, context: Context) -> dict[str, Any]:
     per_replica = cluster.per_replica_batch(params.train, workers)
     for name in ("train", "val"):  # a split too small for every worker to get a batch is refused before any start
         shard_steps(split_source(layout.processed_dir, name, state), workers, per_replica)
-    chief_backup = backup_folder(params, layout, state.data_md5)
+    chief_backup = stage_backup(params, layout, state.data_md5)
     reconcile_backups(chief_backup, workers)
     layout.run_file.unlink(missing_ok=True)
     # The params as this run has them (overrides included), where every worker sees them: beside the backups.
@@ -208,26 +156,6 @@ def run_workers(params: Params, context: Context) -> dict[str, Any]:
     result = TrainingResult.read(layout.run_file)
     history = pd.read_csv(layout.history)
     return {**result.to_dict(), "final_loss": float(history["loss"].iloc[-1]), "workers": workers}
-
-
-def load_training_data(layout: Layout) -> TrainingData:
-    folder = layout.processed_dir
-    state = read_state(folder)
-    return TrainingData(state, split_source(folder, "train", state), split_source(folder, "val", state))
-
-
-def build(params: Params, data: TrainingData) -> ModelSetup:
-    """Seed everything, build and compile the model on the input constants preprocess fitted."""
-    state = data.state
-    # The plan first: across workers it makes the strategy, which must precede any other TensorFlow work.
-    plan = accelerator_plan(params.train, string_inputs=state.string_inputs)
-    set_seeds(params.seed)
-    spec = DataSpec.from_state(state, state.fitted)
-    strategy = distribution_strategy(plan)
-    with strategy.scope():
-        model = build_model(params.model, spec, jit_compile=plan["jit_compile"])
-    weights = class_weights(params.train.class_weight, state.class_counts, state.classes)
-    return ModelSetup(model, spec, plan, strategy, weights)
 
 
 def record_run(params: Params, context: Context, data: TrainingData, setup: ModelSetup) -> None:
@@ -264,88 +192,27 @@ def record_run(params: Params, context: Context, data: TrainingData, setup: Mode
         tracking.log_split(layout_split_file(context.layout, name), name, rows[name], schema, context_name)
 
 
-def fit(params: Params, context: Context, data: TrainingData, setup: ModelSetup, run_id: str) -> pd.DataFrame:
+def fit_resuming(params: Params, context: Context, data: TrainingData, setup: ModelSetup, run_id: str) -> pd.DataFrame:
     """Fit, resuming from the per-epoch backup a killed attempt left; return every epoch's metrics."""
-    backup = backup_folder(params, context.layout, data.state.data_md5)
+    backup = stage_backup(params, context.layout, data.state.data_md5)
     earlier = resume_history(backup, run_id)
     # The best-weights checkpoint grows beside the backup; outputs appear only when training succeeded.
     checkpoint = best_weights_path(backup)
 
     callbacks = [tracking.epoch_logger(run_id, data.state.rows["train"])]
-    history = fit_setup(params, data, setup, callbacks, checkpoint=checkpoint, backup=backup)
+    history = fit_setup(params.model, params.train, params.seed, data, setup, callbacks, checkpoint, backup)
     frame = pd.concat([earlier, pd.DataFrame(history)], ignore_index=True)
     frame.insert(0, "epoch", range(len(frame)))
     return frame
-
-
-def fit_setup(
-    params: Params,
-    data: TrainingData,
-    setup: ModelSetup,
-    callbacks: list[keras.callbacks.Callback],
-    checkpoint: Path | None = None,
-    backup: Path | None = None,
-    label: str = "",
-) -> dict[str, list[float]]:
-    """`fit` the set-up model on the training data with `callbacks` (both phases, with train.fine_tune); the
-    train stage adds its checkpoint and resumable backup, a tuning trial its pruning and its label."""
-    return fit_model(
-        setup.model,
-        data.train,
-        data.val,
-        data.state.inputs,
-        params.train,
-        params.seed,
-        checkpoint_path=checkpoint,
-        backup_dir=backup,
-        callbacks=callbacks,
-        class_weight=setup.class_weight,
-        fine_tune=fine_tuner(params, setup),
-        label=label,
-    )
-
-
-def fine_tuner(params: Params, setup: ModelSetup) -> Callable[[keras.Model], None]:
-    """What starts the second phase (train.fine_tune): unfreeze the backbone's last layers, recompile at the
-    fine-tuning learning rate."""
-
-    def fine_tune(model: keras.Model) -> None:
-        with setup.strategy.scope():
-            unfreeze(model, params.train.fine_tune.layers)
-            compile_model(
-                model, params.model, setup.data, setup.plan["jit_compile"], params.train.fine_tune.learning_rate
-            )
-
-    return fine_tune
-
-
-def best_epoch(params: Params, history: pd.DataFrame) -> int:
-    """The epoch whose weights the model holds: the best of the last phase by the early-stopping monitor when
-    its weights are restored, else the last epoch."""
-    stopping = params.train.early_stopping
-    if not (stopping.enabled and stopping.restore_best_weights) or stopping.monitor not in history:
-        return int(history["epoch"].iloc[-1])
-    last_phase = history.tail(params.train.fine_tune.epochs) if params.train.fine_tune.epochs else history
-    values = last_phase[stopping.monitor]
-    best = values.idxmin() if lower_is_better(stopping.monitor) else values.idxmax()
-    return int(last_phase.loc[best, "epoch"])
 
 
 def layout_split_file(layout: Layout, name: str) -> Path:
     return split_path(layout.processed_dir, name)
 
 
-def backup_folder(params: Params, layout: Layout, data_md5: str) -> Path:
-    """Where training keeps its per-epoch backup: one folder per (run folder, model, training, data),
-    so a rerun with the same config resumes and a changed config never restores the wrong weights."""
-    config = {"model": params.model.model_dump(mode="json"), "train": params.train.model_dump(mode="json")}
-    config.update(seed=params.seed, data=data_md5)
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
-    return layout.backup_dir / digest
-
-
-def best_weights_path(backup: Path) -> Path:
-    return backup.with_name(f"{backup.name}.best.weights.h5")
+def stage_backup(params: Params, layout: Layout, data_md5: str) -> Path:
+    """The train stage's backup folder, in the run folder's backups."""
+    return backup_folder(layout.backup_dir, params.model, params.train, params.seed, data_md5)
 
 
 def resume_history(folder: Path, run_id: str) -> pd.DataFrame:
@@ -354,25 +221,19 @@ def resume_history(folder: Path, run_id: str) -> pd.DataFrame:
     In a new MLflow run (a rerun) they are replayed into it and the killed attempt's run, left
     RUNNING by the kill, is marked FAILED; in the same run (a Prefect retry) they are logged already.
     """
-    backup = Backup(folder)
-    done = backup.completed_epochs()
     marker = folder / "mlflow_run.json"
     previous = read_json(marker)["run_id"] if marker.is_file() else None
     if previous and previous != run_id:
         tracking.mark_failed(previous)
     folder.mkdir(parents=True, exist_ok=True)
     write_json(marker, {"run_id": run_id})
-    if not done or not backup.epoch_log.is_file():
-        backup.epoch_log.unlink(missing_ok=True)
-        return pd.DataFrame()
-    # A kill while a line was being written leaves half a line: skipped.
-    earlier = pd.read_csv(backup.epoch_log, on_bad_lines="skip").dropna(subset=["epoch"])
-    earlier = earlier.astype({"epoch": "int64"}).drop_duplicates("epoch", keep="last")
-    earlier = earlier[earlier["epoch"] < done].sort_values("epoch")
+    earlier = finished_epochs(folder)
+    if earlier.empty:
+        return earlier
     if previous != run_id:
         tracking.replay_epochs(run_id, earlier.to_dict("records"))
-    logger.info("resuming training after epoch %d of an interrupted attempt", done)
-    return earlier.drop(columns="epoch").reset_index(drop=True)
+    logger.info("resuming training after epoch %d of an interrupted attempt", Backup(folder).completed_epochs())
+    return earlier.drop(columns="epoch")
 
 
 @dataclass(frozen=True)
@@ -393,11 +254,11 @@ def publish(params: Params, layout: Layout, data: TrainingData, setup: ModelSetu
     files the store holds, has proved it predicts what this one does (the serving smoke test;
     register checks that the version it registers has those same files).
     """
-    model, state = local_copy(params, setup), data.state
+    model, state = local_copy(params.model, setup), data.state
     config = state.model_config(params.model.decision_threshold)
     example = raw_example(first_rows(data.val), state.inputs)
     write_model_summary(model, layout.model_summary)
-    checkpoint = best_weights_path(backup_folder(params, layout, state.data_md5))
+    checkpoint = best_weights_path(stage_backup(params, layout, state.data_md5))
     with atomic_dir(layout.models_dir) as folder:
         model.save(folder / layout.model_file.name)
         export_for_serving(model, folder / layout.saved_model_dir.name, state.inputs)
@@ -426,29 +287,6 @@ def publish(params: Params, layout: Layout, data: TrainingData, setup: ModelSetu
                 f"(tolerance {ROUND_TRIP_TOLERANCE:g}); not publishing it"
             )
     return LoggedModel(info.model_uri, info.model_id, digest, difference)
-
-
-def local_copy(params: Params, setup: ModelSetup) -> keras.Model:
-    """The trained model, for saving and checking: itself, or (trained across workers) the same model built
-    outside the strategy with the trained weights, so that what the chief alone does next (predict the input
-    example, export) starts no collective operation the other workers would have to join."""
-    if not spans_workers(setup.model):
-        return setup.model
-    copy = build_model(params.model, setup.data, jit_compile=False)
-    copy.set_weights(setup.model.get_weights())
-    # The optimizer's state too, so the saved model holds the whole training state as one process's does.
-    copy.optimizer.build(copy.trainable_variables)
-    trained = setup.model.optimizer.variables
-    if len(copy.optimizer.variables) == len(trained):
-        for target, source in zip(copy.optimizer.variables, trained, strict=True):
-            target.assign(source.numpy())
-    return copy
-
-
-def first_rows(split: ParquetSplit, rows: int = 5) -> Any:
-    """The split's first rows as raw features (images decoded): the input example."""
-    x, _ = next(split.batches(rows))
-    return x
 
 
 def write_model_summary(model: keras.Model, path: Path) -> None:

@@ -11,10 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
-from flows.stages.train import reconcile_backups, worker_backup
 from kerasflow.config import ConfigError, TrainParams
 from kerasflow.model_interface import ModelInputs
 from tasks import cluster
+from tasks.fit import reconcile_backups, worker_backup
 from tasks.preprocess import LABEL, ParquetSplit
 from tasks.train import shard_steps
 

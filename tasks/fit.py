@@ -1,0 +1,206 @@
+"""Fitting a model on preprocess's splits, for the train stage and for each tuning trial.
+
+`build_setup` builds and compiles the model on the input constants preprocess fitted (under the
+distribution strategy the accelerator plan chose); `fit_setup` fits it, both phases with
+`train.fine_tune`, resuming from a backup when given one; `best_epoch` is the epoch whose weights it
+holds. The backups are what let a killed attempt resume: one folder per (model, training, data),
+and per worker when training spans several. Nothing here talks to MLflow: the stage does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import pandas as pd
+import tensorflow as tf
+
+from kerasflow.config import ModelParams, TrainParams
+from kerasflow.metrics import lower_is_better
+from kerasflow.records import PreprocessState
+from kerasflow.runtime import set_seeds
+from tasks.backbone import unfreeze
+from tasks.model import DataSpec, build_model, compile_model
+from tasks.preprocess import ParquetSplit, read_state, split_source
+from tasks.train import Backup, accelerator_plan, class_weights, distribution_strategy, spans_workers, train_model
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The preprocessing state (with the fitted input constants) and the two splits training sees."""
+
+    state: PreprocessState
+    train: ParquetSplit
+    val: ParquetSplit
+
+
+@dataclass(frozen=True)
+class ModelSetup:
+    """A compiled model and everything `fit` needs besides the data."""
+
+    model: keras.Model
+    data: DataSpec
+    plan: dict[str, Any]
+    strategy: tf.distribute.Strategy
+    class_weight: dict[int, float] | None
+
+
+def load_training_data(processed: Path) -> TrainingData:
+    state = read_state(processed)
+    return TrainingData(state, split_source(processed, "train", state), split_source(processed, "val", state))
+
+
+def build_setup(model: ModelParams, train: TrainParams, seed: int, data: TrainingData) -> ModelSetup:
+    """Seed everything, build and compile the model on the input constants preprocess fitted."""
+    state = data.state
+    # The plan first: across workers it makes the strategy, which must precede any other TensorFlow work.
+    plan = accelerator_plan(train, string_inputs=state.string_inputs)
+    set_seeds(seed)
+    spec = DataSpec.from_state(state, state.fitted)
+    strategy = distribution_strategy(plan)
+    with strategy.scope():
+        built = build_model(model, spec, jit_compile=plan["jit_compile"])
+    weights = class_weights(train.class_weight, state.class_counts, state.classes)
+    return ModelSetup(built, spec, plan, strategy, weights)
+
+
+def fit_setup(
+    model: ModelParams,
+    train: TrainParams,
+    seed: int,
+    data: TrainingData,
+    setup: ModelSetup,
+    callbacks: list[keras.callbacks.Callback],
+    checkpoint: Path | None = None,
+    backup: Path | None = None,
+    label: str = "",
+) -> dict[str, list[float]]:
+    """`fit` the set-up model on the training data with `callbacks` (both phases, with train.fine_tune); the
+    train stage adds its checkpoint and resumable backup, a tuning trial its pruning and its label."""
+    return train_model(
+        setup.model,
+        data.train,
+        data.val,
+        data.state.inputs,
+        train,
+        seed,
+        checkpoint_path=checkpoint,
+        backup_dir=backup,
+        callbacks=callbacks,
+        class_weight=setup.class_weight,
+        fine_tune=fine_tuner(model, train, setup),
+        label=label,
+    )
+
+
+def fine_tuner(model: ModelParams, train: TrainParams, setup: ModelSetup) -> Callable[[keras.Model], None]:
+    """What starts the second phase (train.fine_tune): unfreeze the backbone's last layers, recompile at the
+    fine-tuning learning rate."""
+
+    def fine_tune(trained: keras.Model) -> None:
+        with setup.strategy.scope():
+            unfreeze(trained, train.fine_tune.layers)
+            compile_model(trained, model, setup.data, setup.plan["jit_compile"], train.fine_tune.learning_rate)
+
+    return fine_tune
+
+
+def best_epoch(train: TrainParams, history: pd.DataFrame) -> int:
+    """The epoch whose weights the model holds: the best of the last phase by the early-stopping monitor when
+    its weights are restored, else the last epoch."""
+    stopping = train.early_stopping
+    if not (stopping.enabled and stopping.restore_best_weights) or stopping.monitor not in history:
+        return int(history["epoch"].iloc[-1])
+    last_phase = history.tail(train.fine_tune.epochs) if train.fine_tune.epochs else history
+    values = last_phase[stopping.monitor]
+    best = values.idxmin() if lower_is_better(stopping.monitor) else values.idxmax()
+    return int(last_phase.loc[best, "epoch"])
+
+
+def backup_folder(backups: Path, model: ModelParams, train: TrainParams, seed: int, data_md5: str) -> Path:
+    """Where training keeps its per-epoch backup (under `backups`): one folder per (run folder, model, training,
+    data), so a rerun with the same config resumes and a changed config never restores the wrong weights."""
+    config = {"model": model.model_dump(mode="json"), "train": train.model_dump(mode="json")}
+    config.update(seed=seed, data=data_md5)
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+    return backups / digest
+
+
+def best_weights_path(backup: Path) -> Path:
+    return backup.with_name(f"{backup.name}.best.weights.h5")
+
+
+def finished_epochs(folder: Path) -> pd.DataFrame:
+    """The epochs (with an `epoch` column) that a killed attempt finished, from its backup's epoch log; empty
+    when there is nothing to resume."""
+    backup = Backup(folder)
+    done = backup.completed_epochs()
+    if not done or not backup.epoch_log.is_file():
+        backup.epoch_log.unlink(missing_ok=True)
+        return pd.DataFrame()
+    # A kill while a line was being written leaves half a line: skipped.
+    earlier = pd.read_csv(backup.epoch_log, on_bad_lines="skip").dropna(subset=["epoch"])
+    earlier = earlier.astype({"epoch": "int64"}).drop_duplicates("epoch", keep="last")
+    return earlier[earlier["epoch"] < done].sort_values("epoch").reset_index(drop=True)
+
+
+def worker_backup(chief: Path, index: int) -> Backup:
+    """Each worker's BackupAndRestore folder: the chief's is the stage's own, worker i's is inside it."""
+    return Backup(chief if index == 0 else chief / "workers" / str(index))
+
+
+def reconcile_backups(chief: Path, workers: int) -> None:
+    """Before (re)starting N workers: give every worker the backup of the one that got furthest. All workers hold
+    the same weights at the end of each epoch (the epoch's all-reduce made them so), so the furthest backup is
+    every worker's state there; a kill between two workers' backups would otherwise resume them at different
+    epochs, and they would wait for each other forever."""
+    backups = [worker_backup(chief, index) for index in range(workers)]
+    furthest = max(backups, key=lambda backup: backup.completed_epochs())
+    if not furthest.completed_epochs():
+        return
+    for backup in backups:
+        if backup is furthest or backup.completed_epochs() == furthest.completed_epochs():
+            continue
+        for name in ("head", "fine_tune"):
+            shutil.rmtree(backup.phase_dir(name), ignore_errors=True)
+            if furthest.phase_dir(name).is_dir():
+                shutil.copytree(furthest.phase_dir(name), backup.phase_dir(name))
+        for name in ("head_weights", "head_record"):
+            source, target = getattr(furthest, name), getattr(backup, name)
+            target.unlink(missing_ok=True)
+            if source.is_file():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(source, target)
+    logger.info("the workers resume after epoch %d", furthest.completed_epochs())
+
+
+def local_copy(model: ModelParams, setup: ModelSetup) -> keras.Model:
+    """The trained model, for saving and checking: itself, or (trained across workers) the same model built
+    outside the strategy with the trained weights, so that what the chief alone does next (predict the input
+    example, export) starts no collective operation the other workers would have to join."""
+    if not spans_workers(setup.model):
+        return setup.model
+    copy = build_model(model, setup.data, jit_compile=False)
+    copy.set_weights(setup.model.get_weights())
+    # The optimizer's state too, so the saved model holds the whole training state as one process's does.
+    copy.optimizer.build(copy.trainable_variables)
+    trained = setup.model.optimizer.variables
+    if len(copy.optimizer.variables) == len(trained):
+        for target, source in zip(copy.optimizer.variables, trained, strict=True):
+            target.assign(source.numpy())
+    return copy
+
+
+def first_rows(split: ParquetSplit, rows: int = 5) -> Any:
+    """The split's first rows as raw features (images decoded): the input example."""
+    x, _ = next(split.batches(rows))
+    return x
