@@ -165,8 +165,6 @@ def predict(args: argparse.Namespace) -> int:
     overrides = parse_assignments(args.overrides)
     if not params_ok(args, overrides):
         return 2
-    from mlflow.exceptions import MlflowException
-
     from flows.prediction import predict_file
     from kerasflow.errors import ExpectedError
     from kerasflow.model_interface import ModelInputError
@@ -176,9 +174,6 @@ def predict(args: argparse.Namespace) -> int:
         result = predict_file(args.input, args.output, args.model, args.params, overrides or None)
     except (InputFileError, ModelInputError, DriftError, ExpectedError) as error:
         sys.stderr.write(f"kerasflow: {error}\n")
-        return 1
-    except MlflowException as error:
-        sys.stderr.write(f"kerasflow: no model to score with: {error.message}\n")
         return 1
     lines = [
         f"kerasflow: scored {result.rows:,} rows with {result.model_name} version {result.model_version} "

@@ -51,20 +51,6 @@ def resolve_model(params: Params, model_uri: str | None) -> str:
     return model_uri or params.predict.model or f"models:/{params.register_.model_name}@champion"
 
 
-def model_identity(model_uri: str) -> tuple[str, str, str | None]:
-    """(name, version, run id) of a registered model URI (`models:/name@alias`, `models:/name/3`)."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient()
-    path = model_uri.removeprefix("models:/")
-    name, _, rest = path.partition("@") if "@" in path else path.partition("/")
-    if "@" in path:
-        version = client.get_model_version_by_alias(name, rest)
-    else:
-        version = client.get_model_version(name, rest)
-    return name, str(version.version), version.run_id
-
-
 def predict_file(
     input_path: str | Path,
     output_path: str | Path | None = None,
@@ -76,10 +62,8 @@ def predict_file(
 
     Raises InputFileError (the file cannot be read, a column is missing, a value is not a number:
     named), DriftError (drift with `predict.fail_on_drift`), or the MLflow error for a model that is
-    not there. Nothing is written at `output_path` unless every row was scored.
+    not there (tracking.ModelNotFound). Nothing is written at `output_path` unless every row was scored.
     """
-    import mlflow
-
     from kerasflow import tracking
     from tasks.drift import DriftCounter, TrainingStatistics, plot_drift, summary_line
     from tasks.predict import DriftError, default_output, score_file
@@ -90,9 +74,9 @@ def predict_file(
     output = Path(output_path) if output_path else default_output(source)
     tracking.configure(params.tracking, project_root)
     uri = resolve_model(params, model_uri)
-    name, version, _ = model_identity(uri) if uri.startswith("models:/") else (uri, "", None)
+    name, version, _ = tracking.registered_identity(uri) if uri.startswith("models:/") else (uri, "", None)
     import_quietly("keras")  # TensorFlow's native start-up lines left out of the terminal
-    model = mlflow.pyfunc.load_model(uri)
+    model = tracking.load_model(uri)
     scorer = model.unwrap_python_model()
     # Versions logged before models carried their training statistics have none: no drift check for them.
     statistics = scorer.training_statistics() if hasattr(scorer, "training_statistics") else None
@@ -163,8 +147,6 @@ def record(
     report_path: Path,
 ) -> str:
     """The drift report beside the output, and a run in `<experiment>-predictions`: model, rows, time, drift."""
-    import mlflow
-
     from kerasflow import tracking
     from kerasflow.config import TrackingParams
     from kerasflow.io import write_json
@@ -178,7 +160,7 @@ def record(
     )
     run_name = f"predict-{name}-v{version}-{time.strftime('%Y%m%d-%H%M%S')}"
     with tracking.open_run(experiment_id, run_name=run_name) as run_id:
-        mlflow.set_tags(
+        tracking.tag(
             {
                 **tracking.source_tags(),
                 "registry.model": name,
@@ -188,7 +170,7 @@ def record(
                 f"`{output}`.\n\n{summary_line(drift)}\n",
             }
         )
-        mlflow.log_params({"model_uri": uri, "input": str(source), "output": str(output)})
+        tracking.log_params({"model_uri": uri, "input": str(source), "output": str(output)})
         metrics = {"rows": rows, "seconds": seconds, "rows_per_second": rows / seconds if seconds else 0.0}
         metrics["drifted_columns"] = len(drift.drifted) if drift else 0
         for column, entry in (drift.columns if drift else {}).items():
@@ -196,13 +178,13 @@ def record(
                 metrics[f"psi/{column}"] = entry.psi
             if entry.unseen_share is not None:
                 metrics[f"unseen_share/{column}"] = entry.unseen_share
-        mlflow.log_metrics({key: float(value) for key, value in metrics.items()})
+        tracking.log_metrics(metrics)
         if drift:
-            mlflow.log_artifact(str(report_path), "drift")
+            tracking.log_files(report_path, folder="drift")
             with tempfile.TemporaryDirectory() as folder:
                 picture = Path(folder) / "drift.png"
                 plot_drift(drift, picture, title=f"{source.name} against {name} v{version}'s training split")
-                mlflow.log_artifact(str(picture), "drift")
+                tracking.log_files(picture, folder="drift")
     return run_id
 
 

@@ -212,9 +212,7 @@ def training_pipeline(
     except BaseException:
         tracking.mark_failed(context.run_id)
         raise
-    from mlflow import MlflowClient
-
-    tags = MlflowClient().get_run(context.run_id).data.tags
+    tags = tracking.run_tags(context.run_id)
     summary = notes.flow_summary(results, changes, tags)
     create_markdown_artifact(markdown=summary, key="training-summary", description="kerasflow run")
     if results["train"].get("run_url"):

@@ -22,6 +22,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from kerasflow.config import Params, TrackingParams
+from kerasflow.errors import ExpectedError
 from kerasflow.model_interface import ModelConfig, model_outputs
 from kerasflow.overrides import flatten
 from kerasflow.sources import source_of
@@ -520,6 +521,37 @@ def load_version(model_name: str, version: str) -> Any:
     return mlflow.pyfunc.load_model(f"models:/{model_name}/{version}")
 
 
+class ModelNotFound(ExpectedError, LookupError):
+    """The model a URI names is not in the store (no such version, alias or registered model)."""
+
+
+def registered_identity(model_uri: str) -> tuple[str, str, str | None]:
+    """(name, version, run id) of a registered model URI (`models:/name@alias`, `models:/name/3`)."""
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    path = model_uri.removeprefix("models:/")
+    name, _, rest = path.partition("@") if "@" in path else path.partition("/")
+    try:
+        if "@" in path:
+            version = client.get_model_version_by_alias(name, rest)
+        else:
+            version = client.get_model_version(name, rest)
+    except MlflowException as error:
+        raise ModelNotFound(f"no model to score with: {error.message}") from None
+    return name, str(version.version), version.run_id
+
+
+def load_model(model_uri: str) -> Any:
+    """Any model URI (`models:/...`, `runs:/...`, a local folder) as its pyfunc model."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow.pyfunc.load_model(model_uri)
+    except MlflowException as error:
+        raise ModelNotFound(f"no model to score with: {error.message}") from None
+
+
 def rejected_input(error: Exception) -> str | None:
     """Why a pyfunc model refused its input (MLflow's INVALID_PARAMETER_VALUE), or None for any other error."""
     from mlflow.exceptions import MlflowException
@@ -578,6 +610,68 @@ def log_split(path: Path, name: str, rows: int, schema: Any, context: str) -> An
     dataset = MetaDataset(source, name=name, digest=file_md5(path), schema=schema)
     mlflow.log_input(dataset, context=context, tags={"rows": str(rows), "file": path.name})
     return dataset
+
+
+# On the open run (inside `open_run`): what the stages record.
+
+
+def tag(tags: dict[str, str]) -> None:
+    mlflow.set_tags(tags)
+
+
+def log_param(key: str, value: Any) -> None:
+    mlflow.log_param(key, value)
+
+
+def log_files(*paths: Path, folder: str | None = None) -> None:
+    """Each file as an artifact of the run (in `folder`)."""
+    for path in paths:
+        mlflow.log_artifact(str(path), artifact_path=folder)
+
+
+def log_text(text: str, name: str) -> None:
+    mlflow.log_text(text, name)
+
+
+def log_metrics(values: dict[str, float]) -> None:
+    mlflow.log_metrics({key: float(value) for key, value in values.items()})
+
+
+def log_dict(payload: dict[str, Any], name: str) -> None:
+    mlflow.log_dict(payload, name)
+
+
+def log_table(frame: Any, name: str) -> None:
+    """A table artifact the MLflow UI shows as one (a pandas DataFrame)."""
+    mlflow.log_table(frame, name)
+
+
+def current_uri() -> str:
+    """The tracking URI in use (after `configure`)."""
+    return mlflow.get_tracking_uri()
+
+
+def run_tags(run_id: str) -> dict[str, str]:
+    return dict(MlflowClient().get_run(run_id).data.tags)
+
+
+def describe_logged_model(model_id: str, text: str) -> None:
+    """The logged model's page (MLflow's "Logged models") carries `text` as its description."""
+    mlflow.set_logged_model_tags(model_id, {"mlflow.note.content": text})
+
+
+def describe_registered_model(name: str, text: str) -> None:
+    MlflowClient().update_registered_model(name, description=text)
+
+
+def check_logged_model(model_uri: str, example: Any, expected: Any, config: ModelConfig) -> tuple[str, float]:
+    """The logged model's files as the store holds them: their digest, and how far their predictions for
+    `example`, loaded back through MLflow, stray from `expected` (the serving smoke test)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as download:
+        local = mlflow.artifacts.download_artifacts(model_uri, dst_path=download)
+        return artifact_digest(local), round_trip_difference(local, example, expected, config)
 
 
 def set_run_tags(run_id: str, tags: dict[str, str]) -> None:

@@ -8,7 +8,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 import pandas as pd
 
@@ -70,7 +69,7 @@ def run(params: Params, context: Context) -> dict[str, Any]:
         record(layout, state, config, result, per_class, pictures, trained.model_id)
         # The metrics file is written last: it is what register (and dvc metrics) read.
         result.write(layout.metrics)
-        mlflow.log_artifact(str(layout.metrics))
+        tracking.log_files(layout.metrics)
         tracking.describe_run(run_id)
     versus = champion.summary(result.primary_metric) if champion else "no champion yet"
     logger.info(
@@ -147,19 +146,17 @@ def record(
     )
     finals = {f"test_{name}": value for name, value in result.test.items()}
     finals.update({f"baseline_{name}": value for name, value in result.baseline.items() if name != "name"})
-    mlflow.log_param("evaluate.baseline_rows_used", result.baseline_rows)
+    tracking.log_param("evaluate.baseline_rows_used", result.baseline_rows)
     for label, scores in per_class.items():
         safe = re.sub(r"[^\w\-. /]", "_", label)  # the characters MLflow allows in a metric name
         # A section of their own in the MLflow UI's charts: per_class/f1_3, per_class/precision_3, ...
         finals.update({f"per_class/{name}_{safe}": scores[name] for name in ("precision", "recall", "f1")})
     tracking.log_model_metrics(finals, model_id, dataset=test)
-    mlflow.set_tags({"baseline.model": result.baseline["name"], "evaluate.primary_metric": result.primary_metric})
+    tracking.tag({"baseline.model": result.baseline["name"], "evaluate.primary_metric": result.primary_metric})
     if per_class:
         table = pd.DataFrame.from_dict(per_class, orient="index").rename_axis("class").reset_index()
-        mlflow.log_table(table, "per_class_scores.json")
-    for picture in pictures:
-        mlflow.log_artifact(str(picture), artifact_path="plots")
-    mlflow.log_artifact(str(layout.history), artifact_path="plots")
+        tracking.log_table(table, "per_class_scores.json")
+    tracking.log_files(*pictures, layout.history, folder="plots")
 
 
 def draw_plots(

@@ -15,8 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import mlflow
-
 from flows.stages import Context
 from kerasflow import notes, tracking
 from kerasflow.config import Params
@@ -39,11 +37,11 @@ def run(params: Params, context: Context) -> dict[str, Any]:
     name = params.register_.model_name
     experiment_id = tracking.configure(params.tracking, context.project_root)
     with tracking.open_run(experiment_id, run_id=trained.run_id) as run_id:
-        with registry_lock(name, mlflow.get_tracking_uri()):
+        with registry_lock(name, tracking.current_uri()):
             evaluation = evaluation.with_champion(
                 current_rescore(name, evaluation.champion_rescored, layout.processed_dir, state)
             )
-            run_tags = mlflow.get_run(run_id).data.tags
+            run_tags = tracking.run_tags(run_id)
             version = tracking.register_version(trained.model_uri, name, run_id, version_tags(run_tags))
             # The logged model loaded back and predicted in train; these must be the very files it used.
             files_ok, files_detail = verify_registered_files(f"models:/{name}/{version}", trained.artifacts_sha256)
@@ -59,12 +57,12 @@ def run(params: Params, context: Context) -> dict[str, Any]:
             registration = Registration(name, version, run_id, decision, evaluation.champion_rescored, files_detail)
             describe_model(name, state)
             description = version_text(state, evaluation, registration, run_tags)
-            # The logged model's page (MLflow's "Logged models") carries the same account as the version's.
-            mlflow.set_logged_model_tags(trained.model_id, {"mlflow.note.content": description})
+            # The logged model's page carries the same account as the version's.
+            tracking.describe_logged_model(trained.model_id, description)
             tracking.apply_decision(name, version, decision, description)
         payload = registration.to_dict()
-        mlflow.set_tags({"registry.model": name, "registry.version": version, "registry.alias": decision.alias})
-        mlflow.log_dict(payload, "registration.json")
+        tracking.tag({"registry.model": name, "registry.version": version, "registry.alias": decision.alias})
+        tracking.log_dict(payload, "registration.json")
         write_json(layout.registration, payload)
         tracking.describe_run(run_id, payload)
     announce(registration)
@@ -178,9 +176,7 @@ def version_text(
 
 def describe_model(name: str, state: PreprocessState) -> None:
     """The registered model's own description: what it is and how to load its champion."""
-    from mlflow.tracking import MlflowClient
-
     columns = state.inputs.column_names or ["image"]
-    MlflowClient().update_registered_model(
-        name, description=notes.registered_model_description(name, state.task, source_of(state), columns)
+    tracking.describe_registered_model(
+        name, notes.registered_model_description(name, state.task, source_of(state), columns)
     )

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import keras
-import mlflow
 import pandas as pd
 import yaml
 
@@ -91,7 +90,7 @@ def train_and_publish(params: Params, context: Context) -> dict[str, Any]:
             model_uri=logged.uri,
             model_id=logged.model_id,
             artifacts_sha256=logged.digest,
-            tracking_uri=tracking.portable_uri(mlflow.get_tracking_uri(), context.project_root),
+            tracking_uri=tracking.portable_uri(tracking.current_uri(), context.project_root),
             run_url=tracking.run_url(run_id, experiment_id),
             epochs_trained=len(history),
             best_epoch=best,
@@ -165,7 +164,7 @@ def record_run(params: Params, context: Context, data: TrainingData, setup: Mode
     rows = state.rows
     sizes = f"{sum(rows.values()):,} rows: train {rows['train']:,}, val {rows['val']:,}, test {rows['test']:,}"
     stopping = params.train.early_stopping
-    mlflow.set_tags(
+    tracking.tag(
         {
             **tracking.lineage_tags(context.project_root),
             "registry.model": params.register_.model_name,
@@ -181,12 +180,11 @@ def record_run(params: Params, context: Context, data: TrainingData, setup: Mode
         }
     )
     tracking.log_params(tracking.training_params(params, state))
-    mlflow.log_text(yaml.safe_dump(params.to_dict(), sort_keys=False), "params.yaml")
+    tracking.log_text(yaml.safe_dump(params.to_dict(), sort_keys=False), "params.yaml")
     # What `kerasflow reproduce` needs besides the commit and the data's hash: the raw data's description and
     # the schema validate checked it against.
-    for record in (context.layout.raw_meta, context.layout.schema):
-        if record.is_file():
-            mlflow.log_artifact(str(record), "lineage")
+    records = (context.layout.raw_meta, context.layout.schema)
+    tracking.log_files(*(record for record in records if record.is_file()), folder="lineage")
     schema = tracking.input_schema(state.model_config(params.model.decision_threshold))
     for name, context_name in (("train", "training"), ("val", "validation")):
         tracking.log_split(layout_split_file(context.layout, name), name, rows[name], schema, context_name)
@@ -276,11 +274,8 @@ def publish(params: Params, layout: Layout, data: TrainingData, setup: ModelSetu
             step=epochs,
             statistics=folder / layout.statistics.name,
         )
-        with tempfile.TemporaryDirectory() as download:
-            local = mlflow.artifacts.download_artifacts(info.model_uri, dst_path=download)
-            digest = tracking.artifact_digest(local)
-            expected = predict(model, example, state.inputs)
-            difference = tracking.round_trip_difference(local, example, expected, config)
+        expected = predict(model, example, state.inputs)
+        digest, difference = tracking.check_logged_model(info.model_uri, example, expected, config)
         if difference > ROUND_TRIP_TOLERANCE:
             raise RuntimeError(
                 f"the logged model's predictions differ from the trained model's by {difference:g} "
@@ -293,7 +288,7 @@ def write_model_summary(model: keras.Model, path: Path) -> None:
     lines: list[str] = []
     model.summary(print_fn=lambda line, *args, **kwargs: lines.append(line))
     write_text(path, "\n".join(lines) + "\n")
-    mlflow.log_artifact(str(path))
+    tracking.log_files(path)
 
 
 def write_history(layout: Layout, history: pd.DataFrame) -> None:

@@ -185,3 +185,11 @@ def test_raw_signature_names_every_input_and_types_them_like_the_data():
     assert [spec.name for spec in regression.outputs.inputs] == ["prediction"]
     images = tracking.raw_signature(ModelConfig("classification", ModelInputs.images([4, 4, 1])))
     assert images.inputs.inputs[0].shape == (-1, 4, 4, 1) and images.inputs.inputs[0].name == "image"
+
+
+@pytest.mark.parametrize("uri", ["models:/nothing@champion", "models:/nothing/3"])
+def test_a_model_the_store_does_not_hold_is_named_as_one_error(mlflow_store, uri, tmp_path):
+    with pytest.raises(tracking.ModelNotFound, match="no model to score with: .*nothing"):
+        tracking.registered_identity(uri)
+    with pytest.raises(tracking.ModelNotFound, match="no model to score with"):
+        tracking.load_model(uri)
