@@ -94,17 +94,14 @@ def run_trial(plan: StudyPlan, number: int, trial_id: int, values: dict[str, Any
     quiet_defaults()
     attach_to_prefect_logging()
     fit = import_quietly("tasks.fit")  # TensorFlow's native start-up lines left out of the log
-    import mlflow
     import optuna
-    from mlflow import MlflowClient
 
     from kerasflow import tracking
     from tasks import tune
     from tasks.trial_callbacks import EpochRecorder, PruningCallback
 
     params = trial_params(plan.base, values)
-    mlflow.set_tracking_uri(plan.tracking_uri)  # A Dask worker is a process of its own.
-    client = MlflowClient(plan.tracking_uri)
+    tracking.use_uri(plan.tracking_uri)  # A Dask worker is a process of its own.
     tags = {
         "mlflow.parentRunId": plan.parent_run_id,
         "kerasflow.kind": "trial",
@@ -115,7 +112,7 @@ def run_trial(plan: StudyPlan, number: int, trial_id: int, values: dict[str, Any
         "trial.host": f"{socket.gethostname()} pid {os.getpid()}",
         **{f"trial.{key}": str(value) for key, value in values.items()},
     }
-    run_id = client.create_run(plan.experiment_id, run_name=f"trial-{number}", tags=tags).info.run_id
+    run_id = tracking.start_child_run(plan.experiment_id, f"trial-{number}", tags)
     trial = optuna.trial.Trial(tune.load_study(params, plan.study, plan.storage), trial_id)
     trial.set_user_attr("mlflow_run_id", run_id)
     curves = EpochRecorder()
@@ -144,7 +141,7 @@ def run_trial(plan: StudyPlan, number: int, trial_id: int, values: dict[str, Any
         trial.set_user_attr("curves", curves.validation_curves())
         trial.set_user_attr("epochs", epochs)
         trial.set_user_attr("note", note)
-        close_trial_run(client, run_id, params, state, value, epochs, note)
+        close_trial_run(run_id, params, state, value, epochs, note)
     return TrialResult(number, state, value, epochs, run_id, note)
 
 
@@ -165,24 +162,21 @@ def objective_value(params: Params, data: Any, model: Any, history: Any) -> floa
     return float(scores[metric])
 
 
-def close_trial_run(
-    client: Any, run_id: str, params: Params, state: str, value: float | None, epochs: int, note: str
-) -> None:
+def close_trial_run(run_id: str, params: Params, state: str, value: float | None, epochs: int, note: str) -> None:
     """Record how the trial ended on its MLflow run: its value, its state, a one-line description."""
+    from kerasflow import tracking
     from tasks import tune
 
     name = tune.objective_name(params.tune)
-    if value is not None and math.isfinite(value):
-        client.log_metric(run_id, name, value)
-    client.log_metric(run_id, "epochs_trained", epochs)
+    finite = value is not None and math.isfinite(value)
+    tracking.log_run_metrics(run_id, {name: value, "epochs_trained": epochs} if finite else {"epochs_trained": epochs})
     outcome = {
         "complete": f"complete: {name} {value:.4g} after {epochs} epoch(s)" if value is not None else "complete",
         "pruned": f"pruned: {note}",
         "failed": f"failed: {note}",
     }[state]
-    client.set_tag(run_id, "trial.state", state)
-    client.set_tag(run_id, "mlflow.note.content", f"Tuning trial, {outcome}.")
-    client.set_terminated(run_id, status="FAILED" if state == "failed" else "FINISHED")
+    tracking.set_run_tags(run_id, {"trial.state": state})
+    tracking.finish_run(run_id, f"Tuning trial, {outcome}.", failed=state == "failed")
 
 
 @contextlib.contextmanager
@@ -208,24 +202,17 @@ def study_lock(storage: str, study: str) -> Iterator[None]:
 
 def open_study(params: Params, project_root: Path, workdir: Path, storage: str) -> dict[str, Any]:
     """Create or continue the study and its parent MLflow run; trials a kill interrupted are queued again."""
-    import mlflow
-
     from kerasflow import tracking
     from tasks import tune
 
     experiment_id = tracking.configure(params.tracking, project_root)
-    uri = mlflow.get_tracking_uri()
+    uri = tracking.current_uri()
     name = tune.study_name(params)
     study = tune.open_study(params, name, storage)
     interrupted = tune.recover_interrupted(study)
     parent = study.user_attrs.get("mlflow_run_id")
-    client = mlflow.MlflowClient()
-    if parent and parent_exists(client, parent):
-        client.update_run(parent, status="RUNNING")
-        for run in client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent}'"):
-            if run.info.status == "RUNNING":  # a trial's run left open by the kill
-                client.set_tag(run.info.run_id, "trial.state", "interrupted")
-                client.set_terminated(run.info.run_id, status="KILLED")
+    if parent and tracking.run_exists(parent):
+        tracking.reopen_run(experiment_id, parent)  # trials' runs left open by a kill are closed KILLED
     else:
         parent = begin_study_run(params, project_root, workdir, name, storage)
         study.set_user_attr("mlflow_run_id", parent)
@@ -241,19 +228,8 @@ def open_study(params: Params, project_root: Path, workdir: Path, storage: str) 
     return {"study": name, "storage": storage, "experiment_id": experiment_id, "parent_run_id": parent, "uri": uri}
 
 
-def parent_exists(client: Any, run_id: str) -> bool:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_run(run_id).info.lifecycle_stage == "active"
-    except MlflowException:
-        return False
-
-
 def begin_study_run(params: Params, project_root: Path, workdir: Path, name: str, storage: str) -> str:
     """The parent MLflow run: what the study searches (its params), lineage, the params file it started from."""
-    import mlflow
-
     from kerasflow import tracking
     from tasks import tune
 
@@ -280,9 +256,7 @@ def begin_study_run(params: Params, project_root: Path, workdir: Path, name: str
         "tune.warmup_epochs": settings.warmup_epochs,
         "tune.startup_trials": settings.startup_trials,
     }
-    mlflow.MlflowClient().log_batch(
-        run_id, params=[mlflow.entities.Param(k, str(v)) for k, v in {**fixed, **searched}.items()]
-    )
+    tracking.log_params({key: str(value) for key, value in {**fixed, **searched}.items()}, run_id)
     return run_id
 
 
@@ -341,9 +315,9 @@ def task_runner(params: Params) -> Any:
 
 def summarize_study(params: Params, plan: StudyPlan) -> dict[str, Any]:
     """The parent run's record of the study: best value and params, counts, the trials table and the charts."""
-    import mlflow
     import pandas as pd
 
+    from kerasflow import tracking
     from tasks import tune, tune_report
 
     study = tune.load_study(params, plan.study, plan.storage)
@@ -353,28 +327,25 @@ def summarize_study(params: Params, plan: StudyPlan) -> dict[str, Any]:
     direction = tune.direction(params.tune)
     table = tune_report.trials_table(study, keys)
     counts = {state: int((table["state"] == state).sum()) for state in ("complete", "pruned", "failed")}
-    client = mlflow.MlflowClient()
     run_id = plan.parent_run_id
-    for state, count in counts.items():
-        client.log_metric(run_id, f"trials_{state}", count)
-    client.log_metric(run_id, "epochs_total", float(pd.to_numeric(table["epochs"]).fillna(0).sum()))
-    client.set_tag(run_id, "tune.n_trials", str(params.tune.n_trials))
-    client.set_tag(run_id, "tune.parallelism", str(params.tune.parallelism))
+    metrics = {f"trials_{state}": count for state, count in counts.items()}
+    metrics["epochs_total"] = float(pd.to_numeric(table["epochs"]).fillna(0).sum())
+    tags = {"tune.n_trials": str(params.tune.n_trials), "tune.parallelism": str(params.tune.parallelism)}
     best = None
     if counts["complete"]:
         best = study.best_trial
-        client.log_metric(run_id, f"best_{objective}", best.value)
-        client.set_tag(run_id, "best.trial", str(best.number))
-        client.set_tag(run_id, "best.mlflow_run_id", str(best.user_attrs.get("mlflow_run_id")))
-        for key, value in best.params.items():
-            client.set_tag(run_id, f"best.{key}", str(value))
+        metrics[f"best_{objective}"] = best.value
+        tags |= {"best.trial": str(best.number), "best.mlflow_run_id": str(best.user_attrs.get("mlflow_run_id"))}
+        tags |= {f"best.{key}": str(value) for key, value in best.params.items()}
+    tracking.log_run_metrics(run_id, metrics)
+    tracking.set_run_tags(run_id, tags)
     found = tune_report.importances(study)
     with tempfile.TemporaryDirectory() as folder:
         where = Path(folder)
         table.to_csv(where / "trials.csv", index=False)
-        client.log_artifact(run_id, str(where / "trials.csv"))
-        client.log_table(run_id, table.drop(columns=["note"]), "trials.json")
-        client.log_dict(run_id, {"best": best.params if best else None, "importances": found}, "study.json")
+        tracking.log_run_files(run_id, where / "trials.csv")
+        tracking.log_run_table(run_id, table.drop(columns=["note"]), "trials.json")
+        tracking.log_run_dict(run_id, {"best": best.params if best else None, "importances": found}, "study.json")
         title = f"{params.register_.model_name}: {tune.watched_metric(params.tune)[0]} of every trial"
         drawn = {
             "validation_curves.png": tune_report.plot_curves(
@@ -386,9 +357,7 @@ def summarize_study(params: Params, plan: StudyPlan) -> dict[str, Any]:
             ),
             "param_importances.png": tune_report.plot_importances(study, found, where / "param_importances.png"),
         }
-        for name, made in drawn.items():
-            if made:
-                client.log_artifact(run_id, str(where / name), "charts")
+        tracking.log_run_files(run_id, *(where / name for name, made in drawn.items() if made), folder="charts")
     return {
         "study": plan.study,
         "storage": plan.storage,
@@ -465,12 +434,8 @@ def tuning_pipeline(
         except BaseException:
             tracking.mark_failed(parent)
             raise
-    import mlflow
-
     text = notes.study_summary(summary, registration)
-    client = mlflow.MlflowClient()
-    client.set_tag(parent, "mlflow.note.content", text)
-    client.set_terminated(parent, status="FINISHED")
+    tracking.finish_run(parent, text)
     url = tracking.run_url(parent, opened["experiment_id"])
     create_markdown_artifact(markdown=text, key="tuning-summary", description="kerasflow study")
     if url:
@@ -516,17 +481,14 @@ def retrain_best(
 ) -> dict[str, Any]:
     """Train, evaluate and register the best configuration, as a pipeline run (once per best trial: a study
     run again with no better trial does not register the same configuration twice)."""
-    import mlflow
-
     from kerasflow import tracking
     from tasks import tune
 
     best = summary["best"]
-    client = mlflow.MlflowClient()
-    recorded = client.get_run(plan.parent_run_id).data.tags
+    recorded = tracking.run_tags(plan.parent_run_id)
     if recorded.get(REGISTERED_TRIAL) == str(best["trial"]):
         logger.info("the best configuration (trial %d) is registered already; not retraining it", best["trial"])
-        return {**mlflow.artifacts.load_dict(f"runs:/{plan.parent_run_id}/registration.json"), "reused": True}
+        return {**tracking.load_run_dict(plan.parent_run_id, "registration.json"), "reused": True}
     params = best_params(params_path, changes, tune.decode(best["params"]))
     opening = task(open_best_run, name="open-mlflow-run", task_run_name="open-mlflow-run", cache_policy=NO_CACHE)
     state = opening(params, context, plan, best["trial"], return_state=True)
@@ -543,6 +505,6 @@ def retrain_best(
         "baseline": results["evaluate"]["baseline"],
         "reused": False,
     }
-    client.log_dict(plan.parent_run_id, registration, "registration.json")
-    client.set_tag(plan.parent_run_id, REGISTERED_TRIAL, str(best["trial"]))
+    tracking.log_run_dict(plan.parent_run_id, registration, "registration.json")
+    tracking.set_run_tags(plan.parent_run_id, {REGISTERED_TRIAL: str(best["trial"])})
     return registration

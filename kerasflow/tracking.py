@@ -674,6 +674,72 @@ def check_logged_model(model_uri: str, example: Any, expected: Any, config: Mode
         return artifact_digest(local), round_trip_difference(local, example, expected, config)
 
 
+# Runs addressed by id, from any process: a study's run and its trials' (a Dask worker is a process of its own).
+
+
+def use_uri(uri: str) -> None:
+    """Point this process at the tracking store `uri` (a worker process that did not `configure`)."""
+    mlflow.set_tracking_uri(uri)
+
+
+def start_child_run(experiment_id: str, name: str, tags: dict[str, str]) -> str:
+    """A run that stays RUNNING until `finish_run`, nested under `tags["mlflow.parentRunId"]`."""
+    return MlflowClient().create_run(experiment_id, run_name=name, tags=tags).info.run_id
+
+
+def log_run_metrics(run_id: str, metrics: dict[str, float]) -> None:
+    client = MlflowClient()
+    for name, value in metrics.items():
+        client.log_metric(run_id, name, float(value))
+
+
+def finish_run(run_id: str, note: str | None = None, failed: bool = False) -> None:
+    """Close a run by id, FINISHED (or FAILED), with `note` as its description."""
+    client = MlflowClient()
+    if note is not None:
+        client.set_tag(run_id, "mlflow.note.content", note)
+    client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
+
+
+def run_exists(run_id: str) -> bool:
+    """Whether the store holds the run, not deleted."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return MlflowClient().get_run(run_id).info.lifecycle_stage == "active"
+    except MlflowException:
+        return False
+
+
+def reopen_run(experiment_id: str, run_id: str) -> None:
+    """Mark a run RUNNING again (a study continued); its children a kill left RUNNING are closed KILLED, tagged
+    `trial.state: interrupted`."""
+    client = MlflowClient()
+    client.update_run(run_id, status="RUNNING")
+    for run in client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{run_id}'"):
+        if run.info.status == "RUNNING":
+            client.set_tag(run.info.run_id, "trial.state", "interrupted")
+            client.set_terminated(run.info.run_id, status="KILLED")
+
+
+def log_run_files(run_id: str, *paths: Path, folder: str | None = None) -> None:
+    client = MlflowClient()
+    for path in paths:
+        client.log_artifact(run_id, str(path), folder)
+
+
+def log_run_table(run_id: str, frame: Any, name: str) -> None:
+    MlflowClient().log_table(run_id, frame, name)
+
+
+def log_run_dict(run_id: str, payload: dict[str, Any], name: str) -> None:
+    MlflowClient().log_dict(run_id, payload, name)
+
+
+def load_run_dict(run_id: str, name: str) -> dict[str, Any]:
+    return mlflow.artifacts.load_dict(f"runs:/{run_id}/{name}")
+
+
 def set_run_tags(run_id: str, tags: dict[str, str]) -> None:
     client = MlflowClient()
     for key, value in tags.items():
