@@ -103,43 +103,35 @@ class Verdict:
 
 def read_record(model_uri: str) -> Record:
     """The version's run and what it recorded; a record that lacks a part is a ReproduceError naming it."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
+    from kerasflow import tracking
 
-    client = mlflow.MlflowClient()
+    check_version_uri(model_uri)
     try:
-        version = resolve_version(client, model_uri)
-        run = client.get_run(version.run_id)
-    except MlflowException as error:
-        raise ReproduceError(f"{model_uri}: {error.message}") from None
-    tags = run.data.tags
+        name, version, run_id = tracking.registered_identity(model_uri, model_uri)
+    except tracking.ModelNotFound as error:
+        raise ReproduceError(str(error)) from None
+    tags, recorded = tracking.run_record(run_id)
     missing = [tag for tag in ("mlflow.source.git.commit", "data.md5") if not tags.get(tag)]
     if missing:
-        raise ReproduceError(f"run {run.info.run_id} of {model_uri} does not record {missing}: it cannot be rebuilt")
+        raise ReproduceError(f"run {run_id} of {model_uri} does not record {missing}: it cannot be rebuilt")
     with tempfile.TemporaryDirectory() as folder:
         try:
-            params_text = Path(
-                mlflow.artifacts.download_artifacts(
-                    run_id=run.info.run_id, artifact_path="params.yaml", dst_path=folder
-                )
-            ).read_text()
-            lineage_dir = Path(
-                mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="lineage", dst_path=folder)
-            )
-        except (MlflowException, OSError) as error:
+            params_text = tracking.download_run_file(run_id, "params.yaml", Path(folder)).read_text()
+            lineage_dir = tracking.download_run_file(run_id, "lineage", Path(folder))
+        except OSError as error:
             raise ReproduceError(
-                f"run {run.info.run_id} of {model_uri} has no params.yaml or lineage/ artifact ({error}); "
+                f"run {run_id} of {model_uri} has no params.yaml or lineage/ artifact ({error}); "
                 "runs record them since kerasflow tracks lineage"
             ) from None
         lineage = {path.name: path.read_text() for path in lineage_dir.iterdir()}
     if "dataset.json" not in lineage:
-        raise ReproduceError(f"run {run.info.run_id} has no lineage/dataset.json: the raw data's description")
-    metrics = {key.removeprefix("test_"): value for key, value in run.data.metrics.items() if key.startswith("test_")}
+        raise ReproduceError(f"run {run_id} has no lineage/dataset.json: the raw data's description")
+    metrics = {key.removeprefix("test_"): value for key, value in recorded.items() if key.startswith("test_")}
     return Record(
         model_uri=model_uri,
-        name=version.name,
-        version=str(version.version),
-        run_id=run.info.run_id,
+        name=name,
+        version=version,
+        run_id=run_id,
         commit=tags["mlflow.source.git.commit"],
         dirty=tags.get("git.dirty") == "True",
         data_md5=tags["data.md5"],
@@ -149,18 +141,12 @@ def read_record(model_uri: str) -> Record:
     )
 
 
-def resolve_version(client: Any, model_uri: str) -> Any:
-    """`models:/NAME/VERSION` or `models:/NAME@ALIAS` to its model version."""
-    if not model_uri.startswith("models:/"):
-        raise ReproduceError(f"{model_uri}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
+def check_version_uri(model_uri: str) -> None:
+    """`models:/NAME/VERSION` or `models:/NAME@ALIAS`, or a ReproduceError saying so."""
     rest = model_uri.removeprefix("models:/")
-    if "@" in rest:
-        name, alias = rest.split("@", 1)
-        return client.get_model_version_by_alias(name, alias)
     name, _, version = rest.rpartition("/")
-    if not name or not version.isdigit():
+    if not model_uri.startswith("models:/") or ("@" not in rest and not (name and version.isdigit())):
         raise ReproduceError(f"{model_uri}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
-    return client.get_model_version(name, version)
 
 
 @contextlib.contextmanager
@@ -262,9 +248,9 @@ def rebuild(record: Record, checkout: Path) -> Path:
 def compare(record: Record, checkout: Path, tolerance: float) -> Verdict:
     """Recorded test metrics against rebuilt ones; the registered model's predictions on the rebuilt test split
     against the rebuilt model's."""
-    import mlflow
     import numpy as np
 
+    from kerasflow import tracking
     from kerasflow.io import read_json
     from kerasflow.runtime import import_quietly
 
@@ -283,7 +269,7 @@ def compare(record: Record, checkout: Path, tolerance: float) -> Verdict:
     test = rebuilt_test_split(layout.processed_dir)
     # The rebuild's store is a local one in the checkout: its logged model's files are under mlartifacts/.
     (rebuilt_files,) = {path.parent for path in checkout.glob(f"mlartifacts/**/{model_id}/**/MLmodel")}
-    registered, rebuilt = mlflow.pyfunc.load_model(record.model_uri), mlflow.pyfunc.load_model(str(rebuilt_files))
+    registered, rebuilt = tracking.load_model(record.model_uri), tracking.load_model(str(rebuilt_files))
     difference = 0.0
     for x, _ in test.batches(1 << 16):  # the test rows streamed through both models
         ours, theirs = model_outputs(registered.predict(x), config), model_outputs(rebuilt.predict(x), config)
@@ -318,7 +304,7 @@ class LegacySplit:
 
 def reproduce(model_uri: str, project: Path, tolerance: float = DEFAULT_TOLERANCE) -> Verdict:
     """Rebuild `model_uri` from its record in a temporary worktree of `project`; compare; tag the original run."""
-    import mlflow
+    from kerasflow import tracking
 
     record = read_record(model_uri)
     warnings = []
@@ -341,7 +327,7 @@ def reproduce(model_uri: str, project: Path, tolerance: float = DEFAULT_TOLERANC
         verdict = compare(record, checkout, tolerance)
     verdict.warnings = warnings
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    mlflow.MlflowClient().set_tag(record.run_id, "reproduced", f"{stamp}: {verdict.summary()}")
+    tracking.set_run_tags(record.run_id, {"reproduced": f"{stamp}: {verdict.summary()}"})
     return verdict
 
 

@@ -525,21 +525,38 @@ class ModelNotFound(ExpectedError, LookupError):
     """The model a URI names is not in the store (no such version, alias or registered model)."""
 
 
-def registered_identity(model_uri: str) -> tuple[str, str, str | None]:
-    """(name, version, run id) of a registered model URI (`models:/name@alias`, `models:/name/3`)."""
+def registered_identity(model_uri: str, problem: str = "no model to score with") -> tuple[str, str, str]:
+    """(name, version, run id) of a registered model URI (`models:/name@alias`, `models:/name/3`); one the store
+    does not hold is a ModelNotFound, its message starting with `problem`."""
     from mlflow.exceptions import MlflowException
 
     client = MlflowClient()
     path = model_uri.removeprefix("models:/")
-    name, _, rest = path.partition("@") if "@" in path else path.partition("/")
+    name, _, rest = path.partition("@") if "@" in path else path.rpartition("/")
     try:
         if "@" in path:
             version = client.get_model_version_by_alias(name, rest)
         else:
             version = client.get_model_version(name, rest)
     except MlflowException as error:
-        raise ModelNotFound(f"no model to score with: {error.message}") from None
-    return name, str(version.version), version.run_id
+        raise ModelNotFound(f"{problem}: {error.message}") from None
+    return version.name, str(version.version), version.run_id
+
+
+def run_record(run_id: str) -> tuple[dict[str, str], dict[str, float]]:
+    """A run's tags and (latest) metrics."""
+    run = MlflowClient().get_run(run_id)
+    return dict(run.data.tags), dict(run.data.metrics)
+
+
+def download_run_file(run_id: str, artifact_path: str, folder: Path) -> Path:
+    """One of a run's artifacts (a file or a folder) downloaded into `folder`; OSError when the run has none."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=folder))
+    except MlflowException as error:
+        raise OSError(error.message) from None
 
 
 def load_model(model_uri: str) -> Any:
