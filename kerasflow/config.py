@@ -24,47 +24,11 @@ from pydantic import (
 )
 
 from kerasflow.errors import ConfigError
+from kerasflow.layers import AUGMENTATION_LAYERS, LAYER_TYPES, MERGE_LAYERS
 from kerasflow.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS
 from kerasflow.overrides import apply_overrides
 from kerasflow.sources import SOURCES
 
-# Layer names a model spec may use, mapped to their Keras class names.
-LAYER_TYPES = {
-    "dense": "Dense",
-    "conv1d": "Conv1D",
-    "conv2d": "Conv2D",
-    "max_pooling1d": "MaxPooling1D",
-    "max_pooling2d": "MaxPooling2D",
-    "average_pooling2d": "AveragePooling2D",
-    "global_average_pooling1d": "GlobalAveragePooling1D",
-    "global_average_pooling2d": "GlobalAveragePooling2D",
-    "global_max_pooling1d": "GlobalMaxPooling1D",
-    "global_max_pooling2d": "GlobalMaxPooling2D",
-    "flatten": "Flatten",
-    "reshape": "Reshape",
-    "dropout": "Dropout",
-    "spatial_dropout1d": "SpatialDropout1D",
-    "spatial_dropout2d": "SpatialDropout2D",
-    "batch_normalization": "BatchNormalization",
-    "layer_normalization": "LayerNormalization",
-    "activation": "Activation",
-    "embedding": "Embedding",
-    "lstm": "LSTM",
-    "gru": "GRU",
-    "simple_rnn": "SimpleRNN",
-    "bidirectional": "Bidirectional",
-    "concatenate": "Concatenate",
-    "add": "Add",
-    "average": "Average",
-    "multiply": "Multiply",
-    "random_flip": "RandomFlip",
-    "random_rotation": "RandomRotation",
-    "random_translation": "RandomTranslation",
-    "random_zoom": "RandomZoom",
-    "random_contrast": "RandomContrast",
-    "gaussian_noise": "GaussianNoise",
-}
-MERGE_LAYERS = ("concatenate", "add", "average", "multiply")
 # The optimizers a params file may name: Keras knows them by these names.
 OptimizerName = Literal["sgd", "adam", "rmsprop", "adagrad", "adadelta"]
 
@@ -244,7 +208,7 @@ class ModelParams(_Section):
     @model_validator(mode="after")
     def _check_graph(self) -> ModelParams:
         for index, layer in enumerate(self.augmentation):
-            if not layer.type.startswith("random_") and layer.type != "gaussian_noise":
+            if layer.type not in AUGMENTATION_LAYERS:
                 raise ValueError(f"augmentation[{index}]: {layer.type!r} is not an augmentation layer (random_*)")
         names: set[str] = set(INPUT_TENSORS)
         for index, layer in enumerate(self.layers):

@@ -14,7 +14,8 @@ from typing import Any
 
 import keras
 
-from kerasflow.config import LAYER_TYPES, ConfigError, LayerSpec, ModelParams
+from kerasflow.config import ConfigError, LayerSpec, ModelParams
+from kerasflow.layers import LAYER_TYPES
 from kerasflow.model_interface import NUMERIC_INPUT, ModelInputs
 from kerasflow.records import FittedInputs, PreprocessState
 from tasks.backbone import backbone_features
