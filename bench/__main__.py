@@ -612,7 +612,7 @@ def gpu_path() -> dict[str, Any]:
 
     gpus = tf.config.list_physical_devices("GPU")
     return {
-        "here": accelerator_plan(TrainParams()),
+        "here": accelerator_plan(TrainParams()).to_dict(),
         "gpus": len(gpus),
         "on_a_gpu": "measured" if gpus else "not measured: no GPU on this machine",
     }

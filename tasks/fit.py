@@ -29,7 +29,15 @@ from kerasflow.runtime import set_seeds
 from tasks.backbone import unfreeze
 from tasks.model import DataSpec, build_model, compile_model
 from tasks.preprocess import ParquetSplit, read_state, split_source
-from tasks.train import Backup, accelerator_plan, class_weights, distribution_strategy, spans_workers, train_model
+from tasks.train import (
+    AcceleratorPlan,
+    Backup,
+    accelerator_plan,
+    class_weights,
+    distribution_strategy,
+    spans_workers,
+    train_model,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +57,7 @@ class ModelSetup:
 
     model: keras.Model
     data: DataSpec
-    plan: dict[str, Any]
+    plan: AcceleratorPlan
     strategy: tf.distribute.Strategy
     class_weight: dict[int, float] | None
 
@@ -68,7 +76,7 @@ def build_setup(model: ModelParams, train: TrainParams, seed: int, data: Trainin
     spec = DataSpec.from_state(state, state.fitted)
     strategy = distribution_strategy(plan)
     with strategy.scope():
-        built = build_model(model, spec, jit_compile=plan["jit_compile"])
+        built = build_model(model, spec, jit_compile=plan.jit_compile)
     weights = class_weights(train.class_weight, state.class_counts, state.classes)
     return ModelSetup(built, spec, plan, strategy, weights)
 
@@ -109,7 +117,7 @@ def fine_tuner(model: ModelParams, train: TrainParams, setup: ModelSetup) -> Cal
     def fine_tune(trained: keras.Model) -> None:
         with setup.strategy.scope():
             unfreeze(trained, train.fine_tune.layers)
-            compile_model(trained, model, setup.data, setup.plan["jit_compile"], train.fine_tune.learning_rate)
+            compile_model(trained, model, setup.data, setup.plan.jit_compile, train.fine_tune.learning_rate)
 
     return fine_tune
 

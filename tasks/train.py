@@ -14,7 +14,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,25 @@ def device_summary() -> dict[str, Any]:
     }
 
 
-def accelerator_plan(params: TrainParams, string_inputs: bool = False) -> dict[str, Any]:
+@dataclass(frozen=True)
+class AcceleratorPlan:
+    """What the GPU-path switches resolve to on this machine (logged with the run as `train.*` tags)."""
+
+    mixed_precision: str | bool  # mixed_float16 | mixed_bfloat16 | False
+    jit_compile: bool | str  # True | False | "auto" (Keras decides)
+    deterministic: bool
+    strategy: str  # default | MirroredStrategy | MultiWorkerMirroredStrategy
+    replicas: int
+    devices: list[str]
+    # Across workers: how many, and each replica's share of train.batch_size.
+    workers: int | None = None
+    per_replica_batch: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {key: value for key, value in asdict(self).items() if value is not None}
+
+
+def accelerator_plan(params: TrainParams, string_inputs: bool = False) -> AcceleratorPlan:
     """What the GPU-path switches resolve to on this machine (logged with the run).
 
     Mixed precision computes in float16 on a GPU and in bfloat16 on a CPU (which has no fast
@@ -62,19 +80,19 @@ def accelerator_plan(params: TrainParams, string_inputs: bool = False) -> dict[s
         )
     mirrored = params.distribute == "mirrored" or (params.distribute == "auto" and len(gpus) > 1 and not string_inputs)
     mixed = bool(gpus) if params.mixed_precision == "auto" else params.mixed_precision
-    return {
-        "mixed_precision": ("mixed_float16" if gpus else "mixed_bfloat16") if mixed else False,
-        "jit_compile": params.jit_compile,
-        "deterministic": (
+    return AcceleratorPlan(
+        mixed_precision=("mixed_float16" if gpus else "mixed_bfloat16") if mixed else False,
+        jit_compile=params.jit_compile,
+        deterministic=(
             not gpus and params.jit_compile is not True if params.deterministic == "auto" else params.deterministic
         ),
-        "strategy": "MirroredStrategy" if mirrored and len(devices) > 1 else "default",
-        "replicas": len(devices) if mirrored and len(devices) > 1 else 1,
-        "devices": devices if mirrored else devices[:1],
-    }
+        strategy="MirroredStrategy" if mirrored and len(devices) > 1 else "default",
+        replicas=len(devices) if mirrored and len(devices) > 1 else 1,
+        devices=devices if mirrored else devices[:1],
+    )
 
 
-def multi_worker_plan(params: TrainParams, gpus: bool, string_inputs: bool) -> dict[str, Any]:
+def multi_worker_plan(params: TrainParams, gpus: bool, string_inputs: bool) -> AcceleratorPlan:
     """The plan of one worker of a multi-worker training (the strategy is made first: it must precede any other
     TensorFlow work); the run records the workers and the per-replica batch."""
     from tasks import cluster
@@ -84,22 +102,22 @@ def multi_worker_plan(params: TrainParams, gpus: bool, string_inputs: bool) -> d
     strategy = cluster.strategy()
     replicas = int(strategy.num_replicas_in_sync)
     mixed = gpus if params.mixed_precision == "auto" else params.mixed_precision
-    return {
-        "mixed_precision": ("mixed_float16" if gpus else "mixed_bfloat16") if mixed else False,
-        "jit_compile": False,
-        "deterministic": not gpus if params.deterministic == "auto" else params.deterministic,
-        "strategy": "MultiWorkerMirroredStrategy",
-        "replicas": replicas,
-        "workers": found.size,
-        "per_replica_batch": cluster.per_replica_batch(params, replicas),
-        "devices": [device.name for device in tf.config.list_logical_devices("GPU" if gpus else "CPU")],
-    }
+    return AcceleratorPlan(
+        mixed_precision=("mixed_float16" if gpus else "mixed_bfloat16") if mixed else False,
+        jit_compile=False,
+        deterministic=not gpus if params.deterministic == "auto" else params.deterministic,
+        strategy="MultiWorkerMirroredStrategy",
+        replicas=replicas,
+        devices=[device.name for device in tf.config.list_logical_devices("GPU" if gpus else "CPU")],
+        workers=found.size,
+        per_replica_batch=cluster.per_replica_batch(params, replicas),
+    )
 
 
-def distribution_strategy(plan: dict[str, Any]) -> tf.distribute.Strategy:
+def distribution_strategy(plan: AcceleratorPlan) -> tf.distribute.Strategy:
     """The strategy to build and fit the model under; set the precision policy and determinism to match."""
-    keras.mixed_precision.set_global_policy(plan["mixed_precision"] or "float32")
-    if plan.get("deterministic"):
+    keras.mixed_precision.set_global_policy(plan.mixed_precision or "float32")
+    if plan.deterministic:
         # Same seed, same data, same code: the same weights, bit for bit (on the CPU; see the README for GPUs).
         tf.config.experimental.enable_op_determinism()
     else:
@@ -108,9 +126,9 @@ def distribution_strategy(plan: dict[str, Any]) -> tf.distribute.Strategy:
         from tensorflow.python.framework import config as tf_config
 
         tf_config.disable_op_determinism()
-    if plan["strategy"] == "MirroredStrategy":
-        return tf.distribute.MirroredStrategy(plan["devices"])
-    if plan["strategy"] == "MultiWorkerMirroredStrategy":
+    if plan.strategy == "MirroredStrategy":
+        return tf.distribute.MirroredStrategy(plan.devices)
+    if plan.strategy == "MultiWorkerMirroredStrategy":
         from tasks import cluster
 
         return cluster.strategy()

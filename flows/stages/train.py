@@ -176,7 +176,7 @@ def record_run(params: Params, context: Context, data: TrainingData, setup: Mode
             # What preprocess computed on a sample, and columns it warned about (constant ones).
             **{f"data.note.{name}": note for name, note in state.notes.items()},
             "train.restored_best": str(stopping.enabled and stopping.restore_best_weights),
-            **{f"train.{key}": str(value) for key, value in {**device_summary(), **setup.plan}.items()},
+            **{f"train.{key}": str(value) for key, value in {**device_summary(), **setup.plan.to_dict()}.items()},
         }
     )
     tracking.log_params(tracking.training_params(params, state))

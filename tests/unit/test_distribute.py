@@ -49,7 +49,7 @@ for dataset in ("numeric", "categorical"):
         try:
             plan = accelerator_plan(params, string_inputs=dataset == "categorical")
             with distribution_strategy(plan).scope():
-                model = build_model(spec, data, jit_compile=plan["jit_compile"])
+                model = build_model(spec, data, jit_compile=plan.jit_compile)
             history = train_model(model, train, val, inputs, params, seed=0)
         except Exception as error:
             results[f"{dataset}.{distribute}"] = {"error": f"{type(error).__name__}: {str(error)[:300]}"}
@@ -57,7 +57,7 @@ for dataset in ("numeric", "categorical"):
         replicas = model.distribute_strategy.num_replicas_in_sync
         predictions = predict(model, val.x[:20], inputs).ravel().tolist()
         results[f"{dataset}.{distribute}"] = {
-            "plan": plan, "loss": history["loss"], "replicas": replicas, "predictions": predictions
+            "plan": plan.to_dict(), "loss": history["loss"], "replicas": replicas, "predictions": predictions
         }
 print(json.dumps(results))
 """
@@ -103,15 +103,15 @@ def test_auto_switches_resolve_to_cpu_defaults_here():
 
     plan = accelerator_plan(TrainParams())
     has_gpu = bool(tf.config.list_physical_devices("GPU"))
-    assert plan["mixed_precision"] == ("mixed_float16" if has_gpu else False) and plan["jit_compile"] == "auto"
-    assert plan["strategy"] == ("MirroredStrategy" if len(tf.config.list_physical_devices("GPU")) > 1 else "default")
+    assert plan.mixed_precision == ("mixed_float16" if has_gpu else False) and plan.jit_compile == "auto"
+    assert plan.strategy == ("MirroredStrategy" if len(tf.config.list_physical_devices("GPU")) > 1 else "default")
     # Op determinism is on without a GPU (reproduce matches exactly) and off on one unless asked for.
-    assert plan["deterministic"] is (not has_gpu)
-    assert accelerator_plan(TrainParams(deterministic=False))["deterministic"] is False
+    assert plan.deterministic is (not has_gpu)
+    assert accelerator_plan(TrainParams(deterministic=False)).deterministic is False
     # Keras compiles nothing with XLA under op determinism: asking for XLA leaves auto determinism off.
-    assert accelerator_plan(TrainParams(jit_compile=True))["deterministic"] is False
+    assert accelerator_plan(TrainParams(jit_compile=True)).deterministic is False
     # Asked for on a CPU, mixed precision computes in bfloat16 (CPUs have no fast float16).
-    forced = accelerator_plan(TrainParams(mixed_precision=True, distribute="off"))["mixed_precision"]
+    forced = accelerator_plan(TrainParams(mixed_precision=True, distribute="off")).mixed_precision
     assert forced == ("mixed_float16" if has_gpu else "mixed_bfloat16")
 
 
@@ -137,7 +137,7 @@ def test_the_gpu_switches_train_a_model_that_learns_on_the_cpu(switch):
             model = build_model(
                 ModelParams.model_validate({"layers": [{"type": "dense", "units": 16, "activation": "relu"}]}),
                 cancer.data,
-                jit_compile=plan["jit_compile"],
+                jit_compile=plan.jit_compile,
             )
         hidden = model.layers[[layer.name for layer in model.layers].index("output") - 1]
         history = train_model(model, train, val, cancer.inputs, params, seed=0)
