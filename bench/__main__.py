@@ -404,22 +404,10 @@ def big_parquet(path: Path, rows: int, columns: int, seed: int = 0, chunk: int =
 
 
 def peak_of(command: list[str], cwd: Path) -> tuple[float, float, str]:
-    """Wall seconds, peak resident memory (MB) of the process tree, and output of `command`."""
-    import psutil
+    """Wall seconds, peak resident memory (MB) of the process tree, and output of `command` (in ENV)."""
+    from bench.memory import peak_of as measured
 
-    started = time.perf_counter()
-    process = subprocess.Popen(command, cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    watched, peak = psutil.Process(process.pid), 0
-    while process.poll() is None:
-        try:
-            peak = max(peak, sum(item.memory_info().rss for item in [watched, *watched.children(recursive=True)]))
-        except psutil.Error:
-            pass
-        time.sleep(0.1)
-    output = process.stdout.read()
-    if process.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{output[-4000:]}")
-    return time.perf_counter() - started, peak / 2**20, output
+    return measured(command, cwd, ENV)
 
 
 def prediction(work: Path, rows: int, columns: int = 50, batch: int = 65536, model_batch: int = 8192) -> dict[str, Any]:

@@ -3,17 +3,15 @@ memory in every stage (each a process of its own, as `dvc repro` runs them), and
 
 from __future__ import annotations
 
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import psutil
 import pytest
 import yaml
 
+from bench.memory import peak_of
 from tests.conftest import REPO_ROOT
 from tests.integration.servers import project_env
 
@@ -26,17 +24,7 @@ ALLOWED_GROWTH_MB = 60
 
 def peak_rss_mb(command: list[str], cwd: Path, env: dict[str, str]) -> float:
     """Run `command`; the peak resident memory of its process tree, sampled every 50 ms."""
-    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    watched, peak = psutil.Process(process.pid), 0
-    while process.poll() is None:
-        try:
-            peak = max(peak, sum(item.memory_info().rss for item in [watched, *watched.children(recursive=True)]))
-        except psutil.Error:
-            pass
-        time.sleep(0.05)
-    output = process.stdout.read()
-    assert process.returncode == 0, f"{' '.join(command)} failed:\n{output[-3000:]}"
-    return peak / 2**20
+    return peak_of(command, cwd, env, interval=0.05)[1]
 
 
 def project(folder: Path, rows: int) -> Path:
