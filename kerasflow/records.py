@@ -1,14 +1,16 @@
 """Typed records that one step hands the next, defined once.
 
 - `RawDatasetInfo`: what ingest wrote (data/raw/dataset.json): the target, the task, the columns.
-- `PreprocessState`: what preprocess wrote beside the splits (state.json): the inputs, the classes.
-- `FittedInputs`: the constants the input layers were adapted to on the training split.
+- `PreprocessState`: what preprocess wrote beside the splits (state.json), the one record of the split and
+  fitted inputs: the model builder, training, evaluation and tuning all read it. Its parts are the inputs
+  (`ModelInputs`) and `FittedInputs`, the constants the input layers were adapted to on the training split.
 - `TrainingResult`: what train wrote (reports/mlflow_run.json): the MLflow run, the logged model, its digest.
 - `Evaluation`: what evaluate wrote (reports/metrics.json) for register: the model's and the baseline's
   test metrics and, as `champion_rescored`, the current champion's on the same rows (`ChampionScore`).
 
-The model's own interface (`ModelInputs`, `ModelConfig`) lives in `kerasflow.model_interface`,
-which the logged model carries with it.
+The model's own interface (`ModelInputs`, and `ModelConfig`, which `PreprocessState.model_config` derives)
+lives in `kerasflow.model_interface`, which the logged model carries with it: the served model needs its
+inputs, task, classes and threshold, not the training-only constants.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ class PreprocessState:
     source: dict[str, Any] = field(default_factory=dict)
     classes: list[Any] | None = None
     # The input layers' constants, fitted on the training rows (the model is built from them, no adapt).
-    fitted: FittedInputs = None  # type: ignore[assignment]
+    fitted: FittedInputs = field(default_factory=lambda: FittedInputs())
     # Training rows per class (class weights, the baseline's sample).
     class_counts: list[int] | None = None
     # An image folder's root: the splits hold paths relative to it.
@@ -87,6 +89,11 @@ class PreprocessState:
         return len(self.classes or [])
 
     @property
+    def output_units(self) -> int:
+        """The output layer's width: one per class past two, else one (a sigmoid, or a regression's value)."""
+        return self.n_classes if self.task == "classification" and self.n_classes > 2 else 1
+
+    @property
     def string_inputs(self) -> bool:
         """Whether the model takes strings (categorical or text columns)."""
         return bool(self.inputs.strings)
@@ -98,8 +105,7 @@ class PreprocessState:
         return cls(**{**values, "inputs": ModelInputs.from_dict(data["inputs"]), "fitted": fitted})
 
     def to_dict(self) -> dict[str, Any]:
-        fitted = asdict(self.fitted) if self.fitted is not None else None
-        return {**asdict(self), "inputs": self.inputs.to_dict(), "fitted": fitted}
+        return {**asdict(self), "inputs": self.inputs.to_dict()}
 
     def model_config(self, threshold: float) -> ModelConfig:
         return ModelConfig(self.task, self.inputs, self.classes, threshold)

@@ -508,12 +508,19 @@ def apply_decision(model_name: str, version: str, decision: Any, description: st
     client.set_registered_model_alias(model_name, decision.alias, version)
 
 
-def registered_digest(model_uri: str) -> str:
-    """`artifact_digest` of the files a registered version holds, downloaded to a temporary folder."""
+@contextlib.contextmanager
+def downloaded(model_uri: str) -> Iterator[str]:
+    """The files `model_uri` (a logged model or a registered version) holds, in a temporary folder."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as folder:
-        return artifact_digest(mlflow.artifacts.download_artifacts(model_uri, dst_path=folder))
+        yield mlflow.artifacts.download_artifacts(model_uri, dst_path=folder)
+
+
+def registered_digest(model_uri: str) -> str:
+    """`artifact_digest` of the files a registered version holds."""
+    with downloaded(model_uri) as local:
+        return artifact_digest(local)
 
 
 def load_version(model_name: str, version: str) -> Any:
@@ -684,10 +691,7 @@ def describe_registered_model(name: str, text: str) -> None:
 def check_logged_model(model_uri: str, example: Any, expected: Any, config: ModelConfig) -> tuple[str, float]:
     """The logged model's files as the store holds them: their digest, and how far their predictions for
     `example`, loaded back through MLflow, stray from `expected` (the serving smoke test)."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as download:
-        local = mlflow.artifacts.download_artifacts(model_uri, dst_path=download)
+    with downloaded(model_uri) as local:
         return artifact_digest(local), round_trip_difference(local, example, expected, config)
 
 

@@ -27,7 +27,7 @@ from kerasflow.metrics import lower_is_better
 from kerasflow.records import PreprocessState
 from kerasflow.runtime import set_seeds
 from tasks.backbone import unfreeze
-from tasks.model import DataSpec, build_model, compile_model
+from tasks.model import build_model, compile_model
 from tasks.preprocess import ParquetSplit, read_state, split_source
 from tasks.train import (
     AcceleratorPlan,
@@ -56,7 +56,7 @@ class ModelSetup:
     """A compiled model and everything `fit` needs besides the data."""
 
     model: keras.Model
-    data: DataSpec
+    state: PreprocessState
     plan: AcceleratorPlan
     strategy: tf.distribute.Strategy
     class_weight: dict[int, float] | None
@@ -73,12 +73,11 @@ def build_setup(model: ModelParams, train: TrainParams, seed: int, data: Trainin
     # The plan first: across workers it makes the strategy, which must precede any other TensorFlow work.
     plan = accelerator_plan(train, string_inputs=state.string_inputs)
     set_seeds(seed)
-    spec = DataSpec.from_state(state, state.fitted)
     strategy = distribution_strategy(plan)
     with strategy.scope():
-        built = build_model(model, spec, jit_compile=plan.jit_compile)
+        built = build_model(model, state, jit_compile=plan.jit_compile)
     weights = class_weights(train.class_weight, state.class_counts, state.classes)
-    return ModelSetup(built, spec, plan, strategy, weights)
+    return ModelSetup(built, state, plan, strategy, weights)
 
 
 def fit_setup(
@@ -117,7 +116,7 @@ def fine_tuner(model: ModelParams, train: TrainParams, setup: ModelSetup) -> Cal
     def fine_tune(trained: keras.Model) -> None:
         with setup.strategy.scope():
             unfreeze(trained, train.fine_tune.layers)
-            compile_model(trained, model, setup.data, setup.plan.jit_compile, train.fine_tune.learning_rate)
+            compile_model(trained, model, setup.state, setup.plan.jit_compile, train.fine_tune.learning_rate)
 
     return fine_tune
 
@@ -197,7 +196,7 @@ def local_copy(model: ModelParams, setup: ModelSetup) -> keras.Model:
     example, export) starts no collective operation the other workers would have to join."""
     if not spans_workers(setup.model):
         return setup.model
-    copy = build_model(model, setup.data, jit_compile=False)
+    copy = build_model(model, setup.state, jit_compile=False)
     copy.set_weights(setup.model.get_weights())
     # The optimizer's state too, so the saved model holds the whole training state as one process's does.
     copy.optimizer.build(copy.trainable_variables)

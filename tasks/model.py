@@ -3,12 +3,11 @@
 Sequential specs apply the layers in order; Functional specs wire layers by name
 (`inputs: [input]`, `inputs: [branch_a, branch_b]`). The input preprocessing adapted on the
 training split comes first (so the model takes raw values), the output layer last, from the
-data (classes, task).
+data (the preprocessing state's task and classes).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,28 +16,9 @@ import keras
 from kerasflow.config import ConfigError, LayerSpec, ModelParams
 from kerasflow.layers import LAYER_TYPES
 from kerasflow.model_interface import NUMERIC_INPUT, ModelInputs
-from kerasflow.records import FittedInputs, PreprocessState
+from kerasflow.records import PreprocessState
 from tasks.backbone import backbone_features
 from tasks.features import input_graph
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """What the model needs to know about its data: the inputs (from the preprocessing state),
-    the constants their preprocessing layers were adapted to, and the task."""
-
-    inputs: ModelInputs
-    task: str
-    n_classes: int = 0
-    fitted: FittedInputs = field(default_factory=FittedInputs)
-
-    @classmethod
-    def from_state(cls, state: PreprocessState, fitted: FittedInputs) -> DataSpec:
-        return cls(state.inputs, state.task, state.n_classes, fitted)
-
-    @property
-    def output_units(self) -> int:
-        return self.n_classes if self.task == "classification" and self.n_classes > 2 else 1
 
 
 def checked(getter: Any, name: str, key: str) -> str:
@@ -50,7 +30,7 @@ def checked(getter: Any, name: str, key: str) -> str:
     return name
 
 
-def output_activation(spec: ModelParams, data: DataSpec) -> str:
+def output_activation(spec: ModelParams, data: PreprocessState) -> str:
     if spec.output_activation != "auto":
         return checked(keras.activations.get, spec.output_activation, "model.output_activation")
     if data.task != "classification":
@@ -58,19 +38,19 @@ def output_activation(spec: ModelParams, data: DataSpec) -> str:
     return "softmax" if data.output_units > 1 else "sigmoid"
 
 
-def default_loss(data: DataSpec) -> str:
+def default_loss(data: PreprocessState) -> str:
     if data.task != "classification":
         return "mean_squared_error"
     return "sparse_categorical_crossentropy" if data.output_units > 1 else "binary_crossentropy"
 
 
-def default_metrics(data: DataSpec) -> list[Any]:
+def default_metrics(data: PreprocessState) -> list[Any]:
     if data.task != "classification":
         return [keras.metrics.RootMeanSquaredError(name="rmse"), keras.metrics.MeanAbsoluteError(name="mae")]
     return ["accuracy"]
 
 
-def check_loss(spec: ModelParams, data: DataSpec) -> str:
+def check_loss(spec: ModelParams, data: PreprocessState) -> str:
     """The loss to compile with; one that cannot fit the labels is a ConfigError naming both."""
     if spec.loss == "auto":
         return default_loss(data)
@@ -145,7 +125,11 @@ def check_arguments(layer_class: type, arguments: dict[str, Any], where: str) ->
 
 
 def compile_model(
-    model: keras.Model, spec: ModelParams, data: DataSpec, jit_compile: bool | str, learning_rate: float | None = None
+    model: keras.Model,
+    spec: ModelParams,
+    data: PreprocessState,
+    jit_compile: bool | str,
+    learning_rate: float | None = None,
 ) -> keras.Model:
     """Compile with the spec's optimizer (optionally at another learning rate), the loss and the task's metrics."""
     loss = check_loss(spec, data)
@@ -184,7 +168,7 @@ def check_spec(spec: ModelParams) -> None:
             )
 
 
-def build_model(spec: ModelParams, data: DataSpec, jit_compile: bool | str = "auto") -> keras.Model:
+def build_model(spec: ModelParams, data: PreprocessState, jit_compile: bool | str = "auto") -> keras.Model:
     """Build and compile the model described by `spec` for data shaped like `data`.
 
     The model starts with its input preprocessing (scaling, imputation, lookups, text
@@ -206,7 +190,7 @@ def build_model(spec: ModelParams, data: DataSpec, jit_compile: bool | str = "au
     return compile_model(model, spec, data, jit_compile)
 
 
-def check_spec_fits_data(spec: ModelParams, data: DataSpec, tensors: dict[str, Any]) -> None:
+def check_spec_fits_data(spec: ModelParams, data: PreprocessState, tensors: dict[str, Any]) -> None:
     """Specs that cannot take this data are a ConfigError naming what to change."""
     if (spec.augmentation or spec.backbone) and "image" not in tensors:
         raise ConfigError("model.augmentation and model.backbone need image data (ingest.image_shape)")
@@ -257,7 +241,7 @@ def wire_layers(spec: ModelParams, layers: list[keras.layers.Layer], tensors: di
     return current
 
 
-def output_head(spec: ModelParams, data: DataSpec, features: Any) -> Any:
+def output_head(spec: ModelParams, data: PreprocessState, features: Any) -> Any:
     """The output layer for the task, in float32 (also under mixed precision); a regression target is
     mapped back from standard deviations to its own units."""
     head = keras.layers.Dense(

@@ -11,9 +11,8 @@ import pandas as pd
 
 from kerasflow.config import PreprocessParams
 from kerasflow.model_interface import ModelConfig, ModelInputs
-from kerasflow.records import FittedInputs, RawDatasetInfo
+from kerasflow.records import FittedInputs, PreprocessState, RawDatasetInfo
 from tasks.features import adapt_inputs, describe_inputs, feature_matrix
-from tasks.model import DataSpec
 
 GOOD_WORDS = ["great", "superb", "lovely", "solid"]
 BAD_WORDS = ["awful", "broken", "dull", "cheap"]
@@ -21,13 +20,24 @@ BAD_WORDS = ["awful", "broken", "dull", "cheap"]
 
 @dataclass(frozen=True)
 class Prepared:
-    """Raw features, labels, the described inputs and the constants adapted on the training rows."""
+    """Raw features, labels, the described inputs, the constants adapted on the training rows, and the
+    preprocessing state the model is built from."""
 
     x: Any
     y: np.ndarray
     inputs: ModelInputs
     fitted: FittedInputs
-    data: DataSpec
+    data: PreprocessState
+
+
+def model_state(
+    inputs: ModelInputs, task: str, n_classes: int = 0, fitted: FittedInputs | None = None
+) -> PreprocessState:
+    """The preprocessing state a model is built from, for data the test made in memory (no split files)."""
+    classes = list(range(n_classes)) if n_classes else None
+    return PreprocessState(
+        task, inputs, "y", inputs.column_names, {}, 0, "", classes=classes, fitted=fitted or FittedInputs()
+    )
 
 
 def prepare(
@@ -51,13 +61,13 @@ def prepare(
     else:
         y = frame[target].to_numpy(dtype="float32")
         n_classes = 0
-    return Prepared(x, y, inputs, fitted, DataSpec(inputs, task, n_classes, fitted))
+    return Prepared(x, y, inputs, fitted, model_state(inputs, task, n_classes, fitted))
 
 
 def prepare_images(x: np.ndarray, y: np.ndarray, params: PreprocessParams | None = None) -> Prepared:
     inputs = ModelInputs.images(x.shape[1:])
     fitted = adapt_inputs(inputs, x, params or PreprocessParams())
-    return Prepared(x, y, inputs, fitted, DataSpec(inputs, "classification", int(y.max()) + 1, fitted))
+    return Prepared(x, y, inputs, fitted, model_state(inputs, "classification", int(y.max()) + 1, fitted))
 
 
 FILLER = ["the", "item", "thing", "it", "was", "quite", "really", "this"]

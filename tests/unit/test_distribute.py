@@ -24,9 +24,9 @@ import keras
 import numpy as np
 from sklearn.datasets import load_breast_cancer
 from kerasflow.config import ModelParams, PreprocessParams, TrainParams
-from kerasflow.records import RawDatasetInfo
+from kerasflow.records import PreprocessState, RawDatasetInfo
 from tasks.features import adapt_inputs, describe_inputs, feature_matrix
-from tasks.model import DataSpec, build_model
+from tasks.model import build_model
 from tasks.preprocess import Split
 from tasks.train import accelerator_plan, distribution_strategy, predict, train_model
 
@@ -40,7 +40,8 @@ for dataset in ("numeric", "categorical"):
     inputs = describe_inputs(frame, meta, PreprocessParams())
     x, y = feature_matrix(frame, meta, inputs), frame["target"].to_numpy()
     train, val = Split(x[:384], y[:384]), Split(x[384:].reset_index(drop=True), y[384:])
-    data = DataSpec(inputs, "classification", 2, adapt_inputs(inputs, train.x, PreprocessParams()))
+    data = PreprocessState("classification", inputs, "target", meta.feature_columns, {}, 0, "", classes=[0, 1],
+                           fitted=adapt_inputs(inputs, train.x, PreprocessParams()))
     spec = ModelParams.model_validate({"layers": [{"type": "dense", "units": 16, "activation": "relu"}]})
     for distribute in ("off", "mirrored"):
         params = TrainParams.model_validate({"epochs": 3, "batch_size": 64, "shuffle": False, "distribute": distribute,

@@ -13,9 +13,9 @@ import tensorflow as tf
 from kerasflow.config import ConfigError, ModelParams, PreprocessParams
 from kerasflow.model_interface import to_model_inputs
 from kerasflow.records import FittedInputs, PreprocessState, TargetScaling
-from tasks.model import DataSpec, build_model, export_for_serving
+from tasks.model import build_model, export_for_serving
 from tasks.train import predict
-from tests.unit.helpers import digit_images, mixed_frame, prepare, prepare_images, review_frame
+from tests.unit.helpers import digit_images, mixed_frame, model_state, prepare, prepare_images, review_frame
 
 SMALL_TEXT = PreprocessParams.model_validate({"text": {"max_tokens": 200, "sequence_length": 12}})
 
@@ -344,13 +344,14 @@ def test_a_loss_that_cannot_fit_the_labels_is_named(request, loss, data, expecte
         build_model(spec(layers=layers, loss=loss), request.getfixturevalue(data).data)
 
 
-def test_data_spec_from_the_preprocessing_state(binary):
+def test_the_output_width_from_the_preprocessing_state(binary):
     common = {"inputs": binary.inputs, "target": "y", "feature_columns": [], "rows": {}, "seed": 0, "data_md5": "x"}
-    state = PreprocessState(task="classification", classes=["no", "maybe", "yes"], **common)
-    data = DataSpec.from_state(state, binary.fitted)
-    assert (data.n_classes, data.output_units, data.fitted) == (3, 3, binary.fitted)
-    regression = DataSpec.from_state(PreprocessState(task="regression", **common), FittedInputs())
-    assert (regression.n_classes, regression.output_units) == (0, 1)
+    state = PreprocessState(task="classification", classes=["no", "maybe", "yes"], fitted=binary.fitted, **common)
+    assert (state.n_classes, state.output_units, state.fitted) == (3, 3, binary.fitted)
+    two = PreprocessState(task="classification", classes=["no", "yes"], **common)
+    assert (two.n_classes, two.output_units) == (2, 1)
+    regression = PreprocessState(task="regression", **common)
+    assert (regression.n_classes, regression.output_units, regression.fitted) == (0, 1, FittedInputs())
 
 
 @pytest.mark.parametrize("column", ["output", "features"])
@@ -382,7 +383,7 @@ def test_an_embedding_of_categories_beside_a_text_column_covers_every_category()
 
 def test_a_scaled_regression_target_is_mapped_back_by_the_last_layer(table):
     fitted = replace(table.fitted, target=TargetScaling(mean=1000.0, std=50.0))
-    model = build_model(spec(layers=[]), DataSpec(table.inputs, "regression", 0, fitted))
+    model = build_model(spec(layers=[]), model_state(table.inputs, "regression", 0, fitted))
     scaling = model.get_layer("target_scaling")
     assert isinstance(scaling, keras.layers.Rescaling) and model.layers[-1] is scaling
     output = model.get_layer("output")

@@ -16,10 +16,10 @@ from kerasflow.config import ConfigError, ModelParams, PreprocessParams, TrainPa
 from kerasflow.model_interface import to_model_inputs
 from kerasflow.samples import linear
 from tasks.features import target_scaling
-from tasks.model import DataSpec, build_model, compile_model
+from tasks.model import build_model, compile_model
 from tasks.preprocess import Split
 from tasks.train import Backup, class_weights, device_summary, make_dataset, predict, train_model
-from tests.unit.helpers import mixed_frame, prepare, review_frame
+from tests.unit.helpers import mixed_frame, model_state, prepare, review_frame
 
 QUICK = {"early_stopping": {"enabled": False}, "checkpoint": False}
 
@@ -86,7 +86,7 @@ def test_early_stopping_stops_before_the_epoch_budget(cancer):
 
 def test_nan_loss_stops_training_with_a_clear_error(cancer):
     train_split, val_split = splits(cancer, 400)
-    regression = DataSpec(cancer.inputs, "regression", 0, cancer.fitted)
+    regression = model_state(cancer.inputs, "regression", 0, cancer.fitted)
     model = build_model(ModelParams.model_validate({"layers": [{"type": "dense", "units": 4}]}), regression)
     # A NaN target makes the squared error NaN on the first batch, whatever the weights: certain, never clipped.
     poisoned = Split(train_split.x, np.full(len(train_split), np.nan, dtype="float32"))
@@ -346,7 +346,7 @@ def test_a_scaled_target_makes_large_regression_targets_learnable(scale_target):
     keras.utils.set_random_seed(0)
     model = build_model(
         ModelParams.model_validate({"optimizer": {"learning_rate": 0.1}}),
-        DataSpec(prepared.inputs, "regression", 0, fitted),
+        model_state(prepared.inputs, "regression", 0, fitted),
     )
     history = train_model(model, train_split, val_split, prepared.inputs, train_params(epochs=10, batch_size=16), 0)
     predicted = predict(model, val_split.x, prepared.inputs).ravel()
