@@ -736,9 +736,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
         "--only",
-        choices=["throughput", "fixed_cost", "scale", "images", "predict", "tune", "workers"],
+        choices=["throughput", "fixed_cost", "scale", "images", "predict", "tune", "workers", "quality"],
         action="append",
     )
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per dataset for the quality benchmark")
+    parser.add_argument("--datasets", default=None, help="quality: only these datasets (comma-separated)")
     parser.add_argument("--worker-rows", type=int, default=400_000, help="rows for the training-across-workers bench")
     parser.add_argument("--images", type=int, default=20_000, help="generated JPEGs for the image-folder benchmark")
     parser.add_argument("--predict-rows", type=int, default=5_000_000, help="rows for the prediction benchmark")
@@ -747,6 +749,8 @@ def main() -> int:
     parser.add_argument("--sizes", default="1000000,3000000,10000000", help="rows for the scale benchmark")
     parser.add_argument("--output", default=str(RESULTS / "latest"), help="results path, without extension")
     args = parser.parse_args()
+    if args.only == ["quality"]:
+        return quality_section(args)
     chosen = args.only or ["throughput", "fixed_cost", "scale", "images", "predict", "tune", "workers"]
     results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine()}
     with tempfile.TemporaryDirectory(prefix="kerasflow-bench-") as folder:
@@ -771,6 +775,23 @@ def main() -> int:
     output.parent.mkdir(parents=True, exist_ok=True)
     output.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     report = markdown(results)
+    output.with_suffix(".md").write_text(report + "\n")
+    sys.stdout.write(report + "\n")
+    return 0
+
+
+def quality_section(args: argparse.Namespace) -> int:
+    """`--only quality`: its own results file (bench/results/quality.md and .json), for it runs apart."""
+    from bench import quality
+
+    date = time.strftime("%Y-%m-%d %H:%M")
+    only = args.datasets.split(",") if args.datasets else None
+    output = Path(args.output) if args.output != str(RESULTS / "latest") else RESULTS / "quality"
+    with tempfile.TemporaryDirectory(prefix="kerasflow-quality-") as folder:
+        results = quality.quality(Path(folder), ENV, args.seeds, only)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.with_suffix(".json").write_text(json.dumps({"date": date, "machine": machine(), **results}, indent=2) + "\n")
+    report = quality.markdown(results, date, machine())
     output.with_suffix(".md").write_text(report + "\n")
     sys.stdout.write(report + "\n")
     return 0

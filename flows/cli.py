@@ -65,10 +65,16 @@ def report(result: dict[str, Any]) -> str:
     registration = result["registration"]
     lines = ["", "kerasflow: pipeline finished", f"  MLflow run      {result['run_id']}"]
     lines.append(f"  outputs in      {result['workdir']}")
+    reference = result.get("reference") or {}
     for name, value in result["metrics"].items():
         baseline = result["baseline"].get(name)
-        versus = f"   (baseline {baseline:.4f})" if baseline is not None else ""
+        versus = f"   (baseline {baseline:.4f}" if baseline is not None else ""
+        if versus and reference.get(name) is not None:
+            versus += f", reference {reference[name]:.4f}"
+        versus += ")" if versus else ""
         lines.append(f"  test {name:<10} {value:.4f}{versus}")
+    if reference:
+        lines.append(f"  reference       {reference['name']} (scikit-learn, default settings) on the same rows")
     lines += [
         f"  registered      {registration['model_name']} version {registration['version']} -> {registration['alias']}",
         f"  decision        {'; '.join(registration['reasons'])}",

@@ -225,5 +225,6 @@ def training_pipeline(
         "workdir": str(context.layout.root),
         "metrics": results["evaluate"]["test"],
         "baseline": results["evaluate"]["baseline"],
+        "reference": results["evaluate"].get("reference") or {},
         "registration": results["register"],
     }

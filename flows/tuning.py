@@ -20,6 +20,7 @@ import math
 import os
 import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -153,12 +154,13 @@ def objective_value(params: Params, data: Any, model: Any, history: Any) -> floa
         from tasks.fit import best_epoch
 
         return float(history.loc[best_epoch(params.train, history), metric])
-    from tasks.evaluate import score_predictions
+    from tasks.evaluate import fixed_threshold, score_predictions
     from tasks.train import predict
 
     state = data.state
     outputs = predict(model, data.val, state.inputs)
-    scores = score_predictions(state.task, data.val.labels(), outputs, state.n_classes, params.model.decision_threshold)
+    threshold = fixed_threshold(params.model.decision_threshold)
+    scores = score_predictions(state.task, data.val.labels(), outputs, state.n_classes, threshold)
     return float(scores[metric])
 
 
@@ -280,7 +282,14 @@ def study_trials(plan: StudyPlan) -> list[TrialResult]:
     trial_task = task(run_trial, name="trial", task_run_name="trial-{number}", cache_policy=NO_CACHE)
     running: dict[Any, Any] = {}
     results: list[TrialResult] = []
+    deadline = time.monotonic() + params.tune.time_budget if params.tune.time_budget else None
     while remaining > 0 or running:
+        if remaining > 0 and deadline is not None and time.monotonic() >= deadline:
+            # tune.time_budget is spent: the trials running finish, no new one starts.
+            logger.info("tune.time_budget of %d s spent: %d trial(s) not started", params.tune.time_budget, remaining)
+            remaining = 0
+            if not running:
+                break
         while remaining > 0 and len(running) < params.tune.parallelism:
             trial = study.ask(space)
             trial_id = trial._trial_id  # noqa: SLF001 (what optuna.trial.Trial needs to rebuild it in the task)

@@ -30,7 +30,7 @@ from kerasflow.overrides import apply_overrides
 from kerasflow.sources import SOURCES
 
 # The optimizers a params file may name: Keras knows them by these names.
-OptimizerName = Literal["sgd", "adam", "rmsprop", "adagrad", "adadelta"]
+OptimizerName = Literal["sgd", "adam", "adamw", "rmsprop", "adagrad", "adadelta"]
 
 
 class _Section(BaseModel):
@@ -59,6 +59,8 @@ class IngestParams(_Section):
     delimiter: str = Field(",", min_length=1, max_length=1)
     # Rows converted at a time, and rows per row group of the raw Parquet file: memory follows this, not the file.
     batch_rows: PositiveInt = 65536
+    # Rows whose target is missing: dropped at ingest (and counted in the raw dataset's record), or refused.
+    drop_missing_target: bool = False
 
     @field_validator("source")
     @classmethod
@@ -92,13 +94,20 @@ class ValidateParams(_Section):
 
 
 class TextParams(_Section):
-    """The TextVectorization layer a text column gets (adapted on the training split)."""
+    """The TextVectorization layer a text column gets (its vocabulary fitted on the training split).
+
+    `output_mode` int gives token ids for a sequence model (an embedding, then pooling or an LSTM); multi_hot,
+    count and tf_idf give one vector per text (a bag of words, of n-grams up to `ngrams`) for a dense model.
+    """
 
     max_tokens: PositiveInt = 20000
     sequence_length: PositiveInt = 200
     standardize: Literal["lower_and_strip_punctuation", "lower", "strip_punctuation", "none"] = (
         "lower_and_strip_punctuation"
     )
+    output_mode: Literal["int", "multi_hot", "count", "tf_idf"] = "int"
+    # Word n-grams up to this length (1: words alone).
+    ngrams: int = Field(1, ge=1, le=5)
 
 
 class PreprocessParams(_Section):
@@ -109,11 +118,25 @@ class PreprocessParams(_Section):
     val_fraction: float = Field(0.1, gt=0, lt=1)
     stratify: bool = True
     # Numeric inputs: auto = divide by the maximum for images, standardize (Normalization) for columns.
-    scaling: Literal["auto", "standard", "max", "none"] = "auto"
+    # robust: minus the median, over the interquartile range; quantile: each value's rank among the training
+    # values (quantile_bins knots), mapped to [-1, 1], so extreme values and skew do not matter.
+    scaling: Literal["auto", "standard", "robust", "quantile", "max", "none"] = "auto"
+    # Scaled numeric values beyond +-clip are cut to it (null: not cut).
+    clip: PositiveFloat | None = None
+    # piecewise_linear: each numeric column also enters as `quantile_bins` pieces of its range between training
+    # quantiles (Gorishniy et al., "On Embeddings for Numerical Features in Tabular Deep Learning", NeurIPS 2022).
+    numeric_encoding: Literal["none", "piecewise_linear"] = "none"
+    quantile_bins: int = Field(16, ge=2, le=256)
+    # A 0/1 input beside each numeric column that had missing values in training: whether the value was missing.
+    missing_indicators: bool = False
     # Regression: learn the target in standard deviations; the model's last layer maps back to target units.
     scale_target: bool = True
-    # Categorical columns: one_hot (StringLookup + one-hot) or integer ids for an embedding in the spec.
-    categorical_encoding: Literal["one_hot", "integer"] = "one_hot"
+    # Categorical columns: one_hot (StringLookup + one-hot), integer ids for an embedding in the spec, embedding
+    # (a learned vector per level, of 1.6 * levels^0.56 dimensions, at most embedding_max_dim, as AutoGluon's
+    # network sizes them), or auto: one-hot up to one_hot_max_levels levels, embedding above.
+    categorical_encoding: Literal["auto", "one_hot", "integer", "embedding"] = "one_hot"
+    one_hot_max_levels: PositiveInt = 16
+    embedding_max_dim: PositiveInt = 32
     max_categories: PositiveInt = 1000
     # Numeric columns to treat as categories (e.g. a zip code); text columns are always categorical.
     categorical_columns: list[str] = Field(default_factory=list)
@@ -166,6 +189,8 @@ class OptimizerParams(_Section):
     learning_rate: PositiveFloat = 0.001
     momentum: float = Field(0.0, ge=0, lt=1)
     nesterov: bool = False
+    # Decoupled weight decay (AdamW's; Keras applies it for every optimizer).
+    weight_decay: float = Field(0.0, ge=0, lt=1)
 
     @model_validator(mode="after")
     def _check_momentum(self) -> OptimizerParams:
@@ -200,10 +225,20 @@ class ModelParams(_Section):
     # No layers (and no backbone) is a linear model: the output layer alone.
     layers: list[LayerSpec] = Field(default_factory=list)
     output_activation: str = "auto"
-    # Binary classification: the probability from which the model calls an example positive.
-    decision_threshold: float = Field(0.5, gt=0, lt=1)
+    # Binary classification: the probability from which the model calls an example positive; auto: the one that
+    # scores best on the validation split (for accuracy when that is the primary metric, else for macro F1).
+    decision_threshold: float | Literal["auto"] = 0.5
+    # k members: the layers built k times side by side on the same inputs, their outputs averaged, in one model.
+    ensemble: int = Field(1, ge=1, le=32)
     optimizer: OptimizerParams = OptimizerParams()
     loss: str = "auto"
+
+    @field_validator("decision_threshold")
+    @classmethod
+    def _threshold_range(cls, value: float | str) -> float | str:
+        if not isinstance(value, str) and not 0 < value < 1:
+            raise ValueError("must be between 0 and 1 (exclusive), or auto")
+        return value
 
     @model_validator(mode="after")
     def _check_graph(self) -> ModelParams:
@@ -236,6 +271,17 @@ class EarlyStoppingParams(_Section):
     patience: PositiveInt = 5
     min_delta: float = Field(0.0, ge=0)
     restore_best_weights: bool = True
+    # Epochs before stopping is considered (and before an epoch can be the best one kept).
+    start_from_epoch: int = Field(0, ge=0)
+
+
+class ReduceLearningRateParams(_Section):
+    """Divide the learning rate when the validation loss stops improving (Keras' ReduceLROnPlateau)."""
+
+    enabled: bool = False
+    factor: float = Field(0.5, gt=0, lt=1)
+    patience: PositiveInt = 5
+    min_learning_rate: float = Field(1e-6, ge=0)
 
 
 class FineTuneParams(_Section):
@@ -254,6 +300,7 @@ class TrainParams(_Section):
     class_weight: Literal["balanced"] | dict[str, PositiveFloat] | None = None
     fine_tune: FineTuneParams = FineTuneParams()
     early_stopping: EarlyStoppingParams = EarlyStoppingParams()
+    reduce_learning_rate: ReduceLearningRateParams = ReduceLearningRateParams()
     checkpoint: bool = True
     shuffle: bool = True
     # The GPU path. auto: mixed precision on a GPU; XLA where Keras finds the model supports it;
@@ -315,6 +362,10 @@ class EvaluateParams(_Section):
     baseline_rows: PositiveInt = 100_000
     # Rows of a split read at a time for the baseline, its sample and the champion's re-score.
     batch_rows: PositiveInt = 65_536
+    # A strong reference beside the baseline: scikit-learn's HistGradientBoosting with default settings, fitted on
+    # the baseline's rows (TF-IDF + logistic regression for text); reported, and gating only with
+    # register.require_beat_reference.
+    reference: bool = True
 
     @field_validator("primary_metric")
     @classmethod
@@ -331,6 +382,8 @@ class RegisterParams(_Section):
     thresholds: dict[str, float] = Field(default_factory=dict)
     require_beat_baseline: bool = True
     require_beat_champion: bool = True
+    # Whether the model must also beat the reference (evaluate.reference): off by default, it is there to show.
+    require_beat_reference: bool = False
 
     @field_validator("thresholds")
     @classmethod
@@ -423,6 +476,8 @@ class TuneParams(_Section):
     dask_address: str | None = None
     # Epochs per trial (default: train.epochs).
     epochs: PositiveInt | None = None
+    # Wall-clock seconds for the study: once spent, no new trial starts (those running finish).
+    time_budget: PositiveInt | None = None
     # Default: the registered model's name and a hash of the space and the base params.
     study_name: str | None = None
     # Where the study is kept (default: sqlite:///optuna.db beside the tracking store).

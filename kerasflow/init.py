@@ -18,10 +18,22 @@ import pandas as pd
 
 from kerasflow.config import ConfigError, Params, parse_params, with_paths_from
 
-# Rows read to infer the columns and the task (the first ones of the file).
+# Rows of the seeded sample drawn across the whole file, to see what each column is.
 SAMPLE_ROWS = 50_000
-# A text column: words per value, on average, from which a string column is free text and not a category.
-TEXT_WORDS = 4
+# A text column: words per value, on average, from which a string column is free text and not a category or a name.
+TEXT_WORDS = 5
+# A string column with distinct values in at least this share of its rows is an identifier (a name, a code), not a
+# category: one-hot encoding would let the model learn the rows by heart.
+IDENTIFIER_SHARE = 0.5
+# A column missing in at least this share of the rows says almost nothing: left out.
+EMPTY_SHARE = 0.99
+# A majority class above this share makes accuracy a poor judge: the gate uses ROC AUC.
+IMBALANCED = 0.85
+# Distinct target values counted over the whole file before it is taken as continuous.
+TARGET_VALUES = 10_000
+# Google's text-classification guide: below this many samples per word of a sample, n-gram TF-IDF into a small
+# MLP wins; above it, a sequence model.
+SAMPLES_PER_WORD = 1500
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
 
@@ -37,124 +49,340 @@ class Plan:
         self.reasons.append(f"{section}.{key} = {value!r}: {reason}")
 
 
-def read_sample(path: Path, target: str) -> pd.DataFrame:
-    """The first SAMPLE_ROWS rows of a CSV or Parquet file; errors name the file."""
+@dataclass
+class Profile:
+    """What init read of a table: every row counted (its rows, the target's values and gaps), a seeded sample of
+    at most SAMPLE_ROWS rows drawn across the whole file (in file order) for the columns, and the nested columns."""
+
+    rows: int
+    sample: pd.DataFrame
+    target_counts: dict[Any, int] | None  # None: more than TARGET_VALUES distinct values
+    target_missing: int
+    nested: list[str]
+
+    @property
+    def labelled_rows(self) -> int:
+        return self.rows - self.target_missing
+
+
+def shown(names: list[str], limit: int = 8) -> str:
+    """A list of column names for a message, ending in "…" when cut."""
+    return "[" + ", ".join(repr(name) for name in names[:limit]) + (", …" if len(names) > limit else "") + "]"
+
+
+def file_batches(path: Path) -> tuple[list[str], Any]:
+    """The file's nested columns and its batches as pandas frames (nested columns left out), or a ConfigError."""
     import pyarrow as pa
     import pyarrow.csv as pv
     import pyarrow.parquet as pq
 
     if not path.is_file():
         raise ConfigError(f"{path}: file not found (--data must name a .csv or .parquet file, or a folder of images)")
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        schema = pq.read_schema(path)
+        nested = [item.name for item in schema if pa.types.is_nested(item.type)]
+        kept = [item.name for item in schema if item.name not in nested]
+
+        def parquet() -> Any:
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=1 << 16, columns=kept):
+                yield batch.to_pandas()
+
+        return nested, parquet()
+    if suffix not in (".csv", ".txt"):
+        raise ConfigError(f"{path}: unsupported file type {path.suffix!r}; expected .csv or .parquet")
+
+    def csv() -> Any:
+        reader = pv.open_csv(path, convert_options=pv.ConvertOptions(strings_can_be_null=True))
+        for batch in reader:
+            yield batch.to_pandas()
+
+    return [], csv()
+
+
+def read_profile(path: Path, target: str, seed: int = 42) -> Profile:
+    """Stream the whole file once: count its rows and the target's values, keep a seeded sample of SAMPLE_ROWS rows
+    across it (memory: the sample and one batch); errors name the file."""
+    import pyarrow as pa
+
+    from tasks.sampling import SmallestRows, hash_positions
+
+    nested, batches = file_batches(path)
+    sample = SmallestRows(SAMPLE_ROWS)
+    counts: dict[Any, int] | None = {}
+    rows = missing = 0
     try:
-        if path.suffix.lower() == ".parquet":
-            batch = next(pq.ParquetFile(path).iter_batches(batch_size=SAMPLE_ROWS), None)
-            frame = batch.to_pandas() if batch is not None else pq.read_schema(path).empty_table().to_pandas()
-        elif path.suffix.lower() in (".csv", ".txt"):
-            reader = pv.open_csv(path, convert_options=pv.ConvertOptions(strings_can_be_null=True))
-            batch = reader.read_next_batch()
-            frame = pa.Table.from_batches([batch]).slice(0, SAMPLE_ROWS).to_pandas()
-        else:
-            raise ConfigError(f"{path}: unsupported file type {path.suffix!r}; expected .csv or .parquet")
-    except (pa.ArrowException, OSError, StopIteration) as error:
+        for frame in batches:
+            if target not in frame.columns:
+                break
+            positions = np.arange(rows, rows + len(frame))
+            sample.add(hash_positions(positions, seed, 5), frame.assign(__position__=positions))
+            rows += len(frame)
+            labels = frame[target]
+            missing += int(labels.isna().sum())
+            if counts is not None:
+                for value, count in labels.dropna().value_counts(sort=False).items():
+                    key = value.item() if hasattr(value, "item") else value
+                    counts[key] = counts.get(key, 0) + int(count)
+                counts = counts if len(counts) <= TARGET_VALUES else None
+    except (pa.ArrowException, OSError) as error:
         raise ConfigError(f"{path}: could not be read: {error}") from None
+    found = sample.rows()
+    if found is None:
+        frame = pd.read_csv(path, nrows=0) if path.suffix.lower() != ".parquet" else pd.read_parquet(path).head(0)
+    else:
+        frame = found.sort_values("__position__").drop(columns="__position__").reset_index(drop=True)
+    duplicated = sorted({str(name) for name in frame.columns if list(frame.columns).count(name) > 1})
+    if duplicated:
+        raise ConfigError(f"{path}: column name(s) {duplicated} appear more than once in the header; rename them")
     if target not in frame.columns:
         from kerasflow.config import IngestParams
         from tasks.ingest import delimiter_hint
 
         hint = delimiter_hint(path, IngestParams(source="file", path=str(path)))
-        raise ConfigError(f"{path}: no column {target!r} (--target); its columns are {list(frame.columns)[:20]}{hint}")
-    if frame.empty:
+        raise ConfigError(
+            f"{path}: no column {target!r} (--target); its columns are {shown(list(frame.columns), 20)}{hint}"
+        )
+    if not rows:
         raise ConfigError(f"{path}: no rows under the header")
-    return frame
+    return Profile(rows, frame, counts, missing, nested)
 
 
-def infer_task(column: pd.Series) -> tuple[str, str]:
-    """classification or regression, and why."""
+def infer_task(counts: dict[Any, int] | None, numeric: bool) -> tuple[str, str]:
+    """classification or regression from the target's values over the whole file, and why."""
+    if counts is None:
+        return "regression", f"the target holds numbers (more than {TARGET_VALUES:,} distinct)"
+    if not numeric:
+        return "classification", f"the target holds labels ({len(counts)} distinct)"
+    whole = all(float(value).is_integer() for value in counts)
+    if whole and len(counts) <= 20:
+        return "classification", f"the target holds {len(counts)} distinct whole numbers"
+    return "regression", f"the target holds numbers ({len(counts):,} distinct)"
+
+
+def words_per_value(values: pd.Series) -> float:
+    return float(values.str.split().str.len().mean()) if len(values) else 0.0
+
+
+def is_row_index(column: pd.Series, name: str) -> bool:
+    """An integer column with a different value in every row that counts the rows (in file order) or is named
+    like an identifier: a row number or an id, which tells nothing about the target."""
+    import re
+
     values = column.dropna()
-    if not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
-        return "classification", f"the target holds labels ({values.nunique()} distinct)"
-    whole = bool(len(values)) and bool(np.all(np.mod(values, 1) == 0))
-    if whole and values.nunique() <= 20:
-        return "classification", f"the target holds {values.nunique()} distinct whole numbers"
-    return "regression", f"the target holds numbers ({values.nunique()} distinct in the first rows)"
+    if len(values) < 20 or values.nunique() != len(values):
+        return False
+    if not np.all(np.mod(values.to_numpy(dtype="float64"), 1) == 0):
+        return False
+    named = re.search(r"(^|[_\s])(id|index|key|row)$|^unnamed|^pidnum$", str(name).strip().lower()) is not None
+    return named or bool(values.is_monotonic_increasing)
 
 
-def text_column(frame: pd.DataFrame, target: str) -> str | None:
-    """The string column whose values read as free text (many words, mostly distinct), if there is one."""
-    found = None
+@dataclass
+class Columns:
+    """The feature columns init keeps, the text column (if any) and the columns it leaves out, with the reason."""
+
+    numeric: list[str] = field(default_factory=list)
+    categorical: list[str] = field(default_factory=list)
+    text: str | None = None
+    left_out: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def features(self) -> list[str]:
+        return [self.text] if self.text else [*self.numeric, *self.categorical]
+
+
+def read_columns(profile: Profile, target: str, text: str | None) -> Columns:
+    """What each column of the sample is: numeric, categorical, free text, or left out (nested, empty, constant,
+    an identifier or a row number)."""
+    frame = profile.sample
+    found = Columns(left_out={name: "nested values (lists or structs)" for name in profile.nested})
     longest = 0.0
     for name in frame.columns:
-        if name == target or pd.api.types.is_numeric_dtype(frame[name]) or pd.api.types.is_bool_dtype(frame[name]):
+        if name == target:
             continue
-        values = frame[name].dropna().astype(str)
-        if not len(values):
-            continue
-        words = values.str.split().str.len().mean()
-        if words >= TEXT_WORDS and values.nunique() > 0.5 * len(values) and words > longest:
-            found, longest = name, words
+        column = frame[name]
+        present = column.dropna()
+        if len(present) <= (1 - EMPTY_SHARE) * len(column):
+            found.left_out[name] = f"{1 - len(present) / max(len(column), 1):.0%} missing"
+        elif present.nunique() < 2:
+            found.left_out[name] = "one value in every row"
+        elif pd.api.types.is_bool_dtype(column) or pd.api.types.is_numeric_dtype(column):
+            if is_row_index(column, name):
+                found.left_out[name] = "an identifier (a different whole number in every row)"
+            else:
+                found.numeric.append(name)
+        else:
+            values = present.astype(str)
+            words = words_per_value(values)
+            distinct = values.nunique()
+            if name == text or (text is None and words >= TEXT_WORDS and distinct > 0.5 * len(values)):
+                if words > longest:
+                    longest = words
+                    found.text = name
+            if distinct >= IDENTIFIER_SHARE * len(values) and distinct > 20:
+                found.left_out.setdefault(
+                    name, f"an identifier ({distinct:,} distinct values in {len(values):,} rows of the sample)"
+                )
+            else:
+                found.categorical.append(name)
+    if found.text:
+        found.left_out.pop(found.text, None)
     return found
 
 
-def mlp_layers(rows: int) -> list[dict[str, Any]]:
-    units = 64 if rows < 100_000 else 128
-    return [
+def training_plan(plan: Plan, rows: int, kind: str) -> None:
+    """Epochs, batch size, early stopping and the learning-rate schedule, sized to the rows: small tables train
+    long (their epochs are short and their validation loss noisy), large ones within a budget of steps."""
+    batch = 32 if rows < 2_000 else 64 if rows < 20_000 else 128 if rows < 200_000 else 256
+    steps = max(1, int(rows * 0.7) // batch)
+    if kind == "text":
+        epochs, patience = 60, 5
+    else:
+        epochs = int(min(300, max(30, 20_000 // steps)))
+        patience = int(min(30, max(8, epochs // 10)))
+    plan.tree["train"] = {
+        "epochs": epochs,
+        "batch_size": batch,
+        "early_stopping": {
+            "enabled": True,
+            "monitor": "val_loss",
+            "patience": patience,
+            "restore_best_weights": True,
+            "start_from_epoch": min(10, epochs // 10) if kind != "text" else 0,
+        },
+        "reduce_learning_rate": {"enabled": kind != "text", "patience": max(3, patience // 3), "factor": 0.5},
+    }
+    plan.reasons.append(
+        f"train: up to {epochs} epochs of batches of {batch} (about {steps:,} steps an epoch), stopping {patience} "
+        "epochs after the validation loss last improved and keeping that best epoch"
+        + ("; the learning rate halves when it stalls" if kind != "text" else "")
+    )
+
+
+def table_model(plan: Plan, columns: Columns, rows: int) -> None:
+    """The tabular recipe: numbers scaled by quantile with a piecewise-linear encoding and missing-value
+    indicators, categories one-hot or embedded by their number of levels, and an ensemble of MLPs trained with
+    AdamW."""
+    units = 128 if rows < 50_000 else 256
+    plan.choose("preprocess", "scaling", "quantile", "each number by its rank among the training values: skew and "
+                "extreme values do not matter")  # fmt: skip
+    plan.choose("preprocess", "numeric_encoding", "piecewise_linear", "each number also as pieces between its "
+                "training quantiles: the network can bend its response (Gorishniy et al., NeurIPS 2022)")  # fmt: skip
+    plan.choose("preprocess", "quantile_bins", 16 if rows >= 1_000 else 8, "quantile pieces per numeric column")
+    plan.choose("preprocess", "missing_indicators", True, "a missing number also enters as a 0/1 indicator")
+    plan.choose("preprocess", "categorical_encoding", "auto", "one-hot up to 16 levels, a learned embedding above")
+    layers = [
         {"type": "dense", "units": units, "activation": "relu"},
-        {"type": "dropout", "rate": 0.2},
-        {"type": "dense", "units": units // 2, "activation": "relu"},
+        {"type": "dropout", "rate": 0.3},
+        {"type": "dense", "units": units, "activation": "relu"},
+        {"type": "dropout", "rate": 0.3},
     ]
+    plan.choose("model", "layers", layers, f"an MLP of two layers of {units} units for {rows:,} rows")
+    plan.choose("model", "ensemble", 4, "four such MLPs side by side in one model, their outputs averaged")
+    optimizer = {"name": "adamw", "learning_rate": 0.001, "weight_decay": 0.001}
+    plan.choose("model", "optimizer", optimizer, "AdamW: Adam with decoupled weight decay")
+    plan.reasons.append(
+        f"columns: {len(columns.numeric)} numeric {shown(sorted(columns.numeric))}, "
+        f"{len(columns.categorical)} categorical {shown(sorted(columns.categorical))}"
+    )
+
+
+def text_model(plan: Plan, profile: Profile, text: str) -> None:
+    """Google's text-classification rule: few samples per word of a sample, n-gram TF-IDF into a small MLP; many, a
+    masked embedding averaged over the tokens."""
+    words = float(profile.sample[text].dropna().astype(str).str.split().str.len().median() or 1)
+    ratio = profile.labelled_rows / max(words, 1.0)
+    if ratio < SAMPLES_PER_WORD:
+        settings = {"output_mode": "tf_idf", "ngrams": 2, "max_tokens": 20000}
+        layers = [
+            {"type": "dropout", "rate": 0.2},
+            {"type": "dense", "units": 64, "activation": "relu"},
+            {"type": "dropout", "rate": 0.2},
+        ]
+        why = (f"{profile.labelled_rows:,} texts of {words:.0f} words (median): {ratio:,.0f} samples per word, below "
+               f"{SAMPLES_PER_WORD:,}: a TF-IDF of words and word pairs into a small MLP")  # fmt: skip
+    else:
+        settings = {"output_mode": "int", "max_tokens": 20000, "sequence_length": int(min(500, max(20, words * 3)))}
+        layers = [
+            {"type": "embedding", "output_dim": 64, "mask_zero": True},
+            {"type": "global_average_pooling1d"},
+            {"type": "dense", "units": 64, "activation": "relu"},
+            {"type": "dropout", "rate": 0.2},
+        ]
+        why = (f"{ratio:,.0f} samples per word of a text, above {SAMPLES_PER_WORD:,}: an embedding of the tokens "
+               "(padding masked), averaged, then a dense layer")  # fmt: skip
+    plan.choose("preprocess", "text", settings, why)
+    plan.choose("model", "layers", layers, "the model over that text representation")
 
 
 def plan_table(path: Path, target: str, task: str | None, text: str | None, project_root: Path) -> Plan:
-    frame = read_sample(path, target)
+    profile = read_profile(path, target)
+    frame = profile.sample
     relative = path.resolve().relative_to(project_root) if path.resolve().is_relative_to(project_root) else path
     plan = Plan({"seed": 42})
-    plan.choose("ingest", "source", "file", f"{path.name} is a {path.suffix.lstrip('.')} file")
+    plan.choose("ingest", "source", "file", f"{path.name} is a {path.suffix.lstrip('.')} file of {profile.rows:,} rows")
     plan.tree["ingest"].update(path=str(relative), target=target)
     if task is None:
-        task, why = infer_task(frame[target])
+        numeric = pd.api.types.is_numeric_dtype(frame[target]) and not pd.api.types.is_bool_dtype(frame[target])
+        task, why = infer_task(profile.target_counts, numeric)
     else:
         why = "given with --task"
     plan.choose("ingest", "task", task, why)
-    features = [name for name in frame.columns if name != target]
-    text = text or text_column(frame, target)
-    if text:
-        if text not in features:
-            raise ConfigError(f"{path}: no column {text!r} (--text-column); its columns are {features[:20]}")
-        plan.choose("ingest", "text_column", text, "its values are sentences: a TextVectorization layer reads them")
-        plan.choose("ingest", "features", [text], "an embedding model reads the text alone (list more columns and "
-                    "write a functional model to combine them)")  # fmt: skip
-        layers = [
-            {"type": "embedding", "output_dim": 64},
-            {"type": "global_average_pooling1d"},
-            {"type": "dense", "units": 32, "activation": "relu"},
-        ]
-        plan.choose("model", "layers", layers, "an embedding of the text's tokens, averaged, then a dense layer")
-    else:
-        kinds = {name: "numeric" if pd.api.types.is_numeric_dtype(frame[name]) else "categorical" for name in features}
-        numeric = sorted(name for name, kind in kinds.items() if kind == "numeric")
-        categorical = sorted(name for name, kind in kinds.items() if kind == "categorical")
-        plan.reasons.append(
-            f"columns: {len(numeric)} numeric (imputed and normalized in the model) {numeric[:8]}, "
-            f"{len(categorical)} categorical (looked up, one-hot) {categorical[:8]}"
+    if profile.target_missing:
+        plan.choose("ingest", "drop_missing_target", True, f"{profile.target_missing:,} of {profile.rows:,} rows "
+                    f"have no {target!r}: they are left out (the model cannot learn from them)")  # fmt: skip
+    if text and text not in frame.columns:
+        raise ConfigError(
+            f"{path}: no column {text!r} (--text-column); its columns are {shown(list(frame.columns), 20)}"
         )
-        plan.choose("model", "layers", mlp_layers(len(frame)), "an MLP suits numeric and categorical columns")
-    missing = float(frame[features].isna().mean().max()) if features else 0.0
+    columns = read_columns(profile, target, text)
+    for name, reason in columns.left_out.items():
+        plan.reasons.append(f"left out {name!r}: {reason}")
+    if not columns.features:
+        raise ConfigError(
+            f"{path}: no column is left to learn {target!r} from (left out: {shown(list(columns.left_out))})"
+        )
+    plan.choose("ingest", "features", columns.features, "the columns the model reads")
+    rows = profile.labelled_rows
+    if columns.text:
+        plan.choose(
+            "ingest", "text_column", columns.text, "its values are sentences: a TextVectorization layer reads them"
+        )
+        text_model(plan, profile, columns.text)
+    else:
+        table_model(plan, columns, rows)
+    used = [name for name in columns.features if name in frame.columns]
+    missing = float(frame[used].isna().mean().max()) if used else 0.0
     if missing:
-        allowed = round(min(0.5, missing + 0.05), 2)
-        plan.choose("validate", "max_missing_fraction", allowed, f"up to {missing:.0%} of a column is missing in "
-                    "the first rows; the model imputes them")  # fmt: skip
-    choose_gate(plan, task, frame[target])
+        allowed = round(min(0.995, missing + 0.05), 3)
+        plan.choose("validate", "max_missing_fraction", allowed, f"up to {missing:.0%} of a column is missing; the "
+                    "model fills the gaps (a missing category is a category of its own)")  # fmt: skip
+    counts = pd.Series(profile.target_counts) if profile.target_counts else frame[target].value_counts()
+    choose_gate(plan, task, counts)
+    training_plan(plan, rows, "text" if columns.text else "table")
     return plan
 
 
-def choose_gate(plan: Plan, task: str, target: pd.Series) -> None:
-    """The primary metric, the threshold a useful model meets, the baseline."""
+def choose_gate(plan: Plan, task: str, counts: pd.Series) -> None:
+    """The primary metric, a threshold a useful model can reach, the baseline and, for two classes, the decision
+    threshold chosen on the validation split."""
     if task == "classification":
-        majority = float(target.value_counts(normalize=True).iloc[0]) if target.notna().any() else 0.5
-        bound = round(min(0.99, majority + 0.01), 3)
-        plan.choose("evaluate", "primary_metric", "accuracy", "the share of right answers, for classification")
-        plan.choose("register", "thresholds", {"accuracy": bound}, f"better than always answering the most frequent "
-                    f"class ({majority:.1%} of the first rows)")  # fmt: skip
+        total = float(counts.sum()) or 1.0
+        majority = float(counts.max()) / total if len(counts) else 0.5
+        if majority > IMBALANCED:
+            why = f"one class is {majority:.1%} of the rows: accuracy would reward always answering it; ROC AUC judges "
+            plan.choose("evaluate", "primary_metric", "roc_auc", why + "how the model ranks the rows")
+            plan.choose("register", "thresholds", {"roc_auc": 0.6}, "better than ranking at random (0.5)")
+        else:
+            # At least a tenth of the majority rule's errors removed.
+            bound = round(majority + 0.1 * (1 - majority), 3)
+            plan.choose("evaluate", "primary_metric", "accuracy", "the share of right answers, for classification")
+            plan.choose("register", "thresholds", {"accuracy": bound}, f"a tenth of the errors of always answering the "
+                        f"most frequent class ({majority:.1%} of the rows) removed")  # fmt: skip
+        if len(counts) == 2:
+            plan.choose("model", "decision_threshold", "auto", "the probability from which a row is called positive "
+                        "is the one that scores best on the validation split")  # fmt: skip
     else:
         plan.choose("evaluate", "primary_metric", "r2", "the share of the target's variance explained, for regression")
         plan.choose("register", "thresholds", {"r2": 0.0}, "better than predicting the mean")
@@ -196,8 +424,10 @@ def plan_images(folder: Path, image_size: int | None, project_root: Path) -> Pla
     plan.choose("model", "layers", layers, "a small CNN, pooled to one vector per image")
     plan.choose("model", "augmentation", [{"type": "random_flip", "mode": "horizontal"}],
                 "flipped copies in training make a small folder go further")  # fmt: skip
-    labels = pd.Series([file.parent.name for file in files])
-    choose_gate(plan, "classification", labels)
+    counts = pd.Series([file.parent.name for file in files]).value_counts()
+    choose_gate(plan, "classification", counts)
+    training_plan(plan, len(files), "images")
+    plan.tree["train"]["batch_size"] = 32
     return plan
 
 
@@ -222,23 +452,36 @@ def plan_project(
         kind = "text" if "text_column" in plan.tree["ingest"] else "mlp"
     name = model_name or f"kerasflow-{slug(data.stem if data.is_file() else data.name)}-{kind}"
     plan.choose("register", "model_name", name, "the registered model's name, from the data's")
-    plan.tree["train"] = {"epochs": 30, "batch_size": 64 if kind != "cnn" else 32,
-                          "early_stopping": {"enabled": True, "monitor": "val_loss", "patience": 5}}  # fmt: skip
-    plan.reasons.append("train: up to 30 epochs, stopping 5 epochs after the validation loss last improved")
-    first = next(layer for layer in plan.tree["model"]["layers"] if layer["type"] in ("dense", "conv2d"))
-    index = plan.tree["model"]["layers"].index(first)
-    plan.tree["tune"] = {
-        "n_trials": 12,
-        "space": {
-            "model.optimizer.learning_rate": {"loguniform": [1.0e-4, 1.0e-2]},
-            f"model.layers.{index}.{'units' if first['type'] == 'dense' else 'filters'}": {
-                "int": [16, 128],
-                "step": 16,
-            },
-        },
-    }
+    plan.tree["tune"] = search_space(plan.tree, kind)
     params = with_paths_from(parse_params(plan.tree, "kerasflow init"), project_root)
     return params, plan.reasons
+
+
+def search_space(tree: dict[str, Any], kind: str) -> dict[str, Any]:
+    """What `kerasflow tune` searches for this workload: what mattered in the quality benchmark (depth, a linear
+    model included, width, dropout, weight decay, learning rate, encodings)."""
+    first = next(layer for layer in tree["model"]["layers"] if layer["type"] in ("dense", "conv2d"))
+    index = tree["model"]["layers"].index(first)
+    space: dict[str, Any] = {"model.optimizer.learning_rate": {"loguniform": [1.0e-4, 1.0e-2]}}
+    if kind == "mlp":
+        units = first["units"]
+        dense = {"type": "dense", "activation": "relu"}
+        # The depth and width as whole layer lists (a mapping sets model.layers, the rest of model stays).
+        space["model"] = {
+            "choice": [
+                {"layers": []},
+                {"layers": [{**dense, "units": units}, {"type": "dropout", "rate": 0.1}]},
+                {"layers": tree["model"]["layers"]},
+                {"layers": [{**dense, "units": units * 2}, {"type": "dropout", "rate": 0.2}] * 2},
+                {"layers": [{**dense, "units": units}, {"type": "dropout", "rate": 0.1}] * 3},
+            ]
+        }
+        space["model.optimizer.weight_decay"] = {"choice": [0.0, 1.0e-5, 1.0e-4, 1.0e-3]}
+        space["train.batch_size"] = {"choice": [32, 64, 128]}
+    else:
+        key = "units" if first["type"] == "dense" else "filters"
+        space[f"model.layers.{index}.{key}"] = {"int": [16, 128], "step": 16}
+    return {"n_trials": 20, "space": space}
 
 
 def slug(text: str) -> str:

@@ -39,14 +39,22 @@ def code_line(tags: dict[str, str]) -> str:
     return f"git `{short(commit)}` on `{tags.get('mlflow.source.git.branch', '?')}` ({state})"
 
 
-def metrics_table(test: dict[str, float], baseline: dict[str, float], champion: dict[str, float] | None = None) -> str:
-    """Test metrics beside the baseline's (and the champion's, re-scored on the same rows)."""
+def metrics_table(
+    test: dict[str, float],
+    baseline: dict[str, float],
+    champion: dict[str, float] | None = None,
+    reference: dict[str, Any] | None = None,
+) -> str:
+    """Test metrics beside the baseline's (and the reference's, and the champion's re-scored on the same rows)."""
     names = [name for name in FINAL_METRICS if name in test]
-    header = "| metric | model | baseline |" + (" champion (same rows) |" if champion else "")
-    rule = "|---|---|---|" + ("---|" if champion else "")
+    header = "| metric | model | baseline |" + (" reference |" if reference else "")
+    header += " champion (same rows) |" if champion else ""
+    rule = "|---|---|---|" + ("---|" if reference else "") + ("---|" if champion else "")
     rows = []
     for name in names:
         row = f"| {name} | {test[name]:.4f} | {fmt(baseline.get(name))} |"
+        if reference:
+            row += f" {fmt(reference.get(name))} |"
         if champion:
             row += f" {fmt(champion.get(name))} |"
         rows.append(row)
@@ -121,8 +129,13 @@ def version_description(
         *([f"**Why it was trained:** {run['why']}.", ""] if run.get("why") else []),
         f"Test split, {evaluation.test_rows} rows:",
         "",
-        metrics_table(evaluation.test, evaluation.baseline, champion),
+        metrics_table(evaluation.test, evaluation.baseline, champion, evaluation.reference),
         "",
+        *(
+            [f"Reference: {evaluation.reference['name']} (scikit-learn, default settings) on the same rows.", ""]
+            if evaluation.reference
+            else []
+        ),
         f"**Decision: {decision['alias']}**",
         *(f"- {reason}" for reason in decision["reasons"]),
     ]
@@ -159,7 +172,7 @@ def flow_summary(results: dict[str, dict[str, Any]], overrides: dict[str, Any], 
         f"**Model** `{registration['model_name']}` version {registration['version']} → **{registration['alias']}**",
         "",
         *([f"**Why it ran:** {tags['kerasflow.trigger.reason']}", ""] if tags.get("kerasflow.trigger.reason") else []),
-        metrics_table(evaluation["test"], evaluation["baseline"]),
+        metrics_table(evaluation["test"], evaluation["baseline"], reference=evaluation.get("reference")),
         f"\nBaseline: {evaluation['baseline']['name']}, on the same {evaluation['test_rows']} test rows.",
         "",
         "**Why:**",

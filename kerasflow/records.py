@@ -113,20 +113,27 @@ class PreprocessState:
 
 @dataclass(frozen=True)
 class NumericFit:
-    """One numeric column: the training mean that fills its gaps, and its normalization (None: none)."""
+    """One numeric column: the value that fills its gaps, its normalization (None: none), its training quantiles
+    (`knots`, for quantile scaling and the piecewise-linear encoding) and whether training saw it missing."""
 
     fill: float
     mean: float | None = None
     variance: float | None = None
+    knots: list[float] | None = None
+    missing: bool = False
 
 
 @dataclass(frozen=True)
 class TextFit:
-    """A text column's TextVectorization: its vocabulary (without padding and OOV) and settings."""
+    """A text column's TextVectorization: its vocabulary (without padding and OOV), settings, and for tf_idf the
+    inverse document frequency of each vocabulary entry."""
 
     vocabulary: list[str]
     sequence_length: int
     standardize: str
+    output_mode: str = "int"
+    ngrams: int = 1
+    idf: list[float] | None = None
 
 
 @dataclass(frozen=True)
@@ -157,6 +164,14 @@ class FittedInputs:
     categorical_encoding: str = "one_hot"
     image_scaling: ImageScaling | None = None
     target: TargetScaling | None = None
+    # How the numeric columns enter: scaled (standard / robust / quantile / max / none), clipped at +-clip, and
+    # with the piecewise-linear encoding and the missing-value indicators beside them.
+    numeric_scaling: str = "standard"
+    clip: float | None = None
+    numeric_encoding: str = "none"
+    missing_indicators: bool = False
+    # Categorical inputs that get a learned embedding, and its width (the others are one-hot).
+    embedded: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FittedInputs:
@@ -167,12 +182,17 @@ class FittedInputs:
             categorical_encoding=data.get("categorical_encoding", "one_hot"),
             image_scaling=ImageScaling(**data["image_scaling"]) if data.get("image_scaling") else None,
             target=TargetScaling(**data["target"]) if data.get("target") else None,
+            numeric_scaling=data.get("numeric_scaling", "standard"),
+            clip=data.get("clip"),
+            numeric_encoding=data.get("numeric_encoding", "none"),
+            missing_indicators=data.get("missing_indicators", False),
+            embedded=dict(data.get("embedded", {})),
         )
 
     def vocabulary_size(self, source: str = "input") -> int | None:
         """The input_dim an embedding of `source` needs: the text vocabulary (with padding and OOV), or
         the largest categorical vocabulary (with OOV) for the `categorical` tensor or data without text."""
-        text = [len(spec.vocabulary) + 2 for spec in self.text.values()]
+        text = [len(spec.vocabulary) + 2 for spec in self.text.values() if spec.output_mode == "int"]
         categories = [len(vocabulary) + 1 for vocabulary in self.categorical.values()]
         if source == "categorical" or not text:
             return max(categories) if categories else None
@@ -254,6 +274,16 @@ class Evaluation:
     best_epoch: int | None = None
     # None: there was no champion when evaluate ran.
     champion_rescored: ChampionScore | None = None
+    # The strong reference's metrics on the same rows and its `name` (evaluate.reference; None: not fitted).
+    reference: dict[str, Any] | None = None
+
+    @property
+    def beats_reference(self) -> bool | None:
+        from kerasflow.metrics import is_better
+
+        if not self.reference or self.primary_metric not in self.reference:
+            return None
+        return is_better(self.primary_metric, self.score, self.reference[self.primary_metric])
 
     @property
     def score(self) -> float:
@@ -271,7 +301,10 @@ class Evaluation:
 
     def to_dict(self) -> dict[str, Any]:
         champion = self.champion_rescored.to_dict() if self.champion_rescored else None
-        return {**asdict(self), "champion_rescored": champion}
+        found = {**asdict(self), "champion_rescored": champion}
+        if self.reference is None:  # no reference (images, or evaluate.reference off): the file as before
+            found.pop("reference")
+        return found
 
     @classmethod
     def read(cls, path: Path) -> Evaluation:

@@ -16,6 +16,7 @@ from sklearn.preprocessing import StandardScaler
 from kerasflow.config import EvaluateParams
 from kerasflow.model_interface import MISSING, ModelInputs, positive_share, predicted_classes
 from kerasflow.plotting import pyplot, save_figure
+from kerasflow.records import FittedInputs
 from tasks.preprocess import LABEL, ParquetSplit, Split
 from tasks.sampling import SmallestRows, hash_positions
 
@@ -24,6 +25,37 @@ def primary_metric(params: EvaluateParams, task: str) -> str:
     if params.primary_metric != "auto":
         return params.primary_metric
     return "accuracy" if task == "classification" else "r2"
+
+
+def choose_threshold(y_true: np.ndarray, scores: np.ndarray, metric: str) -> float:
+    """The decision threshold of a binary classifier that scores best on these rows (the validation split): for
+    accuracy when that is `metric`, else for macro F1 (what precision, recall and the threshold-free ROC AUC and
+    loss leave open). A threshold only moves from 0.5 for a strictly better score; among equal scores, the one
+    nearest 0.5 is taken."""
+    y_true = np.asarray(y_true).reshape(-1)
+    scores = np.asarray(scores, dtype="float64").reshape(-1)
+    if len(np.unique(y_true)) < 2:
+        return 0.5
+    candidates = np.unique(np.concatenate([np.quantile(scores, np.linspace(0.01, 0.99, 99)), [0.5]]))
+    candidates = candidates[(candidates > 0) & (candidates < 1)]
+
+    def score(threshold: float) -> float:
+        predicted = (scores >= threshold).astype("int64")
+        if metric == "accuracy":
+            return float(np.mean(predicted == y_true))
+        return float(skm.f1_score(y_true, predicted, average="macro", zero_division=0))
+
+    best, best_score = 0.5, score(0.5)
+    for threshold in sorted(candidates, key=lambda value: abs(value - 0.5)):
+        found = score(float(threshold))
+        if found > best_score + 1e-12:
+            best, best_score = float(threshold), found
+    return round(best, 6)
+
+
+def fixed_threshold(setting: float | str) -> float:
+    """model.decision_threshold as a number: `auto` is 0.5 until train chooses one on the validation split."""
+    return 0.5 if setting == "auto" else float(setting)
 
 
 def classification_metrics(
@@ -186,6 +218,68 @@ def baseline_metrics(
     outputs = baseline_outputs(baseline, test_split, task, params.batch_rows)
     scores = score_predictions(task, y_test, outputs, n_classes, threshold)
     return type(baseline[-1]).__name__, scores
+
+
+# Categories with at most this many levels are given to gradient boosting as categories (its limit is 255 bins).
+REFERENCE_CATEGORIES = 250
+
+
+def make_reference(task: str, seed: int, inputs: ModelInputs, fitted: FittedInputs) -> tuple[str, Any] | None:
+    """The strong reference beside the baseline: scikit-learn's HistGradientBoosting with default settings (numbers
+    as they are, gaps included; categories as categories), or TF-IDF of words and word pairs + logistic regression
+    for a text column. None for images (the reference is for tables and texts)."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.preprocessing import FunctionTransformer, OrdinalEncoder
+
+    if inputs.kind == "image":
+        return None
+    as_text = FunctionTransformer(lambda x: x.astype("string").fillna(MISSING).astype(str))
+    text = [entry for entry in inputs.columns if entry.kind == "text"]
+    if text:
+        vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, max_features=200_000)
+        estimator = LogisticRegression(max_iter=2000, C=4.0, random_state=seed)
+        if task != "classification":
+            estimator = Ridge(alpha=1.0)
+        features = ColumnTransformer([("text", make_pipeline(as_text, vectorizer), text[0].column)])
+        name = "TfidfLogisticRegression" if task == "classification" else "TfidfRidge"
+        return name, make_pipeline(features, estimator)
+    parts, categorical = [], []
+    numeric = [entry.column for entry in inputs.columns if entry.kind == "numeric"]
+    if numeric:
+        parts.append(("numeric", FunctionTransformer(lambda x: x.astype("float64")), numeric))
+    # The transformed columns: the numbers, then one code column per category column, in this order.
+    for position, entry in enumerate(entry for entry in inputs.columns if entry.kind == "categorical"):
+        encoder = OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=np.nan, encoded_missing_value=np.nan)
+        if len(fitted.categorical.get(entry.input, [])) <= REFERENCE_CATEGORIES:
+            categorical.append(len(numeric) + position)
+        parts.append((f"categorical_{entry.input}", make_pipeline(as_text, encoder), [entry.column]))
+    boosting = HistGradientBoostingClassifier if task == "classification" else HistGradientBoostingRegressor
+    estimator = boosting(categorical_features=categorical or None, random_state=seed)
+    return "HistGradientBoosting", make_pipeline(ColumnTransformer(parts), estimator)
+
+
+def reference_metrics(
+    task: str,
+    sample: Split,
+    test_split: Split | ParquetSplit,
+    n_classes: int,
+    seed: int,
+    inputs: ModelInputs,
+    fitted: FittedInputs,
+    threshold: float = 0.5,
+    batch_rows: int = 1 << 16,
+) -> tuple[str, dict[str, float]] | None:
+    """The reference fitted on the baseline's training rows and scored on the test split (None for images)."""
+    made = make_reference(task, seed, inputs, fitted)
+    if made is None:
+        return None
+    name, reference = made
+    reference.fit(sample.x, sample.y)
+    y_test = test_split.y if isinstance(test_split, Split) else test_split.labels()
+    outputs = baseline_outputs(reference, test_split, task, batch_rows)
+    return name, score_predictions(task, y_test, outputs, n_classes, threshold)
 
 
 def predictions_frame(

@@ -128,7 +128,11 @@ def best_epoch(train: TrainParams, history: pd.DataFrame) -> int:
     if not (stopping.enabled and stopping.restore_best_weights) or stopping.monitor not in history:
         return int(history["epoch"].iloc[-1])
     last_phase = history.tail(train.fine_tune.epochs) if train.fine_tune.epochs else history
-    values = last_phase[stopping.monitor]
+    # Early stopping watches no epoch before start_from_epoch (when training ran past it).
+    watched = (
+        last_phase.iloc[stopping.start_from_epoch :] if len(last_phase) > stopping.start_from_epoch else last_phase
+    )
+    values = watched[stopping.monitor]
     best = values.idxmin() if lower_is_better(stopping.monitor) else values.idxmax()
     return int(last_phase.loc[best, "epoch"])
 

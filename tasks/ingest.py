@@ -489,6 +489,8 @@ def write_rows(
                 hashes = hash_positions(np.arange(position, position + batch.num_rows), seed, SAMPLE_SALT)
                 position += batch.num_rows
                 batch = batch.filter(pa.array(hashes <= limit))
+            if params.drop_missing_target and batch.column(data.target).null_count:
+                batch = batch.filter(batch.column(data.target).is_valid())
             probe.add(batch.column(data.target))
             out.write(batch)
         return out.commit(), probe

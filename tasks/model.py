@@ -71,6 +71,8 @@ def check_loss(spec: ModelParams, data: PreprocessState) -> str:
 def make_optimizer(spec: ModelParams, learning_rate: float | None = None) -> keras.optimizers.Optimizer:
     options = spec.optimizer
     arguments: dict[str, Any] = {"learning_rate": learning_rate or options.learning_rate}
+    if options.weight_decay:
+        arguments["weight_decay"] = options.weight_decay
     if options.name == "sgd":
         arguments.update(momentum=options.momentum, nesterov=options.nesterov)
     elif options.name == "rmsprop":
@@ -177,16 +179,24 @@ def build_model(spec: ModelParams, data: PreprocessState, jit_compile: bool | st
     Call it under a distribution strategy's scope to build a replicated model; `jit_compile`
     is passed to `compile` (Keras' "auto" turns XLA on where the model supports it).
     """
-    layers = [
-        make_layer(layer, f"model.layers[{index}]", data.fitted.vocabulary_size((layer.inputs or ["input"])[0]))
-        for index, layer in enumerate(spec.layers)
-    ]
     inputs, tensors = input_graph(data.inputs, data.fitted)
     check_spec_fits_data(spec, data, tensors)
     # A backbone does its own input scaling, so it starts from the raw image.
     tensors["input"] = image_stem(spec, inputs if spec.backbone else tensors["input"])
-    features = wire_layers(spec, layers, tensors)
-    model = keras.Model(inputs, output_head(spec, data, features), name=f"kerasflow_{spec.api}")
+    members = []
+    for member in range(spec.ensemble):
+        # Each member: the spec's layers made anew (their own weights) on the same input tensors; a named layer
+        # gets the member's number in its Keras name.
+        layers = [
+            make_layer(
+                layer.model_copy(update={"name": f"{layer.name}_{member}"}) if layer.name and member else layer,
+                f"model.layers[{index}]",
+                data.fitted.vocabulary_size((layer.inputs or ["input"])[0]),
+            )
+            for index, layer in enumerate(spec.layers)
+        ]
+        members.append(wire_layers(spec, layers, dict(tensors)))
+    model = keras.Model(inputs, output_head(spec, data, members), name=f"kerasflow_{spec.api}")
     return compile_model(model, spec, data, jit_compile)
 
 
@@ -241,13 +251,23 @@ def wire_layers(spec: ModelParams, layers: list[keras.layers.Layer], tensors: di
     return current
 
 
-def output_head(spec: ModelParams, data: PreprocessState, features: Any) -> Any:
-    """The output layer for the task, in float32 (also under mixed precision); a regression target is
-    mapped back from standard deviations to its own units."""
-    head = keras.layers.Dense(
-        data.output_units, activation=output_activation(spec, data), dtype="float32", name="output"
-    )
-    outputs = head(features)
+def output_head(spec: ModelParams, data: PreprocessState, members: list[Any]) -> Any:
+    """The output layer for the task, in float32 (also under mixed precision), one per ensemble member, their
+    outputs (probabilities, or values) averaged; a regression target is mapped back from standard deviations to
+    its own units."""
+    activation = output_activation(spec, data)
+    if len(members) == 1:
+        outputs = keras.layers.Dense(data.output_units, activation=activation, dtype="float32", name="output")(
+            members[0]
+        )
+    else:
+        heads = [
+            keras.layers.Dense(data.output_units, activation=activation, dtype="float32", name=f"output_{index}")(
+                features
+            )
+            for index, features in enumerate(members)
+        ]
+        outputs = keras.layers.Average(dtype="float32", name="output")(heads)
     if data.fitted.target:
         target = data.fitted.target
         outputs = keras.layers.Rescaling(target.std, offset=target.mean, name="target_scaling")(outputs)

@@ -80,6 +80,7 @@ def decide(
     params: RegisterParams,
     smoke_test_ok: bool = True,
     dvc_experiment: str | None = None,
+    reference_scores: dict[str, Any] | None = None,
 ) -> Decision:
     """Apply thresholds, the baseline, the current champion and the smoke test; explain each.
 
@@ -105,6 +106,20 @@ def decide(
         ok = is_better(primary, value, reference)
         checks["beats_baseline"] = ok
         reasons.append(f"{primary} {value:.4f} {'beats' if ok else 'does not beat'} the baseline's {reference:.4f}")
+    if params.require_beat_reference:
+        strong = reference_scores or {}
+        if primary not in strong:
+            checks["beats_reference"] = False
+            reasons.append(
+                "register.require_beat_reference is set, but there is no reference score (evaluate.reference)"
+            )
+        else:
+            ok = is_better(primary, value, strong[primary])
+            checks["beats_reference"] = ok
+            verdict = "beats" if ok else "does not beat"
+            reasons.append(
+                f"{primary} {value:.4f} {verdict} the reference's ({strong.get('name')}) {strong[primary]:.4f}"
+            )
     if params.require_beat_champion:
         if champion is None:
             checks["at_least_champion"] = True

@@ -488,6 +488,18 @@ def training_callbacks(
                 patience=stopping.patience,
                 min_delta=stopping.min_delta,
                 restore_best_weights=stopping.restore_best_weights,
+                start_from_epoch=stopping.start_from_epoch,
+            )
+        )
+    reduce = params.reduce_learning_rate
+    if reduce.enabled:
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor=stopping.monitor,
+                factor=reduce.factor,
+                patience=reduce.patience,
+                min_lr=reduce.min_learning_rate,
+                verbose=0,
             )
         )
     if params.checkpoint and checkpoint_path is not None:

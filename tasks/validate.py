@@ -127,7 +127,10 @@ def check_summary(summary: DatasetSummary, info: RawDatasetInfo, params: Validat
         problems.append(f"only {summary.rows} rows; validate.min_rows requires at least {params.min_rows}")
     missing_target = summary.missing(target)
     if missing_target:
-        problems.append(f"target column {target!r} has {missing_target} missing (NaN) value(s)")
+        problems.append(
+            f"target column {target!r} has {missing_target} missing (NaN) value(s); set ingest.drop_missing_target: "
+            "true to train on the rows that have one"
+        )
     if task == "classification":
         classes = len(target_labels(summary, target))
         if classes < 2:

@@ -23,12 +23,14 @@ from tasks.champion import rescore_current
 from tasks.evaluate import (
     baseline_metrics,
     baseline_sample,
+    fixed_threshold,
     per_class_metrics,
     plot_binary_curves,
     plot_confusion_matrix,
     plot_training_curves,
     predictions_frame,
     primary_metric,
+    reference_metrics,
     score_predictions,
 )
 from tasks.model import load_model_file
@@ -72,12 +74,14 @@ def run(params: Params, context: Context) -> dict[str, Any]:
         tracking.log_files(layout.metrics)
         tracking.describe_run(run_id)
     versus = champion.summary(result.primary_metric) if champion else "no champion yet"
+    reference = result.reference or {}
     logger.info(
-        "test %s %.4f (baseline %s %.4f) on %d rows; %s",
+        "test %s %.4f (baseline %s %.4f%s) on %d rows; %s",
         result.primary_metric,
         result.score,
         result.baseline["name"],
         result.baseline[result.primary_metric],
+        f", reference {reference['name']} {reference[result.primary_metric]:.4f}" if reference else "",
         result.test_rows,
         versus,
     )
@@ -100,6 +104,9 @@ def score(
     sample = baseline_sample(
         train_split, params.evaluate.baseline_rows, params.seed, state.inputs, params.evaluate.batch_rows
     )
+    # The baseline and the reference call a row positive from the threshold params.yaml sets (0.5 when train chose
+    # the model's own on the validation split: theirs are not tuned).
+    others = fixed_threshold(params.model.decision_threshold)
     baseline_name, baseline = baseline_metrics(
         params.evaluate,
         state.task,
@@ -108,8 +115,22 @@ def score(
         state.n_classes,
         params.seed,
         state.inputs,
-        config.threshold,
+        others,
     )
+    reference = None
+    if params.evaluate.reference:
+        found = reference_metrics(
+            state.task,
+            sample,
+            test_split,
+            state.n_classes,
+            params.seed,
+            state.inputs,
+            state.fitted,
+            others,
+            params.evaluate.batch_rows,
+        )
+        reference = {"name": found[0], **found[1]} if found else None
     primary = primary_metric(params.evaluate, state.task)
     if primary not in scores:
         raise ValueError(
@@ -124,6 +145,7 @@ def score(
         beats_baseline=is_better(primary, scores[primary], baseline[primary]),
         test_rows=len(y_test),
         decision_threshold=config.threshold if state.n_classes == 2 else None,
+        reference=reference,
     )
 
 
@@ -146,6 +168,7 @@ def record(
     )
     finals = {f"test_{name}": value for name, value in result.test.items()}
     finals.update({f"baseline_{name}": value for name, value in result.baseline.items() if name != "name"})
+    finals.update({f"reference_{name}": value for name, value in (result.reference or {}).items() if name != "name"})
     tracking.log_param("evaluate.baseline_rows_used", result.baseline_rows)
     for label, scores in per_class.items():
         safe = re.sub(r"[^\w\-. /]", "_", label)  # the characters MLflow allows in a metric name
@@ -153,6 +176,8 @@ def record(
         finals.update({f"per_class/{name}_{safe}": scores[name] for name in ("precision", "recall", "f1")})
     tracking.log_model_metrics(finals, model_id, dataset=test)
     tracking.tag({"baseline.model": result.baseline["name"], "evaluate.primary_metric": result.primary_metric})
+    if result.reference:
+        tracking.tag({"reference.model": result.reference["name"]})
     if per_class:
         table = pd.DataFrame.from_dict(per_class, orient="index").rename_axis("class").reset_index()
         tracking.log_table(table, "per_class_scores.json")

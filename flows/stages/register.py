@@ -53,6 +53,7 @@ def run(params: Params, context: Context) -> dict[str, Any]:
                 params.register_,
                 files_ok,
                 dvc_experiment=os.environ.get("DVC_EXP_NAME"),
+                reference_scores=evaluation.reference,
             )
             registration = Registration(name, version, run_id, decision, evaluation.champion_rescored, files_detail)
             describe_model(name, state)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -27,6 +28,7 @@ from kerasflow.io import atomic_dir, atomic_path, read_json, write_json, write_t
 from kerasflow.layout import Layout
 from kerasflow.records import TrainingResult
 from tasks import cluster
+from tasks.evaluate import choose_threshold, fixed_threshold, primary_metric
 from tasks.features import raw_example
 from tasks.fit import (
     ModelSetup,
@@ -49,7 +51,11 @@ from tasks.train import Backup, device_summary, predict, shard_steps
 
 logger = logging.getLogger(__name__)
 
-# How far the logged model's predictions may stray from the trained model's (float32 rounding).
+# A decision threshold (model.decision_threshold: auto) is chosen on at least this many validation rows; on fewer,
+# one row moves the score by more than a threshold usually gains, and it stays 0.5.
+MIN_THRESHOLD_ROWS = 100
+# How far the logged model's predictions may stray from the trained model's (float32 rounding), relative to the
+# largest output when that is above 1.
 ROUND_TRIP_TOLERANCE = 1e-5
 
 
@@ -185,7 +191,7 @@ def record_run(params: Params, context: Context, data: TrainingData, setup: Mode
     # the schema validate checked it against.
     records = (context.layout.raw_meta, context.layout.schema)
     tracking.log_files(*(record for record in records if record.is_file()), folder="lineage")
-    schema = tracking.input_schema(state.model_config(params.model.decision_threshold))
+    schema = tracking.input_schema(state.model_config(fixed_threshold(params.model.decision_threshold)))
     for name, context_name in (("train", "training"), ("val", "validation")):
         tracking.log_split(layout_split_file(context.layout, name), name, rows[name], schema, context_name)
 
@@ -253,7 +259,7 @@ def publish(params: Params, layout: Layout, data: TrainingData, setup: ModelSetu
     register checks that the version it registers has those same files).
     """
     model, state = local_copy(params.model, setup), data.state
-    config = state.model_config(params.model.decision_threshold)
+    config = state.model_config(decision_threshold(params, data, model))
     example = raw_example(first_rows(data.val), state.inputs)
     write_model_summary(model, layout.model_summary)
     checkpoint = best_weights_path(stage_backup(params, layout, state.data_md5))
@@ -276,12 +282,31 @@ def publish(params: Params, layout: Layout, data: TrainingData, setup: ModelSetu
         )
         expected = predict(model, example, state.inputs)
         digest, difference = tracking.check_logged_model(info.model_uri, example, expected, config)
-        if difference > ROUND_TRIP_TOLERANCE:
+        # float32 rounding grows with the values (a regression target in its own units: 150.0 has steps of 1.5e-5).
+        tolerance = ROUND_TRIP_TOLERANCE * max(1.0, float(np.max(np.abs(expected))) if np.size(expected) else 1.0)
+        if difference > tolerance:
             raise RuntimeError(
                 f"the logged model's predictions differ from the trained model's by {difference:g} "
-                f"(tolerance {ROUND_TRIP_TOLERANCE:g}); not publishing it"
+                f"(tolerance {tolerance:g}); not publishing it"
             )
     return LoggedModel(info.model_uri, info.model_id, digest, difference)
+
+
+def decision_threshold(params: Params, data: TrainingData, model: keras.Model) -> float:
+    """model.decision_threshold, or (auto, two classes) the one that scores best on the validation split."""
+    setting = params.model.decision_threshold
+    if setting != "auto" or data.state.n_classes != 2:
+        return fixed_threshold(setting)
+    if len(data.val) < MIN_THRESHOLD_ROWS:
+        logger.info("decision threshold 0.5: %d validation rows are too few to choose one on", len(data.val))
+        return 0.5
+    outputs = predict(model, data.val, data.state.inputs)
+    metric = primary_metric(params.evaluate, data.state.task)
+    threshold = choose_threshold(data.val.labels(), outputs, metric)
+    logger.info("decision threshold %.4g: the best on the validation split for %s", threshold,
+                metric if metric == "accuracy" else "macro F1")  # fmt: skip
+    tracking.log_param("model.decision_threshold_chosen", threshold)
+    return threshold
 
 
 def write_model_summary(model: keras.Model, path: Path) -> None:

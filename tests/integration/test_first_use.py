@@ -3,6 +3,10 @@ traceback), then `kerasflow init` on it, `kerasflow run` and `dvc repro`, each w
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -51,3 +55,51 @@ def test_your_own_csv_in_one_command_then_kerasflow_run_and_dvc_repro(tmp_path):
     registration = yaml.safe_load((root / "reports" / "registration.json").read_text())
     assert registration["model_name"] == "kerasflow-houses-mlp" and registration["version"] == "2"
     assert "up to date" in run(["dvc", "status"], root, env).stdout
+
+
+def imbalanced_table(rows: int = 3000, seed: int = 0) -> pd.DataFrame:
+    """A rare positive class (about 5 %) that depends on an interaction and a category, with gaps in a number."""
+    rng = np.random.default_rng(seed)
+    x1, x2 = rng.normal(size=rows), rng.normal(size=rows)
+    region = rng.choice(["north", "south", "east", "west"], rows)
+    logit = 2.5 * x1 * x2 + 1.5 * (region == "north") - 4.5
+    frame = pd.DataFrame({"x1": x1, "x2": x2, "region": region, "id": [f"r{i:05d}" for i in range(rows)]})
+    frame.loc[rng.random(rows) < 0.1, "x2"] = np.nan
+    frame["fraud"] = (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype(int)
+    return frame
+
+
+def negated_reviews(rows: int = 1200, seed: int = 0) -> pd.DataFrame:
+    """Short reviews whose sentiment words are flipped by a `not` before them: word pairs tell, single words don't."""
+    rng = np.random.default_rng(seed)
+    filler = ["the", "film", "plot", "was", "and", "acting", "music", "story", "ending", "cast"]
+    texts, labels = [], []
+    for _ in range(rows):
+        liked = bool(rng.integers(0, 2))
+        negated = bool(rng.integers(0, 2))
+        word = rng.choice(["good", "great", "fine"] if liked != negated else ["bad", "dull", "poor"])
+        words = list(rng.choice(filler, 6)) + (["not", word] if negated else [word])
+        rng.shuffle(words[:6])
+        texts.append(" ".join(words))
+        labels.append("liked" if liked else "disliked")
+    return pd.DataFrame({"review": texts, "verdict": labels})
+
+
+@pytest.mark.parametrize(
+    ("data", "target", "metric"),
+    [(imbalanced_table, "fraud", "roc_auc"), (negated_reviews, "verdict", "accuracy")],
+    ids=["imbalanced", "text"],
+)
+def test_init_then_run_ends_in_a_champion_that_beats_the_baseline(tmp_path, data, target, metric):
+    root = tmp_path / "project"
+    env = project_env(root)
+    clone_project(root, env)
+    data().to_csv(root / "mine.csv", index=False)
+    chosen = run(["kerasflow", "init", "--data", "mine.csv", "--target", target], root, env)
+    assert f"evaluate.primary_metric = '{metric}'" in chosen.stdout, chosen.stdout
+    flow = run(["kerasflow", "run"], root, env)
+    assert "-> champion" in flow.stdout, flow.stdout
+    metrics = json.loads((root / "reports" / "metrics.json").read_text())
+    assert metrics["primary_metric"] == metric and metrics["beats_baseline"] is True
+    assert metrics["test"][metric] > metrics["baseline"][metric]
+    assert metrics["reference"]["name"] and f"reference {metrics['reference'][metric]:.4f}" in flow.stdout

@@ -58,8 +58,14 @@ def test_shipped_params_are_valid():
         ),
         ({"model": {"backbone": {"name": "MobileNetV2", "pooling": "sum"}}}, "model.backbone.pooling"),
         ({"model": {"backbone": {"weights": "imagenet"}}}, "model.backbone.name: Field required"),
-        ({"model": {"decision_threshold": 1.0}}, "model.decision_threshold: Input should be less than 1"),
-        ({"model": {"decision_threshold": 0}}, "model.decision_threshold: Input should be greater than 0"),
+        (
+            {"model": {"decision_threshold": 1.0}},
+            "model.decision_threshold: must be between 0 and 1",
+        ),
+        (
+            {"model": {"decision_threshold": 0}},
+            "model.decision_threshold: must be between 0 and 1",
+        ),
         ({"train": {"class_weight": "balance"}}, "train.class_weight"),
         ({"train": {"class_weight": {"yes": -1.0}}}, "train.class_weight"),
         ({"train": {"fine_tune": {"epochs": -1}}}, "train.fine_tune.epochs"),

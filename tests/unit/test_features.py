@@ -91,7 +91,8 @@ def test_only_one_text_column_is_supported():
     [
         (["price ($)"], ["price____"]),
         (["a b", "a_b", "a/b"], ["a_b", "a_b_2", "a_b_3"]),
-        (["_hidden", "9lives"], ["c__hidden", "9lives"]),
+        (["_hidden", "9lives"], ["c__hidden", "c_9lives"]),
+        (["class", "lambda"], ["c_class", "c_lambda"]),  # SavedModel signatures make them Python parameters
         ([""], ["c_"]),
     ],
 )

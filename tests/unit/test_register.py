@@ -36,6 +36,20 @@ def test_each_gate_can_hold_a_candidate_back(candidate, baseline, champion, smok
     assert [name for name, ok in decision.checks.items() if not ok] == [failed_check]
 
 
+def test_the_reference_is_reported_and_gates_only_when_asked():
+    reference = {"name": "HistGradientBoosting", "accuracy": 0.985, "f1": 0.98}
+    # Off by default: a candidate behind gradient boosting still becomes champion.
+    assert decide(GOOD, BASELINE, None, "accuracy", PARAMS, reference_scores=reference).promote
+    strict = RegisterParams(model_name="m", thresholds={"accuracy": 0.97}, require_beat_reference=True)
+    held = decide(GOOD, BASELINE, None, "accuracy", strict, reference_scores=reference)
+    assert not held.promote and [name for name, ok in held.checks.items() if not ok] == ["beats_reference"]
+    assert "accuracy 0.9800 does not beat the reference's (HistGradientBoosting) 0.9850" in held.reasons
+    assert decide(GOOD, BASELINE, None, "accuracy", strict, reference_scores={"accuracy": 0.97}).promote
+    # Asked for, but there is none (images, or evaluate.reference off): it holds the candidate back, saying so.
+    missing = decide(GOOD, BASELINE, None, "accuracy", strict)
+    assert not missing.promote and any("no reference score" in reason for reason in missing.reasons)
+
+
 def test_a_dvc_experiment_never_moves_the_champion_and_says_how_to_promote_it():
     decision = decide(GOOD, BASELINE, None, "accuracy", PARAMS, dvc_experiment="bushy-lynx")
     assert not decision.promote and decision.alias == CHALLENGER

@@ -1,0 +1,158 @@
+"""The tabular and text recipe: numeric scalings and encodings, embedded categories, the ensemble inside one model,
+the decision threshold chosen on validation rows, and bag-of-words text. Each with a case where it must not apply."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+
+from kerasflow.config import ModelParams, PreprocessParams, TextParams
+from kerasflow.model_interface import InputColumn, ModelInputs, to_model_inputs
+from tasks.evaluate import choose_threshold, fixed_threshold
+from tasks.features import InputFitter, embedding_widths, input_graph, piecewise_linear
+from tasks.model import build_model
+from tests.unit.helpers import model_state
+
+NUMBERS = ModelInputs("columns", (InputColumn("a", "numeric", "numeric"), InputColumn("b", "numeric", "numeric")))
+
+
+def fitted_for(frame: pd.DataFrame, inputs: ModelInputs, **settings):
+    fitter = InputFitter(inputs, PreprocessParams(**settings))
+    fitter.add(frame)
+    return fitter.fitted()
+
+
+def features_of(frame: pd.DataFrame, inputs: ModelInputs, fitted) -> np.ndarray:
+    import keras
+
+    model_inputs, tensors = input_graph(inputs, fitted)
+    model = keras.Model(model_inputs, tensors["input"])
+    values = to_model_inputs(frame, inputs)
+    return np.asarray(model({name: tf.constant(array) for name, array in values.items()}))
+
+
+def skewed(rows: int = 400, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    b = rng.normal(size=rows)
+    b[rng.random(rows) < 0.25] = np.nan
+    return pd.DataFrame({"a": rng.lognormal(sigma=2.0, size=rows), "b": b})
+
+
+def test_quantile_scaling_maps_training_values_to_their_rank_between_minus_one_and_one():
+    frame = skewed()
+    fitted = fitted_for(frame, NUMBERS, scaling="quantile", quantile_bins=16)
+    assert fitted.numeric["a"].knots is not None and len(fitted.numeric["a"].knots) == 17
+    scaled = features_of(frame, NUMBERS, fitted)[:, 0]
+    assert scaled.min() >= -1 and scaled.max() <= 1
+    # Ranks: the order of the values is kept and they spread evenly, whatever the skew (lognormal, sigma 2).
+    order = np.argsort(frame["a"].to_numpy())
+    assert np.all(np.diff(scaled[order]) >= -1e-6)
+    assert abs(np.median(scaled)) < 0.1 and np.mean(np.abs(scaled) > 0.5) == pytest.approx(0.5, abs=0.1)
+    # A value far beyond the training range stays at the top (standard scaling would make it huge).
+    extreme = features_of(pd.DataFrame({"a": [1e9], "b": [0.0]}), NUMBERS, fitted)
+    assert extreme[0, 0] == pytest.approx(1.0)
+
+
+def test_robust_scaling_centres_on_the_median_and_clips():
+    frame = skewed()
+    fitted = fitted_for(frame, NUMBERS, scaling="robust", clip=3.0)
+    fit = fitted.numeric["a"]
+    assert fit.fill == pytest.approx(np.median(frame["a"]), rel=1e-6) and fit.mean == fit.fill
+    scaled = features_of(frame, NUMBERS, fitted)
+    assert scaled.max() <= 3.0 and scaled.min() >= -3.0
+    # Standard scaling has no median, and nothing is clipped without `clip`.
+    plain = fitted_for(frame, NUMBERS, scaling="standard")
+    assert plain.numeric["a"].fill == pytest.approx(frame["a"].mean()) and plain.clip is None
+    assert features_of(frame, NUMBERS, plain).max() > 3.0
+
+
+def test_piecewise_linear_pieces_add_up_to_the_share_of_knots_below_a_value():
+    knots = [[0.0, 1.0, 3.0], [5.0]]  # a column of three knots (two pieces), and a constant column
+    values = tf.constant([[-1.0, 5.0], [0.5, 5.0], [2.0, 5.0], [9.0, 5.0]])
+    pieces, counts = piecewise_linear(values, knots)
+    pieces = np.asarray(pieces)
+    assert pieces.shape == (4, 2, 2) and counts.tolist() == [2.0, 1.0]
+    np.testing.assert_allclose(pieces[:, 0, :], [[0, 0], [0.5, 0], [1, 0.5], [1, 1]])
+    assert not pieces[:, 1, :].any()  # the constant column's pieces are always 0
+
+
+def test_piecewise_linear_encoding_and_missing_indicators_are_extra_inputs_only_when_asked():
+    frame = skewed()
+    encoded = fitted_for(frame, NUMBERS, numeric_encoding="piecewise_linear", quantile_bins=8, missing_indicators=True)
+    # Two scaled numbers, 8 pieces for each, and one indicator: only b had missing values in training.
+    width = features_of(frame, NUMBERS, encoded).shape[1]
+    assert width == 2 + 2 * 8 + 1
+    indicator = features_of(frame, NUMBERS, encoded)[:, -1]
+    np.testing.assert_array_equal(indicator, frame["b"].isna().to_numpy(dtype="float32"))
+    assert features_of(frame, NUMBERS, fitted_for(frame, NUMBERS)).shape[1] == 2
+
+
+def test_many_level_categories_get_an_embedding_sized_by_their_levels_few_levels_stay_one_hot():
+    vocabularies = {"city": [f"c{i}" for i in range(300)], "colour": ["red", "green", "blue"]}
+    widths = embedding_widths(vocabularies, PreprocessParams(categorical_encoding="auto"))
+    assert list(widths) == ["city"] and widths["city"] == min(32, round(1.6 * 301**0.56))
+    assert embedding_widths(vocabularies, PreprocessParams(categorical_encoding="one_hot")) == {}
+    everything = embedding_widths(vocabularies, PreprocessParams(categorical_encoding="embedding"))
+    assert set(everything) == {"city", "colour"} and everything["colour"] >= 2
+
+
+def test_an_embedded_category_enters_the_features_as_its_vector():
+    inputs = ModelInputs("columns", (InputColumn("city", "city", "categorical"),))
+    frame = pd.DataFrame({"city": [f"c{i % 40}" for i in range(400)]})
+    fitted = fitted_for(frame, inputs, categorical_encoding="auto", one_hot_max_levels=16)
+    assert fitted.embedded == {"city": round(1.6 * 41**0.56)}
+    assert features_of(frame.head(3), inputs, fitted).shape == (3, fitted.embedded["city"])
+    one_hot = fitted_for(frame, inputs, categorical_encoding="auto", one_hot_max_levels=64)
+    assert one_hot.embedded == {} and features_of(frame.head(3), inputs, one_hot).shape == (3, 41)
+
+
+def test_an_ensemble_averages_k_members_in_one_model():
+    state = model_state(NUMBERS, "classification", 3, fitted_for(skewed(), NUMBERS))
+    layers = [{"type": "dense", "units": 8, "activation": "relu", "name": "hidden"}]
+    single = build_model(ModelParams(layers=layers), state)
+    ensemble = build_model(ModelParams(layers=layers, ensemble=3), state)
+    heads = [layer.name for layer in ensemble.layers if layer.name.startswith("output_")]
+    assert heads == ["output_0", "output_1", "output_2"] and "output" in [layer.name for layer in ensemble.layers]
+    assert ensemble.count_params() == pytest.approx(3 * single.count_params(), rel=0.05)
+    x = {"numeric": tf.constant(np.random.default_rng(0).normal(size=(5, 2)), dtype=tf.float32)}
+    members = [ensemble.get_layer(name) for name in heads]
+    assert all(member is not None for member in members)
+    probabilities = np.asarray(ensemble(x))
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)  # an average of softmaxes
+    with pytest.raises(ValueError):
+        ModelParams(layers=layers, ensemble=0)
+
+
+def test_the_decision_threshold_is_chosen_on_validation_rows_for_the_primary_metric():
+    rng = np.random.default_rng(0)
+    y = (rng.random(400) < 0.1).astype(int)  # a rare positive class
+    scores = np.clip(0.25 * y + rng.normal(0.15, 0.08, size=400), 0.001, 0.999)  # probabilities well below 0.5
+    at_half = np.mean((scores >= 0.5) == y)
+    chosen = choose_threshold(y, scores, "accuracy")
+    assert chosen < 0.5 and np.mean((scores >= chosen) == y) > at_half
+    f1 = choose_threshold(y, scores, "roc_auc")  # threshold-free metrics choose for macro F1
+    assert 0.1 < f1 < 0.5
+    # Nothing to gain: it stays at 0.5; one class only: 0.5.
+    assert choose_threshold(np.array([0, 1, 0, 1]), np.array([0.1, 0.9, 0.2, 0.8]), "accuracy") == 0.5
+    assert choose_threshold(np.zeros(10), np.linspace(0, 1, 10), "accuracy") == 0.5
+    assert fixed_threshold("auto") == 0.5 and fixed_threshold(0.3) == 0.3
+    with pytest.raises(ValueError):
+        ModelParams(decision_threshold=1.5)
+
+
+@pytest.mark.parametrize("mode", ["tf_idf", "multi_hot", "count"])
+def test_bag_of_words_text_is_one_unit_length_vector_per_text(mode):
+    inputs = ModelInputs("columns", (InputColumn("review", "review", "text"),))
+    frame = pd.DataFrame({"review": ["a great film", "not a great film", "dull and long", "great"] * 25})
+    fitted = fitted_for(frame, inputs, text=TextParams(output_mode=mode, ngrams=2))
+    fit = fitted.text["review"]
+    assert "not a" in fit.vocabulary and "[UNK]" not in fit.vocabulary  # word pairs are tokens
+    assert (fit.idf is not None) == (mode == "tf_idf")
+    vectors = features_of(frame.head(4), inputs, fitted)
+    assert vectors.shape == (4, len(fit.vocabulary) + 1)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+    # Token ids for a sequence model: a padded sequence, not a vector of the vocabulary.
+    sequence = fitted_for(frame, inputs, text=TextParams(output_mode="int", sequence_length=6))
+    assert features_of(frame.head(4), inputs, sequence).shape == (4, 6)
