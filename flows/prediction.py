@@ -66,12 +66,14 @@ def predict_file(
     """
     from kerasflow import tracking
     from tasks.drift import DriftCounter, TrainingStatistics, plot_drift, summary_line
-    from tasks.predict import DriftError, default_output, score_file
+    from tasks.predict import DriftError, InputFileError, default_output, score_file
 
     params = load_params(params_path, overrides)
     project_root = Path(params_path).resolve().parent
     source = Path(input_path)
     output = Path(output_path) if output_path else default_output(source)
+    if output.resolve() == source.resolve():
+        raise InputFileError(f"{output}: --output is the input file; predictions would overwrite it (choose another)")
     tracking.configure(params.tracking, project_root)
     uri = resolve_model(params, model_uri)
     name, version, _ = tracking.registered_identity(uri) if uri.startswith("models:/") else (uri, "", None)
@@ -174,10 +176,11 @@ def record(
         metrics = {"rows": rows, "seconds": seconds, "rows_per_second": rows / seconds if seconds else 0.0}
         metrics["drifted_columns"] = len(drift.drifted) if drift else 0
         for column, entry in (drift.columns if drift else {}).items():
+            # Column names may hold characters MLflow refuses in a metric name (spaces are fine, `(` or `é` not).
             if entry.psi is not None:
-                metrics[f"psi/{column}"] = entry.psi
+                metrics[tracking.metric_key(f"psi/{column}")] = entry.psi
             if entry.unseen_share is not None:
-                metrics[f"unseen_share/{column}"] = entry.unseen_share
+                metrics[tracking.metric_key(f"unseen_share/{column}")] = entry.unseen_share
         tracking.log_metrics(metrics)
         if drift:
             tracking.log_files(report_path, folder="drift")

@@ -137,9 +137,23 @@ def to_model_inputs(data: Any, inputs: ModelInputs) -> np.ndarray | dict[str, np
             features[NUMERIC_INPUT] = table.to_numpy(dtype="float32", na_value=np.nan)
         else:
             features[NUMERIC_INPUT] = np.column_stack([numbers(table[column]) for column in numeric]).astype("float32")
+        check_finite(features[NUMERIC_INPUT], numeric, frame.index)
     for entry in inputs.strings:
         features[entry.input] = strings(frame[entry.column]).reshape(-1, 1)
     return features
+
+
+def check_finite(matrix: np.ndarray, columns: list[str], index: pd.Index) -> None:
+    """Infinite numbers, or numbers beyond float32's range (about 3.4e38, which become infinite), are a
+    ModelInputError naming the column and the row: the model would answer NaN, or a confident label, for them."""
+    infinite = np.isinf(matrix)
+    if not infinite.any():
+        return
+    row, position = (int(found[0]) for found in np.nonzero(infinite))
+    raise ModelInputError(
+        f"column {columns[position]!r}, row {index[row]}: a number that is infinite or beyond float32's range "
+        f"(about ±3.4e38), which the model cannot score ({int(infinite.sum())} such value(s) in the input)"
+    )
 
 
 def as_frame(data: Any, inputs: ModelInputs) -> pd.DataFrame:

@@ -194,6 +194,14 @@ def mark_failed(run_id: str) -> None:
         logger.warning("could not mark MLflow run %s FAILED: %s", run_id, short_error(error))
 
 
+def metric_key(name: str) -> str:
+    """`name` as MLflow accepts a metric name: letters, digits, `_ - . / ` and spaces kept, anything else (`(`,
+    `é`, `:`) made `_`."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_\-. /]", "_", name)
+
+
 def is_secret(name: str) -> bool:
     return any(marker in name.upper() for marker in SECRET_MARKERS)
 

@@ -118,8 +118,15 @@ def identity(source: Path, start: int, batch: Any, keep_columns: list[str], file
         if missing:
             raise InputFileError(f"{source}: predict.keep_columns names {missing}, which the file does not have")
         for name in keep_columns:
-            frame[name] = batch[name].to_numpy()
+            frame[kept_name(name)] = batch[name].to_numpy()
     return frame
+
+
+def kept_name(column: str) -> str:
+    """A kept input column's name in the output: `input_<name>` when the output has a column of that name itself
+    (row, path, prediction, label, probability_<class>), so neither replaces the other."""
+    reserved = str(column) in ("row", "path", "prediction", "label") or str(column).startswith("probability_")
+    return f"input_{column}" if reserved else column
 
 
 class OutputWriter:

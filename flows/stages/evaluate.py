@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -171,9 +170,10 @@ def record(
     finals.update({f"reference_{name}": value for name, value in (result.reference or {}).items() if name != "name"})
     tracking.log_param("evaluate.baseline_rows_used", result.baseline_rows)
     for label, scores in per_class.items():
-        safe = re.sub(r"[^\w\-. /]", "_", label)  # the characters MLflow allows in a metric name
         # A section of their own in the MLflow UI's charts: per_class/f1_3, per_class/precision_3, ...
-        finals.update({f"per_class/{name}_{safe}": scores[name] for name in ("precision", "recall", "f1")})
+        finals.update(
+            {tracking.metric_key(f"per_class/{name}_{label}"): scores[name] for name in ("precision", "recall", "f1")}
+        )
     tracking.log_model_metrics(finals, model_id, dataset=test)
     tracking.tag({"baseline.model": result.baseline["name"], "evaluate.primary_metric": result.primary_metric})
     if result.reference:

@@ -71,6 +71,34 @@ def test_kept_columns_join_the_predictions_back_to_their_records(tmp_path, score
     assert not (tmp_path / "again.parquet").exists()
 
 
+def test_kept_columns_named_like_the_outputs_own_keep_both(tmp_path, scorer):
+    model, _ = scorer
+    data = rows(50).assign(row=np.arange(50) + 1000, prediction="old", label="x")
+    data.to_csv(tmp_path / "new.csv", index=False)
+    keep = ["row", "prediction", "label"]
+    score_file(tmp_path / "new.csv", tmp_path / "out.csv", model, {}, 20, keep_columns=keep).commit()
+    out = pd.read_csv(tmp_path / "out.csv")
+    assert out["row"].tolist() == list(range(50))  # the row number in the file, not the kept column
+    assert out["input_row"].tolist() == list(range(1000, 1050)) and set(out["input_prediction"]) == {"old"}
+    assert list(out.columns).count("label") == 1 and set(out["input_label"]) == {"x"}
+
+
+@pytest.mark.parametrize("value", [np.inf, -np.inf, 1e300])
+def test_infinite_or_huge_numbers_are_named_not_scored(tmp_path, scorer, value):
+    model, _ = scorer
+    data = rows(30)
+    data.loc[12, "size"] = value
+    data.to_csv(tmp_path / "new.csv", index=False)
+    with pytest.raises(ModelInputError, match=r"column 'size', row 12: a number that is infinite or beyond float32"):
+        score_file(tmp_path / "new.csv", tmp_path / "out.csv", model, {}, 100)
+    assert not (tmp_path / "out.csv").exists()
+    # Served: MLflow's bad-input error (a scoring server answers 400), never NaN probabilities.
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException, match="infinite"):
+        model.predict(None, data)
+
+
 def test_a_header_only_file_is_named_as_empty(tmp_path, scorer):
     from tasks.drift import DriftCounter, training_statistics
 
@@ -157,3 +185,16 @@ def test_a_corrupt_image_is_named_by_its_path_and_nothing_is_dropped(tmp_path):
     broken.write_bytes(broken.read_bytes()[:40])  # a truncated file
     with pytest.raises(InputFileError, match=r"cross_001.png: not an image TensorFlow can decode"):
         list(read_batches(folder, 4, ModelInputs.images([8, 8, 1])))
+
+
+def test_an_output_that_is_the_input_is_refused_and_the_input_kept(tmp_path):
+    from pathlib import Path
+
+    from flows.prediction import predict_file
+
+    rows(5).to_csv(tmp_path / "new.csv", index=False)
+    before = (tmp_path / "new.csv").read_text()
+    params = Path(__file__).resolve().parents[2] / "params.yaml"
+    with pytest.raises(InputFileError, match=r"new.csv: --output is the input file"):
+        predict_file(tmp_path / "new.csv", tmp_path / "." / "new.csv", params_path=params)
+    assert (tmp_path / "new.csv").read_text() == before

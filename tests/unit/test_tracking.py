@@ -193,3 +193,13 @@ def test_a_model_the_store_does_not_hold_is_named_as_one_error(mlflow_store, uri
         tracking.registered_identity(uri)
     with pytest.raises(tracking.ModelNotFound, match="no model to score with"):
         tracking.load_model(uri)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("psi/area (m²)", "psi/area _m__"), ("per_class/f1_été", "per_class/f1__t_"), ("psi/rooms", "psi/rooms")],
+)
+def test_metric_names_keep_only_what_mlflow_accepts(name, expected):
+    from kerasflow.tracking import metric_key
+
+    assert metric_key(name) == expected
