@@ -405,6 +405,16 @@ def choose_columns(data: SourceData, params: IngestParams) -> tuple[list[str], s
                 f"columns are {features[:20]}"
             )
         features = list(params.features)
+    # Lists and structs have no place in a model's inputs (they would become category strings): named, not used.
+    nested = [name for name in features if pa.types.is_nested(data.schema.field(name).type)]
+    if nested and params.features:
+        raise DataSourceError(
+            f"{where(params)}: ingest.features names {nested}, which hold nested values (lists or structs); "
+            "leave them out of ingest.features"
+        )
+    if nested:
+        logger.warning("%s: column(s) %s hold nested values (lists or structs): left out", where(params), nested)
+        features = [name for name in features if name not in nested]
     text_column = params.text_column or data.text_column
     if text_column and text_column not in features:
         raise DataSourceError(

@@ -49,6 +49,37 @@ def test_file_sources(tmp_path, tabular_frame, suffix):
     assert raw.task == "classification" and raw.feature_columns == ["a", "b"] and len(frame) == 60
 
 
+def test_nested_parquet_columns_are_left_out_by_name_or_refused_when_asked_for(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table(
+        {
+            "size": [1.0, 2.0, 3.0, 4.0] * 10,
+            "tags": pa.array([["a"], ["b", "c"], [], ["a"]] * 10),
+            "meta": pa.array([{"k": 1}, {"k": 2}, {"k": 3}, {"k": 4}] * 10),
+            "label": [0, 1, 0, 1] * 10,
+        }
+    )
+    pq.write_table(table, tmp_path / "nested.parquet")
+    params = IngestParams(source="file", path=str(tmp_path / "nested.parquet"), target="label")
+    frame, raw = load_dataset(params, seed=0)
+    assert raw.feature_columns == ["size"] and list(frame.columns) == ["size", "label"]
+    asked = params.model_copy(update={"features": ["size", "tags"]})
+    with pytest.raises(DataSourceError, match=r"nested.parquet: ingest.features names \['tags'\], which hold nested"):
+        load_dataset(asked, seed=0)
+
+
+def test_rows_without_a_target_are_dropped_only_when_asked(tmp_path):
+    frame = pd.DataFrame({"x": np.arange(40.0), "y": [np.nan if i % 8 == 0 else i % 2 for i in range(40)]})
+    frame.to_csv(tmp_path / "gaps.csv", index=False)
+    params = IngestParams(source="file", path=str(tmp_path / "gaps.csv"), target="y", drop_missing_target=True)
+    kept, raw = load_dataset(params, seed=0)
+    assert len(kept) == 35 and kept["y"].notna().all()
+    everything, _ = load_dataset(params.model_copy(update={"drop_missing_target": False}), seed=0)
+    assert len(everything) == 40 and everything["y"].isna().sum() == 5
+
+
 @pytest.mark.parametrize(
     ("content", "name", "expected"),
     [
