@@ -25,6 +25,7 @@ import pandas as pd
 import pyarrow as pa
 
 from kerasflow.config import PreprocessParams
+from kerasflow.errors import ExpectedError
 from kerasflow.io import atomic_dir, read_json, write_json
 from kerasflow.model_interface import ModelInputs, to_model_inputs
 from kerasflow.records import PreprocessState, RawDatasetInfo
@@ -151,6 +152,10 @@ def read_statistics(directory: Path) -> TrainingStatistics:
 # The split -------------------------------------------------------------------------------------------------
 
 
+class SplitError(ExpectedError, ValueError):
+    """Too few rows (of a class) for a train / validation / test split: the message names the class and the data."""
+
+
 def ordered_classes(values: set[Any]) -> list[Any]:
     """Class labels in a fixed order: by type name, then value (so 2 sorts before 10, "a" before "b")."""
     labels = [value.item() if hasattr(value, "item") else value for value in values]
@@ -180,19 +185,23 @@ def plan_split(
     params: PreprocessParams,
     seed: int,
     stratified: bool,
+    classes: list[Any] | None = None,
+    where: str = "",
 ) -> SplitPlan:
     """The split's hash bounds: the first `test_fraction` of each class's rows in hash order are test, the next
     `val_fraction` validation (at least one row each), the rest training. `labels()` yields the class codes of
-    every row in file order (all zeros when not stratified); it is read twice."""
+    every row in file order (all zeros when not stratified); it is read twice. Too few rows of a class (named by
+    its label in `classes`, in the data `where`) is a SplitError."""
     ranks = {}
     for code, rows in enumerate(counts):
         test_rows = max(1, round(rows * params.test_fraction))
         val_rows = max(1, round(rows * params.val_fraction))
         if rows - test_rows - val_rows < 1:
-            label = f" of class {code!r}" if stratified else ""
-            raise ValueError(
-                f"{rows} rows{label} are too few to split into train / val / test with test_fraction "
-                f"{params.test_fraction} and val_fraction {params.val_fraction} (each split needs at least 1 row)"
+            label = f" of class {(classes[code] if classes else code)!r}" if stratified else ""
+            raise SplitError(
+                f"{where + ': ' if where else ''}{rows} rows{label} are too few to split into train / val / test with "
+                f"test_fraction {params.test_fraction} and val_fraction {params.val_fraction} (each split needs at "
+                "least 1 row; a class needs 3 or more rows: add rows, or leave that class's rows out)"
             )
         ranks[code] = [test_rows, test_rows + val_rows]
 
@@ -273,7 +282,7 @@ def preprocess_dataset(
     counts = np.zeros(len(classes) if stratified else 1, dtype=np.int64)
     for codes in codes_of():
         counts += np.bincount(codes, minlength=len(counts))
-    plan = plan_split(codes_of, counts, params, seed, stratified)
+    plan = plan_split(codes_of, counts, params, seed, stratified, classes, info.source_label or str(raw))
     fitter = InputFitter(inputs, params, info.task)
     drift = DriftSample(inputs, params.sample_rows, seed)
     columns = [*info.feature_columns, info.target]

@@ -152,6 +152,18 @@ def test_too_few_rows_for_the_split():
         split_dataset(x, y, PreprocessParams(test_fraction=0.2, val_fraction=0.1), seed=0, classification=True)
 
 
+def test_a_class_with_a_single_row_is_named_by_its_label_and_the_file(tabular_meta, tmp_path):
+    from kerasflow.errors import is_expected
+
+    frame = pd.DataFrame({"a": np.arange(41.0), "b": np.arange(41.0), "label": ["cat", "dog"] * 20 + ["emu"]})
+    with pytest.raises(ValueError) as raised:
+        preprocess(frame, tabular_meta, PreprocessParams(), 0, tmp_path)
+    message = str(raised.value)
+    assert "1 rows of class 'emu' are too few to split" in message and "class 2" not in message
+    assert is_expected(raised.value)  # one line at the terminal, no traceback
+    assert not (tmp_path / "processed").exists()
+
+
 def test_the_processed_folder_is_swapped_in_whole(tmp_path):
     frame = mixed_frame(rows=100)
     raw = write_raw(frame, tmp_path / "raw.parquet")
