@@ -13,13 +13,19 @@ from kerasflow.runtime import quiet_defaults
 
 
 def parse_assignments(items: list[str]) -> dict[str, Any]:
-    """`train.epochs=5` → {"train.epochs": 5}; values are parsed as YAML."""
+    """`train.epochs=5` → {"train.epochs": 5}; values are parsed as YAML. A malformed one is a ConfigError."""
+    from kerasflow.config import ConfigError
+
     overrides: dict[str, Any] = {}
     for item in items:
         key, separator, value = item.partition("=")
         if not separator or not key:
-            raise SystemExit(f"--set expects KEY=VALUE (e.g. train.epochs=5), got {item!r}")
-        overrides[key.strip()] = yaml.safe_load(value)
+            raise ConfigError(f"--set expects KEY=VALUE (e.g. train.epochs=5), got {item!r}")
+        try:
+            overrides[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            problem = str(error).splitlines()[0]
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({problem})") from None
     return overrides
 
 
@@ -372,7 +378,13 @@ def main(argv: list[str] | None = None) -> int:
 
         return worker_main(argv[1:])
     args = parser().parse_args(argv)
-    return args.handler(args)
+    from kerasflow.config import ConfigError
+
+    try:
+        return args.handler(args)
+    except ConfigError as error:  # a malformed --set: the same one line and exit 2 as any bad param
+        sys.stderr.write(f"kerasflow: {error}\n")
+        return 2
 
 
 if __name__ == "__main__":

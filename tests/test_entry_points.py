@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from flows import cli, dvc_stage
+from kerasflow.config import ConfigError
 from tests.conftest import REPO_ROOT
 
 
@@ -44,7 +45,7 @@ def test_every_dvc_stage_refuses_bad_params_before_work(project, caplog, change,
 
 def test_cli_refuses_a_bad_override_before_starting_prefect(project, capsys):
     assert cli.main(["run", "--set", "train.epochs=0"]) == 2
-    assert "train.epochs: Input should be greater than 0" in capsys.readouterr().err
+    assert "train.epochs: Input should be greater than or equal to 1" in capsys.readouterr().err
     assert sorted(path.name for path in project.iterdir()) == ["params.yaml"]
 
 
@@ -54,8 +55,23 @@ def test_cli_parses_override_values_as_yaml():
         "model.optimizer.name": "sgd",
         "ingest.image_shape": [8, 8],
     }
-    with pytest.raises(SystemExit, match="KEY=VALUE"):
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
         cli.parse_assignments(["train.epochs"])
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("model.layers=[{type: dense", "--set 'model.layers=[{type: dense': the value is not valid YAML"),
+        ("train.epochs", "--set expects KEY=VALUE"),
+        ("train.batch_size=100000000", "train.batch_size: Input should be less than or equal to 16777216"),
+    ],
+)
+def test_a_malformed_or_out_of_range_override_is_one_line_and_exit_2(project, capsys, override, expected):
+    assert cli.main(["run", "--set", override]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err and err.startswith("kerasflow: ")
+    assert sorted(path.name for path in project.iterdir()) == ["params.yaml"]
 
 
 def test_unknown_stage_is_a_usage_error(project, capsys):
