@@ -154,6 +154,28 @@ def psi(expected: np.ndarray, actual: np.ndarray) -> float:
     return float(np.sum((actual - expected) * np.log(actual / expected)))
 
 
+# The chance that sampling alone puts a column of unchanged data past its PSI bound (before the correction for
+# the number of columns tested).
+PSI_FALSE_ALARM = 0.05
+
+
+def beyond_noise(shares: Any, counts: Any, columns: int = 1) -> bool:
+    """Whether new rows' `counts` over the training bins differ from the training `shares` by more than sampling
+    alone would, but for a PSI_FALSE_ALARM chance shared among the `columns` tested (Pearson's chi-squared test,
+    Bonferroni's correction). 50 rows drawn like the training split pass it 95 times in 100; they can still
+    show a PSI of 0.2 by chance (about (bins - 1) / rows)."""
+    from scipy.stats import chi2
+
+    counts = np.asarray(counts, dtype="float64")
+    expected = np.asarray(shares, dtype="float64") * counts.sum()
+    present = expected > 0
+    if counts.sum() <= 0 or present.sum() < 2:
+        return False
+    statistic = float(np.sum((counts[present] - expected[present]) ** 2 / expected[present]))
+    statistic += float(counts[~present].sum())  # rows in bins training never filled: far from expected
+    return float(chi2.sf(statistic, int(present.sum()) - 1)) < PSI_FALSE_ALARM / max(columns, 1)
+
+
 @dataclass
 class ColumnCounts:
     """New rows of one column, counted into the training bins (or categories) so far."""
@@ -219,8 +241,11 @@ class DriftCounter:
                     counts.unseen_values[str(value)] = counts.unseen_values.get(str(value), 0) + int(count)
 
     def report(self, psi_threshold: float, unseen_threshold: float, missing_threshold: float) -> DriftReport:
-        """Per column: PSI (numeric), unseen share (categorical), missing share then and now; and which drifted."""
+        """Per column: PSI (numeric), unseen share (categorical), missing share then and now; and which drifted.
+        A numeric column drifts when its PSI is past the threshold and its bins' counts differ from the training
+        shares by more than sampling alone explains (`beyond_noise`): a small batch cannot raise drift by chance."""
         columns: dict[str, ColumnDrift] = {}
+        tested = len(self.statistics.numeric)
         for name, stats in {**self.statistics.numeric, **self.statistics.categorical}.items():
             counts = self.counts[name]
             present = max(counts.rows - counts.missing, 1)
@@ -228,7 +253,7 @@ class DriftCounter:
             reasons, psi_value, unseen_share = [], None, None
             if name in self.statistics.numeric:
                 psi_value = psi(stats.shares, counts.bins / counts.binned) if counts.binned else 0.0
-                if psi_value > psi_threshold:
+                if psi_value > psi_threshold and beyond_noise(stats.shares, counts.bins, tested):
                     reasons.append(f"PSI {psi_value:.2f}")
             else:
                 unseen_share = counts.unseen / present

@@ -7,7 +7,15 @@ import pandas as pd
 import pytest
 
 from kerasflow.model_interface import InputColumn, ModelInputs
-from tasks.drift import DriftCounter, DriftReport, TrainingStatistics, psi, summary_line, training_statistics
+from tasks.drift import (
+    DriftCounter,
+    DriftReport,
+    TrainingStatistics,
+    beyond_noise,
+    psi,
+    summary_line,
+    training_statistics,
+)
 
 INPUTS = ModelInputs(
     "columns",
@@ -50,6 +58,20 @@ def test_a_shifted_column_is_flagged_and_an_unshifted_one_is_not():
 def test_the_same_distribution_is_not_drift():
     report = counted(training(2000, seed=2), training_statistics(training(), INPUTS))
     assert report.drifted == [] and summary_line(report) == "drift: none past the thresholds"
+
+
+def test_a_small_batch_of_training_like_rows_is_not_drift_but_a_real_shift_in_it_is():
+    statistics = training_statistics(training(), INPUTS)
+    # 50 rows drawn like the training split: their PSI is about (bins - 1) / 50 by sampling alone, near 0.2.
+    alarms = 0
+    for seed in range(40):
+        report = counted(training(50, seed=100 + seed), statistics, batches=1)
+        alarms += bool(report.drifted)
+    assert alarms <= 4  # about the 5 % false-alarm rate shared among the columns (PSI > 0.2 alone: 30 of 40)
+    assert not beyond_noise([0.1] * 10, [5] * 10) and beyond_noise([0.1] * 10, [40] + [1] * 9)
+    shifted = training(50, seed=7)
+    shifted["rm"] = shifted["rm"] + 2.0
+    assert counted(shifted, statistics, batches=1).drifted == ["rm"]
 
 
 def test_unseen_categories_and_missing_values_are_counted():
