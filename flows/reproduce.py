@@ -258,6 +258,7 @@ def compare(record: Record, checkout: Path, tolerance: float) -> Verdict:
     from kerasflow.layout import Layout
     from kerasflow.model_interface import ModelConfig, model_outputs
     from kerasflow.records import Evaluation, TrainingResult
+    from tasks.features import as_signature
 
     layout = Layout(checkout)
     rebuilt_metrics = Evaluation.read(layout.metrics).test
@@ -272,6 +273,8 @@ def compare(record: Record, checkout: Path, tolerance: float) -> Verdict:
     registered, rebuilt = tracking.load_model(record.model_uri), tracking.load_model(str(rebuilt_files))
     difference = 0.0
     for x, _ in test.batches(1 << 16):  # the test rows streamed through both models
+        if config.inputs.kind != "image":
+            x = as_signature(x, config.inputs)  # an integer column of the CSV as the signature's double
         ours, theirs = model_outputs(registered.predict(x), config), model_outputs(rebuilt.predict(x), config)
         difference = max(difference, float(np.max(np.abs(ours - theirs))) if len(ours) else 0.0)
     return Verdict(metrics, difference, tolerance)

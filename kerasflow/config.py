@@ -230,6 +230,9 @@ class ModelParams(_Section):
     decision_threshold: float | Literal["auto"] = 0.5
     # k members: the layers built k times side by side on the same inputs, their outputs averaged, in one model.
     ensemble: int = Field(1, ge=1, le=32)
+    # Wide and deep: a linear layer on the input features added to the network's output (before its activation),
+    # so a nearly linear relation needs nothing of the hidden layers.
+    linear_skip: bool = False
     optimizer: OptimizerParams = OptimizerParams()
     loss: str = "auto"
 

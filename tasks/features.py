@@ -110,7 +110,13 @@ def raw_example(x: np.ndarray | pd.DataFrame, inputs: ModelInputs, rows: int = 5
     """
     if inputs.kind == "image":
         return np.asarray(x[:rows], dtype="float32")
-    frame = x.head(rows).copy()
+    return as_signature(x.head(rows), inputs)
+
+
+def as_signature(x: pd.DataFrame, inputs: ModelInputs) -> pd.DataFrame:
+    """Raw columns typed as the logged model's signature has them (numbers float64, categories and text strings):
+    MLflow's schema check refuses an int64 column for a `double` input ("can not safely convert")."""
+    frame = x.copy()
     for entry in inputs.columns:
         if entry.kind == NUMERIC:
             frame[entry.column] = numbers(frame[entry.column])

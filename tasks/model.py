@@ -196,7 +196,7 @@ def build_model(spec: ModelParams, data: PreprocessState, jit_compile: bool | st
             for index, layer in enumerate(spec.layers)
         ]
         members.append(wire_layers(spec, layers, dict(tensors)))
-    model = keras.Model(inputs, output_head(spec, data, members), name=f"kerasflow_{spec.api}")
+    model = keras.Model(inputs, output_head(spec, data, members, tensors["input"]), name=f"kerasflow_{spec.api}")
     return compile_model(model, spec, data, jit_compile)
 
 
@@ -251,12 +251,22 @@ def wire_layers(spec: ModelParams, layers: list[keras.layers.Layer], tensors: di
     return current
 
 
-def output_head(spec: ModelParams, data: PreprocessState, members: list[Any]) -> Any:
+def output_head(spec: ModelParams, data: PreprocessState, members: list[Any], features: Any = None) -> Any:
     """The output layer for the task, in float32 (also under mixed precision), one per ensemble member, their
-    outputs (probabilities, or values) averaged; a regression target is mapped back from standard deviations to
-    its own units."""
+    outputs (probabilities, or values) averaged; with `model.linear_skip`, the members' averaged logits plus a linear
+    layer straight on the input `features` (wide and deep). A regression target is mapped back from standard
+    deviations to its own units."""
     activation = output_activation(spec, data)
-    if len(members) == 1:
+    if spec.linear_skip and features is not None:
+        heads = [
+            keras.layers.Dense(data.output_units, dtype="float32", name=f"logits_{index}")(member)
+            for index, member in enumerate(members)
+        ]
+        deep = heads[0] if len(heads) == 1 else keras.layers.Average(dtype="float32", name="deep")(heads)
+        wide = keras.layers.Dense(data.output_units, dtype="float32", name="wide")(features)
+        logits = keras.layers.Add(dtype="float32", name="wide_and_deep")([deep, wide])
+        outputs = keras.layers.Activation(activation, dtype="float32", name="output")(logits)
+    elif len(members) == 1:
         outputs = keras.layers.Dense(data.output_units, activation=activation, dtype="float32", name="output")(
             members[0]
         )

@@ -198,3 +198,25 @@ def test_an_output_that_is_the_input_is_refused_and_the_input_kept(tmp_path):
     with pytest.raises(InputFileError, match=r"new.csv: --output is the input file"):
         predict_file(tmp_path / "new.csv", tmp_path / "." / "new.csv", params_path=params)
     assert (tmp_path / "new.csv").read_text() == before
+
+
+def test_integer_columns_typed_as_the_signature_pass_mlflows_schema_check(tmp_path):
+    """What `kerasflow reproduce` sends the registered model: a CSV's integer column, as the signature's double."""
+    import mlflow
+
+    from kerasflow import tracking
+    from kerasflow.config import TrackingParams
+    from tasks.features import as_signature
+    from tests.conftest import use_store
+    from tests.unit.helpers import log_mixed_model
+
+    use_store(tmp_path / "mlflow.db")
+    experiment_id = tracking.configure(TrackingParams(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"), tmp_path)
+    with tracking.open_run(experiment_id):
+        uri, _, _, _ = log_mixed_model(tmp_path, "classification")
+    model = mlflow.pyfunc.load_model(uri)
+    data = pd.DataFrame({"size": [1, 2, 3], "color": ["red", "green", "blue"]})  # size read as int64
+    with pytest.raises(Exception, match="int64"):
+        model.predict(data)
+    typed = as_signature(data, model.unwrap_python_model().config.inputs)
+    assert typed["size"].dtype == "float64" and len(model.predict(typed)) == 3
