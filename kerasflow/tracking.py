@@ -85,6 +85,12 @@ def configure(params: TrackingParams, project_root: Path) -> str:
             client = MlflowClient()
             experiment = client.get_experiment_by_name(params.experiment)
         except Exception as error:  # The store is unreachable or broken: say which one.
+            damage = database_damage(error) if is_local_store(uri) else None
+            if damage:
+                raise StoreDamaged(
+                    f"MLflow tracking store {uri} cannot be read: {damage}. The file is damaged: move it aside "
+                    "(a new store is made in its place) or restore it from a backup"
+                ) from error
             kind = "server" if uri.startswith(("http://", "https://")) else "store"
             raise ConnectionError(
                 f"MLflow tracking {kind} {uri} is not reachable ({short_error(error)}); start it, or unset "
@@ -97,6 +103,22 @@ def configure(params: TrackingParams, project_root: Path) -> str:
         # Local stores keep artifacts beside the database, not wherever the process happened to start.
         location = (project_root / "mlartifacts").resolve().as_uri() if is_local_store(uri) else None
         return client.create_experiment(params.experiment, artifact_location=location, tags=EXPERIMENT_KIND)
+
+
+class StoreDamaged(ExpectedError):
+    """A local store's database file is there but is not a readable database: no retry helps."""
+
+
+def database_damage(error: BaseException | None) -> str | None:
+    """SQLite's own words when a store's file is not a readable database ("database disk image is malformed",
+    "file is not a database"), found in the error's chain; None for anything else."""
+    markers = ("malformed", "not a database", "file is encrypted")
+    while error is not None:
+        for line in str(error).splitlines():
+            if any(marker in line for marker in markers):
+                return line.strip().removeprefix("(sqlite3.DatabaseError) ")[:200]
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def short_error(error: BaseException) -> str:

@@ -203,3 +203,18 @@ def test_metric_names_keep_only_what_mlflow_accepts(name, expected):
     from kerasflow.tracking import metric_key
 
     assert metric_key(name) == expected
+
+
+def test_a_damaged_local_store_is_named_as_damaged_not_unreachable(tmp_path):
+    from flows.training import is_transient
+    from kerasflow import tracking
+    from kerasflow.config import TrackingParams
+    from kerasflow.errors import is_expected
+
+    store = tmp_path / "mlflow.db"
+    store.write_bytes(b"SQLite format 3\x00" + b"\x13" * 4096)  # a header, then garbage
+    with pytest.raises(tracking.StoreDamaged) as raised:
+        tracking.configure(TrackingParams(tracking_uri=f"sqlite:///{store}"), tmp_path)
+    message = str(raised.value)
+    assert f"sqlite:///{store} cannot be read" in message and "damaged" in message and "not reachable" not in message
+    assert is_expected(raised.value) and not is_transient(raised.value)  # one line, and no retry
