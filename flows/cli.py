@@ -243,7 +243,15 @@ def accept_schema(args: argparse.Namespace) -> int:
 
     try:
         params = load_params(args.params)
-        schema = accept(params, Layout(Path(args.params).resolve().parent))
+        root = Path(args.params).resolve().parent
+        layout = Layout(root)
+        if not layout.raw_meta.is_file():
+            # After `kerasflow run` the raw dataset is in the flow's cache, keyed as the flow keys it.
+            from flows.training import cached_raw_dir
+
+            found = cached_raw_dir(params, root)
+            layout = Layout(root, raw_dir=found) if found is not None else layout
+        schema = accept(params, layout)
     except (ConfigError, FileNotFoundError) as error:
         sys.stderr.write(f"kerasflow: {error}\n")
         return 2

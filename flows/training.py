@@ -75,6 +75,15 @@ def cache_folder(stage: Stage, params: Params, context: Context) -> Path | None:
     return context.project_root / ".kerasflow" / "cache" / f"{stage.name}-{digest}"
 
 
+def cached_raw_dir(params: Params, project_root: Path) -> Path | None:
+    """The raw dataset a flow run of these params ingested into its cache (None when there is none): what
+    `kerasflow accept-schema` reads after `kerasflow run`, which keeps data/raw/ empty."""
+    layout = Layout(project_root)
+    stage = next(stage for stage in build_stages(layout) if stage.name == "ingest")
+    folder = cache_folder(stage, params, Context(layout, project_root))
+    return folder if folder is not None and (folder / "dataset.json").is_file() else None
+
+
 def as_task(stage: Stage, cache_key: str | None = None, refresh: bool = False) -> Any:
     """The Prefect task that runs one stage (the same function `dvc repro` runs)."""
     options: dict[str, Any] = {

@@ -71,6 +71,14 @@ def test_default_pipeline_registers_a_champion_digits_cnn(prefect_harness, proje
     assert not any(secret in str(value) for value in recorded)  # environment secrets are never logged
     assert result["run_id"] in summary.data and "champion" in summary.data
 
+    # `kerasflow accept-schema` after a flow run: data/raw/ is empty, the raw dataset is in the flow's cache.
+    from flows import cli
+
+    assert not (project / "data" / "raw").exists()
+    (project / "data" / "schema.json").unlink()
+    assert cli.main(["accept-schema", "--params", str(project / "params.yaml")]) == 0
+    assert json.loads((project / "data" / "schema.json").read_text())["source"] == "sklearn:digits"
+
 
 def test_bad_override_fails_the_flow_before_any_stage(prefect_harness, project):
     from flows.training import training_pipeline
