@@ -230,7 +230,7 @@ def training_pipeline(
         "run_id": context.run_id,
         "run_url": results["train"].get("run_url"),
         "experiment_id": results["train"].get("experiment_id"),
-        "tracking_uri": tracking.resolve_tracking_uri(params.tracking, project_root),
+        "tracking_uri": tracking.redacted(tracking.resolve_tracking_uri(params.tracking, project_root)),
         "workdir": str(context.layout.root),
         "metrics": results["evaluate"]["test"],
         "baseline": results["evaluate"]["baseline"],

@@ -44,13 +44,22 @@ def resolve_tracking_uri(params: TrackingParams, project_root: Path) -> str:
 
 
 def portable_uri(uri: str, project_root: Path) -> str:
-    """A sqlite store inside the project as a path relative to it (`sqlite:///mlflow.db`); any other as it is."""
+    """A sqlite store inside the project as a path relative to it (`sqlite:///mlflow.db`); any other as it is,
+    without the password it may carry."""
     prefix = "sqlite:///"
     if uri.startswith(prefix):
         path = Path(uri.removeprefix(prefix))
         if path.is_absolute() and path.is_relative_to(Path(project_root).resolve()):
             return prefix + path.relative_to(Path(project_root).resolve()).as_posix()
-    return uri
+    return redacted(uri)
+
+
+def redacted(text: str) -> str:
+    """A URI (or a message holding one) as it may be shown or stored: `http://user:***@host:5000` for
+    `http://user:password@host:5000`."""
+    import re
+
+    return re.sub(r"(://[^:/@\s]+):[^@\s/]+@", r"\1:***@", text)
 
 
 def is_local_store(uri: str) -> bool:
@@ -88,13 +97,13 @@ def configure(params: TrackingParams, project_root: Path) -> str:
             damage = database_damage(error) if is_local_store(uri) else None
             if damage:
                 raise StoreDamaged(
-                    f"MLflow tracking store {uri} cannot be read: {damage}. The file is damaged: move it aside "
-                    "(a new store is made in its place) or restore it from a backup"
+                    f"MLflow tracking store {redacted(uri)} cannot be read: {damage}. The file is damaged: move it "
+                    "aside (a new store is made in its place) or restore it from a backup"
                 ) from error
             kind = "server" if uri.startswith(("http://", "https://")) else "store"
             raise ConnectionError(
-                f"MLflow tracking {kind} {uri} is not reachable ({short_error(error)}); start it, or unset "
-                "MLFLOW_TRACKING_URI to use the local sqlite store"
+                f"MLflow tracking {kind} {redacted(uri)} is not reachable ({redacted(short_error(error))}); start it, "
+                "or unset MLFLOW_TRACKING_URI to use the local sqlite store"
             ) from error
         if experiment is not None:
             if experiment.tags.get("mlflow.experimentKind") != EXPERIMENT_KIND["mlflow.experimentKind"]:
@@ -393,7 +402,7 @@ def run_url(run_id: str, experiment_id: str) -> str | None:
     """A link to the run in the MLflow UI, when the store is a tracking server."""
     uri = mlflow.get_tracking_uri()
     if uri.startswith("http://") or uri.startswith("https://"):
-        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+        return f"{redacted(uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
     return None
 
 

@@ -218,3 +218,15 @@ def test_a_damaged_local_store_is_named_as_damaged_not_unreachable(tmp_path):
     message = str(raised.value)
     assert f"sqlite:///{store} cannot be read" in message and "damaged" in message and "not reachable" not in message
     assert is_expected(raised.value) and not is_transient(raised.value)  # one line, and no retry
+
+
+def test_a_password_in_the_tracking_uri_is_never_shown_or_stored(tmp_path, monkeypatch):
+    from kerasflow import tracking
+
+    uri = "http://alice:hunter2@mlflow.example:5000"
+    assert tracking.redacted(uri) == "http://alice:***@mlflow.example:5000"
+    assert tracking.redacted("http://token@host:5000") == "http://token@host:5000"  # a user name alone stays
+    assert tracking.redacted("sqlite:///mlflow.db") == "sqlite:///mlflow.db"
+    assert "hunter2" not in tracking.portable_uri(uri, tmp_path)  # what reports/mlflow_run.json keeps
+    monkeypatch.setattr(tracking.mlflow, "get_tracking_uri", lambda: uri)
+    assert tracking.run_url("r1", "1") == "http://alice:***@mlflow.example:5000/#/experiments/1/runs/r1"
