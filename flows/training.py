@@ -8,9 +8,10 @@ FAILED in MLflow too.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from prefect.utilities.annotations import quote
 
 from flows.stages import PROJECT_ROOT, Context, Stage, build_stages
 from kerasflow.config import Params, load_params
+from kerasflow.errors import ExpectedError
 from kerasflow.events import Trigger
 from kerasflow.io import file_md5
 from kerasflow.layout import Layout
@@ -73,6 +75,32 @@ def cache_folder(stage: Stage, params: Params, context: Context) -> Path | None:
         parts["raw_md5"] = json.loads(context.layout.raw_meta.read_text())["md5"]
     digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
     return context.project_root / ".kerasflow" / "cache" / f"{stage.name}-{digest}"
+
+
+class RunFolderBusy(ExpectedError):
+    """Another pipeline run is writing into the same run folder (its models/ and reports/)."""
+
+
+@contextlib.contextmanager
+def run_folder_lock(root: Path) -> Iterator[None]:
+    """One pipeline run at a time per run folder: two runs in one folder would write each other's reports/ and
+    models/ and register each other's model. The second is refused at once, by name (as `dvc repro` refuses a
+    second run in one repository); a run folder of its own (--isolate) runs beside it."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(root / ".kerasflow" / "run.lock"))
+    (root / ".kerasflow").mkdir(parents=True, exist_ok=True)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise RunFolderBusy(
+            f"{root}: another kerasflow run is writing its models/ and reports/ here; wait for it to finish, or "
+            "start this one with --isolate (a folder of its own under runs/)"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def cached_raw_dir(params: Params, project_root: Path) -> Path | None:
@@ -211,16 +239,17 @@ def training_pipeline(
     project_root = Path(params_path).resolve().parent
     layout = Layout(run_folder(project_root, workdir, isolate), schema=project_root / "data" / "schema.json")
     context = Context(layout, project_root)
-    previous = open_run_task()(params, context, return_state=True)
-    context = replace(context, run_id=previous.result())
-    if started_by:
-        tracking.set_run_tags(context.run_id, started_by.tags())
-        get_run_logger().info("this run was started by an automation: %s", started_by.description)
-    try:
-        context, _, results = run_stages(params, context, previous, cache_data)
-    except BaseException:
-        tracking.mark_failed(context.run_id)
-        raise
+    with run_folder_lock(layout.root):
+        previous = open_run_task()(params, context, return_state=True)
+        context = replace(context, run_id=previous.result())
+        if started_by:
+            tracking.set_run_tags(context.run_id, started_by.tags())
+            get_run_logger().info("this run was started by an automation: %s", started_by.description)
+        try:
+            context, _, results = run_stages(params, context, previous, cache_data)
+        except BaseException:
+            tracking.mark_failed(context.run_id)
+            raise
     tags = tracking.run_tags(context.run_id)
     summary = notes.flow_summary(results, changes, tags)
     create_markdown_artifact(markdown=summary, key="training-summary", description="kerasflow run")

@@ -111,6 +111,21 @@ def test_a_stage_that_fails_for_good_fails_the_flow_and_the_mlflow_run(prefect_h
     assert not (project / "reports").exists()
 
 
+def test_a_second_run_in_the_same_folder_is_refused_by_name_and_an_isolated_one_is_not(tmp_path):
+    from flows.training import RunFolderBusy, run_folder_lock
+    from kerasflow.errors import is_expected
+
+    with run_folder_lock(tmp_path):
+        with pytest.raises(RunFolderBusy, match=r"another kerasflow run is writing its models/ and reports/ here"):
+            with run_folder_lock(tmp_path):
+                pass
+        with run_folder_lock(tmp_path / "runs" / "flow-run-2"):  # --isolate: a folder of its own
+            pass
+    with run_folder_lock(tmp_path):  # released when the first run ends
+        pass
+    assert is_expected(RunFolderBusy("x"))
+
+
 def test_only_transient_errors_are_retried():
     from flows.training import is_transient
     from tasks.ingest import DataSourceError
