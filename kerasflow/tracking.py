@@ -563,8 +563,31 @@ def registered_digest(model_uri: str) -> str:
 
 
 def load_version(model_name: str, version: str) -> Any:
-    """A registered version as its pyfunc model (with its own copy of the model code)."""
-    return mlflow.pyfunc.load_model(f"models:/{model_name}/{version}")
+    """A registered version as its pyfunc model (with its own copy of the model code); one whose model file
+    carries code is a ModelRefused naming the version."""
+    uri = f"models:/{model_name}/{version}"
+    try:
+        return mlflow.pyfunc.load_model(uri)
+    except Exception as error:
+        refused(uri, error)
+        raise
+
+
+class ModelRefused(ExpectedError):
+    """A model file that carries Python code (a Lambda layer): Keras' safe mode refuses it, and so does kerasflow."""
+
+
+def refused(uri: str, error: BaseException) -> None:
+    """Raise ModelRefused naming `uri` when `error` is Keras' safe-mode refusal (whose advice, to turn safe mode
+    off, kerasflow does not repeat); return otherwise."""
+    found: BaseException | None = error
+    while found is not None:
+        if "safe_mode" in str(found) or "arbitrary code execution" in str(found):
+            raise ModelRefused(
+                f"{uri}: refused to load: its model file carries Python code (a Lambda layer), which kerasflow "
+                "never runs; register a model without it"
+            ) from None
+        found = found.__cause__ or found.__context__
 
 
 class ModelNotFound(ExpectedError, LookupError):
@@ -612,7 +635,11 @@ def load_model(model_uri: str) -> Any:
     try:
         return mlflow.pyfunc.load_model(model_uri)
     except MlflowException as error:
+        refused(model_uri, error)
         raise ModelNotFound(f"no model to score with: {error.message}") from None
+    except Exception as error:
+        refused(model_uri, error)
+        raise
 
 
 def rejected_input(error: Exception) -> str | None:

@@ -51,7 +51,10 @@ def rescore(
     """The champion version's metrics on this run's test split, or why it could not be scored on it."""
     from kerasflow import tracking
 
-    model = tracking.load_version(model_name, version)
+    try:
+        model = tracking.load_version(model_name, version)
+    except tracking.ModelRefused as error:  # a tampered champion must not stop every later run
+        return ChampionScore(version, skipped=f"the champion (version {version}) cannot be scored: {error}")
     scorer = model.unwrap_python_model()
     # Its own copy of the model interface's config (older versions kept a plain dict).
     raw = scorer.config.to_dict() if hasattr(scorer.config, "to_dict") else dict(scorer.config)

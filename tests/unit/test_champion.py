@@ -52,3 +52,29 @@ def test_a_champion_that_cannot_take_the_data_says_why(champion, data, expected)
 def test_extra_columns_in_the_data_do_not_stop_a_champion_that_needs_fewer():
     wider = ModelInputs("columns", (*COLUMNS.columns, InputColumn("age", "numeric", "numeric")))
     assert mismatch(ModelConfig("regression", COLUMNS), state(wider)) is None
+
+
+def test_a_champion_whose_file_carries_code_is_refused_by_name_and_does_not_stop_the_run(monkeypatch):
+    from kerasflow import tracking
+    from tasks.champion import rescore
+
+    keras_refusal = ValueError(
+        "Requested the deserialization of a `Lambda` layer whose `function` is a Python lambda. This carries a "
+        "potential risk of arbitrary code execution ... passing `safe_mode=False` to the loading function"
+    )
+
+    def load(uri):
+        raise RuntimeError("loading the model failed") from keras_refusal
+
+    import mlflow.pyfunc
+
+    monkeypatch.setattr(mlflow.pyfunc, "load_model", load)
+    with pytest.raises(
+        tracking.ModelRefused, match=r"models:/houses/3: refused to load: .* carries Python code"
+    ) as found:
+        tracking.load_version("houses", "3")
+    assert "safe_mode=False" not in str(found.value)  # kerasflow never suggests turning safety off
+    with pytest.raises(tracking.ModelRefused, match="models:/houses@champion: refused"):
+        tracking.load_model("models:/houses@champion")
+    score = rescore("houses", "3", None, state())
+    assert score.test is None and "the champion (version 3) cannot be scored" in score.skipped
