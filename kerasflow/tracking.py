@@ -535,11 +535,16 @@ def version_for_alias(model_name: str, alias: str) -> str | None:
         return None
 
 
-def apply_decision(model_name: str, version: str, decision: Any, description: str = "") -> None:
+def apply_decision(
+    model_name: str, version: str, decision: Any, description: str = "", digest: str | None = None
+) -> None:
     """Record the gate's verdict (`tasks.register.Decision`) on the version: a tag per check, the reasons in
-    its description; then move its alias (last, so a failure leaves the alias be)."""
+    its description, and the SHA-256 of the files train checked (`digest`, which every later load verifies); then
+    move its alias (last, so a failure leaves the alias be)."""
     client = MlflowClient()
     client.set_model_version_tag(model_name, version, "kerasflow.decision", decision.alias)
+    if digest:
+        client.set_model_version_tag(model_name, version, DIGEST_TAG, digest)
     for check, ok in decision.checks.items():
         client.set_model_version_tag(model_name, version, f"kerasflow.check.{check}", "passed" if ok else "failed")
     if description:
@@ -562,15 +567,40 @@ def registered_digest(model_uri: str) -> str:
         return artifact_digest(local)
 
 
+# The version tag holding the SHA-256 of the files train checked (set at registration).
+DIGEST_TAG = "kerasflow.sha256"
+
+
+class ModelTampered(ExpectedError):
+    """A registered version's files are not the ones train checked and registration recorded."""
+
+
 def load_version(model_name: str, version: str) -> Any:
-    """A registered version as its pyfunc model (with its own copy of the model code); one whose model file
-    carries code is a ModelRefused naming the version."""
+    """A registered version as its pyfunc model (with its own copy of the model code), loaded from files whose
+    SHA-256 is the one recorded at registration (ModelTampered if not; versions registered before the digest was
+    recorded load as they are); one whose model file carries code is a ModelRefused naming the version."""
+    import tempfile
+
     uri = f"models:/{model_name}/{version}"
+    expected = MlflowClient().get_model_version(model_name, version).tags.get(DIGEST_TAG)
+    # The files are checked, then loaded from that same folder: what runs is what was checked. The folder lives
+    # as long as the model does (it reads its training statistics from it when asked).
+    files = tempfile.TemporaryDirectory(prefix="kerasflow-model-")
     try:
-        return mlflow.pyfunc.load_model(uri)
+        local = mlflow.artifacts.download_artifacts(uri, dst_path=files.name)
+        found = artifact_digest(local)
+        if expected and found != expected:
+            raise ModelTampered(
+                f"{uri}: its files (sha256 {found[:12]}) are not the ones registered (sha256 {expected[:12]}): "
+                "they changed in the artifact store since; refusing to load them"
+            )
+        model = mlflow.pyfunc.load_model(local)
     except Exception as error:
+        files.cleanup()
         refused(uri, error)
         raise
+    model._kerasflow_files = files  # noqa: SLF001 (kept alive with the model)
+    return model
 
 
 class ModelRefused(ExpectedError):
@@ -629,10 +659,14 @@ def download_run_file(run_id: str, artifact_path: str, folder: Path) -> Path:
 
 
 def load_model(model_uri: str) -> Any:
-    """Any model URI (`models:/...`, `runs:/...`, a local folder) as its pyfunc model."""
+    """Any model URI (`models:/...`, `runs:/...`, a local folder) as its pyfunc model; a registered version's files
+    are checked against the digest recorded at registration first (`load_version`)."""
     from mlflow.exceptions import MlflowException
 
     try:
+        if model_uri.startswith("models:/"):
+            name, version, _ = registered_identity(model_uri)
+            return load_version(name, version)
         return mlflow.pyfunc.load_model(model_uri)
     except MlflowException as error:
         refused(model_uri, error)

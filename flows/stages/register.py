@@ -60,7 +60,7 @@ def run(params: Params, context: Context) -> dict[str, Any]:
             description = version_text(state, evaluation, registration, run_tags)
             # The logged model's page carries the same account as the version's.
             tracking.describe_logged_model(trained.model_id, description)
-            tracking.apply_decision(name, version, decision, description)
+            tracking.apply_decision(name, version, decision, description, trained.artifacts_sha256)
         payload = registration.to_dict()
         tracking.tag({"registry.model": name, "registry.version": version, "registry.alias": decision.alias})
         tracking.log_dict(payload, "registration.json")

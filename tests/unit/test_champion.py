@@ -66,8 +66,17 @@ def test_a_champion_whose_file_carries_code_is_refused_by_name_and_does_not_stop
     def load(uri):
         raise RuntimeError("loading the model failed") from keras_refusal
 
+    import mlflow.artifacts
     import mlflow.pyfunc
 
+    class Version:  # the registry's answer: version 3, registered before digests were recorded
+        name, version, run_id, tags = "houses", "3", "r", {}
+
+    class Client:
+        get_model_version = get_model_version_by_alias = staticmethod(lambda *args: Version())
+
+    monkeypatch.setattr(tracking, "MlflowClient", Client)
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts", lambda uri, dst_path: dst_path)
     monkeypatch.setattr(mlflow.pyfunc, "load_model", load)
     with pytest.raises(
         tracking.ModelRefused, match=r"models:/houses/3: refused to load: .* carries Python code"

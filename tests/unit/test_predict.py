@@ -220,3 +220,34 @@ def test_integer_columns_typed_as_the_signature_pass_mlflows_schema_check(tmp_pa
         model.predict(data)
     typed = as_signature(data, model.unwrap_python_model().config.inputs)
     assert typed["size"].dtype == "float64" and len(model.predict(typed)) == 3
+
+
+def test_a_registered_version_whose_files_changed_is_refused_by_name(tmp_path):
+    """Code added to a registered version's model_interface.py in the artifact store never runs."""
+    import mlflow
+
+    from kerasflow import tracking
+    from kerasflow.config import RegisterParams, TrackingParams
+    from tasks.register import decide
+    from tests.conftest import use_store
+    from tests.unit.helpers import log_mixed_model
+
+    use_store(tmp_path / "mlflow.db")
+    experiment_id = tracking.configure(TrackingParams(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"), tmp_path)
+    with tracking.open_run(experiment_id) as run_id:
+        uri, _, _, _ = log_mixed_model(tmp_path, "classification")
+    version = tracking.register_version(uri, "mixed", run_id)
+    with tracking.downloaded(uri) as local:
+        digest = tracking.artifact_digest(local)
+    decision = decide({"accuracy": 1.0}, {"accuracy": 0.5}, None, "accuracy", RegisterParams(model_name="mixed"))
+    tracking.apply_decision("mixed", version, decision, "", digest)
+    scorer = tracking.load_model("models:/mixed@champion").unwrap_python_model()  # the checked files load
+    assert scorer.config.task == "classification"
+
+    (interface,) = tmp_path.glob("mlartifacts/**/model_interface.py")
+    interface.write_text(interface.read_text() + "\nraise SystemExit('tampered code ran')\n")
+    with pytest.raises(tracking.ModelTampered, match=r"models:/mixed/1: its files .* are not the ones registered"):
+        tracking.load_model("models:/mixed@champion")
+    with pytest.raises(tracking.ModelTampered):
+        tracking.load_version("mixed", version)
+    assert mlflow.MlflowClient().get_model_version("mixed", version).tags[tracking.DIGEST_TAG] == digest
