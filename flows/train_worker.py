@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", default=".", help="the project folder every worker sees (default: here)")
     parser.add_argument("--project-root", default=None, help="where mlflow.db lives (default: --root)")
     parser.add_argument("--run-id", default=None, help="the MLflow run to record into (default: a new one)")
+    parser.add_argument("--raw-dir", default=None, help="the raw dataset's folder (default: ROOT/data/raw)")
+    parser.add_argument("--processed-dir", default=None, help="the splits' folder (default: ROOT/data/processed)")
+    parser.add_argument("--schema", default=None, help="the recorded schema (default: ROOT/data/schema.json)")
     args = parser.parse_args(argv)
 
     from flows.cli import parse_assignments
@@ -62,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     from kerasflow.layout import Layout
 
     root = Path(args.root).resolve()
-    context = Context(Layout(root), Path(args.project_root or root).resolve(), args.run_id)
+    layout = Layout(root, raw_dir=args.raw_dir, processed_dir=args.processed_dir, schema=args.schema)
+    context = Context(layout, Path(args.project_root or root).resolve(), args.run_id)
     try:
         if worker.chief:
             train.train_and_publish(params, context)

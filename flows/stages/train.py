@@ -139,6 +139,9 @@ def run_workers(params: Params, context: Context) -> dict[str, Any]:
         effective.write_text(yaml.safe_dump(params.to_dict(), sort_keys=False))
         arguments = ["--params", str(effective), "--root", str(layout.root)]
         arguments += ["--project-root", str(context.project_root)]
+        # This run's data: a flow run's split is in its content cache, not the run folder's data/processed/.
+        arguments += ["--raw-dir", str(layout.raw_dir), "--processed-dir", str(layout.processed_dir)]
+        arguments += ["--schema", str(layout.schema)]
         if context.run_id:
             arguments += ["--run-id", context.run_id]
         try:

@@ -162,14 +162,27 @@ def test_a_worker_killed_mid_training_fails_the_stage_by_name_and_the_rerun_resu
 
 def test_a_prefect_flow_run_trains_with_two_workers(project):
     root, env, _ = project
+    # Another sample of the data than `dvc repro` left in data/: the workers must train on this run's split (in
+    # the flow's cache), not on that older one, and the run's lineage must name this run's data.
     set_params(root, epochs=3, early_stopping={"enabled": False})
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["ingest"]["max_rows"] = 1500
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     result = run([str(BIN / "kerasflow"), "run"], root, env)
     assert "kerasflow: pipeline finished" in result.stdout
     assert "registered      kerasflow-digits-cnn version" in result.stdout
     assert "all 2 workers ended with the same weights" in result.stdout + result.stderr
     client = use_store(root / "mlflow.db")
     run_id = re.search(r"MLflow run\s+([0-9a-f]{32})", result.stdout).group(1)
-    assert client.get_run(run_id).data.tags["train.workers"] == "2"
+    tags = client.get_run(run_id).data.tags
+    assert tags["train.workers"] == "2"
+    raw = max(root.glob(".kerasflow/cache/ingest-*/dataset.json"), key=lambda path: path.stat().st_mtime)
+    assert (
+        tags["data.md5"]
+        == json.loads(raw.read_text())["md5"]
+        != json.loads((root / "data/raw/dataset.json").read_text())["md5"]
+    )
+    assert tags["data.rows"].startswith("1,500 rows")
 
 
 def test_two_workers_train_a_tabular_mlp(project):
