@@ -27,9 +27,22 @@ def atomic_path(path: Path) -> Iterator[Path]:
     temporary_path = Path(temporary)
     try:
         yield temporary_path
+        if temporary_path.exists():
+            # mkstemp makes 0600: the file gets the replaced one's permissions, or those the umask gives.
+            os.chmod(temporary_path, permissions(path, 0o666))
         os.replace(temporary_path, path)
     finally:
         temporary_path.unlink(missing_ok=True)
+
+
+def permissions(path: Path, default: int) -> int:
+    """The mode of the file (or folder) at `path` if there is one, else `default` less the process's umask."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return default & ~mask
 
 
 def write_text(path: Path, text: str) -> None:
@@ -56,6 +69,7 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         yield temporary
+        os.chmod(temporary, permissions(path, 0o777))  # mkdtemp makes 0700
         if path.exists():
             retired = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
             os.replace(path, retired / "old")

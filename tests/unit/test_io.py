@@ -77,3 +77,23 @@ def test_quiet_imports_from_two_threads_leave_stderr_whole():
     assert not errors
     assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)  # stderr is still stderr
     importlib.import_module("json")
+
+
+def test_written_files_keep_the_umask_or_the_replaced_files_permissions(tmp_path):
+    import os
+    import stat
+
+    from kerasflow.io import atomic_dir, write_text
+
+    previous = os.umask(0o022)
+    try:
+        write_text(tmp_path / "params.yaml", "seed: 1\n")
+        with atomic_dir(tmp_path / "models") as folder:
+            (folder / "model.keras").write_text("x")
+        assert stat.S_IMODE((tmp_path / "params.yaml").stat().st_mode) == 0o644  # not mkstemp's 0600
+        assert stat.S_IMODE((tmp_path / "models").stat().st_mode) == 0o755  # not mkdtemp's 0700
+        (tmp_path / "params.yaml").chmod(0o664)  # a team's shared file stays shared when it is rewritten
+        write_text(tmp_path / "params.yaml", "seed: 2\n")
+        assert stat.S_IMODE((tmp_path / "params.yaml").stat().st_mode) == 0o664
+    finally:
+        os.umask(previous)
