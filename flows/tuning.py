@@ -127,7 +127,7 @@ def run_trial(plan: StudyPlan, number: int, trial_id: int, values: dict[str, Any
         callbacks = [
             curves,
             tracking.epoch_logger(run_id, data.state.rows["train"]),
-            PruningCallback(trial, watched, sign),
+            PruningCallback(trial, watched, sign, params.train.epochs),
         ]
         fit.fit_setup(params.model, params.train, params.seed, data, setup, callbacks, label=f"trial {number}")
         value = objective_value(params, data, setup.model, curves.history())

@@ -12,20 +12,23 @@ import pandas as pd
 
 
 class PruningCallback(keras.callbacks.Callback):
-    """Report the watched metric to the trial each epoch; stop the trial when the pruner says so."""
+    """Report the watched metric to the trial each epoch; stop the trial when the pruner says so. A trial that has
+    run its last epoch (of `epochs`) is never pruned: pruning saves nothing then, and it is complete."""
 
-    def __init__(self, trial: optuna.trial.Trial, metric: str, sign: float = 1.0) -> None:
+    def __init__(self, trial: optuna.trial.Trial, metric: str, sign: float = 1.0, epochs: int | None = None) -> None:
         super().__init__()
         self.trial = trial
         self.metric = metric
         self.sign = sign
+        self.epochs = epochs
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         value = (logs or {}).get(self.metric)
         if value is None or not math.isfinite(float(value)):
             return  # TerminateOnNaN ends the trial as failed.
         self.trial.report(self.sign * float(value), epoch)
-        if self.trial.should_prune():
+        last = self.epochs is not None and epoch + 1 >= self.epochs
+        if not last and self.trial.should_prune():
             raise optuna.TrialPruned(
                 f"pruned after epoch {epoch + 1}: {self.metric} {float(value):.4g} trails the median of earlier trials"
             )

@@ -193,6 +193,10 @@ def test_pruning_stops_a_trial_that_trails_the_median(tmp_path):
         bad.on_epoch_end(1, {"val_loss": 2.5})
     # NaN is not reported: TerminateOnNaN ends such a trial as failed.
     PruningCallback(study.ask(space), "val_loss").on_epoch_end(5, {"val_loss": math.nan})
+    # At its last epoch a trial is complete, however it trails: pruning it then would save nothing.
+    last = PruningCallback(study.ask(space), "val_loss", epochs=2)
+    last.on_epoch_end(0, {"val_loss": 3.0})
+    last.on_epoch_end(1, {"val_loss": 2.5})
 
 
 def finished_study(folder: Path) -> tuple[optuna.Study, list[str]]:
