@@ -298,8 +298,8 @@ class FineTuneParams(_Section):
 
 class TrainParams(_Section):
     # Bounded, so a typo (1e23) stops at the params check, not inside training.
-    epochs: int = Field(30, ge=1, le=1_000_000)
-    batch_size: int = Field(32, ge=1, le=1 << 24)
+    epochs: int = Field(30, gt=0, le=1_000_000)
+    batch_size: int = Field(32, gt=0, le=1 << 24)
     # null, "balanced" (inverse class frequency on the training split), or {label: weight}.
     class_weight: Literal["balanced"] | dict[str, PositiveFloat] | None = None
     fine_tune: FineTuneParams = FineTuneParams()

@@ -45,7 +45,7 @@ def test_every_dvc_stage_refuses_bad_params_before_work(project, caplog, change,
 
 def test_cli_refuses_a_bad_override_before_starting_prefect(project, capsys):
     assert cli.main(["run", "--set", "train.epochs=0"]) == 2
-    assert "train.epochs: Input should be greater than or equal to 1" in capsys.readouterr().err
+    assert "train.epochs: Input should be greater than 0" in capsys.readouterr().err
     assert sorted(path.name for path in project.iterdir()) == ["params.yaml"]
 
 

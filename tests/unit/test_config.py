@@ -24,7 +24,7 @@ def test_shipped_params_are_valid():
         ({"train": {"epohcs": 3}}, "train.epohcs: unknown key"),
         ({"surprise": 1}, "surprise: unknown key"),
         ({"train": {"epochs": "many"}}, "train.epochs"),
-        ({"train": {"epochs": -1}}, "train.epochs: Input should be greater than or equal to 1"),
+        ({"train": {"epochs": -1}}, "train.epochs: Input should be greater than 0"),
         ({"train": {"batch_size": 0}}, "train.batch_size"),
         ({"train": {"batch_size": 10**8}}, "train.batch_size: Input should be less than or equal to 16777216"),
         ({"preprocess": {"test_fraction": 1.0}}, "preprocess.test_fraction: Input should be less than 1"),
