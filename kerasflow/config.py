@@ -61,6 +61,8 @@ class IngestParams(_Section):
     batch_rows: PositiveInt = 65536
     # Rows whose target is missing: dropped at ingest (and counted in the raw dataset's record), or refused.
     drop_missing_target: bool = False
+    # Text that means "missing" in a CSV besides the usual (empty, NA, N/A, NaN, null, ...), e.g. ["nil", "-"].
+    missing_values: list[str] = Field(default_factory=list)
 
     @field_validator("source")
     @classmethod

@@ -18,6 +18,8 @@ import pandas as pd
 
 from kerasflow.config import ConfigError, Params, parse_params, with_paths_from
 
+# Distinct texts init reads as missing values in a numeric CSV column before it gives up.
+MISSING_MARKERS = 5
 # Rows of the seeded sample drawn across the whole file, to see what each column is.
 SAMPLE_ROWS = 50_000
 # A text column: words per value, on average, from which a string column is free text and not a category or a name.
@@ -59,6 +61,8 @@ class Profile:
     target_counts: dict[Any, int] | None  # None: more than TARGET_VALUES distinct values
     target_missing: int
     nested: list[str]
+    # Text found in a numeric CSV column where a number should be, read as missing (ingest.missing_values).
+    missing_values: list[str] = field(default_factory=list)
 
     @property
     def labelled_rows(self) -> int:
@@ -70,7 +74,7 @@ def shown(names: list[str], limit: int = 8) -> str:
     return "[" + ", ".join(repr(name) for name in names[:limit]) + (", …" if len(names) > limit else "") + "]"
 
 
-def file_batches(path: Path) -> tuple[list[str], Any]:
+def file_batches(path: Path, missing_values: list[str] | None = None) -> tuple[list[str], Any]:
     """The file's nested columns and its batches as pandas frames (nested columns left out), or a ConfigError."""
     import pyarrow as pa
     import pyarrow.csv as pv
@@ -93,21 +97,50 @@ def file_batches(path: Path) -> tuple[list[str], Any]:
         raise ConfigError(f"{path}: unsupported file type {path.suffix!r}; expected .csv or .parquet")
 
     def csv() -> Any:
-        reader = pv.open_csv(path, convert_options=pv.ConvertOptions(strings_can_be_null=True))
+        from tasks.ingest import missing_markers
+
+        markers = missing_markers(missing_values or [])
+        options = pv.ConvertOptions(strings_can_be_null=True, null_values=markers)
+        reader = pv.open_csv(path, convert_options=options)
         for batch in reader:
             yield batch.to_pandas()
 
     return [], csv()
 
 
-def read_profile(path: Path, target: str, seed: int = 42) -> Profile:
+def read_profile(path: Path, target: str, seed: int = 42, missing_values: tuple[str, ...] = ()) -> Profile:
     """Stream the whole file once: count its rows and the target's values, keep a seeded sample of SAMPLE_ROWS rows
-    across it (memory: the sample and one batch); errors name the file."""
+    across it (memory: the sample and one batch); errors name the file. Text where a CSV column's earlier values are
+    numbers (`nil`, `-`) is read as missing, and the profile lists it (at most MISSING_MARKERS of them)."""
+    import re
+
+    import pyarrow as pa
+
+    try:
+        return read_profile_once(path, target, seed, list(missing_values))
+    except ConfigError as error:
+        found = re.search(r"CSV conversion error to (?:double|int\d+): invalid value '(.*?)'", str(error))
+        if not found or len(missing_values) >= MISSING_MARKERS or is_number(found.group(1)):
+            raise
+        return read_profile(path, target, seed, (*missing_values, found.group(1)))
+    except pa.ArrowException as error:  # pragma: no cover - read_profile_once names the file
+        raise ConfigError(f"{path}: could not be read: {error}") from None
+
+
+def is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def read_profile_once(path: Path, target: str, seed: int, missing_values: list[str]) -> Profile:
     import pyarrow as pa
 
     from tasks.sampling import SmallestRows, hash_positions
 
-    nested, batches = file_batches(path)
+    nested, batches = file_batches(path, missing_values)
     sample = SmallestRows(SAMPLE_ROWS)
     counts: dict[Any, int] | None = {}
     rows = missing = 0
@@ -145,7 +178,7 @@ def read_profile(path: Path, target: str, seed: int = 42) -> Profile:
         )
     if not rows:
         raise ConfigError(f"{path}: no rows under the header")
-    return Profile(rows, frame, counts, missing, nested)
+    return Profile(rows, frame, counts, missing, nested, missing_values)
 
 
 def infer_task(counts: dict[Any, int] | None, numeric: bool) -> tuple[str, str]:
@@ -329,6 +362,9 @@ def plan_table(path: Path, target: str, task: str | None, text: str | None, proj
     else:
         why = "given with --task"
     plan.choose("ingest", "task", task, why)
+    if profile.missing_values:
+        plan.choose("ingest", "missing_values", profile.missing_values, "text found where a column's other values "
+                    "are numbers: read as missing values")  # fmt: skip
     if profile.target_missing:
         plan.choose("ingest", "drop_missing_target", True, f"{profile.target_missing:,} of {profile.rows:,} rows "
                     f"have no {target!r}: they are left out (the model cannot learn from them)")  # fmt: skip

@@ -177,8 +177,10 @@ def _open_csv(path: Path, params: IngestParams, schema: pa.Schema | None = None)
                 path,
                 read_options=pv.ReadOptions(block_size=1 << 22),
                 parse_options=pv.ParseOptions(delimiter=params.delimiter),
-                # As pandas reads it: an empty text cell is missing, not "".
-                convert_options=pv.ConvertOptions(strings_can_be_null=True, **convert),
+                # As pandas reads it: an empty text cell is missing, not "" (and so is ingest.missing_values' text).
+                convert_options=pv.ConvertOptions(
+                    strings_can_be_null=True, null_values=missing_markers(params.missing_values), **convert
+                ),
             )
         except (pa.ArrowException, OSError, UnicodeDecodeError) as error:
             raise DataSourceError(f"{path}: could not be read as csv: {error}{delimiter_hint(path, params)}") from error
@@ -211,6 +213,13 @@ def _open_csv(path: Path, params: IngestParams, schema: pa.Schema | None = None)
     return SourceData(batches, target=params.target, schema=schema, describe_error=describe)
 
 
+def missing_markers(extra: list[str]) -> list[str]:
+    """pyarrow's own text for a missing value (empty, NA, N/A, NaN, null, ...) and the user's."""
+    import pyarrow.csv as pv
+
+    return [*pv.ConvertOptions().null_values, *extra]
+
+
 def _is_number(text: str) -> bool:
     try:
         float(text)
@@ -232,7 +241,12 @@ def csv_value_error(path: Path, params: IngestParams, schema: pa.Schema, error: 
         path,
         read_options=pv.ReadOptions(block_size=1 << 22),
         parse_options=pv.ParseOptions(delimiter=params.delimiter),
-        convert_options=pv.ConvertOptions(include_columns=[field.name], column_types={field.name: pa.string()}),
+        convert_options=pv.ConvertOptions(
+            include_columns=[field.name],
+            column_types={field.name: pa.string()},
+            strings_can_be_null=True,
+            null_values=missing_markers(params.missing_values),
+        ),
     )
     numeric = pa.types.is_floating(field.type) or pa.types.is_integer(field.type)
     expected = "a number" if numeric else "true or false" if pa.types.is_boolean(field.type) else f"a {field.type}"
@@ -248,7 +262,8 @@ def csv_value_error(path: Path, params: IngestParams, schema: pa.Schema, error: 
             value = values.iloc[row - position]
             return DataSourceError(
                 f"{path}: column {field.name!r}, row {row} (line {row + 2} of the file): {value!r} is not {expected}, "
-                "as the column's earlier values are; fix the value (nothing was written)"
+                "as the column's earlier values are; fix the value, or if it stands for a missing value, list it in "
+                "ingest.missing_values (nothing was written)"
             )
     return DataSourceError(f"{path}: column {field.name!r}: {found.group(2)!r} is not {expected} ({error})")
 

@@ -70,6 +70,17 @@ def test_nested_parquet_columns_are_left_out_by_name_or_refused_when_asked_for(t
         load_dataset(asked, seed=0)
 
 
+def test_listed_missing_value_text_is_read_as_missing_and_unlisted_text_is_named(tmp_path):
+    frame = pd.DataFrame({"x": [str(i * 0.5) for i in range(40)], "y": [i % 2 for i in range(40)]})
+    frame.loc[31, "x"] = "nil"
+    frame.to_csv(tmp_path / "cgm.csv", index=False)
+    params = IngestParams(source="file", path=str(tmp_path / "cgm.csv"), target="y", missing_values=["nil"])
+    read, _ = load_dataset(params, seed=0)
+    assert read["x"].isna().sum() == 1 and read["x"].dtype == "float64"
+    unlisted, _ = load_dataset(params.model_copy(update={"missing_values": []}), seed=0)
+    assert not pd.api.types.is_numeric_dtype(unlisted["x"])  # without it the column is text: categories
+
+
 def test_rows_without_a_target_are_dropped_only_when_asked(tmp_path):
     frame = pd.DataFrame({"x": np.arange(40.0), "y": [np.nan if i % 8 == 0 else i % 2 for i in range(40)]})
     frame.to_csv(tmp_path / "gaps.csv", index=False)

@@ -137,3 +137,17 @@ def test_bad_files_are_one_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="no column 'y'"):
         read_profile(tmp_path / "t.csv", "y")
     assert shown([f"c{i}" for i in range(10)], 3) == "['c0', 'c1', 'c2', …]" and shown(["a"]) == "['a']"
+
+
+def test_text_standing_for_missing_numbers_deep_in_a_csv_is_read_as_missing(tmp_path):
+    rows = 120_000  # past pyarrow's first block, which decides the column is numbers
+    frame = pd.DataFrame({"signal": np.arange(rows) * 0.5, "glucose": np.arange(rows) % 97 * 1.5})
+    frame["signal"] = frame["signal"].astype(object)
+    frame.loc[[100_000, 110_000], "signal"] = "nil"
+    params, reasons = plan_project(write_csv(frame, tmp_path / "cgm.csv"), "glucose", tmp_path)
+    assert params.ingest.missing_values == ["nil"] and "signal" in params.ingest.features
+    assert any(line.startswith("ingest.missing_values = ['nil']") for line in reasons)
+    # A file without such text needs none.
+    clean = frame.assign(signal=np.arange(rows) * 0.25)
+    params, _ = plan_project(write_csv(clean, tmp_path / "clean.csv"), "glucose", tmp_path)
+    assert params.ingest.missing_values == []
