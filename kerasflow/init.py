@@ -294,12 +294,14 @@ def training_plan(plan: Plan, rows: int, kind: str) -> None:
 
 
 def table_model(plan: Plan, columns: Columns, rows: int) -> None:
-    """The tabular recipe: numbers scaled by quantile with a piecewise-linear encoding and missing-value
+    """The tabular recipe: numbers standardized with a piecewise-linear encoding and missing-value
     indicators, categories one-hot or embedded by their number of levels, and an ensemble of MLPs trained with
     AdamW."""
     units = 128 if rows < 50_000 else 256
-    plan.choose("preprocess", "scaling", "quantile", "each number by its rank among the training values: skew and "
-                "extreme values do not matter")  # fmt: skip
+    # Standardized, not by quantile: a regression whose target follows a number's magnitude (profit and sales)
+    # lost most of its R² when the magnitude was turned into a rank (superstore: 0.30 against 0.91).
+    plan.choose("preprocess", "scaling", "standard", "each number standardized (its magnitude kept); the "
+                "piecewise-linear pieces below let the network bend its response")  # fmt: skip
     plan.choose("preprocess", "numeric_encoding", "piecewise_linear", "each number also as pieces between its "
                 "training quantiles: the network can bend its response (Gorishniy et al., NeurIPS 2022)")  # fmt: skip
     plan.choose("preprocess", "quantile_bins", 16 if rows >= 1_000 else 8, "quantile pieces per numeric column")

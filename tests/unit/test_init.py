@@ -108,7 +108,7 @@ def test_a_table_gets_the_tabular_recipe_sized_by_its_rows(tmp_path):
     frame = pd.DataFrame({"x": rng.normal(size=500), "city": rng.choice([f"c{i}" for i in range(40)], 500)})
     frame["y"] = frame["x"] * 2 + rng.normal(size=500)
     params, _ = plan_project(write_csv(frame, tmp_path / "t.csv"), "y", tmp_path)
-    assert params.preprocess.scaling == "quantile" and params.preprocess.numeric_encoding == "piecewise_linear"
+    assert params.preprocess.scaling == "standard" and params.preprocess.numeric_encoding == "piecewise_linear"
     assert params.preprocess.categorical_encoding == "auto" and params.model.ensemble > 1
     assert params.model.optimizer.name == "adamw" and params.model.optimizer.weight_decay > 0
     assert params.train.epochs == 300 and params.train.early_stopping.patience >= 20  # small: long and patient
