@@ -173,7 +173,7 @@ CASES: dict[str, tuple[Callable[[Path], None], str, str]] = {
     "unknown optimizer": (
         lambda p: edit_params(p, lambda tree: tree["model"]["optimizer"].update(name="adamw9")),
         "ingest",
-        "model.optimizer.name: Input should be 'sgd', 'adam', 'rmsprop', 'adagrad' or 'adadelta'",
+        "model.optimizer.name: Input should be 'sgd', 'adam', 'adamw', 'rmsprop', 'adagrad' or 'adadelta'",
     ),
     "unknown loss": (
         lambda p: edit_params(p, lambda tree: tree["model"].update(loss="hinge_of_doom")),
