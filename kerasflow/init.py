@@ -120,19 +120,13 @@ def read_profile(path: Path, target: str, seed: int = 42, missing_values: tuple[
         return read_profile_once(path, target, seed, list(missing_values))
     except ConfigError as error:
         found = re.search(r"CSV conversion error to (?:double|int\d+): invalid value '(.*?)'", str(error))
+        from tasks.ingest import is_number
+
         if not found or len(missing_values) >= MISSING_MARKERS or is_number(found.group(1)):
             raise
         return read_profile(path, target, seed, (*missing_values, found.group(1)))
     except pa.ArrowException as error:  # pragma: no cover - read_profile_once names the file
         raise ConfigError(f"{path}: could not be read: {error}") from None
-
-
-def is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def read_profile_once(path: Path, target: str, seed: int, missing_values: list[str]) -> Profile:

@@ -203,7 +203,7 @@ def _open_csv(path: Path, params: IngestParams, schema: pa.Schema | None = None)
         if found:
             field = schema.field(int(found.group(1)))
             # Whole numbers in the first block and a decimal later: the column is decimal, as pandas would read it.
-            if pa.types.is_integer(field.type) and _is_number(found.group(2)):
+            if pa.types.is_integer(field.type) and is_number(found.group(2)):
                 logger.info("column %r holds decimals after its first block: read as decimals", field.name)
                 return _open_csv(
                     path, params, schema.set(schema.get_field_index(field.name), field.with_type(pa.float64()))
@@ -220,7 +220,7 @@ def missing_markers(extra: list[str]) -> list[str]:
     return [*pv.ConvertOptions().null_values, *extra]
 
 
-def _is_number(text: str) -> bool:
+def is_number(text: str) -> bool:
     try:
         float(text)
     except ValueError:
