@@ -736,7 +736,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
         "--only",
-        choices=["throughput", "fixed_cost", "scale", "images", "predict", "tune", "workers", "quality"],
+        choices=["throughput", "fixed_cost", "scale", "images", "predict", "tune", "workers", "quality", "gate"],
         action="append",
     )
     parser.add_argument("--seeds", type=int, default=3, help="seeds per dataset for the quality benchmark")
@@ -751,6 +751,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.only == ["quality"]:
         return quality_section(args)
+    if args.only == ["gate"]:
+        return gate_section()
     chosen = args.only or ["throughput", "fixed_cost", "scale", "images", "predict", "tune", "workers"]
     results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine()}
     with tempfile.TemporaryDirectory(prefix="kerasflow-bench-") as folder:
@@ -793,6 +795,20 @@ def quality_section(args: argparse.Namespace) -> int:
     output.with_suffix(".json").write_text(json.dumps({"date": date, "machine": machine(), **results}, indent=2) + "\n")
     report = quality.markdown(results, date, machine())
     output.with_suffix(".md").write_text(report + "\n")
+    sys.stdout.write(report + "\n")
+    return 0
+
+
+def gate_section() -> int:
+    """`--only gate`: how often each register.min_confidence moves the champion, and the bootstrap's cost
+    (bench/results/gate.md and .json)."""
+    from bench import gate
+
+    date = time.strftime("%Y-%m-%d %H:%M")
+    results = gate.gate()
+    (RESULTS / "gate.json").write_text(json.dumps({"date": date, "machine": machine(), **results}, indent=2) + "\n")
+    report = gate.markdown(results, date, machine())
+    (RESULTS / "gate.md").write_text(report + "\n")
     sys.stdout.write(report + "\n")
     return 0
 

@@ -81,9 +81,13 @@ def report(result: dict[str, Any]) -> str:
         lines.append(f"  test {name:<10} {value:.4f}{versus}")
     if reference:
         lines.append(f"  reference       {reference['name']} (scikit-learn, default settings) on the same rows")
+    lines += evidence_lines(result.get("evaluation"), result.get("min_slice_rows", 1))
     lines += [
         f"  registered      {registration['model_name']} version {registration['version']} -> {registration['alias']}",
-        f"  decision        {'; '.join(registration['reasons'])}",
+        *(
+            f"  {'decision' if position == 0 else '':<15} {reason}"
+            for position, reason in enumerate(registration["reasons"])
+        ),
         "",
     ]
     if result.get("run_url"):
@@ -96,6 +100,31 @@ def report(result: dict[str, Any]) -> str:
             f"then open {page}",
         ]
     return "\n".join(lines)
+
+
+def evidence_lines(evaluation: dict[str, Any] | None, min_slice_rows: int = 1) -> list[str]:
+    """How sure the scores are: the primary metric's interval, and the weakest slice when there are slices (of
+    those with `min_slice_rows` rows, when any has)."""
+    if not evaluation:
+        return []
+    from kerasflow.notes import weakest_slice
+    from kerasflow.records import Evaluation
+
+    found = Evaluation.from_dict(evaluation)
+    lines = []
+    low, high = found.interval or (None, None)
+    if low is not None and high is not None:
+        note = f"; {found.split_note}" if found.split_note else ""
+        lines.append(
+            f"  95 % interval   {found.primary_metric} {low:.4f} to {high:.4f} (bootstrap of the test rows{note})"
+        )
+    weakest = weakest_slice(found, min_slice_rows)
+    if weakest is not None:
+        lines.append(
+            f"  weakest slice   {weakest.key}: {found.primary_metric} {weakest.candidate:.4f} on {weakest.rows} rows "
+            f"(of {len(found.slices) - 1} slices; reports/plots/slices.csv)"
+        )
+    return lines
 
 
 def study_report(result: dict[str, Any]) -> str:

@@ -23,6 +23,8 @@ PLOTS = [
     {"loss": {"template": "linear", "x": "epoch", "y": {"reports/history.csv": ["loss", "val_loss"]}}},
     {"test_predictions": {"template": "confusion", "x": "actual", "y": {"reports/plots/predictions.csv": "predicted"}}},
     "reports/plots/training_curves.png",
+    # The primary metric per slice of the test rows (evaluate.slices; the first row: all of them).
+    {"slices": {"template": "bar_horizontal", "x": "candidate", "y": {"reports/plots/slices.csv": "slice"}}},
 ]
 
 

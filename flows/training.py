@@ -181,10 +181,25 @@ def run_stages(
             key, refresh = folder.name, not any(folder.glob("*.json"))
         # The arguments are quoted so Prefect does not also draw an edge from the task that made them.
         stage_task = as_task(stage, key, refresh)
-        waits = [previous] if previous is not None else None
+        waits = [edge_only(previous)] if previous is not None else None
         previous = stage_task(quote(params), quote(context), wait_for=waits, return_state=True)
         results[stage.name] = previous.result()
     return context, previous, results
+
+
+class _Waited:
+    """What a waited-for state carries instead of its result (one object, alive from import on)."""
+
+
+WAITED = _Waited()
+
+
+def edge_only(state: Any) -> Any:
+    """The state to wait for without its result: Prefect walks a waited-for state's data and looks its parts up by
+    `id()`, so a plain dict of the result can share the address of an earlier task's freed result and draw an edge
+    from that task too (PrefectHQ/prefect#20558). The task run's id is all the edge needs; the data is a
+    long-lived placeholder (no freed result ever had its address)."""
+    return state.model_copy(update={"data": WAITED})
 
 
 def open_run_task() -> Any:
@@ -264,5 +279,8 @@ def training_pipeline(
         "metrics": results["evaluate"]["test"],
         "baseline": results["evaluate"]["baseline"],
         "reference": results["evaluate"].get("reference") or {},
+        # The whole evaluation (intervals, comparisons, slices) for the terminal's summary.
+        "evaluation": results["evaluate"],
+        "min_slice_rows": params.register_.min_slice_rows,
         "registration": results["register"],
     }

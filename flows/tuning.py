@@ -31,7 +31,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 
 from flows.stages import DATA_STAGES, Context
-from flows.training import run_folder, run_stages, tag_flow_run
+from flows.training import edge_only, run_folder, run_stages, tag_flow_run
 from kerasflow.config import Params, load_params, parse_params
 from kerasflow.errors import ExpectedError
 from kerasflow.layout import Layout
@@ -422,7 +422,7 @@ def tuning_pipeline(
         # The data first: a metric this task does not log is refused before the study or any MLflow run exists.
         context, state, _ = run_stages(params, context, None, cache_data, names=DATA_STAGES)
         tune.check_metric(params.tune, read_task(context))
-        state = opening(params, project_root, layout.root, storage, wait_for=[state], return_state=True)
+        state = opening(params, project_root, layout.root, storage, wait_for=[edge_only(state)], return_state=True)
         opened = state.result()
         parent = opened["parent_run_id"]
         try:

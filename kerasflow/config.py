@@ -372,6 +372,13 @@ class EvaluateParams(_Section):
     # the baseline's rows (TF-IDF + logistic regression for text); reported, and gating only with
     # register.require_beat_reference.
     reference: bool = True
+    # Resamples of the test rows for the intervals and the paired comparisons (tasks/evidence.py).
+    resamples: int = Field(1000, ge=100, le=100_000)
+    # Columns whose slices of the test rows are scored one by one: a categorical column by its `slice_levels` most
+    # frequent values (the rest together as `other`), a numeric one by `slice_bins` quantile bins.
+    slices: list[str] = Field(default_factory=list)
+    slice_levels: int = Field(8, ge=1, le=100)
+    slice_bins: int = Field(4, ge=2, le=20)
 
     @field_validator("primary_metric")
     @classmethod
@@ -390,6 +397,16 @@ class RegisterParams(_Section):
     require_beat_champion: bool = True
     # Whether the model must also beat the reference (evaluate.reference): off by default, it is there to show.
     require_beat_reference: bool = False
+    # The share of the paired bootstrap's resamples in which the candidate must beat the champion to take
+    # `champion` from it (README, "How sure the gate is"); a tie never moves it.
+    min_confidence: float = Field(0.9, ge=0.0, le=1.0)
+    # Where else min_confidence gates: `baseline` (the candidate must beat it in that share of resamples),
+    # `reference`, `thresholds` (the primary metric's interval, its cautious end, must meet the bound).
+    confidence_applies_to: list[Literal["baseline", "reference", "thresholds"]] = Field(default_factory=list)
+    # A candidate worse than the champion by more than this on any slice of evaluate.slices with at least
+    # min_slice_rows test rows stays challenger (null: slices are reported, never gate).
+    max_slice_regression: float | None = Field(0.05, ge=0.0)
+    min_slice_rows: int = Field(100, ge=1)
 
     @field_validator("thresholds")
     @classmethod

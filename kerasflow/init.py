@@ -392,8 +392,24 @@ def plan_table(path: Path, target: str, task: str | None, text: str | None, proj
                     "model fills the gaps (a missing category is a category of its own)")  # fmt: skip
     counts = pd.Series(profile.target_counts) if profile.target_counts else frame[target].value_counts()
     choose_gate(plan, task, counts)
+    propose_slices(plan, frame, columns)
     training_plan(plan, rows, "text" if columns.text else "table")
     return plan
+
+
+# init proposes as slices the categorical columns of at most this many levels, this many columns at most.
+SLICE_LEVELS = 8
+SLICE_COLUMNS = 3
+
+
+def propose_slices(plan: Plan, frame: pd.DataFrame, columns: Columns) -> None:
+    """evaluate.slices: the categorical columns with few levels (fewest first), each scored slice by slice."""
+    levels = {name: frame[name].nunique() for name in columns.categorical if name in frame.columns}
+    few = sorted((name for name, count in levels.items() if 2 <= count <= SLICE_LEVELS), key=lambda name: levels[name])
+    if few:
+        chosen = few[:SLICE_COLUMNS]
+        plan.choose("evaluate", "slices", chosen, f"categorical columns of at most {SLICE_LEVELS} values: the model "
+                    "is scored on each value's test rows, and a champion may not get worse on one")  # fmt: skip
 
 
 def choose_gate(plan: Plan, task: str, counts: pd.Series) -> None:

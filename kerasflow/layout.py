@@ -112,3 +112,7 @@ class Layout:
     @property
     def registration(self) -> Path:
         return self.reports_dir / "registration.json"
+
+    @property
+    def model_card(self) -> Path:
+        return self.reports_dir / "model_card.md"

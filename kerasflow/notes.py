@@ -7,10 +7,11 @@ Prefect summary artifact). Nothing here talks to a server.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from kerasflow.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS
-from kerasflow.records import Evaluation
+from kerasflow.records import Evaluation, PreprocessState, SliceScore
 
 FINAL_METRICS = (*CLASSIFICATION_METRICS, *REGRESSION_METRICS, "loss")
 
@@ -59,6 +60,32 @@ def metrics_table(
             row += f" {fmt(champion.get(name))} |"
         rows.append(row)
     return "\n".join([header, rule, *rows])
+
+
+def metrics_table_padded(
+    test: dict[str, float],
+    baseline: dict[str, float],
+    champion: dict[str, float] | None = None,
+    reference: dict[str, Any] | None = None,
+) -> str:
+    return padded(metrics_table(test, baseline, champion, reference))
+
+
+# After each table cell: the MLflow UI (3.17) draws markdown tables with no cell padding, so "0.9861 0.9749" would
+# run together; an em space (not collapsed as spaces are) keeps the columns apart there, in Prefect and on GitHub.
+CELL_GAP = "&emsp;"
+
+
+def padded(table: str) -> str:
+    """A markdown table with CELL_GAP after the text of every cell (the rule line left as it is)."""
+    lines = []
+    for line in table.split("\n"):
+        if line.startswith("|---") or not line.startswith("|"):
+            lines.append(line)
+            continue
+        cells = line.strip().strip("|").split("|")
+        lines.append("|" + "|".join(f" {cell.strip()}{CELL_GAP} " for cell in cells) + "|")
+    return "\n".join(lines)
 
 
 def fmt(value: Any) -> str:
@@ -117,29 +144,179 @@ def version_description(
     decision: dict[str, Any],
     inputs: list[str],
 ) -> str:
-    """A registered version's description: what it is, how to load it, how it scored, and the gate's verdict."""
-    champion = evaluation.champion_rescored.test if evaluation.champion_rescored else None
+    """A registered version's description when nothing more is known than the run and the evaluation: the
+    model card without the data and training sections (`model_card` is what register writes)."""
+    return model_card(CardFacts(model_name, version, run, evaluation, decision, inputs))
+
+
+@dataclass(frozen=True)
+class CardFacts:
+    """What a model card is written from: the typed records register holds."""
+
+    model_name: str
+    version: str
+    # run_id, task, source, why (the trigger's reason, if any)
+    run: dict[str, Any]
+    evaluation: Evaluation
+    decision: dict[str, Any]
+    inputs: list[str]
+    state: PreprocessState | None = None
+    model_summary: str = ""
+    drift: dict[str, float] = field(default_factory=dict)
+    min_slice_rows: int = 100
+
+
+def model_card(facts: CardFacts) -> str:
+    """The version's model card (its description in the registry, and `model_card.md`): what it is for and
+    was trained on, how it scored and how sure that is, where it is weak, why the gate decided as it did,
+    how it was trained, its known limits, and how to load and serve it."""
+    evaluation, decision, state = facts.evaluation, facts.decision, facts.state
+    name, version, run = facts.model_name, facts.version, facts.run
+    primary = evaluation.primary_metric
     lines = [
-        f"**{model_name}** version {version}: {run.get('task', 'a model')} on {run.get('source', 'its data')}, "
-        f"trained in MLflow run `{run['run_id']}`.",
+        f"# Model card: {name} version {version}",
         "",
-        f'Load it: `mlflow.pyfunc.load_model("models:/{model_name}/{version}")`; it takes raw columns '
-        f"`{', '.join(inputs[:12])}{' …' if len(inputs) > 12 else ''}` and returns predictions.",
+        f"**Decision: {decision['alias']}**. A {run.get('task', 'model')} model"
+        + (f" of `{state.target}`" if state else "")
+        + f" trained on {run.get('source', 'its data')} in MLflow run `{run['run_id']}`.",
         "",
         *([f"**Why it was trained:** {run['why']}.", ""] if run.get("why") else []),
-        f"Test split, {evaluation.test_rows} rows:",
+        "## Data",
         "",
-        metrics_table(evaluation.test, evaluation.baseline, champion, evaluation.reference),
+    ]
+    if state:
+        splits = ", ".join(f"{split} {rows:,}" for split, rows in state.rows.items())
+        lines += [
+            f"- **Source:** {run.get('source', '?')}, md5 `{state.data_md5}`",
+            f"- **Rows:** {splits}",
+            f"- **Inputs:** {inputs_line(state)}",
+        ]
+        if state.classes:
+            shown = ", ".join(
+                f"`{label}` {count:,}" for label, count in zip(state.classes, state.class_counts or [], strict=False)
+            )
+            lines.append(f"- **Classes** (training rows): {shown}")
+    else:
+        lines.append(f"- **Inputs:** `{', '.join(facts.inputs[:12])}{' …' if len(facts.inputs) > 12 else ''}`")
+    lines += ["", f"## Test results ({evaluation.test_rows:,} rows)", ""]
+    lines.append(evidence_table(evaluation))
+    lines.append("")
+    comparisons = dict(evaluation.comparisons)
+    if evaluation.champion_rescored and evaluation.champion_rescored.comparison:
+        comparisons["champion"] = evaluation.champion_rescored.comparison
+    for found in comparisons.values():
+        lines.append(f"- The candidate {found.sentence()}.")
+    if evaluation.reference:
+        lines.append(f"- Reference: {evaluation.reference['name']} (scikit-learn, default settings) on the same rows.")
+    if len(evaluation.slices) > 1:
+        lines += ["", "## Slices", "", slice_table(evaluation.slices), ""]
+        weakest = weakest_slice(evaluation, facts.min_slice_rows)
+        if weakest:
+            lines.append(f"Weakest slice: **{weakest.key}** ({weakest.rows} rows), {primary} {weakest.candidate:.4f}.")
+    lines += ["", "## Decision", "", f"**{decision['alias']}**", *(f"- {reason}" for reason in decision["reasons"])]
+    lines += ["", "## Training", ""]
+    if evaluation.epochs_trained is not None:
+        best = f"; the weights of epoch {evaluation.best_epoch} kept" if evaluation.best_epoch is not None else ""
+        lines.append(f"- {evaluation.epochs_trained} epochs{best}.")
+    if evaluation.decision_threshold is not None:
+        lines.append(
+            f"- Decision threshold {evaluation.decision_threshold:g} (rows at or above it are the second class)."
+        )
+    if facts.model_summary:
+        lines += ["", "```", facts.model_summary.strip(), "```"]
+    limits = known_limits(facts)
+    if limits:
+        lines += ["", "## Known limits", "", *(f"- {limit}" for limit in limits)]
+    lines += [
         "",
-        *(
-            [f"Reference: {evaluation.reference['name']} (scikit-learn, default settings) on the same rows.", ""]
-            if evaluation.reference
-            else []
-        ),
-        f"**Decision: {decision['alias']}**",
-        *(f"- {reason}" for reason in decision["reasons"]),
+        "## Use it",
+        "",
+        f'- Python: `mlflow.pyfunc.load_model("models:/{name}/{version}").predict(frame)` on raw columns; '
+        "preprocessing is inside the model.",
+        f"- Serve: `mlflow models serve -m models:/{name}/{version} --env-manager local`.",
+        f"- Batch: `kerasflow predict --model models:/{name}/{version} --input new.csv --output scored.csv` "
+        "(with a drift report).",
     ]
     return "\n".join(lines) + "\n"
+
+
+def inputs_line(state: PreprocessState) -> str:
+    if state.inputs.kind == "image":
+        return f"images of shape {list(state.inputs.shape)}"
+    kinds: dict[str, list[str]] = {}
+    for entry in state.inputs.columns:
+        kinds.setdefault(entry.kind, []).append(entry.column)
+    return "; ".join(
+        f"{len(columns)} {kind} (`{', '.join(columns[:8])}{' …' if len(columns) > 8 else ''}`)"
+        for kind, columns in kinds.items()
+    )
+
+
+def evidence_table(evaluation: Evaluation) -> str:
+    """The test metrics beside the baseline's, the reference's and the champion's; the primary metric with its
+    95 % interval."""
+    champion = evaluation.champion_rescored.test if evaluation.champion_rescored else None
+    table = metrics_table(evaluation.test, evaluation.baseline, champion, evaluation.reference)
+    low, high = evaluation.interval or (None, None)
+    if low is None or high is None:
+        return padded(table)
+    primary = evaluation.primary_metric
+    marked = []
+    for row in table.split("\n"):
+        if row.startswith(f"| {primary} |"):
+            row = row.replace(
+                f"| {evaluation.score:.4f} |", f"| **{evaluation.score:.4f}** ({low:.4f}–{high:.4f}) |", 1
+            )
+        marked.append(row)
+    note = f"In brackets: the 95 % interval of the model's {primary} (bootstrap of the test rows)."
+    return padded("\n".join(marked)) + f"\n\n{note}"
+
+
+def slice_table(slices: list[SliceScore]) -> str:
+    rows = ["| slice | rows | model (95 % interval) | baseline | champion |", "|---|---|---|---|---|"]
+    for entry in slices:
+        interval = f" ({entry.low:.4f}–{entry.high:.4f})" if entry.low is not None and entry.high is not None else ""
+        rows.append(
+            f"| {entry.key} | {entry.rows:,} | {fmt(entry.candidate)}{interval} | {fmt(entry.baseline)} | "
+            f"{fmt(entry.champion)} |"
+        )
+    return padded("\n".join(rows))
+
+
+def weakest_slice(evaluation: Evaluation, min_rows: int) -> SliceScore | None:
+    """The slice (of at least `min_rows` rows when any has them) where the model scores worst."""
+    from kerasflow.metrics import lower_is_better
+
+    scored = [entry for entry in evaluation.slices[1:] if entry.candidate is not None]
+    large = [entry for entry in scored if entry.rows >= min_rows] or scored
+    if not large:
+        return None
+    sign = -1 if lower_is_better(evaluation.primary_metric) else 1
+    return min(large, key=lambda entry: sign * entry.candidate)
+
+
+def known_limits(facts: CardFacts) -> list[str]:
+    evaluation, state = facts.evaluation, facts.state
+    limits = []
+    if evaluation.split_note:
+        limits.append(f"A small test split: {evaluation.split_note}; differences of a few rows are noise.")
+    if state and state.classes and state.class_counts:
+        few = [str(label) for label, count in zip(state.classes, state.class_counts, strict=False) if count < 30]
+        if few:
+            limits.append(f"Classes with fewer than 30 training rows: {', '.join(few[:10])}.")
+    small = [entry.key for entry in evaluation.slices[1:] if entry.rows < facts.min_slice_rows]
+    if small:
+        limits.append(
+            f"Slices under {facts.min_slice_rows} test rows (reported, not gated): {', '.join(small[:8])}"
+            + (" …" if len(small) > 8 else "")
+        )
+    if facts.drift:
+        shown = ", ".join(f"{key} {value:g}" for key, value in facts.drift.items())
+        limits.append(
+            f"Trained on the data as it was: `kerasflow predict` flags a column as drifted past {shown} "
+            "(predict.drift)."
+        )
+    return limits
 
 
 def registered_model_description(model_name: str, task: str, source: str, inputs: list[str]) -> str:
@@ -166,14 +343,17 @@ def flow_summary(results: dict[str, dict[str, Any]], overrides: dict[str, Any], 
     """The Prefect run's summary artifact: the verdict, the metrics, how it was made and where to look."""
     evaluation, registration, training = results["evaluate"], results["register"], results["train"]
     changed = ", ".join(f"`{key}={value}`" for key, value in overrides.items()) or "none (params.yaml as it is)"
+    found = Evaluation.from_dict(evaluation)
+    slices = ["", "**Slices** (the primary metric per slice of the test rows):", "", slice_table(found.slices)]
     lines = [
         "# kerasflow training run",
         "",
         f"**Model** `{registration['model_name']}` version {registration['version']} → **{registration['alias']}**",
         "",
         *([f"**Why it ran:** {tags['kerasflow.trigger.reason']}", ""] if tags.get("kerasflow.trigger.reason") else []),
-        metrics_table(evaluation["test"], evaluation["baseline"], reference=evaluation.get("reference")),
+        evidence_table(found),
         f"\nBaseline: {evaluation['baseline']['name']}, on the same {evaluation['test_rows']} test rows.",
+        *(slices if len(found.slices) > 1 else []),
         "",
         "**Why:**",
         *(f"- {reason}" for reason in registration["reasons"]),
@@ -213,7 +393,7 @@ def study_summary(summary: dict[str, Any], registration: dict[str, Any]) -> str:
             f"Retrained with those values and registered: `{registration['model_name']}` version "
             f"{registration['version']} → **{registration['alias']}**",
             "",
-            metrics_table(registration["metrics"], registration["baseline"]),
+            metrics_table_padded(registration["metrics"], registration["baseline"]),
             "",
             "**Why:**",
             *(f"- {reason}" for reason in registration["reasons"]),

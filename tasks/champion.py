@@ -8,6 +8,8 @@ other classes, another image size) is not scored, and the reason is kept.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from kerasflow.model_interface import ModelConfig, model_outputs
@@ -49,31 +51,49 @@ def rescore(
     model_name: str, version: str, test: Split | ParquetSplit, state: PreprocessState, batch_rows: int = 1 << 16
 ) -> ChampionScore:
     """The champion version's metrics on this run's test split, or why it could not be scored on it."""
+    return rescore_outputs(model_name, version, test, state, batch_rows).score
+
+
+@dataclass(frozen=True)
+class Rescored:
+    """The champion's score on the test rows, and its outputs there and threshold (None: it was not scored)."""
+
+    score: ChampionScore
+    outputs: np.ndarray | None = None
+    threshold: float = 0.5
+
+
+def rescore_outputs(
+    model_name: str, version: str, test: Split | ParquetSplit, state: PreprocessState, batch_rows: int = 1 << 16
+) -> Rescored:
+    """`rescore`, keeping the champion's outputs on the test rows (for the paired bootstrap and the slices)."""
     from kerasflow import tracking
 
     try:
         model = tracking.load_version(model_name, version)
     except tracking.ModelRefused as error:  # a tampered champion must not stop every later run
-        return ChampionScore(version, skipped=f"the champion (version {version}) cannot be scored: {error}")
+        return Rescored(ChampionScore(version, skipped=f"the champion (version {version}) cannot be scored: {error}"))
     scorer = model.unwrap_python_model()
     # Its own copy of the model interface's config (older versions kept a plain dict).
     raw = scorer.config.to_dict() if hasattr(scorer.config, "to_dict") else dict(scorer.config)
     config = ModelConfig.from_dict(raw)
     reason = mismatch(config, state)
     if reason:
-        return ChampionScore(version, skipped=f"the champion (version {version}) cannot be scored here: {reason}")
+        return Rescored(
+            ChampionScore(version, skipped=f"the champion (version {version}) cannot be scored here: {reason}")
+        )
     if isinstance(test, Split):
         outputs, labels = model_outputs(scorer.predict(None, test.x), config), test.y
     else:  # the test split streamed through the champion's own code, a batch at a time
         parts = [model_outputs(scorer.predict(None, x), config) for x, _ in test.batches(batch_rows)]
         outputs, labels = np.concatenate(parts), test.labels()
     scores = score_predictions(state.task, labels, outputs, state.n_classes, config.threshold)
-    return ChampionScore(version, test=scores, test_rows=len(test))
+    return Rescored(ChampionScore(version, test=scores, test_rows=len(test)), outputs, config.threshold)
 
 
 def rescore_current(
     model_name: str, test: Split | ParquetSplit, state: PreprocessState, batch_rows: int = 1 << 16
-) -> ChampionScore | None:
+) -> Rescored | None:
     """The current champion re-scored on `test` (None when there is no champion)."""
     version = current_champion(model_name)
-    return rescore(model_name, version, test, state, batch_rows) if version else None
+    return rescore_outputs(model_name, version, test, state, batch_rows) if version else None

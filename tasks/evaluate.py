@@ -208,16 +208,17 @@ def baseline_metrics(
     seed: int,
     inputs: ModelInputs,
     threshold: float = 0.5,
-) -> tuple[str, dict[str, float]]:
+) -> tuple[str, dict[str, float], np.ndarray]:
     """Fit the scikit-learn baseline on the training rows (a split file is sampled as `baseline_sample` does;
-    the same raw features); score it on the test split. Returns its name and its scores."""
+    the same raw features); score it on the test split. Returns its name, its scores and its outputs on the test
+    rows (for the paired bootstrap)."""
     baseline = make_baseline(params, task, seed, inputs)
     sample = baseline_sample(train_split, params.baseline_rows, seed, inputs, params.batch_rows)
     baseline.fit(sample.x, sample.y)
     y_test = test_split.y if isinstance(test_split, Split) else test_split.labels()
     outputs = baseline_outputs(baseline, test_split, task, params.batch_rows)
     scores = score_predictions(task, y_test, outputs, n_classes, threshold)
-    return type(baseline[-1]).__name__, scores
+    return type(baseline[-1]).__name__, scores, outputs
 
 
 # Categories with at most this many levels are given to gradient boosting as categories (its limit is 255 bins).
@@ -270,8 +271,9 @@ def reference_metrics(
     fitted: FittedInputs,
     threshold: float = 0.5,
     batch_rows: int = 1 << 16,
-) -> tuple[str, dict[str, float]] | None:
-    """The reference fitted on the baseline's training rows and scored on the test split (None for images)."""
+) -> tuple[str, dict[str, float], np.ndarray] | None:
+    """The reference fitted on the baseline's training rows and scored on the test split (None for images): its
+    name, scores and outputs on the test rows."""
     made = make_reference(task, seed, inputs, fitted)
     if made is None:
         return None
@@ -279,7 +281,7 @@ def reference_metrics(
     reference.fit(sample.x, sample.y)
     y_test = test_split.y if isinstance(test_split, Split) else test_split.labels()
     outputs = baseline_outputs(reference, test_split, task, batch_rows)
-    return name, score_predictions(task, y_test, outputs, n_classes, threshold)
+    return name, score_predictions(task, y_test, outputs, n_classes, threshold), outputs
 
 
 def predictions_frame(
@@ -354,3 +356,39 @@ def plot_binary_curves(
         axis.legend(loc=corner)
         figure.tight_layout()
         save_figure(figure, path)
+
+
+def plot_slices(slices: list[Any], metric: str, path: Path) -> None:
+    """The primary metric per slice of the test rows: the candidate with its 95 % interval, the baseline and the
+    champion beside it, each slice's row count in its label."""
+    plt = pyplot()
+    entries = list(reversed(slices))  # all rows on top
+    height = 1.8 + 0.42 * len(entries)
+    figure, axis = plt.subplots(figsize=(7.5, height))
+    positions = np.arange(len(entries))
+    values = np.array([np.nan if entry.candidate is None else entry.candidate for entry in entries])
+    low = np.array([np.nan if entry.low is None else entry.low for entry in entries])
+    high = np.array([np.nan if entry.high is None else entry.high for entry in entries])
+    axis.barh(positions, values, color="#4c78a8", alpha=0.8, label="candidate")
+    axis.errorbar(
+        values,
+        positions,
+        xerr=[values - low, high - values],
+        fmt="none",
+        ecolor="black",
+        capsize=3,
+        label="95 % interval",
+    )
+    for name, marker, color in (("baseline", "|", "#e45756"), ("champion", "D", "#f58518")):
+        found = [np.nan if getattr(entry, name) is None else getattr(entry, name) for entry in entries]
+        if not np.all(np.isnan(found)):
+            axis.plot(
+                found, positions, marker, color=color, markersize=12, markeredgewidth=2, linestyle="none", label=name
+            )
+    axis.set_yticks(positions, [f"{entry.key} ({entry.rows})" for entry in entries])
+    axis.set_xlabel(metric)
+    axis.set_title(f"{metric} per slice of the test rows (rows in brackets)")
+    # The legend in a strip of its own under the axis, clear of the bars.
+    figure.legend(*axis.get_legend_handles_labels(), loc="lower center", ncol=4, fontsize="small", frameon=False)
+    figure.tight_layout(rect=(0, 0.45 / height, 1, 1))
+    save_figure(figure, path)

@@ -116,14 +116,19 @@ def build_stages(layout: Layout, params: Params | None = None) -> list[Stage]:
             # register.model_name: the champion it re-scores, and the plots' titles.
             ("seed", "evaluate", "register.model_name"),
             deps=(path(layout.processed_dir), path(layout.models_dir), path(layout.run_file), path(layout.history)),
-            git_outs=(path(layout.predictions), path(layout.plots_dir / "training_curves.png")),
+            git_outs=(
+                path(layout.predictions),
+                path(layout.plots_dir / "training_curves.png"),
+                path(layout.plots_dir / "slices.csv"),
+                path(layout.plots_dir / "slices.png"),
+            ),
             metrics=(path(layout.metrics),),
         ),
         Stage(
             "register",
             ("register",),
             deps=(path(layout.metrics), path(layout.run_file), path(layout.processed_dir)),
-            git_outs=(path(layout.registration),),
+            git_outs=(path(layout.registration), path(layout.model_card)),
         ),
     ]
 

@@ -13,12 +13,14 @@ import pandas as pd
 from flows.stages import Context
 from kerasflow import tracking
 from kerasflow.config import Params
+from kerasflow.errors import ConfigError
 from kerasflow.io import atomic_path, read_json
 from kerasflow.layout import Layout
 from kerasflow.metrics import is_better
 from kerasflow.model_interface import ModelConfig, predicted_classes
-from kerasflow.records import Evaluation, PreprocessState, TrainingResult
-from tasks.champion import rescore_current
+from kerasflow.records import Comparison, Evaluation, PreprocessState, SliceScore, TrainingResult
+from kerasflow.tables import open_parquet
+from tasks.champion import Rescored, rescore_current
 from tasks.evaluate import (
     baseline_metrics,
     baseline_sample,
@@ -26,12 +28,14 @@ from tasks.evaluate import (
     per_class_metrics,
     plot_binary_curves,
     plot_confusion_matrix,
+    plot_slices,
     plot_training_curves,
     predictions_frame,
     primary_metric,
     reference_metrics,
     score_predictions,
 )
+from tasks.evidence import Bootstrap, Scored, comparison, score_interval, slice_labels, slice_scores
 from tasks.model import load_model_file
 from tasks.preprocess import ParquetSplit, read_state, split_path, split_source
 from tasks.train import make_dataset, predict
@@ -54,25 +58,28 @@ def run(params: Params, context: Context) -> dict[str, Any]:
     # per class a row), for the metrics, the plots and ROC AUC.
     outputs, y_test = predict(model, test_split, state.inputs), test_split.labels()
     test_loss = model.evaluate(make_dataset(test_split, state.inputs, 256), verbose=0, return_dict=True)["loss"]
-    result = score(params, state, config, train_split, test_split, (y_test, outputs), test_loss)
+    result, others = score(params, state, config, train_split, test_split, (y_test, outputs), test_loss)
     per_class = per_class_metrics(y_test, outputs, state.classes, config.threshold) if state.classes else {}
     pictures = draw_plots(layout, params, state, config, y_test, outputs, trained.best_epoch)
     experiment_id = tracking.configure(params.tracking, context.project_root)
     # The gate compares the candidate with the champion on the same rows: this run's test split.
     champion = rescore_current(params.register_.model_name, test_split, state, params.evaluate.batch_rows)
-    result = replace(
-        result,
-        epochs_trained=trained.epochs_trained,
-        best_epoch=trained.best_epoch,
-        champion_rescored=champion,
-    )
+    result = replace(result, epochs_trained=trained.epochs_trained, best_epoch=trained.best_epoch)
+    # How sure each comparison is, and the slices: every model scored on the same resamples of these rows.
+    candidate = Scored("the candidate", outputs, config.threshold)
+    labels = slice_columns(params, state, test_split)
+    result = weigh(params, result, state.n_classes, (y_test, candidate), others, champion, labels)
+    pictures.append(layout.plots_dir / "slices.png")
+    plot_slices(result.slices, result.primary_metric, pictures[-1])
+    write_slices(result.slices, layout.plots_dir / "slices.csv")
     with tracking.open_run(experiment_id, run_id=trained.run_id) as run_id:
         record(layout, state, config, result, per_class, pictures, trained.model_id)
         # The metrics file is written last: it is what register (and dvc metrics) read.
         result.write(layout.metrics)
         tracking.log_files(layout.metrics)
         tracking.describe_run(run_id)
-    versus = champion.summary(result.primary_metric) if champion else "no champion yet"
+    champion_score = result.champion_rescored
+    versus = champion_score.summary(result.primary_metric) if champion_score else "no champion yet"
     reference = result.reference or {}
     logger.info(
         "test %s %.4f (baseline %s %.4f%s) on %d rows; %s",
@@ -84,7 +91,97 @@ def run(params: Params, context: Context) -> dict[str, Any]:
         result.test_rows,
         versus,
     )
+    for found in [*result.comparisons.values(), *([champion_score.comparison] if champion_score else [])]:
+        if found is not None:
+            logger.info("the candidate %s", found.sentence())
     return result.to_dict()
+
+
+def weigh(
+    params: Params,
+    result: Evaluation,
+    n_classes: int,
+    scored: tuple[np.ndarray, Scored],
+    others: dict[str, Scored],
+    champion: Rescored | None,
+    labels: dict[str, np.ndarray],
+) -> Evaluation:
+    """The evaluation with its evidence: the primary metric's interval, the candidate against the baseline, the
+    reference and the champion on the same bootstrap resamples, and the slices."""
+    metric, task, classes = result.primary_metric, result.task, n_classes
+    y_test, candidate = scored
+    bootstrap = Bootstrap.draw(len(y_test), params.seed, params.evaluate.resamples)
+    _, low, high = score_interval(bootstrap, metric, task, classes, y_test, candidate)
+    comparisons = {
+        name: comparison(bootstrap, metric, task, classes, y_test, candidate, other) for name, other in others.items()
+    }
+    champion_score, champion_model = None, None
+    if champion is not None:
+        champion_score = champion.score
+        if champion.outputs is not None:
+            champion_model = Scored(
+                f"the champion (version {champion.score.version})", champion.outputs, champion.threshold
+            )
+            found = comparison(bootstrap, metric, task, classes, y_test, candidate, champion_model)
+            champion_score = replace(champion_score, comparison=found)
+    slices = slice_scores(
+        bootstrap, metric, task, classes, y_test, candidate, labels, others.get("baseline"), champion_model
+    )
+    return replace(
+        result,
+        interval=[low, high],
+        comparisons=comparisons,
+        champion_rescored=champion_score,
+        slices=slices,
+    )
+
+
+def against_new_champion(
+    params: Params, layout: Layout, state: PreprocessState, evaluation: Evaluation, champion: Rescored
+) -> Evaluation:
+    """The evaluation with a champion that changed since evaluate ran (register's re-score): the candidate
+    predicts the test rows again and is weighed against it on the same resamples and slices."""
+    if champion.outputs is None:
+        return evaluation.with_champion(champion.score)
+    test_split = split_source(layout.processed_dir, "test", state)
+    config = ModelConfig.from_dict(read_json(layout.model_config))
+    model = load_model_file(layout.model_file, compile=False)
+    y_test = test_split.labels()
+    candidate = Scored("the candidate", predict(model, test_split, state.inputs), config.threshold)
+    version = champion.score.version
+    rival = Scored(f"the champion (version {version})", champion.outputs, champion.threshold)
+    metric, task = evaluation.primary_metric, evaluation.task
+    bootstrap = Bootstrap.draw(len(y_test), params.seed, params.evaluate.resamples)
+    found = comparison(bootstrap, metric, task, state.n_classes, y_test, candidate, rival)
+    labels = slice_columns(params, state, test_split)
+    slices = slice_scores(bootstrap, metric, task, state.n_classes, y_test, candidate, labels, champion=rival)
+    merged = [replace(old, champion=new.champion) for old, new in zip(evaluation.slices, slices, strict=False)]
+    return replace(evaluation, champion_rescored=replace(champion.score, comparison=found), slices=merged)
+
+
+def slice_columns(params: Params, state: PreprocessState, test_split: ParquetSplit) -> dict[str, np.ndarray]:
+    """Each test row's slice of each column in evaluate.slices (`tasks.evidence.slice_labels`)."""
+    if not params.evaluate.slices:
+        return {}
+    kinds = {entry.column: entry.kind for entry in state.inputs.columns}
+    unknown = [column for column in params.evaluate.slices if kinds.get(column) not in ("numeric", "categorical")]
+    if unknown:
+        raise ConfigError(
+            f"evaluate.slices names {unknown}: slices are cut from the model's numeric or categorical input columns "
+            f"({sorted(column for column, kind in kinds.items() if kind in ('numeric', 'categorical'))})"
+        )
+    frame = open_parquet(test_split.path).read(columns=list(params.evaluate.slices)).to_pandas()
+    return {
+        column: slice_labels(frame[column], kinds[column], params.evaluate.slice_levels, params.evaluate.slice_bins)
+        for column in params.evaluate.slices
+    }
+
+
+def write_slices(slices: list[SliceScore], path: Path) -> None:
+    """The slice table as DVC plot data (one row a slice)."""
+    rows = [{"slice": entry.key, **entry.to_dict()} for entry in slices]
+    with atomic_path(path) as temporary:
+        pd.DataFrame(rows).to_csv(temporary, index=False)
 
 
 def score(
@@ -95,8 +192,9 @@ def score(
     test_split: ParquetSplit,
     scored: tuple[np.ndarray, np.ndarray],
     test_loss: float,
-) -> Evaluation:
-    """The model's and the baseline's test metrics, and whether the model beats the baseline."""
+) -> tuple[Evaluation, dict[str, Scored]]:
+    """The model's and the baseline's (and the reference's) test metrics, whether the model beats the baseline, and
+    the baseline's and the reference's outputs on the test rows."""
     y_test, outputs = scored
     scores = score_predictions(state.task, y_test, outputs, state.n_classes, config.threshold)
     # Fitted on all training rows, or a seeded sample of evaluate.baseline_rows of them.
@@ -105,8 +203,8 @@ def score(
     )
     # The baseline and the reference call a row positive from the threshold params.yaml sets (0.5 when train chose
     # the model's own on the validation split: theirs are not tuned).
-    others = fixed_threshold(params.model.decision_threshold)
-    baseline_name, baseline = baseline_metrics(
+    others_threshold = fixed_threshold(params.model.decision_threshold)
+    baseline_name, baseline, baseline_out = baseline_metrics(
         params.evaluate,
         state.task,
         sample,
@@ -114,9 +212,10 @@ def score(
         state.n_classes,
         params.seed,
         state.inputs,
-        others,
+        others_threshold,
     )
     reference = None
+    others = {"baseline": Scored(f"the baseline ({baseline_name})", baseline_out, others_threshold)}
     if params.evaluate.reference:
         found = reference_metrics(
             state.task,
@@ -126,16 +225,18 @@ def score(
             params.seed,
             state.inputs,
             state.fitted,
-            others,
+            others_threshold,
             params.evaluate.batch_rows,
         )
-        reference = {"name": found[0], **found[1]} if found else None
+        if found:
+            reference = {"name": found[0], **found[1]}
+            others["reference"] = Scored(f"the reference ({found[0]})", found[2], others_threshold)
     primary = primary_metric(params.evaluate, state.task)
     if primary not in scores:
         raise ValueError(
             f"evaluate.primary_metric {primary!r} is not a {state.task} metric; choose from {sorted(scores)}"
         )
-    return Evaluation(
+    evaluation = Evaluation(
         task=state.task,
         primary_metric=primary,
         test={**scores, "loss": float(test_loss)},
@@ -146,6 +247,7 @@ def score(
         decision_threshold=config.threshold if state.n_classes == 2 else None,
         reference=reference,
     )
+    return evaluation, others
 
 
 def record(
@@ -174,14 +276,44 @@ def record(
         finals.update(
             {tracking.metric_key(f"per_class/{name}_{label}"): scores[name] for name in ("precision", "recall", "f1")}
         )
+    finals.update(evidence_metrics(result))
     tracking.log_model_metrics(finals, model_id, dataset=test)
     tracking.tag({"baseline.model": result.baseline["name"], "evaluate.primary_metric": result.primary_metric})
     if result.reference:
         tracking.tag({"reference.model": result.reference["name"]})
+    # Each comparison in words on the run: `compare.baseline`, `compare.champion`.
+    tracking.tag({f"compare.{name}": found.sentence() for name, found in comparisons_of(result).items()})
+    if result.slices:
+        table = pd.DataFrame([entry.to_dict() for entry in result.slices]).round(4)
+        tracking.log_table(table, "slices.json")
     if per_class:
         table = pd.DataFrame.from_dict(per_class, orient="index").rename_axis("class").reset_index()
         tracking.log_table(table, "per_class_scores.json")
     tracking.log_files(*pictures, layout.history, folder="plots")
+
+
+def comparisons_of(result: Evaluation) -> dict[str, Comparison]:
+    """The candidate's comparisons by name: `baseline`, `reference`, `champion` (those measured)."""
+    found = dict(result.comparisons)
+    if result.champion_rescored and result.champion_rescored.comparison:
+        found["champion"] = result.champion_rescored.comparison
+    return found
+
+
+def evidence_metrics(result: Evaluation) -> dict[str, float]:
+    """The interval and the comparisons as run metrics: `test_accuracy_low`/`_high`, and per model compared
+    `compare/champion_difference`, `_low`, `_high`, `_p_better`; each slice's `slice/<column>=<value>`."""
+    found: dict[str, float] = {}
+    low, high = result.interval or (None, None)
+    if low is not None and high is not None:
+        found |= {f"test_{result.primary_metric}_low": low, f"test_{result.primary_metric}_high": high}
+    for name, entry in comparisons_of(result).items():
+        values = {"difference": entry.difference, "low": entry.low, "high": entry.high, "p_better": entry.p_better}
+        found |= {f"compare/{name}_{key}": value for key, value in values.items() if value is not None}
+    for entry in result.slices[1:]:
+        if entry.candidate is not None:
+            found[tracking.metric_key(f"slice/{entry.key}")] = entry.candidate
+    return found
 
 
 def draw_plots(

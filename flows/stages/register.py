@@ -18,8 +18,9 @@ from typing import Any
 from flows.stages import Context
 from kerasflow import notes, tracking
 from kerasflow.config import Params
-from kerasflow.io import write_json
-from kerasflow.records import ChampionScore, Evaluation, PreprocessState, TrainingResult
+from kerasflow.io import write_json, write_text
+from kerasflow.layout import Layout
+from kerasflow.records import Evaluation, PreprocessState, TrainingResult
 from tasks.preprocess import read_state, split_source
 from tasks.register import Registration, decide, verify_registered_files
 
@@ -38,9 +39,7 @@ def run(params: Params, context: Context) -> dict[str, Any]:
     experiment_id = tracking.configure(params.tracking, context.project_root)
     with tracking.open_run(experiment_id, run_id=trained.run_id) as run_id:
         with registry_lock(name, tracking.current_uri()):
-            evaluation = evaluation.with_champion(
-                current_rescore(name, evaluation.champion_rescored, layout.processed_dir, state)
-            )
+            evaluation = current_evaluation(params, context, evaluation, state)
             run_tags = tracking.run_tags(run_id)
             version = tracking.register_version(trained.model_uri, name, run_id, version_tags(run_tags))
             # The logged model loaded back and predicted in train; these must be the very files it used.
@@ -54,16 +53,21 @@ def run(params: Params, context: Context) -> dict[str, Any]:
                 files_ok,
                 dvc_experiment=os.environ.get("DVC_EXP_NAME"),
                 reference_scores=evaluation.reference,
+                evidence=evaluation,
             )
-            registration = Registration(name, version, run_id, decision, evaluation.champion_rescored, files_detail)
+            registration = Registration(
+                name, version, run_id, decision, evaluation.champion_rescored, files_detail, evaluation.comparisons
+            )
             describe_model(name, state)
-            description = version_text(state, evaluation, registration, run_tags)
+            description = version_text(params, layout, state, evaluation, registration, run_tags)
             # The logged model's page carries the same account as the version's.
             tracking.describe_logged_model(trained.model_id, description)
             tracking.apply_decision(name, version, decision, description, trained.artifacts_sha256)
         payload = registration.to_dict()
         tracking.tag({"registry.model": name, "registry.version": version, "registry.alias": decision.alias})
         tracking.log_dict(payload, "registration.json")
+        tracking.log_text(description, "model_card.md")
+        write_text(layout.model_card, description)
         write_json(layout.registration, payload)
         tracking.describe_run(run_id, payload)
     announce(registration)
@@ -101,20 +105,23 @@ def announce(registration: Registration) -> None:
         events.emit(events.REGISTRATION_REJECTED, name, version, rejected)
 
 
-def current_rescore(
-    name: str, rescored: ChampionScore | None, processed: Path, state: PreprocessState
-) -> ChampionScore | None:
-    """The champion as it is now, re-scored on this run's test rows: evaluate's scoring if the champion is
-    the one evaluate saw, else the new one scored now (the only case in which register loads TensorFlow)."""
-    from tasks.champion import current_champion, rescore
+def current_evaluation(params: Params, context: Context, evaluation: Evaluation, state: PreprocessState) -> Evaluation:
+    """The evaluation against the champion as it is now: evaluate's, if the champion is the one evaluate saw,
+    else with the new one re-scored on this run's test rows and weighed against the candidate (the only case in
+    which register loads TensorFlow)."""
+    from tasks.champion import current_champion, rescore_outputs
 
+    name, rescored = params.register_.model_name, evaluation.champion_rescored
     version = current_champion(name)
     if rescored is not None and version == rescored.version:
-        return rescored
+        return evaluation
     if version is None:
-        return None
+        return evaluation.with_champion(None)
     logger.info("the champion changed to version %s since evaluate; re-scoring it on this run's test rows", version)
-    return rescore(name, version, split_source(processed, "test", state), state)
+    from flows.stages.evaluate import against_new_champion
+
+    found = rescore_outputs(name, version, split_source(context.layout.processed_dir, "test", state), state)
+    return against_new_champion(params, context.layout, state, evaluation, found)
 
 
 @contextlib.contextmanager
@@ -164,15 +171,32 @@ def source_of(state: PreprocessState) -> str:
 
 
 def version_text(
-    state: PreprocessState, evaluation: Evaluation, registration: Registration, run_tags: dict[str, str]
+    params: Params,
+    layout: Layout,
+    state: PreprocessState,
+    evaluation: Evaluation,
+    registration: Registration,
+    run_tags: dict[str, str],
 ) -> str:
+    """The version's model card: its description in the registry and `model_card.md`."""
     run = {"run_id": registration.run_id, "task": state.task, "source": source_of(state)}
     if run_tags.get("kerasflow.trigger.reason"):
         run["why"] = run_tags["kerasflow.trigger.reason"]
     columns = state.inputs.column_names or ["image"]
-    return notes.version_description(
-        registration.model_name, registration.version, run, evaluation, registration.decision.to_dict(), columns
+    summary = layout.model_summary.read_text() if layout.model_summary.is_file() else ""
+    facts = notes.CardFacts(
+        registration.model_name,
+        registration.version,
+        run,
+        evaluation,
+        registration.decision.to_dict(),
+        columns,
+        state=state,
+        model_summary=summary,
+        drift=params.predict.drift.model_dump(),
+        min_slice_rows=params.register_.min_slice_rows,
     )
+    return notes.model_card(facts)
 
 
 def describe_model(name: str, state: PreprocessState) -> None:

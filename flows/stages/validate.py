@@ -13,6 +13,7 @@ from typing import Any
 
 from flows.stages import Context
 from kerasflow.config import Params
+from kerasflow.errors import ConfigError
 from kerasflow.io import read_json, write_json
 from kerasflow.layout import Layout
 from kerasflow.records import RawDatasetInfo
@@ -27,6 +28,7 @@ ACCEPT = "kerasflow accept-schema"
 def run(params: Params, context: Context) -> dict[str, Any]:
     layout = context.layout
     info = RawDatasetInfo.from_dict(read_json(layout.raw_meta))
+    check_slices(params, info)
     recorded = read_json(layout.schema) if layout.schema.is_file() else None
     replaced = None
     if recorded is not None and recorded.get("source") != info.source_label:
@@ -64,6 +66,16 @@ def run(params: Params, context: Context) -> dict[str, Any]:
         report["schema"],
     )
     return report
+
+
+def check_slices(params: Params, info: RawDatasetInfo) -> None:
+    """evaluate.slices must name feature columns of this data (found before any training, not after)."""
+    unknown = [column for column in params.evaluate.slices if column not in info.feature_columns]
+    if unknown:
+        shown = ", ".join(info.feature_columns[:20]) + (" …" if len(info.feature_columns) > 20 else "")
+        raise ConfigError(
+            f"evaluate.slices names {unknown}, not feature columns of {where(info)}; its feature columns: {shown}"
+        )
 
 
 def where(info: RawDatasetInfo) -> str:

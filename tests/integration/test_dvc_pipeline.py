@@ -98,7 +98,7 @@ def test_dvc_repro_end_to_end(repo):
     third = run(["dvc", "repro"], root, env)
     assert stages_run(third) == ["train", "evaluate", "register"], third.stdout
     worse = json.loads((root / "reports/registration.json").read_text())
-    assert worse["alias"] == "challenger" and not worse["checks"]["at_least_champion"]
+    assert worse["alias"] == "challenger" and not worse["checks"]["beats_champion"]
     assert str(client.get_model_version_by_alias("kerasflow-digits-cnn", "champion").version) == registration["version"]
     assert str(client.get_model_version_by_alias("kerasflow-digits-cnn", "challenger").version) == worse["version"]
     assert len(client.search_runs([record.info.experiment_id])) == 2  # one run per pipeline run, not per stage

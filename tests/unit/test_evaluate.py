@@ -85,10 +85,10 @@ def test_baselines_fit_the_task(tabular_frame):
     prepared = prepare(tabular_frame, "label", "classification")
     x, y, inputs = prepared.x, prepared.y, prepared.inputs
     train, test = Split(x[:40], y[:40]), Split(x[40:].reset_index(drop=True), y[40:])
-    name, scores = baseline_metrics(EvaluateParams(), "classification", train, test, 2, 0, inputs)
+    name, scores, _ = baseline_metrics(EvaluateParams(), "classification", train, test, 2, 0, inputs)
     assert name == "LogisticRegression" and scores["accuracy"] > 0.8
     target = x["a"].to_numpy() * 3
-    name, scores = baseline_metrics(
+    name, scores, _ = baseline_metrics(
         EvaluateParams(), "regression", Split(x[:40], target[:40]), Split(x[40:], target[40:]), 0, 0, inputs
     )
     assert name == "Ridge" and scores["r2"] > 0.95
@@ -101,8 +101,8 @@ def test_baselines_fit_the_task(tabular_frame):
 def test_the_baseline_scores_at_the_decision_threshold(tabular_frame):
     prepared = prepare(tabular_frame, "label", "classification")
     train, test = Split(prepared.x[:40], prepared.y[:40]), Split(prepared.x[40:], prepared.y[40:])
-    _, default = baseline_metrics(EvaluateParams(), "classification", train, test, 2, 0, prepared.inputs)
-    _, strict = baseline_metrics(EvaluateParams(), "classification", train, test, 2, 0, prepared.inputs, 0.999)
+    _, default, _ = baseline_metrics(EvaluateParams(), "classification", train, test, 2, 0, prepared.inputs)
+    _, strict, _ = baseline_metrics(EvaluateParams(), "classification", train, test, 2, 0, prepared.inputs, 0.999)
     assert strict["recall"] < default["recall"] and strict["roc_auc"] == default["roc_auc"]
 
 
@@ -114,7 +114,7 @@ def test_baseline_on_mixed_columns_with_missing_values():
     x, y = prepared.x, prepared.y
     train, test = Split(x[:180], y[:180]), Split(x[180:].reset_index(drop=True), y[180:])
     test.x.loc[0, "color"] = "violet"  # a category the baseline never saw
-    name, scores = baseline_metrics(EvaluateParams(), "classification", train, test, 2, 0, prepared.inputs)
+    name, scores, _ = baseline_metrics(EvaluateParams(), "classification", train, test, 2, 0, prepared.inputs)
     majority = max(test.y.mean(), 1 - test.y.mean())
     assert name == "LogisticRegression" and scores["accuracy"] > majority + 0.1 and scores["roc_auc"] > 0.85
     baseline = make_baseline(EvaluateParams(), "classification", 0, prepared.inputs).fit(train.x, train.y)
@@ -129,7 +129,7 @@ def test_baseline_accepts_missing_text():
     x = prepared.x.copy()
     x.loc[[3, 50, 100], "note"] = None
     train, test = Split(x[:90], prepared.y[:90]), Split(x[90:], prepared.y[90:])
-    _, scores = baseline_metrics(EvaluateParams(), "classification", train, test, 2, 0, prepared.inputs)
+    _, scores, _ = baseline_metrics(EvaluateParams(), "classification", train, test, 2, 0, prepared.inputs)
     # The missing notes are read as empty text, and the words of the others still carry the label.
     assert scores["accuracy"] > max(test.y.mean(), 1 - test.y.mean()) + 0.1
 
@@ -137,7 +137,7 @@ def test_baseline_accepts_missing_text():
 def test_baseline_on_images_flattens_the_pixels():
     x, y = digit_images(rows=60)
     inputs = ModelInputs.images([8, 8, 1])
-    name, scores = baseline_metrics(
+    name, scores, _ = baseline_metrics(
         EvaluateParams(baseline="knn"), "classification", Split(x[:40], y[:40]), Split(x[40:], y[40:]), 2, 0, inputs
     )
     assert name == "KNeighborsClassifier" and scores["accuracy"] > 0.9

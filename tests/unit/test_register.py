@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from kerasflow.config import RegisterParams
@@ -25,7 +26,7 @@ def test_a_candidate_that_passes_everything_is_promoted():
     [
         ({"accuracy": 0.965, "f1": 0.9}, {"accuracy": 0.9}, None, True, "threshold.accuracy"),
         (GOOD, {"accuracy": 0.985}, None, True, "beats_baseline"),
-        (GOOD, BASELINE, ChampionScore("3", test={"accuracy": 0.99}), True, "at_least_champion"),
+        (GOOD, BASELINE, ChampionScore("3", test={"accuracy": 0.99}), True, "beats_champion"),
         (GOOD, BASELINE, None, False, "smoke_test"),
     ],
 )
@@ -59,18 +60,84 @@ def test_a_dvc_experiment_never_moves_the_champion_and_says_how_to_promote_it():
     )
 
 
-def test_equal_to_the_champion_is_enough():
+def test_a_tie_with_the_champion_keeps_the_champion():
     decision = decide(GOOD, BASELINE, ChampionScore("3", test={"accuracy": 0.98}), "accuracy", PARAMS)
-    assert decision.promote
-    assert "accuracy 0.9800 is at least as good as the champion's (version 3) 0.9800 on the same test rows" in (
-        decision.reasons
+    assert not decision.promote and decision.checks["beats_champion"] is False
+    assert (
+        "accuracy 0.9800 ties with the champion's (version 3) 0.9800 on the same test rows; the champion stays"
+        in decision.reasons
     )
+
+
+def gate_on_rows(candidate_right: np.ndarray, champion_right: np.ndarray, params: RegisterParams, slices=()):
+    """decide() on a test split where each model is right on the rows given (two classes), with the evidence
+    evaluate gathers: the paired bootstrap and the slices."""
+    from kerasflow.records import Evaluation
+    from tasks.evidence import Bootstrap, Scored, comparison, slice_scores
+
+    y = np.arange(len(candidate_right)) % 2
+    candidate = Scored("the candidate", np.where(candidate_right, y, 1 - y).astype("float32"))
+    champion = Scored("the champion (version 3)", np.where(champion_right, y, 1 - y).astype("float32"))
+    bootstrap = Bootstrap.draw(len(y), seed=0)
+    labels = {"region": np.asarray(slices)} if len(slices) else {}
+    sliced = slice_scores(bootstrap, "accuracy", "classification", 2, y, candidate, labels, champion=champion)
+    versus = comparison(bootstrap, "accuracy", "classification", 2, y, candidate, champion)
+    score = ChampionScore("3", test={"accuracy": float(champion_right.mean())}, comparison=versus)
+    test = {"accuracy": float(candidate_right.mean())}
+    evidence = Evaluation("classification", "accuracy", test, {"accuracy": 0.5}, 100, True, len(y), slices=sliced)
+    return decide(test, {"accuracy": 0.5}, score, "accuracy", params, evidence=evidence)
+
+
+def test_one_row_better_on_twenty_does_not_take_champion_at_the_default_confidence():
+    champion_right = np.array([True] * 16 + [False] * 4)
+    candidate_right = champion_right.copy()
+    candidate_right[16] = True  # one row more: 0.85 against 0.80
+    decision = gate_on_rows(candidate_right, champion_right, RegisterParams(model_name="m"))
+    assert not decision.promote and not decision.checks["beats_champion"]
+    (reason,) = [reason for reason in decision.reasons if "champion's" in reason]
+    assert "accuracy 0.8500 is better than, but not surely better than, the champion's (version 3) 0.8000" in reason
+    assert "below register.min_confidence 0.9" in reason and "the champion stays" in reason
+    assert "on 20 test rows, one row is 5.0 points of accuracy" in reason
+    # The probability it reports is the bootstrap's: the one row is drawn in about 1 - (19/20)^20 = 64 % of them.
+    share = int(reason.split("better in ")[1].split(" %")[0])
+    assert 55 <= share <= 72
+    # With no confidence asked for, the same evidence moves it.
+    assert gate_on_rows(candidate_right, champion_right, RegisterParams(model_name="m", min_confidence=0.0)).promote
+
+
+def test_a_clearly_better_candidate_takes_champion():
+    champion_right = np.array([True] * 12 + [False] * 8)
+    candidate_right = np.array([True] * 19 + [False])
+    decision = gate_on_rows(candidate_right, champion_right, RegisterParams(model_name="m"))
+    assert decision.promote and decision.checks["beats_champion"]
+    (reason,) = [reason for reason in decision.reasons if "champion's" in reason]
+    assert "accuracy 0.9500 beats the champion's (version 3) 0.6000" in reason and "better in 100 %" in reason
+
+
+def test_worse_on_one_slice_by_more_than_the_margin_stays_challenger_naming_the_slice():
+    # 400 rows: better overall (+7 points), but on the 100 rows of region `north` 10 points worse.
+    champion_right = np.array([True] * 280 + [False] * 120)
+    candidate_right = champion_right.copy()
+    candidate_right[280:318] = True  # +38 rows elsewhere
+    candidate_right[0:10] = False  # -10 rows in north
+    regions = np.array(["north"] * 100 + ["south"] * 300)
+    decision = gate_on_rows(candidate_right, champion_right, RegisterParams(model_name="m"), regions)
+    assert decision.checks["beats_champion"]
+    assert not decision.promote and [name for name, ok in decision.checks.items() if not ok] == ["no_slice_regression"]
+    assert any(
+        "on slice region=north (100 rows) accuracy 0.9000 is 0.1000 worse than the champion's 1.0000, more than "
+        "register.max_slice_regression 0.05" in reason
+        for reason in decision.reasons
+    )
+    # A slice under register.min_slice_rows is reported, not gated.
+    lenient = RegisterParams(model_name="m", min_slice_rows=101)
+    assert gate_on_rows(candidate_right, champion_right, lenient, regions).promote
 
 
 def test_a_champion_that_cannot_take_the_data_leaves_thresholds_and_baseline_to_judge():
     skipped = ChampionScore("3", skipped="the champion (version 3) cannot be scored here: it takes column(s) ['zip']")
     decision = decide(GOOD, BASELINE, skipped, "accuracy", PARAMS)
-    assert decision.promote and decision.checks["at_least_champion"]
+    assert decision.promote and decision.checks["beats_champion"]
     assert any("['zip']" in reason and "thresholds and the baseline alone" in reason for reason in decision.reasons)
 
 
@@ -113,7 +180,7 @@ def test_registry_round_trip_in_a_real_store(mlflow_store, tmp_path):
     assert str(client.get_model_version_by_alias("m", CHALLENGER).version) == second
     version = client.get_model_version("m", second)
     assert version.tags["kerasflow.decision"] == CHALLENGER and version.description == "second"
-    assert version.tags["kerasflow.check.at_least_champion"] == "failed"
+    assert version.tags["kerasflow.check.beats_champion"] == "failed"
     assert version.tags["kerasflow.check.beats_baseline"] == "passed"
 
 
@@ -184,7 +251,7 @@ def test_the_registration_record_keeps_the_decision_at_the_top_level():
     payload = registration.to_dict()
     assert list(payload) == [
         "model_name", "version", "previous_champion", "champion_rescored", "smoke_test", "run_id",
-        "promote", "reasons", "checks", "alias",
+        "promote", "reasons", "checks", "alias", "comparisons",
     ]  # fmt: skip
     assert payload["previous_champion"] == "3" and payload["alias"] == CHALLENGER
-    assert registration.failed_checks == ["at_least_champion"]
+    assert registration.failed_checks == ["beats_champion"]
