@@ -122,15 +122,25 @@ def run_trial(plan: StudyPlan, number: int, trial_id: int, values: dict[str, Any
         data = fit.load_training_data(plan.context.layout.processed_dir)
         tracking.log_params(tracking.training_params(params, data.state), run_id)
         tune.check_metric(params.tune, data.state.task)
-        setup = fit.build_setup(params.model, params.train, params.seed, data)
         watched, sign = tune.watched_metric(params.tune)
-        callbacks = [
-            curves,
-            tracking.epoch_logger(run_id, data.state.rows["train"]),
-            PruningCallback(trial, watched, sign, params.train.epochs),
-        ]
-        fit.fit_setup(params.model, params.train, params.seed, data, setup, callbacks, label=f"trial {number}")
-        value = objective_value(params, data, setup.model, curves.history())
+        folds = list(trial_data(params, data, plan.context.layout.processed_dir))
+        values = []
+        for index, fold in enumerate(folds):
+            # The first fold reports each epoch (the trial's curves, its pruning); the others only their value.
+            recorder = curves if index == 0 else EpochRecorder()
+            callbacks: list[Any] = [recorder]
+            if index == 0:
+                callbacks += [
+                    tracking.epoch_logger(run_id, fold.state.rows["train"]),
+                    PruningCallback(trial, watched, sign, params.train.epochs),
+                ]
+            label = f"trial {number}" + (f" fold {index + 1}/{len(folds)}" if len(folds) > 1 else "")
+            setup = fit.build_setup(params.model, params.train, params.seed, fold)
+            fit.fit_setup(params.model, params.train, params.seed, fold, setup, callbacks, label=label)
+            values.append(objective_value(params, fold, setup.model, recorder.history()))
+        value = float(sum(values) / len(values))
+        if len(values) > 1:
+            trial.set_user_attr("fold_values", values)
         state = "complete"
     except optuna.TrialPruned as pruned:
         state, note = "pruned", str(pruned)
@@ -144,6 +154,39 @@ def run_trial(plan: StudyPlan, number: int, trial_id: int, values: dict[str, Any
         trial.set_user_attr("note", note)
         close_trial_run(run_id, params, state, value, epochs, note)
     return TrialResult(number, state, value, epochs, run_id, note)
+
+
+def trial_data(params: Params, data: Any, processed: Path) -> Iterator[Any]:
+    """What a trial fits: the training and validation splits, or (tune.folds) each fold of them in turn, written
+    to a temporary folder removed after the last fold."""
+    from tasks import tune
+
+    state = data.state
+    k = tune.fold_count(params.tune.folds, state.rows["train"] + state.rows["val"])
+    if k <= 1:
+        yield data
+        return
+    from kerasflow.tables import row_count
+    from tasks.fit import TrainingData
+    from tasks.preprocess import LABEL, ParquetSplit, split_path
+
+    with tempfile.TemporaryDirectory(prefix="kerasflow-folds-") as folder:
+        paths = tune.write_folds(
+            split_path(processed, "train"),
+            split_path(processed, "val"),
+            k,
+            params.seed,
+            Path(folder),
+            LABEL,
+            stratify=state.task == "classification",
+        )
+        for train, val in paths:
+            sizes = {**state.rows, "train": row_count(train), "val": row_count(val)}
+            yield TrainingData(
+                replace(state, rows=sizes),
+                ParquetSplit(train, state.inputs, state.image_root),
+                ParquetSplit(val, state.inputs, state.image_root),
+            )
 
 
 def objective_value(params: Params, data: Any, model: Any, history: Any) -> float:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import builtins
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -501,6 +501,10 @@ class TuneParams(_Section):
     epochs: PositiveInt | None = None
     # Wall-clock seconds for the study: once spent, no new trial starts (those running finish).
     time_budget: PositiveInt | None = None
+    # How a trial is scored: on the validation split (1), or by k-fold cross-validation over the training and
+    # validation rows together (k >= 2, the folds stratified by class); `auto`: 5 folds below 1,000 such rows,
+    # where one validation split is too small to choose between configurations (README, "Tuning").
+    folds: Literal["auto"] | Annotated[int, Field(ge=1, le=20)] = "auto"
     # Default: the registered model's name and a hash of the space and the base params.
     study_name: str | None = None
     # Where the study is kept (default: sqlite:///optuna.db beside the tracking store).

@@ -6,7 +6,9 @@
   (`ModelInputs`) and `FittedInputs`, the constants the input layers were adapted to on the training split.
 - `TrainingResult`: what train wrote (reports/mlflow_run.json): the MLflow run, the logged model, its digest.
 - `Evaluation`: what evaluate wrote (reports/metrics.json) for register: the model's and the baseline's
-  test metrics and, as `champion_rescored`, the current champion's on the same rows (`ChampionScore`).
+  test metrics and, as `champion_rescored`, the current champion's on the same rows (`ChampionScore`); how
+  sure each comparison is (`Comparison`, from the paired bootstrap) and the primary metric per slice
+  (`SliceScore`).
 
 The model's own interface (`ModelInputs`, and `ModelConfig`, which `PreprocessState.model_config` derives)
 lives in `kerasflow.model_interface`, which the logged model carries with it: the served model needs its

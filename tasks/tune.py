@@ -246,3 +246,41 @@ def told(telling: Any, *args: Any, **kwargs: Any) -> None:
     except RuntimeError as error:
         if "Study.stop" not in str(error):
             raise
+
+
+# Below this many training and validation rows, `tune.folds: auto` scores a trial by cross-validation.
+FOLDS_BELOW_ROWS = 1000
+AUTO_FOLDS = 5
+
+
+def fold_count(setting: str | int, rows: int) -> int:
+    """How many folds score a trial: tune.folds, with `auto` resolved by the rows (1: the validation split)."""
+    if setting == "auto":
+        return AUTO_FOLDS if rows < FOLDS_BELOW_ROWS else 1
+    return max(1, min(int(setting), rows))
+
+
+def write_folds(
+    train: Path, val: Path, k: int, seed: int, folder: Path, label: str, stratify: bool
+) -> list[tuple[Path, Path]]:
+    """The training and validation split files' rows dealt into `k` folds (with `stratify`, each class's rows
+    shuffled with the seed and dealt in turn, so every fold has its share of each class); for each fold, a
+    training file of the other folds' rows and a validation file of its own, in `folder`."""
+    import numpy as np
+    import pandas as pd
+
+    rows = pd.concat([pd.read_parquet(train), pd.read_parquet(val)], ignore_index=True)
+    rng = np.random.default_rng([seed, 41])
+    fold = np.empty(len(rows), dtype="int64")
+    groups = rows.groupby(label, sort=True, dropna=False).indices.values() if stratify else [np.arange(len(rows))]
+    for positions in groups:
+        shuffled = rng.permutation(positions)
+        fold[shuffled] = (np.arange(len(shuffled)) + int(rng.integers(k))) % k
+    found = []
+    for index in range(k):
+        inside = fold == index
+        paths = (folder / f"fold{index}-train.parquet", folder / f"fold{index}-val.parquet")
+        rows[~inside].to_parquet(paths[0], index=False)
+        rows[inside].to_parquet(paths[1], index=False)
+        found.append(paths)
+    return found

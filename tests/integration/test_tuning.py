@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -164,3 +165,19 @@ def test_trials_run_on_a_dask_cluster(prefect_server, dask_cluster, tmp_path):
         assert len(client.get_metric_history(run.info.run_id, "epoch/val_loss")) == 3
     (version,) = client.search_model_versions("name = 'kerasflow-digits-cnn'")
     assert version.tags["kerasflow.study"] == result["study"]
+
+
+def test_a_small_data_trial_is_scored_by_cross_validation(prefect_server, tmp_path):
+    """tune.folds: each trial fits every fold of the training and validation rows; its value is their mean."""
+    folder = project(
+        tmp_path / "folds", n_trials=2, epochs=2, folds=3, space={"model.optimizer.name": {"choice": OPTIMIZERS[1:3]}}
+    )
+    tune(folder, environment(prefect_server))
+    trials = study_of(folder).trials
+    assert len(trials) == 2 and all(trial.state == optuna.trial.TrialState.COMPLETE for trial in trials)
+    for trial in trials:
+        folds = trial.user_attrs["fold_values"]
+        assert len(folds) == 3 and len(set(folds)) == 3  # three different models, on three different folds
+        assert trial.value == pytest.approx(sum(folds) / 3)
+    # The temporary fold files are gone with the trial.
+    assert not list(Path(tempfile.gettempdir()).glob("kerasflow-folds-*"))

@@ -151,3 +151,22 @@ def test_text_standing_for_missing_numbers_deep_in_a_csv_is_read_as_missing(tmp_
     clean = frame.assign(signal=np.arange(rows) * 0.25)
     params, _ = plan_project(write_csv(clean, tmp_path / "clean.csv"), "glucose", tmp_path)
     assert params.ingest.missing_values == []
+
+
+def test_categorical_columns_of_few_values_are_proposed_as_slices(tmp_path):
+    rng = np.random.default_rng(4)
+    frame = pd.DataFrame(
+        {
+            "x": rng.normal(size=400),
+            "region": rng.choice(["n", "s", "e"], 400),
+            "city": rng.choice([f"c{i}" for i in range(40)], 400),
+            "plan": rng.choice(["basic", "pro"], 400),
+        }
+    )
+    frame["churn"] = (frame["x"] > 0).astype(int)
+    params, _ = plan_project(write_csv(frame, tmp_path / "c.csv"), "churn", tmp_path)
+    # Fewest values first; a column of 40 values is no slice; a numeric one is not proposed.
+    assert params.evaluate.slices == ["plan", "region"]
+    numeric_only = frame[["x", "churn"]]
+    params, _ = plan_project(write_csv(numeric_only, tmp_path / "n.csv"), "churn", tmp_path)
+    assert params.evaluate.slices == []

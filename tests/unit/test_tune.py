@@ -258,3 +258,23 @@ def test_a_grid_study_killed_in_its_last_trial_continues_at_the_first_try(tmp_pa
     assert retry.params == killed.params
     tune.tell(again, retry, "complete", 0.4)
     assert len(tune.counted_trials(again)) == 3
+
+
+def test_small_data_is_cross_validated_and_its_folds_are_disjoint_stratified_and_complete(tmp_path):
+    import pandas as pd
+
+    from tasks.tune import fold_count, write_folds
+
+    assert fold_count("auto", 999) == 5 and fold_count("auto", 1000) == 1  # from 1,000 rows: the validation split
+    assert fold_count(3, 50_000) == 3 and fold_count(1, 10) == 1
+    labels = [0] * 80 + [1] * 20
+    pd.DataFrame({"x": range(80), "__label__": labels[:80]}).to_parquet(tmp_path / "train.parquet")
+    pd.DataFrame({"x": range(80, 100), "__label__": labels[80:]}).to_parquet(tmp_path / "val.parquet")
+    folds = write_folds(tmp_path / "train.parquet", tmp_path / "val.parquet", 4, 0, tmp_path, "__label__", True)
+    held_out = [pd.read_parquet(val) for _, val in folds]
+    assert sorted(x for frame in held_out for x in frame["x"]) == list(range(100))  # each row held out once
+    for (train, _), val in zip(folds, held_out, strict=True):
+        assert set(pd.read_parquet(train)["x"]).isdisjoint(val["x"]) and len(pd.read_parquet(train)) + len(val) == 100
+        assert val["__label__"].sum() == 5  # a quarter of the 20 positives in each fold
+    again = write_folds(tmp_path / "train.parquet", tmp_path / "val.parquet", 4, 0, tmp_path, "__label__", True)
+    assert [list(pd.read_parquet(val)["x"]) for _, val in again] == [list(frame["x"]) for frame in held_out]
