@@ -123,9 +123,11 @@ def run_trial(plan: StudyPlan, number: int, trial_id: int, values: dict[str, Any
         tracking.log_params(tracking.training_params(params, data.state), run_id)
         tune.check_metric(params.tune, data.state.task)
         watched, sign = tune.watched_metric(params.tune)
-        folds = list(trial_data(params, data, plan.context.layout.processed_dir))
+        state_rows = data.state.rows
+        k = tune.fold_count(params.tune.folds, state_rows["train"] + state_rows["val"])
         values = []
-        for index, fold in enumerate(folds):
+        # Lazily: each fold's files exist until the last fold is fitted.
+        for index, fold in enumerate(trial_data(params, data, plan.context.layout.processed_dir, k)):
             # The first fold reports each epoch (the trial's curves, its pruning); the others only their value.
             recorder = curves if index == 0 else EpochRecorder()
             callbacks: list[Any] = [recorder]
@@ -134,7 +136,7 @@ def run_trial(plan: StudyPlan, number: int, trial_id: int, values: dict[str, Any
                     tracking.epoch_logger(run_id, fold.state.rows["train"]),
                     PruningCallback(trial, watched, sign, params.train.epochs),
                 ]
-            label = f"trial {number}" + (f" fold {index + 1}/{len(folds)}" if len(folds) > 1 else "")
+            label = f"trial {number}" + (f" fold {index + 1}/{k}" if k > 1 else "")
             setup = fit.build_setup(params.model, params.train, params.seed, fold)
             fit.fit_setup(params.model, params.train, params.seed, fold, setup, callbacks, label=label)
             values.append(objective_value(params, fold, setup.model, recorder.history()))
@@ -156,13 +158,12 @@ def run_trial(plan: StudyPlan, number: int, trial_id: int, values: dict[str, Any
     return TrialResult(number, state, value, epochs, run_id, note)
 
 
-def trial_data(params: Params, data: Any, processed: Path) -> Iterator[Any]:
-    """What a trial fits: the training and validation splits, or (tune.folds) each fold of them in turn, written
-    to a temporary folder removed after the last fold."""
+def trial_data(params: Params, data: Any, processed: Path, k: int) -> Iterator[Any]:
+    """What a trial fits: the training and validation splits, or (k > 1, tune.folds) each of k folds of them in
+    turn, written to a temporary folder removed after the last fold (iterate lazily)."""
     from tasks import tune
 
     state = data.state
-    k = tune.fold_count(params.tune.folds, state.rows["train"] + state.rows["val"])
     if k <= 1:
         yield data
         return
