@@ -31,6 +31,8 @@ def repo(tmp_path_factory):
     return root, env
 
 
+# The heaviest test of the quick half (six stages, then a changed param, then a worse model): in CI's slow half.
+@pytest.mark.slow
 def test_dvc_repro_end_to_end(repo):
     root, env = repo
 
