@@ -62,15 +62,6 @@ def metrics_table(
     return "\n".join([header, rule, *rows])
 
 
-def metrics_table_padded(
-    test: dict[str, float],
-    baseline: dict[str, float],
-    champion: dict[str, float] | None = None,
-    reference: dict[str, Any] | None = None,
-) -> str:
-    return padded(metrics_table(test, baseline, champion, reference))
-
-
 # After each table cell: the MLflow UI (3.17) draws markdown tables with no cell padding, so "0.9861 0.9749" would
 # run together; an em space (not collapsed as spaces are) keeps the columns apart there, in Prefect and on GitHub.
 CELL_GAP = "&emsp;"
@@ -393,7 +384,7 @@ def study_summary(summary: dict[str, Any], registration: dict[str, Any]) -> str:
             f"Retrained with those values and registered: `{registration['model_name']}` version "
             f"{registration['version']} → **{registration['alias']}**",
             "",
-            metrics_table_padded(registration["metrics"], registration["baseline"]),
+            padded(metrics_table(registration["metrics"], registration["baseline"])),
             "",
             "**Why:**",
             *(f"- {reason}" for reason in registration["reasons"]),
