@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -58,13 +59,20 @@ def failed(error: Exception, what: str) -> int:
     """One message for a failed pipeline or study: an expected failure's own (exit 2 for params, else 1), no
     traceback (Prefect's logs keep it); anything else is named as a failure of kerasflow's, with its type."""
     from kerasflow.config import ConfigError
-    from kerasflow.errors import is_expected
+    from kerasflow.errors import expected_message, is_expected
 
     if is_expected(error):
-        sys.stderr.write(f"kerasflow: {error}\n")
+        sys.stderr.write(f"kerasflow: {expected_message(error)}\n")
         return 2 if isinstance(error, ConfigError) else 1
     sys.stderr.write(f"kerasflow: {what} failed: {type(error).__name__}: {error}\n")
     return 1
+
+
+def interrupted(what: str) -> int:
+    """Ctrl-C: one line, and the shell's exit code for SIGINT (128 + 2). The flow has marked its MLflow run KILLED
+    and reported its end to Prefect; the temporary server stops as the command exits."""
+    sys.stderr.write(f"kerasflow: the {what} was stopped (Ctrl-C); its MLflow run is marked KILLED\n")
+    return 130
 
 
 def report(result: dict[str, Any]) -> str:
@@ -166,12 +174,16 @@ def tune(args: argparse.Namespace) -> int:
         return 2
     from flows.tuning import tuning_pipeline
     from kerasflow.errors import quiet_console
+    from kerasflow.io import check_writable
     from kerasflow.runtime import start_temporary_prefect_server
 
     quiet_console()
     try:
+        check_writable(Path(args.params).resolve().parent)
         start_temporary_prefect_server()
         result = tuning_pipeline(params_path=args.params, overrides=overrides or None, cache_data=not args.no_cache)
+    except KeyboardInterrupt:
+        return interrupted("study")
     except Exception as error:
         return failed(error, "study")
     sys.stdout.write((json.dumps(result, indent=2, default=str) if args.json else study_report(result)) + "\n")
@@ -230,8 +242,6 @@ def predict(args: argparse.Namespace) -> int:
 
 def init(args: argparse.Namespace) -> int:
     """`kerasflow init --data PATH --target COLUMN`: params.yaml for the user's own data, each choice explained."""
-    from pathlib import Path
-
     from kerasflow.config import ConfigError
     from kerasflow.init import init_project
 
@@ -261,7 +271,6 @@ def init(args: argparse.Namespace) -> int:
 
 def accept_schema(args: argparse.Namespace) -> int:
     """`kerasflow accept-schema`: record the current raw data's schema, accepting a change validate refused."""
-    from pathlib import Path
 
     from kerasflow.config import ConfigError, load_params
     from kerasflow.layout import Layout
@@ -289,7 +298,6 @@ def accept_schema(args: argparse.Namespace) -> int:
 
 
 def use_example(name: str | None, overrides: dict[str, Any]) -> int:
-    from pathlib import Path
 
     from kerasflow import examples
     from kerasflow.config import ConfigError
@@ -317,10 +325,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from flows.training import training_pipeline
     from kerasflow.errors import quiet_console
+    from kerasflow.io import check_writable
     from kerasflow.runtime import start_temporary_prefect_server
 
     quiet_console()
     try:
+        check_writable(Path(args.workdir) if args.workdir else Path(args.params).resolve().parent)
         start_temporary_prefect_server()
         result = training_pipeline(
             params_path=args.params,
@@ -329,6 +339,8 @@ def run(args: argparse.Namespace) -> int:
             isolate=args.isolate,
             cache_data=not args.no_cache,
         )
+    except KeyboardInterrupt:
+        return interrupted("run")
     except Exception as error:
         return failed(error, "pipeline")
     sys.stdout.write((json.dumps(result, indent=2, default=str) if args.json else report(result)) + "\n")
@@ -416,12 +428,18 @@ def main(argv: list[str] | None = None) -> int:
         return worker_main(argv[1:])
     args = parser().parse_args(argv)
     from kerasflow.config import ConfigError
+    from kerasflow.errors import expected_message, is_expected
 
     try:
         return args.handler(args)
     except ConfigError as error:  # a malformed --set: the same one line and exit 2 as any bad param
         sys.stderr.write(f"kerasflow: {error}\n")
         return 2
+    except Exception as error:  # an expected failure no command caught (a read-only folder, a full disk): one line
+        if not is_expected(error):
+            raise
+        sys.stderr.write(f"kerasflow: {expected_message(error)}\n")
+        return 1
 
 
 if __name__ == "__main__":

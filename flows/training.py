@@ -18,6 +18,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import ExternalSignal
 from prefect.runtime import flow_run
 from prefect.utilities.annotations import quote
 
@@ -41,6 +42,12 @@ CACHED_OUTPUTS = {"ingest": "raw_dir", "preprocess": "processed_dir"}
 def is_transient(error: BaseException) -> bool:
     """Worth a retry: the network or a server, not bad input or a bug."""
     return isinstance(error, (ConnectionError, TimeoutError)) or bool(getattr(error, "transient", False))
+
+
+def stopped_from_outside(error: BaseException) -> bool:
+    """Ctrl-C or SIGTERM (Prefect's engine raises its TerminationSignal for the latter): the MLflow run is then
+    KILLED, as MLflow names a run stopped from outside; any other failure leaves it FAILED."""
+    return isinstance(error, (KeyboardInterrupt, SystemExit, ExternalSignal))
 
 
 def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -262,8 +269,8 @@ def training_pipeline(
             get_run_logger().info("this run was started by an automation: %s", started_by.description)
         try:
             context, _, results = run_stages(params, context, previous, cache_data)
-        except BaseException:
-            tracking.mark_failed(context.run_id)
+        except BaseException as error:
+            tracking.mark_failed(context.run_id, killed=stopped_from_outside(error))
             raise
     tags = tracking.run_tags(context.run_id)
     summary = notes.flow_summary(results, changes, tags)

@@ -31,7 +31,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 
 from flows.stages import DATA_STAGES, Context
-from flows.training import edge_only, run_folder, run_stages, tag_flow_run
+from flows.training import edge_only, run_folder, run_stages, stopped_from_outside, tag_flow_run
 from kerasflow.config import Params, load_params, parse_params
 from kerasflow.errors import ExpectedError
 from kerasflow.layout import Layout
@@ -484,8 +484,8 @@ def tuning_pipeline(
                     f"{summary['counts']['failed']} failed); see the trials in MLflow run {parent}"
                 )
             registration = retrain_best(params_path, changes, summary, plan, context, cache_data)
-        except BaseException:
-            tracking.mark_failed(parent)
+        except BaseException as error:
+            tracking.mark_failed(parent, killed=stopped_from_outside(error))
             raise
     text = notes.study_summary(summary, registration)
     tracking.finish_run(parent, text)
@@ -548,8 +548,8 @@ def retrain_best(
     context = replace(context, run_id=state.result())
     try:
         _, _, results = run_stages(params, context, state, cache_data, names=MODEL_STAGES)
-    except BaseException:
-        tracking.mark_failed(context.run_id)
+    except BaseException as error:
+        tracking.mark_failed(context.run_id, killed=stopped_from_outside(error))
         raise
     registration = {
         **results["register"],

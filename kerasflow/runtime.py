@@ -172,6 +172,7 @@ def start_temporary_prefect_server() -> None:
     """Without PREFECT_API_URL, start Prefect's temporary server now (Prefect then uses this one), with a watchdog
     that stops it if this process dies without stopping it itself (SIGKILL); and make SIGTERM a clean exit, in
     which Prefect stops the server and the MLflow run is marked FAILED."""
+    import functools
     import signal
     import subprocess
 
@@ -186,7 +187,15 @@ def start_temporary_prefect_server() -> None:
     from prefect.server.api.server import SubprocessASGIServer
 
     server = SubprocessASGIServer()  # the instance Prefect's client will find and reuse
-    server.start()
+    # In a session of its own: Ctrl-C in the terminal interrupts the command, which then reports its flow run's
+    # end to a server still up (in the terminal's process group the server died first, and every state the
+    # flow reported failed with ConnectError for minutes). The watchdog and Prefect's exit stop it.
+    popen = subprocess.Popen
+    try:
+        subprocess.Popen = functools.partial(popen, start_new_session=True)  # type: ignore[misc]
+        server.start()
+    finally:
+        subprocess.Popen = popen  # type: ignore[misc]
     subprocess.Popen(
         [sys.executable, "-c", WATCHDOG, str(os.getpid()), str(server.server_process.pid)],
         stdin=subprocess.DEVNULL,

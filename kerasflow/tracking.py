@@ -22,7 +22,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from kerasflow.config import Params, TrackingParams
-from kerasflow.errors import ExpectedError
+from kerasflow.errors import ExpectedError, write_error
 from kerasflow.model_interface import ModelConfig, model_outputs
 from kerasflow.overrides import flatten
 from kerasflow.sources import source_of
@@ -152,6 +152,8 @@ def store_setup_lock(uri: str) -> Iterator[None]:
         store.parent.mkdir(parents=True, exist_ok=True)
         lock.acquire()
     except OSError as error:
+        if (unwritable := write_error(error, store.parent)) is not None:  # not worth a retry: named, at once
+            raise unwritable from error
         raise ConnectionError(f"MLflow tracking store {uri} is not reachable: {error}") from error
     try:
         yield
@@ -216,13 +218,14 @@ def default_run_name() -> str:
     return f"kerasflow-{stamp}"
 
 
-def mark_failed(run_id: str) -> None:
-    """Mark a run FAILED from outside it (e.g. a flow that failed after the run closed); when the store itself is
-    gone, say so and leave the error being raised be."""
+def mark_failed(run_id: str, killed: bool = False) -> None:
+    """Mark a run FAILED (KILLED: stopped from outside, by Ctrl-C or SIGTERM) from outside it (e.g. a flow that
+    failed after the run closed); when the store itself is gone, say so and leave the error being raised be."""
+    status = "KILLED" if killed else "FAILED"
     try:
-        MlflowClient().set_terminated(run_id, status="FAILED")
+        MlflowClient().set_terminated(run_id, status=status)
     except Exception as error:  # noqa: BLE001
-        logger.warning("could not mark MLflow run %s FAILED: %s", run_id, short_error(error))
+        logger.warning("could not mark MLflow run %s %s: %s", run_id, status, short_error(error))
 
 
 def metric_key(name: str) -> str:

@@ -3,9 +3,10 @@
 `train.distribute: multi_worker` trains under TensorFlow's `MultiWorkerMirroredStrategy` (collective
 all-reduce over gRPC). Each worker is one process running `kerasflow train-worker` with `TF_CONFIG`
 naming the cluster and its own place in it: on Kubernetes one pod per worker (deploy/kubernetes/), on
-one machine `train.workers: N` (this module's `launch`), which starts N workers on free loopback ports
-and waits for them all. Worker 0 (or the task of type "chief") is the chief: it alone records to MLflow
-and publishes the model; the others train their shard and exit.
+one machine `train.workers: N` (this module's `launch`), which starts N workers on free ports (they reach
+each other on loopback; TensorFlow's server listens on every interface) and waits for them all. Worker 0
+(or the task of type "chief") is the chief: it alone records to MLflow and publishes the model; the
+others train their shard and exit.
 """
 
 from __future__ import annotations
@@ -218,8 +219,16 @@ def _die_with_parent() -> None:
 def launch(workers: int, arguments: list[str], cwd: Path, poll_seconds: float = 0.2) -> None:
     """Run `python -m flows.train_worker ARGUMENTS` as `workers` processes on free loopback ports, each with its
     TF_CONFIG, and wait for them all. When one fails the others are stopped and WorkerFailed names it."""
-    addresses = [f"127.0.0.1:{port}" for port in free_ports(workers)]
-    logger.info("starting %d training workers on %s", workers, ", ".join(addresses))
+    ports = free_ports(workers)
+    addresses = [f"127.0.0.1:{port}" for port in ports]
+    # The workers reach each other on loopback, but TensorFlow's gRPC server binds every interface (fixed in its
+    # C++ server, no setting): say so rather than imply the ports are private.
+    logger.info(
+        "starting %d training workers on ports %s (TensorFlow listens on every interface: keep these ports "
+        "behind a firewall on a shared host)",
+        workers,
+        ", ".join(map(str, ports)),
+    )
     started: list[_Worker] = []
     try:
         for index in range(workers):

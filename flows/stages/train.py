@@ -209,7 +209,8 @@ def fit_resuming(params: Params, context: Context, data: TrainingData, setup: Mo
     callbacks = [tracking.epoch_logger(run_id, data.state.rows["train"])]
     history = fit_setup(params.model, params.train, params.seed, data, setup, callbacks, checkpoint, backup)
     frame = pd.concat([earlier, pd.DataFrame(history)], ignore_index=True)
-    frame.insert(0, "epoch", range(len(frame)))
+    # Counted from 1, as the training log counts them (MLflow's steps are Keras' epoch index, from 0).
+    frame.insert(0, "epoch", range(1, len(frame) + 1))
     return frame
 
 

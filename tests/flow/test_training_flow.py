@@ -6,6 +6,7 @@ import asyncio
 import json
 import shutil
 
+import pandas as pd
 import pytest
 
 from flows.stages import build_stages
@@ -49,6 +50,11 @@ def test_default_pipeline_registers_a_champion_digits_cnn(prefect_harness, proje
     epochs = int(run.data.metrics["epochs_trained"])
     losses = [point.value for point in client.get_metric_history(run.info.run_id, "epoch/train_loss")]
     assert len(losses) == epochs and losses[-1] < losses[0]
+    # Epochs count from 1 where users read them (the log's "epoch 3/40"): history.csv and best_epoch.
+    history = pd.read_csv(project / "reports" / "history.csv")
+    assert history["epoch"].tolist() == list(range(1, epochs + 1))
+    best = json.loads((project / "reports" / "metrics.json").read_text())["best_epoch"]
+    assert best == int(history.loc[history["val_loss"].idxmin(), "epoch"]) and 1 <= best <= epochs
     assert str(client.get_model_version_by_alias("kerasflow-digits-cnn", "champion").version) == registration["version"]
 
     # The Prefect side: one task run per stage, in dvc.yaml's order, and the summary artifact.

@@ -78,7 +78,7 @@ def resume_and_check(folder: Path, done_before_kill: int, killed_run: str, total
         assert [point.step for point in client.get_metric_history(run_id, metric)] == list(range(total_epochs)), metric
     assert client.get_run(killed_run).info.status == "FAILED"  # the killed attempt is not left RUNNING
     history = pd.read_csv(folder / "reports" / "history.csv")
-    assert history["epoch"].tolist() == list(range(total_epochs))
+    assert history["epoch"].tolist() == list(range(1, total_epochs + 1))  # as the log counts them
     assert not list(folder.glob(".kerasflow/backup/*"))  # cleaned up after success
     return history
 

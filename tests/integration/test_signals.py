@@ -1,5 +1,5 @@
-"""`kerasflow run` stopped from outside: SIGTERM stops it cleanly (its temporary Prefect server too, the MLflow run
-marked FAILED); after SIGKILL, no process it started outlives it by more than a few seconds."""
+"""`kerasflow run` stopped from outside: SIGTERM and Ctrl-C stop it cleanly and soon (its temporary Prefect server
+too, the MLflow run marked KILLED); after SIGKILL, no process it started outlives it by more than a few seconds."""
 
 from __future__ import annotations
 
@@ -74,7 +74,24 @@ def test_sigterm_stops_the_run_and_its_temporary_server(tmp_path):
     assert not listening(port), output[-2000:]
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("kerasflow").experiment_id])
-    assert runs and all(run.info.status == "FAILED" for run in runs)  # not left RUNNING
+    assert runs and all(run.info.status == "KILLED" for run in runs)  # not left RUNNING
+
+
+def test_ctrl_c_stops_the_run_within_seconds_with_one_line(tmp_path):
+    import mlflow
+
+    process, port, _ = start_run(tmp_path)
+    started = time.monotonic()
+    os.killpg(process.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole foreground process group
+    output, _ = process.communicate(timeout=120)
+    seconds = time.monotonic() - started
+    assert process.returncode == 130 and seconds < 30, (seconds, output[-3000:])
+    assert "Traceback" not in output and "ConnectError" not in output, output[-3000:]
+    assert "kerasflow: the run was stopped (Ctrl-C); its MLflow run is marked KILLED" in output
+    assert not listening(port)
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("kerasflow").experiment_id])
+    assert runs and all(run.info.status == "KILLED" for run in runs)
 
 
 def test_after_sigkill_no_orphan_outlives_the_run(tmp_path):

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import tempfile
 
 import pytest
 
-from kerasflow.io import atomic_dir, atomic_path, file_md5, read_json, write_json
+from flows.cli import main
+from kerasflow.errors import WriteError, write_error
+from kerasflow.io import atomic_dir, atomic_path, check_writable, file_md5, read_json, write_json
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
@@ -97,3 +101,41 @@ def test_written_files_keep_the_umask_or_the_replaced_files_permissions(tmp_path
         assert stat.S_IMODE((tmp_path / "params.yaml").stat().st_mode) == 0o664
     finally:
         os.umask(previous)
+
+
+def test_a_full_disk_names_the_file_being_written_and_the_space_left(tmp_path):
+    target = tmp_path / "reports" / "metrics.json"
+    with pytest.raises(WriteError, match=r"cannot write .*reports/metrics\.json: the disk is full \([\d,]+ MB free"):
+        with atomic_path(target):
+            raise OSError(errno.ENOSPC, "No space left on device")  # a write with no file name, as write() gives
+    assert not target.parent.exists() or list(target.parent.iterdir()) == []  # nothing half-written
+
+
+def test_a_read_only_folder_is_named_at_once_by_the_commands(tmp_path, monkeypatch, capsys):
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / ".params.yaml.x1y2.yaml"))
+
+    with pytest.raises(WriteError, match="the file system is read-only"):
+        with monkeypatch.context() as patch:
+            patch.setattr(tempfile, "TemporaryFile", read_only)
+            check_writable(tmp_path)
+    with pytest.raises(WriteError, match=r"the disk is nearly full \([\d,]+ MB free there; a run needs at least"):
+        check_writable(tmp_path, min_free_mb=10**12)  # more than any disk here has
+    check_writable(tmp_path, min_free_mb=0)
+    # The command: one line naming params.yaml (not its temporary name), exit 1, no traceback.
+    data = tmp_path / "d.csv"
+    data.write_text("x,y\n" + "".join(f"{(i * 7) % 11 / 3:.3f},{i % 2}\n" for i in range(40)))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    assert main(["init", "--data", str(data), "--target", "y"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"kerasflow: cannot write {tmp_path / 'params.yaml'}: the file sys")
+
+
+def test_other_os_errors_are_not_dressed_as_write_failures(tmp_path):
+    with pytest.raises(OSError) as caught:
+        with atomic_path(tmp_path / "x.json"):
+            raise OSError(errno.EIO, "Input/output error")
+    assert not isinstance(caught.value, WriteError) and write_error(caught.value) is None
+    assert write_error(PermissionError(errno.EACCES, "denied", "/data/in.csv")) is not None  # a read's: "open"
+    assert str(write_error(PermissionError(errno.EACCES, "denied", "/data/in.csv"))).startswith("cannot open")
