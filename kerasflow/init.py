@@ -289,8 +289,8 @@ def training_plan(plan: Plan, rows: int, kind: str) -> None:
 
 def table_model(plan: Plan, columns: Columns, rows: int) -> None:
     """The tabular recipe: numbers standardized with a piecewise-linear encoding and missing-value
-    indicators, categories one-hot or embedded by their number of levels, and an ensemble of MLPs trained with
-    AdamW."""
+    indicators, categories one-hot or embedded by their number of levels, and an ensemble of MLPs beside a linear
+    layer (wide and deep) trained with AdamW."""
     units = 128 if rows < 50_000 else 256
     # Standardized, not by quantile: a regression whose target follows a number's magnitude (profit and sales)
     # lost most of its R² when the magnitude was turned into a rank (superstore: 0.30 against 0.91).
@@ -309,6 +309,8 @@ def table_model(plan: Plan, columns: Columns, rows: int) -> None:
     ]
     plan.choose("model", "layers", layers, f"an MLP of two layers of {units} units for {rows:,} rows")
     plan.choose("model", "ensemble", 4, "four such MLPs side by side in one model, their outputs averaged")
+    plan.choose("model", "linear_skip", True, "a linear layer on the same features added to the MLPs' output "
+                "(wide and deep): a nearly linear table needs nothing of the MLPs")  # fmt: skip
     optimizer = {"name": "adamw", "learning_rate": 0.001, "weight_decay": 0.001}
     plan.choose("model", "optimizer", optimizer, "AdamW: Adam with decoupled weight decay")
     plan.reasons.append(

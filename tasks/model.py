@@ -209,6 +209,13 @@ def check_spec_fits_data(spec: ModelParams, data: PreprocessState, tensors: dict
             "the data has a text column and other columns; a sequential model takes only one of them. Use "
             "api: functional (start branches from 'text' and 'features'), or choose columns with ingest.features"
         )
+    features = tensors["input"]
+    if spec.linear_skip and (len(features.shape) != 2 or "float" not in str(features.dtype)):
+        raise ConfigError(
+            "model.linear_skip adds a linear layer on a vector of numbers per example (a table's features, or a "
+            f"bag of words); this data's input is {str(features.dtype)} of shape {tuple(features.shape)[1:]} "
+            "(an image, or token ids): set model.linear_skip: false"
+        )
     if spec.api == "sequential" and data.fitted.categorical_encoding == "integer" and "categorical" in tensors:
         raise ConfigError(
             "preprocess.categorical_encoding 'integer' needs api: functional (embed the 'categorical' tensor)"

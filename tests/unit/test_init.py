@@ -110,6 +110,7 @@ def test_a_table_gets_the_tabular_recipe_sized_by_its_rows(tmp_path):
     params, _ = plan_project(write_csv(frame, tmp_path / "t.csv"), "y", tmp_path)
     assert params.preprocess.scaling == "standard" and params.preprocess.numeric_encoding == "piecewise_linear"
     assert params.preprocess.categorical_encoding == "auto" and params.model.ensemble > 1
+    assert params.model.linear_skip  # wide and deep: the linear baseline's form is inside the model
     assert params.model.optimizer.name == "adamw" and params.model.optimizer.weight_decay > 0
     assert params.train.epochs == 300 and params.train.early_stopping.patience >= 20  # small: long and patient
     assert "model" in params.tune.space and [] in [choice["layers"] for choice in params.tune.space["model"].choice]
@@ -123,6 +124,7 @@ def test_text_gets_ngrams_or_a_sequence_model_by_samples_per_word(tmp_path, rows
     frame = pd.DataFrame({"review": texts, "liked": rng.integers(0, 2, rows)})
     params, _ = plan_project(write_csv(frame, tmp_path / "reviews.csv"), "liked", tmp_path)
     assert params.ingest.text_column == "review" and params.preprocess.text.output_mode == mode
+    assert not params.model.linear_skip  # the tabular recipe's wide layer is for tables
     if mode == "int":
         assert params.model.layers[0].type == "embedding" and params.model.layers[0].arguments["mask_zero"] is True
     else:

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from kerasflow.config import ModelParams, PreprocessParams, TextParams
+from kerasflow.config import ConfigError, ModelParams, PreprocessParams, TextParams
 from kerasflow.model_interface import InputColumn, ModelInputs, to_model_inputs
 from tasks.evaluate import choose_threshold, fixed_threshold
 from tasks.features import InputFitter, embedding_widths, input_graph, piecewise_linear
@@ -123,6 +123,45 @@ def test_an_ensemble_averages_k_members_in_one_model():
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)  # an average of softmaxes
     with pytest.raises(ValueError):
         ModelParams(layers=layers, ensemble=0)
+
+
+def test_linear_skip_adds_a_linear_layer_on_the_features_to_the_networks_logits():
+    state = model_state(NUMBERS, "regression", 1, fitted_for(skewed(), NUMBERS))
+    layers = [{"type": "dense", "units": 8, "activation": "relu"}]
+    model = build_model(ModelParams(layers=layers, ensemble=2, linear_skip=True), state)
+    names = [layer.name for layer in model.layers]
+    assert "wide" in names and "wide_and_deep" in names and "output_0" not in names
+    x = {"numeric": tf.constant(np.random.default_rng(1).normal(size=(6, 2)), dtype=tf.float32)}
+    # With the deep heads silenced, the model is the linear layer alone (mapped back to the target's units).
+    for name in ("logits_0", "logits_1"):
+        layer = model.get_layer(name)
+        layer.set_weights([np.zeros_like(weight) for weight in layer.get_weights()])
+    wide = model.get_layer("wide")
+    kernel, bias = (np.asarray(weight) for weight in wide.get_weights())
+    features = keras_features(model, x)
+    expected = features @ kernel + bias
+    np.testing.assert_allclose(np.asarray(model(x)), expected, rtol=1e-4, atol=1e-4)
+    plain = build_model(ModelParams(layers=layers, ensemble=2), state)
+    assert "wide" not in [layer.name for layer in plain.layers]  # off unless asked for
+
+
+def keras_features(model, x) -> np.ndarray:
+    import keras
+
+    return np.asarray(keras.Model(model.inputs, model.get_layer("wide").input)(x))
+
+
+def test_linear_skip_is_refused_on_a_token_sequence():
+    inputs = ModelInputs("columns", (InputColumn("review", "review", "text"),))
+    frame = pd.DataFrame({"review": ["good film", "bad plot", "very good", "dull film"] * 10})
+    fitted = fitted_for(frame, inputs, text=TextParams(output_mode="int", sequence_length=4))
+    state = model_state(inputs, "classification", 2, fitted)
+    layers = [{"type": "embedding", "output_dim": 4}, {"type": "global_average_pooling1d"}]
+    with pytest.raises(ConfigError, match="linear_skip"):
+        build_model(ModelParams(layers=layers, linear_skip=True), state)
+    words = fitted_for(frame, inputs, text=TextParams(output_mode="tf_idf"))  # a bag of words: TF-IDF + linear
+    bag = build_model(ModelParams(layers=[], linear_skip=True), model_state(inputs, "classification", 2, words))
+    assert "wide" in [layer.name for layer in bag.layers]
 
 
 def test_the_decision_threshold_is_chosen_on_validation_rows_for_the_primary_metric():
