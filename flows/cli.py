@@ -8,26 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from kerasflow.overrides import override_options, params_options, parse_assignments
 from kerasflow.runtime import quiet_defaults
-
-
-def parse_assignments(items: list[str]) -> dict[str, Any]:
-    """`train.epochs=5` → {"train.epochs": 5}; values are parsed as YAML. A malformed one is a ConfigError."""
-    from kerasflow.config import ConfigError
-
-    overrides: dict[str, Any] = {}
-    for item in items:
-        key, separator, value = item.partition("=")
-        if not separator or not key:
-            raise ConfigError(f"--set expects KEY=VALUE (e.g. train.epochs=5), got {item!r}")
-        try:
-            overrides[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError as error:
-            problem = str(error).splitlines()[0]
-            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({problem})") from None
-    return overrides
 
 
 def check_model(params: Any) -> Any:
@@ -242,22 +224,18 @@ def predict(args: argparse.Namespace) -> int:
 
 def init(args: argparse.Namespace) -> int:
     """`kerasflow init --data PATH --target COLUMN`: params.yaml for the user's own data, each choice explained."""
-    from kerasflow.config import ConfigError
     from kerasflow.init import init_project
 
-    try:
-        params, reasons = init_project(
-            Path(args.data),
-            args.target,
-            Path.cwd(),
-            task=args.task,
-            text=args.text_column,
-            image_size=args.image_size,
-            model_name=args.name,
-        )
-    except ConfigError as error:
-        sys.stderr.write(f"kerasflow: {error}\n")
-        return 2
+    # A ConfigError (exit 2) or another expected failure (exit 1) is main's one line.
+    params, reasons = init_project(
+        Path(args.data),
+        args.target,
+        Path.cwd(),
+        task=args.task,
+        text=args.text_column,
+        image_size=args.image_size,
+        model_name=args.name,
+    )
     lines = [f"kerasflow: params.yaml is now a {params.ingest.task} workload on {args.data}", "", "Chosen:"]
     lines += [f"  {reason}" for reason in reasons]
     lines += [
@@ -271,7 +249,6 @@ def init(args: argparse.Namespace) -> int:
 
 def accept_schema(args: argparse.Namespace) -> int:
     """`kerasflow accept-schema`: record the current raw data's schema, accepting a change validate refused."""
-
     from kerasflow.config import ConfigError, load_params
     from kerasflow.layout import Layout
     from kerasflow.runtime import configure_logging
@@ -298,19 +275,13 @@ def accept_schema(args: argparse.Namespace) -> int:
 
 
 def use_example(name: str | None, overrides: dict[str, Any]) -> int:
-
     from kerasflow import examples
-    from kerasflow.config import ConfigError
 
     root = Path.cwd()
     if not name:
         sys.stdout.write("\n".join(examples.available(root)) + "\n")
         return 0
-    try:
-        params = examples.use_example(name, root, overrides or None)
-    except ConfigError as error:
-        sys.stderr.write(f"kerasflow: {error}\n")
-        return 2
+    params = examples.use_example(name, root, overrides or None)  # a ConfigError is main's one line, exit 2
     sys.stdout.write(
         f"params.yaml is now examples/{name} (model {params.register_.model_name}); dvc.yaml follows it.\n"
         "Run it with `dvc repro` or `kerasflow run`.\n"
@@ -367,12 +338,7 @@ def example(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     """The `kerasflow` command line; each command's function is its `handler`."""
-    params = argparse.ArgumentParser(add_help=False)  # the options several commands share, declared once
-    params.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
-    overrides = argparse.ArgumentParser(add_help=False)
-    overrides.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a param"
-    )
+    params, overrides = params_options(), override_options()  # the options several commands share, declared once
     cached = argparse.ArgumentParser(add_help=False)
     cached.add_argument("--no-cache", action="store_true", help="run ingest and preprocess even if cached")
     cached.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -432,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.handler(args)
-    except ConfigError as error:  # a malformed --set: the same one line and exit 2 as any bad param
+    except ConfigError as error:  # a bad param or a malformed --set: one line, exit 2
         sys.stderr.write(f"kerasflow: {error}\n")
         return 2
     except Exception as error:  # an expected failure no command caught (a read-only folder, a full disk): one line

@@ -9,7 +9,6 @@ The Prefect flow wraps it and shows the drift as a table artifact.
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from kerasflow.config import Params, load_params
 from kerasflow.runtime import attach_to_prefect_logging, import_quietly, quiet_defaults
 
 if TYPE_CHECKING:
-    from tasks.drift import DriftReport
+    from kerasflow.records import DriftReport
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +64,7 @@ def predict_file(
     not there (tracking.ModelNotFound). Nothing is written at `output_path` unless every row was scored.
     """
     from kerasflow import tracking
-    from tasks.drift import DriftCounter, TrainingStatistics, plot_drift, summary_line
+    from tasks.drift import DriftCounter, TrainingStatistics, summary_line
     from tasks.predict import DriftError, InputFileError, default_output, score_file
 
     params = load_params(params_path, overrides)
@@ -109,9 +108,6 @@ def predict_file(
         announce(name, version, drift, source, writer.rows, run_id, report_path)
     if refused:
         raise DriftError(f"{source}: {summary}; predict.fail_on_drift is true, so no predictions were written")
-    plot_path = report_path.with_suffix(".png")
-    if drift:
-        plot_drift(drift, plot_path, title=f"{source.name} against {name} v{version}'s training split")
     return PredictionResult(output, writer.rows, seconds, uri, name, version, drift, report_path, run_id)
 
 
@@ -148,14 +144,17 @@ def record(
     drift: DriftReport | None,
     report_path: Path,
 ) -> str:
-    """The drift report beside the output, and a run in `<experiment>-predictions`: model, rows, time, drift."""
+    """The drift report and its plot beside the output (drawn once, logged as they are), and a run in
+    `<experiment>-predictions`: model, rows, time, drift."""
     from kerasflow import tracking
     from kerasflow.config import TrackingParams
     from kerasflow.io import write_json
     from tasks.drift import plot_drift, summary_line
 
+    plot_path = report_path.with_suffix(".png")
     if drift:
         write_json(report_path, drift.to_dict())
+        plot_drift(drift, plot_path, title=f"{source.name} against {name} v{version}'s training split")
     experiment = TrackingParams(experiment=f"{params.tracking.experiment}-predictions")
     experiment_id = tracking.configure(
         experiment.model_copy(update={"tracking_uri": params.tracking.tracking_uri}), project_root
@@ -183,11 +182,7 @@ def record(
                 metrics[tracking.metric_key(f"unseen_share/{column}")] = entry.unseen_share
         tracking.log_metrics(metrics)
         if drift:
-            tracking.log_files(report_path, folder="drift")
-            with tempfile.TemporaryDirectory() as folder:
-                picture = Path(folder) / "drift.png"
-                plot_drift(drift, picture, title=f"{source.name} against {name} v{version}'s training split")
-                tracking.log_files(picture, folder="drift")
+            tracking.log_files(report_path, plot_path, folder="drift")
     return run_id
 
 

@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+from kerasflow.overrides import override_options, params_options, parse_assignments
 from kerasflow.runtime import configure_logging, quiet_defaults
 
 logger = logging.getLogger("kerasflow")
@@ -26,10 +27,8 @@ def main(argv: list[str] | None = None) -> int:
         # Started by `train.workers: N`: the launcher stamps each line it passes on with its own time.
         for handler in logging.getLogger().handlers:
             handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    parser = argparse.ArgumentParser(prog="kerasflow train-worker", description=__doc__)
-    parser.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a param"
+    parser = argparse.ArgumentParser(
+        prog="kerasflow train-worker", description=__doc__, parents=[params_options(), override_options()]
     )
     parser.add_argument("--root", default=".", help="the project folder every worker sees (default: here)")
     parser.add_argument("--project-root", default=None, help="where mlflow.db lives (default: --root)")
@@ -39,7 +38,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--schema", default=None, help="the recorded schema (default: ROOT/data/schema.json)")
     args = parser.parse_args(argv)
 
-    from flows.cli import parse_assignments
     from kerasflow.config import ConfigError, load_params
     from tasks import cluster
 

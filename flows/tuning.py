@@ -232,10 +232,11 @@ def study_lock(storage: str, study: str) -> Iterator[None]:
     if not storage.startswith("sqlite:///"):
         yield
         return
-    from filelock import FileLock, Timeout
+    from filelock import Timeout
 
-    path = Path(storage.removeprefix("sqlite:///"))
-    lock = FileLock(str(path.with_name(f".{path.name}.{study}.lock")))
+    from kerasflow import tracking
+
+    lock = tracking.lock_beside_store(storage, study)
     try:
         lock.acquire(timeout=0)
     except Timeout:

@@ -475,9 +475,10 @@ class SearchDimension(_Section):
         return None
 
 
-# What a trial can be judged on: a per-epoch validation metric Keras logs (`val_loss`; `val_accuracy` for
-# classification, `val_rmse` / `val_mae` for regression), or an evaluate metric on the validation split.
-EPOCH_METRICS = ("loss", "accuracy", "rmse", "mae")
+# The metrics Keras computes each epoch, beside the loss, by task (tasks/model.py compiles them); a trial can be
+# judged on their `val_` curves, or on an evaluate metric on the validation split.
+EPOCH_METRICS_BY_TASK = {"classification": ("accuracy",), "regression": ("rmse", "mae")}
+EPOCH_METRICS = ("loss", *(name for names in EPOCH_METRICS_BY_TASK.values() for name in names))
 TUNE_METRICS = (*(f"val_{name}" for name in EPOCH_METRICS), *CLASSIFICATION_METRICS, *REGRESSION_METRICS)
 
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from kerasflow.config import ConfigError
 
 if TYPE_CHECKING:
-    from tasks.drift import DriftReport
+    from kerasflow.records import DriftReport
 
 logger = logging.getLogger(__name__)
 

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from kerasflow.config import ConfigError, Params, parse_params, with_paths_from
+from kerasflow.sources import IMAGE_SUFFIXES, target_task
 
 # Distinct texts init reads as missing values in a numeric CSV column before it gives up.
 MISSING_MARKERS = 5
@@ -36,7 +37,6 @@ TARGET_VALUES = 10_000
 # Google's text-classification guide: below this many samples per word of a sample, n-gram TF-IDF into a small
 # MLP wins; above it, a sequence model.
 SAMPLES_PER_WORD = 1500
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
 
 @dataclass
@@ -182,7 +182,7 @@ def infer_task(counts: dict[Any, int] | None, numeric: bool) -> tuple[str, str]:
     if not numeric:
         return "classification", f"the target holds labels ({len(counts)} distinct)"
     whole = all(float(value).is_integer() for value in counts)
-    if whole and len(counts) <= 20:
+    if target_task(numeric, whole, len(counts)) == "classification":
         return "classification", f"the target holds {len(counts)} distinct whole numbers"
     return "regression", f"the target holds numbers ({len(counts):,} distinct)"
 

@@ -6,10 +6,44 @@ back into the dotted keys MLflow logs as params.
 
 from __future__ import annotations
 
+import argparse
 import copy
 from typing import Any
 
+import yaml
+
 from kerasflow.errors import ConfigError
+
+
+def parse_assignments(items: list[str]) -> dict[str, Any]:
+    """`train.epochs=5` → {"train.epochs": 5}; values are parsed as YAML. A malformed one is a ConfigError."""
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, separator, value = item.partition("=")
+        if not separator or not key:
+            raise ConfigError(f"--set expects KEY=VALUE (e.g. train.epochs=5), got {item!r}")
+        try:
+            overrides[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            problem = str(error).splitlines()[0]
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({problem})") from None
+    return overrides
+
+
+def params_options() -> argparse.ArgumentParser:
+    """`--params FILE`, as a parent parser: declared once for `kerasflow` and `kerasflow train-worker`."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
+    return options
+
+
+def override_options() -> argparse.ArgumentParser:
+    """`--set KEY=VALUE` (repeatable, into `overrides`; `parse_assignments` reads them), as a parent parser."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a param"
+    )
+    return options
 
 
 def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

@@ -426,3 +426,62 @@ class Evaluation:
 
     def write(self, path: Path) -> None:
         write_json(path, self.to_dict())
+
+
+# Drift: new rows against the training split (`kerasflow predict`'s <output>.drift.json; the drift event's payload).
+
+
+@dataclass(frozen=True)
+class ColumnDrift:
+    """One column of new data against training: PSI for a number, the unseen share for a category."""
+
+    kind: str  # numeric | categorical
+    missing_share_training: float
+    missing_share_new: float
+    psi: float | None = None
+    unseen_share: float | None = None
+    unseen_examples: dict[str, int] | None = None  # up to five unseen categories a batch, with their counts
+    drifted: bool = False
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def value(self) -> float:
+        """What is compared with a threshold: the PSI, or the unseen share."""
+        return self.psi if self.psi is not None else self.unseen_share or 0.0
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    """New rows against the training split, per column (the `<output>.drift.json` beside predictions)."""
+
+    rows: int
+    training_rows: int
+    thresholds: dict[str, float]
+    columns: dict[str, ColumnDrift]
+
+    @property
+    def drifted(self) -> list[str]:
+        return [name for name, column in self.columns.items() if column.drifted]
+
+    def reasons(self) -> list[tuple[str, str]]:
+        """Each drifted column with why: `("rm", "PSI 3.41")`."""
+        return [(name, ", ".join(self.columns[name].reasons)) for name in self.drifted]
+
+    def to_dict(self) -> dict[str, Any]:
+        """As written to disk: a column's absent measures are left out, `drifted` names the drifted columns."""
+        columns = {
+            name: {key: value for key, value in asdict(column).items() if value is not None}
+            for name, column in self.columns.items()
+        }
+        return {
+            "rows": self.rows,
+            "training_rows": self.training_rows,
+            "thresholds": self.thresholds,
+            "columns": columns,
+            "drifted": self.drifted,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DriftReport:
+        columns = {name: ColumnDrift(**entry) for name, entry in data["columns"].items()}
+        return cls(data["rows"], data.get("training_rows", 0), data.get("thresholds", {}), columns)

@@ -23,6 +23,20 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from kerasflow.config import IngestParams
 
+# The files an image folder holds (ingest, predict and init read the same ones).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+# A numeric target is a class label when it holds only whole numbers, at most this many distinct ones.
+MAX_CLASSES = 20
+
+
+def target_task(numeric: bool, whole: bool, distinct: int) -> str:
+    """classification or regression: labels (text, bool) and few whole numbers are classes, other numbers a
+    quantity. The one rule ingest (on the whole target) and init (on its counts) both apply."""
+    if not numeric:
+        return "classification"
+    return "classification" if whole and distinct <= MAX_CLASSES else "regression"
+
+
 # What each `ingest.*` key a source may require is, for the message that asks for it.
 REQUIRED_HELP = {
     "path": "the file or folder to read",

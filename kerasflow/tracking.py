@@ -66,6 +66,17 @@ def is_local_store(uri: str) -> bool:
     return uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri
 
 
+def lock_beside_store(uri: str, purpose: str, timeout: float = -1) -> Any:
+    """A `filelock.FileLock` at `.STORE.PURPOSE.lock` beside a local store (an SQLite file, a folder), which every
+    process on this machine sees (DVC stages, flow runs, studies); None for a store on a server."""
+    if not is_local_store(uri):
+        return None
+    from filelock import FileLock
+
+    store = Path(uri.removeprefix("sqlite:///").removeprefix("file://"))
+    return FileLock(str(store.with_name(f".{store.name}.{purpose}.lock")), timeout=timeout)
+
+
 # MLflow's retries of a failed call to a tracking server: this many, waiting 1 s, then 2 s.
 HTTP_RETRIES = 2
 
@@ -144,10 +155,8 @@ def store_setup_lock(uri: str) -> Iterator[None]:
     if not uri.startswith("sqlite:///"):
         yield
         return
-    from filelock import FileLock
-
     store = Path(uri.removeprefix("sqlite:///"))
-    lock = FileLock(str(store.with_name(f".{store.name}.setup.lock")), timeout=300)
+    lock = lock_beside_store(uri, "setup", timeout=300)
     try:
         store.parent.mkdir(parents=True, exist_ok=True)
         lock.acquire()

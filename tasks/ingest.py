@@ -28,7 +28,7 @@ from kerasflow.config import IngestParams
 from kerasflow.errors import ExpectedError
 from kerasflow.io import write_json
 from kerasflow.records import RawDatasetInfo
-from kerasflow.sources import source_of
+from kerasflow.sources import IMAGE_SUFFIXES, MAX_CLASSES, source_of, target_task
 from kerasflow.tables import ParquetStream, iter_batches, row_count
 from tasks.sampling import position_hashes, smallest_hashes
 
@@ -38,7 +38,6 @@ logger = logging.getLogger(__name__)
 CLASSIFICATION_DATASETS = {"digits", "breast_cancer", "iris", "wine", "mnist", "fashion_mnist", "imdb"}
 IMAGE_SHAPES = {"digits": [8, 8, 1], "mnist": [28, 28, 1], "fashion_mnist": [28, 28, 1]}
 KERAS_ORIGIN = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 # The columns of an image folder's raw table.
 IMAGE_PATH, IMAGE_MD5 = "path", "md5"
 # A salt for the max_rows sample, so it is not the split's own order.
@@ -352,18 +351,6 @@ def check_image(path: Path, channels: int) -> str:
     return hashlib.md5(data).hexdigest()
 
 
-def infer_task(frame: pd.DataFrame, target: str, dataset: str | None) -> str:
-    """Classification when the target is a label (text, bool, or few integer values)."""
-    if dataset in CLASSIFICATION_DATASETS:
-        return "classification"
-    column = frame[target]
-    if not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
-        return "classification"
-    values = column.dropna()
-    is_integral = bool(len(values)) and bool(np.all(np.mod(values, 1) == 0))
-    return "classification" if is_integral and values.nunique() <= 20 else "regression"
-
-
 @dataclass
 class TargetProbe:
     """What the task is inferred from, gathered as the target streams by: its type, and its distinct values
@@ -380,13 +367,11 @@ class TargetProbe:
         present = series.dropna()
         if self.numeric and len(present):
             self.integral = self.integral and bool(np.all(np.mod(present.to_numpy(dtype="float64"), 1) == 0))
-        if len(self.values) <= 20:
-            self.values.update(present.unique().tolist()[:21])
+        if len(self.values) <= MAX_CLASSES:
+            self.values.update(present.unique().tolist()[: MAX_CLASSES + 1])
 
     def task(self) -> str:
-        if not self.numeric:
-            return "classification"
-        return "classification" if self.integral and len(self.values) <= 20 else "regression"
+        return target_task(self.numeric, self.integral, len(self.values))
 
 
 def load_source(params: IngestParams) -> SourceData:
@@ -538,4 +523,4 @@ def load_dataset(params: IngestParams, seed: int) -> tuple[pd.DataFrame, RawData
         return pd.read_parquet(Path(folder) / "dataset.parquet"), info
 
 
-__all__ = ["DataSourceError", "SourceData", "ingest_dataset", "infer_task", "iter_batches"]
+__all__ = ["DataSourceError", "SourceData", "TargetProbe", "ingest_dataset", "iter_batches"]

@@ -13,7 +13,7 @@ from typing import Any
 
 import keras
 
-from kerasflow.config import ConfigError, LayerSpec, ModelParams
+from kerasflow.config import EPOCH_METRICS_BY_TASK, ConfigError, LayerSpec, ModelParams
 from kerasflow.layers import LAYER_TYPES
 from kerasflow.model_interface import NUMERIC_INPUT, ModelInputs
 from kerasflow.records import PreprocessState
@@ -45,9 +45,13 @@ def default_loss(data: PreprocessState) -> str:
 
 
 def default_metrics(data: PreprocessState) -> list[Any]:
-    if data.task != "classification":
-        return [keras.metrics.RootMeanSquaredError(name="rmse"), keras.metrics.MeanAbsoluteError(name="mae")]
-    return ["accuracy"]
+    """The per-epoch metrics of the task (kerasflow.config.EPOCH_METRICS_BY_TASK), as Keras metrics."""
+    made = {
+        "accuracy": lambda: "accuracy",
+        "rmse": lambda: keras.metrics.RootMeanSquaredError(name="rmse"),
+        "mae": lambda: keras.metrics.MeanAbsoluteError(name="mae"),
+    }
+    return [made[name]() for name in EPOCH_METRICS_BY_TASK[data.task]]
 
 
 def check_loss(spec: ModelParams, data: PreprocessState) -> str:

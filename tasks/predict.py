@@ -21,10 +21,9 @@ import pyarrow as pa
 
 from kerasflow.errors import ExpectedError
 from kerasflow.model_interface import ModelInputError, ModelInputs
+from kerasflow.sources import IMAGE_SUFFIXES
 from kerasflow.tables import iter_frames
 from kerasflow.tables import writer as parquet_writer
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
 
 class InputFileError(ExpectedError, ValueError):

@@ -360,7 +360,12 @@ def _blocks(pool: tuple[Any, np.ndarray], order: np.ndarray, batch_size: int, la
         yield shaped(_take(pool, order[full:]), 1)
 
 
-def predict(model: keras.Model, x: Any, inputs: ModelInputs, batch_size: int = 256) -> np.ndarray:
+# Rows per batch when a trained model scores (evaluate, the champion's re-score, tuning): larger than training's
+# batches for throughput; the scores do not depend on it.
+SCORING_BATCH = 256
+
+
+def predict(model: keras.Model, x: Any, inputs: ModelInputs, batch_size: int = SCORING_BATCH) -> np.ndarray:
     """The model's outputs on raw features in memory, or on a split file streamed (Keras' predict refuses NumPy
     strings, so it goes through tf.data)."""
     source = x if isinstance(x, ParquetSplit) else Split(x, np.zeros(len(x)))

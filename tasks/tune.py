@@ -20,7 +20,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from kerasflow.config import ConfigError, Params, SearchDimension, TuneParams
+from kerasflow.config import EPOCH_METRICS, EPOCH_METRICS_BY_TASK, ConfigError, Params, SearchDimension, TuneParams
 from kerasflow.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS, lower_is_better
 
 logger = logging.getLogger(__name__)
@@ -100,9 +100,8 @@ def direction(tune: TuneParams) -> str:
 
 def logged_metrics(task: str) -> tuple[str, ...]:
     """The metrics a trial of this task can be judged on (see kerasflow.config.TUNE_METRICS)."""
-    if task == "classification":
-        return ("val_loss", "val_accuracy", *CLASSIFICATION_METRICS)
-    return ("val_loss", "val_rmse", "val_mae", *REGRESSION_METRICS)
+    evaluated = CLASSIFICATION_METRICS if task == "classification" else REGRESSION_METRICS
+    return ("val_loss", *(f"val_{name}" for name in EPOCH_METRICS_BY_TASK[task]), *evaluated)
 
 
 def check_metric(tune: TuneParams, task: str) -> None:
@@ -120,7 +119,7 @@ def watched_metric(tune: TuneParams) -> tuple[str, float]:
     """
     if tune.metric.startswith("val_"):
         return tune.metric, 1.0
-    if tune.metric in ("accuracy", "rmse", "mae"):
+    if tune.metric in EPOCH_METRICS:
         return f"val_{tune.metric}", 1.0
     return "val_loss", 1.0 if direction(tune) == "minimize" else -1.0
 

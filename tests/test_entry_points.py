@@ -10,6 +10,7 @@ import yaml
 
 from flows import cli, dvc_stage
 from kerasflow.config import ConfigError
+from kerasflow.overrides import parse_assignments
 from tests.conftest import REPO_ROOT
 
 
@@ -50,13 +51,13 @@ def test_cli_refuses_a_bad_override_before_starting_prefect(project, capsys):
 
 
 def test_cli_parses_override_values_as_yaml():
-    assert cli.parse_assignments(["train.epochs=5", "model.optimizer.name=sgd", "ingest.image_shape=[8, 8]"]) == {
+    assert parse_assignments(["train.epochs=5", "model.optimizer.name=sgd", "ingest.image_shape=[8, 8]"]) == {
         "train.epochs": 5,
         "model.optimizer.name": "sgd",
         "ingest.image_shape": [8, 8],
     }
     with pytest.raises(ConfigError, match="KEY=VALUE"):
-        cli.parse_assignments(["train.epochs"])
+        parse_assignments(["train.epochs"])
 
 
 @pytest.mark.parametrize(

@@ -38,7 +38,7 @@ from tasks.evaluate import (
 from tasks.evidence import Bootstrap, Scored, comparison, score_interval, slice_labels, slice_scores
 from tasks.model import load_model_file
 from tasks.preprocess import ParquetSplit, read_state, split_path, split_source
-from tasks.train import make_dataset, predict
+from tasks.train import SCORING_BATCH, make_dataset, predict
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,8 @@ def run(params: Params, context: Context) -> dict[str, Any]:
     # The test rows stream through the model; their labels and the model's outputs are kept (one value or one
     # per class a row), for the metrics, the plots and ROC AUC.
     outputs, y_test = predict(model, test_split, state.inputs), test_split.labels()
-    test_loss = model.evaluate(make_dataset(test_split, state.inputs, 256), verbose=0, return_dict=True)["loss"]
+    scored = model.evaluate(make_dataset(test_split, state.inputs, SCORING_BATCH), verbose=0, return_dict=True)
+    test_loss = scored["loss"]
     result, others = score(params, state, config, train_split, test_split, (y_test, outputs), test_loss)
     per_class = per_class_metrics(y_test, outputs, state.classes, config.threshold) if state.classes else {}
     pictures = draw_plots(layout, params, state, config, y_test, outputs, trained.best_epoch)

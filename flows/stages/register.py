@@ -12,7 +12,6 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from flows.stages import Context
@@ -129,12 +128,9 @@ def registry_lock(model_name: str, tracking_uri: str) -> Iterator[None]:
     """One registration of `model_name` at a time: a lock file beside a local store (every process on this
     machine: DVC stages, flow runs), and a Prefect global concurrency slot in a flow run (every worker)."""
     with contextlib.ExitStack() as stack:
-        if tracking.is_local_store(tracking_uri):
-            from filelock import FileLock
-
-            store = Path(tracking_uri.removeprefix("sqlite:///").removeprefix("file://"))
-            lock = store.with_name(f".{store.name}.register-{model_name}.lock")
-            stack.enter_context(FileLock(str(lock), timeout=LOCK_TIMEOUT_SECONDS))
+        lock = tracking.lock_beside_store(tracking_uri, f"register-{model_name}", timeout=LOCK_TIMEOUT_SECONDS)
+        if lock is not None:
+            stack.enter_context(lock)
         if in_flow_run():
             stack.enter_context(prefect_slot(f"kerasflow-register-{model_name}"))
         yield

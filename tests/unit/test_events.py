@@ -10,8 +10,7 @@ import pytest
 
 from kerasflow import events
 from kerasflow.config import ConfigError
-from kerasflow.records import Evaluation
-from tasks.drift import ColumnDrift, DriftReport
+from kerasflow.records import ColumnDrift, DriftReport, Evaluation
 
 EVENT_ID = str(uuid.uuid4())
 

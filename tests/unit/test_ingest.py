@@ -8,12 +8,14 @@ import os
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from kerasflow import samples
 from kerasflow.config import IngestParams
 from kerasflow.records import RawDatasetInfo
-from tasks.ingest import DataSourceError, infer_task, ingest_dataset, load_dataset
+from kerasflow.sources import MAX_CLASSES
+from tasks.ingest import DataSourceError, TargetProbe, ingest_dataset, load_dataset
 
 
 @pytest.mark.parametrize(
@@ -140,7 +142,12 @@ def test_keras_download_failure_is_a_clear_error(monkeypatch):
     ],
 )
 def test_infer_task(values, expected):
-    assert infer_task(pd.DataFrame({"y": values}), "y", None) == expected
+    probe = TargetProbe()
+    probe.add(pa.array(values))
+    assert probe.task() == expected
+    many = TargetProbe()  # more whole numbers than a classification has: a quantity
+    many.add(pa.array(list(range(MAX_CLASSES + 1))))
+    assert many.task() == "regression"
 
 
 @pytest.fixture(scope="module")
