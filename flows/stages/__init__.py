@@ -1,5 +1,20 @@
 """The pipeline's stages, defined once.
 
+The stage map (start here):
+
+    stage       flows/stages/   the work, in tasks/                          writes
+    ingest      ingest.py       ingest.py (sources: kerasflow/sources.py)    data/raw/
+    validate    validate.py     validate.py                                  reports/validation.json, data/schema.json
+    preprocess  preprocess.py   preprocess.py, features.py, drift.py         data/processed/
+    train       train.py        model.py, train.py, fit.py (cluster.py)      models/, reports/history.csv
+    evaluate    evaluate.py     evaluate.py, evidence.py, champion.py        reports/metrics.json, reports/plots/
+    register    register.py     register.py                                  reports/registration.json, the registry
+
+Two front ends run this one list (`build_stages` below): the Prefect flow (flows/training.py, whose `as_task`
+makes each stage's `run` a Prefect task at run time, which is why no `@task` appears in a stage module) and
+`dvc repro` (dvc.yaml is generated from the list; each stage runs `python -m flows.dvc_stage NAME`). A stage's
+`run` returns a plain dict of what it did (for evaluate and register, their records' fields: kerasflow/records.py).
+
 Each stage is one module here (`flows/stages/train.py`, ...) whose `run(params, context)` reads
 its inputs from the layout, calls the work in `tasks/`, writes its outputs atomically and does
 its MLflow logging. The Prefect flow wraps these functions as tasks; `python -m flows.dvc_stage
