@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks.evidence import Bootstrap, Scored, compare, slice_scores
+from tasks.evidence import Bootstrap, Evidence, Scored
 
 CONFIDENCES = (0.8, 0.9, 0.95)
 
@@ -31,14 +31,8 @@ def move_rates(rows: int, gain: float, trials: int = 500) -> dict[str, float]:
         y = rng.integers(0, 2, rows)
         candidate = np.where(rng.random(rows) < 0.80 + gain, y, 1 - y).astype("float32")
         champion = np.where(rng.random(rows) < 0.80, y, 1 - y).astype("float32")
-        found = compare(
-            Bootstrap.draw(rows, trial),
-            "accuracy",
-            "classification",
-            2,
-            y,
-            Scored("candidate", candidate),
-            Scored("champion", champion),
+        found = Evidence(Bootstrap.draw(rows, trial), "accuracy", "classification", 2, y).compare(
+            Scored("candidate", candidate), Scored("champion", champion)
         )
         better.append(found["difference"] > 0)
         sure.append(found["p_better"])
@@ -62,11 +56,11 @@ def cost(rows: int) -> dict[str, float]:
     found["draw"] = time.perf_counter() - started
     for metric in ("accuracy", "roc_auc"):
         started = time.perf_counter()
-        compare(bootstrap, metric, "classification", 2, y, Scored("a", a), Scored("b", b))
+        Evidence(bootstrap, metric, "classification", 2, y).compare(Scored("a", a), Scored("b", b))
         found[metric] = time.perf_counter() - started
     labels = {"group": np.asarray(["n", "s", "e", "w"], dtype=object)[rng.integers(0, 4, rows)]}
     started = time.perf_counter()
-    slice_scores(bootstrap, "accuracy", "classification", 2, y, Scored("a", a), labels, Scored("b", b))
+    Evidence(bootstrap, "accuracy", "classification", 2, y).slices(Scored("a", a), labels, Scored("b", b))
     found["slices"] = time.perf_counter() - started
     return found
 

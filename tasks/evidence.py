@@ -15,7 +15,7 @@ of the rows). The point values stay those of every test row.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -204,47 +204,115 @@ class Scored:
     threshold: float = 0.5
 
 
-def compare(
-    bootstrap: Bootstrap,
-    metric: str,
-    task: str,
-    n_classes: int,
-    y: np.ndarray,
-    candidate: Scored,
-    other: Scored,
-    mask: np.ndarray | None = None,
-) -> dict[str, Any]:
-    """Candidate against `other` on the same resamples: both values, the difference, its interval, and the
-    share of resamples in which the candidate is better."""
-    mine, mine_values = bootstrap.distribution(
-        metric_scorer(metric, task, n_classes, candidate.threshold), y, candidate.outputs, mask
-    )
-    theirs, their_values = bootstrap.distribution(
-        metric_scorer(metric, task, n_classes, other.threshold), y, other.outputs, mask
-    )
-    low, high = interval(mine_values - their_values)
-    return {
-        "against": other.name,
-        "metric": metric,
-        "candidate": mine,
-        "other": theirs,
-        "difference": mine - theirs,
-        "low": low,
-        "high": high,
-        "p_better": better_share(metric, mine_values - their_values),
-        "rows": int(bootstrap.rows if mask is None else mask.sum()),
-        "resamples": len(bootstrap.counts),
-    }
+@dataclass
+class Evidence:
+    """The test rows the gate weighs models on: their labels, the primary metric, and the one set of bootstrap
+    resamples every model and slice is scored on. A model's values over the resamples on all rows are computed
+    once, however many comparisons and slices use them."""
 
+    bootstrap: Bootstrap
+    metric: str
+    task: str
+    n_classes: int
+    y: np.ndarray
+    _scored: dict[int, tuple[np.ndarray, float, np.ndarray]] = field(default_factory=dict, repr=False)
 
-def score_interval(
-    bootstrap: Bootstrap, metric: str, task: str, n_classes: int, y: np.ndarray, model: Scored, mask: Any = None
-) -> tuple[float, float | None, float | None]:
-    """The model's `metric` on the rows, and its interval."""
-    value, values = bootstrap.distribution(
-        metric_scorer(metric, task, n_classes, model.threshold), y, model.outputs, mask
-    )
-    return (value, *interval(values))
+    @classmethod
+    def draw(
+        cls, y: np.ndarray, metric: str, task: str, n_classes: int, seed: int, resamples: int = RESAMPLES
+    ) -> Evidence:
+        return cls(Bootstrap.draw(len(y), seed, resamples), metric, task, n_classes, y)
+
+    def distribution(self, model: Scored, mask: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+        """The model's metric on the rows (all, or those of `mask`) and on each resample."""
+        if mask is None and (cached := self._scored.get(id(model.outputs))) and cached[0] is model.outputs:
+            return cached[1], cached[2]
+        score = metric_scorer(self.metric, self.task, self.n_classes, model.threshold)
+        value, values = self.bootstrap.distribution(score, self.y, model.outputs, mask)
+        if mask is None:
+            self._scored[id(model.outputs)] = (model.outputs, value, values)
+        return value, values
+
+    def interval(self, model: Scored) -> tuple[float, float | None, float | None]:
+        """The model's metric on every row, and its interval."""
+        value, values = self.distribution(model)
+        return (value, *interval(values))
+
+    def compare(self, candidate: Scored, other: Scored, mask: np.ndarray | None = None) -> dict[str, Any]:
+        """Candidate against `other` on the same resamples: both values, the difference, its interval, and the
+        share of resamples in which the candidate is better."""
+        mine, mine_values = self.distribution(candidate, mask)
+        theirs, their_values = self.distribution(other, mask)
+        low, high = interval(mine_values - their_values)
+        return {
+            "against": other.name,
+            "metric": self.metric,
+            "candidate": mine,
+            "other": theirs,
+            "difference": mine - theirs,
+            "low": low,
+            "high": high,
+            "p_better": better_share(self.metric, mine_values - their_values),
+            "rows": int(self.bootstrap.rows if mask is None else mask.sum()),
+            "resamples": len(self.bootstrap.counts),
+        }
+
+    def comparison(self, candidate: Scored, other: Scored) -> Any:
+        """`compare` on every row, as the typed record."""
+        from kerasflow.records import Comparison
+
+        return Comparison(**self.compare(candidate, other))
+
+    def point(self, model: Scored | None, mask: np.ndarray) -> float | None:
+        """The model's metric on the rows of `mask` (None without a model, or where it is undefined there)."""
+        if model is None or not mask.any():
+            return None
+        found = weighted_scores(
+            self.metric,
+            self.task,
+            self.y[mask],
+            model.outputs[mask],
+            self.n_classes,
+            model.threshold,
+            np.ones((1, mask.sum())),
+        )
+        return float(found[0]) if np.isfinite(found[0]) else None
+
+    def slices(
+        self,
+        candidate: Scored,
+        labels: dict[str, np.ndarray],
+        baseline: Scored | None = None,
+        champion: Scored | None = None,
+    ) -> list[Any]:
+        """The primary metric on all rows, then on each slice of each column in `labels` (each row's slice, as
+        `slice_labels` gives it; largest slices first, `other` and `missing` last): the candidate's with its
+        interval, the baseline's and the champion's."""
+        from kerasflow.records import SliceScore
+
+        def scored(column: str, value: str, mask: np.ndarray | None) -> SliceScore:
+            found, values = self.distribution(candidate, mask)
+            low, high = interval(values)
+            rows = np.ones(len(self.y), dtype=bool) if mask is None else mask
+            return SliceScore(
+                column,
+                value,
+                int(rows.sum()),
+                float(found) if np.isfinite(found) else None,
+                low,
+                high,
+                self.point(baseline, rows),
+                self.point(champion, rows),
+            )
+
+        found = [scored("", "all rows", None)]
+        for column, rows in labels.items():
+            names, counts = np.unique(rows.astype(str), return_counts=True)
+            order = sorted(
+                zip(names, counts, strict=True), key=lambda item: (item[0] in ("other", "missing"), -item[1])
+            )
+            found += [scored(column, str(name), rows.astype(str) == name) for name, _ in order]
+        return found
 
 
 def slice_labels(values: pd.Series, kind: str, levels: int, bins: int) -> np.ndarray:
@@ -271,65 +339,6 @@ def slice_labels(values: pd.Series, kind: str, levels: int, bins: int) -> np.nda
     kept = text[present].value_counts().index[:levels]
     labels[present] = np.where(text[present].isin(kept), text[present], "other")
     return labels
-
-
-def comparison(
-    bootstrap: Bootstrap, metric: str, task: str, n_classes: int, y: np.ndarray, a: Scored, b: Scored
-) -> Any:
-    """`compare` as the typed record."""
-    from kerasflow.records import Comparison
-
-    return Comparison(**compare(bootstrap, metric, task, n_classes, y, a, b))
-
-
-def point(metric: str, task: str, n_classes: int, y: np.ndarray, model: Scored | None, mask: np.ndarray) -> Any:
-    """The model's `metric` on the rows of `mask` (None without a model, or where it is undefined there)."""
-    if model is None or not mask.any():
-        return None
-    found = weighted_scores(
-        metric, task, y[mask], model.outputs[mask], n_classes, model.threshold, np.ones((1, mask.sum()))
-    )
-    return float(found[0]) if np.isfinite(found[0]) else None
-
-
-def slice_scores(
-    bootstrap: Bootstrap,
-    metric: str,
-    task: str,
-    n_classes: int,
-    y: np.ndarray,
-    candidate: Scored,
-    labels: dict[str, np.ndarray],
-    baseline: Scored | None = None,
-    champion: Scored | None = None,
-) -> list[Any]:
-    """The primary metric on all rows, then on each slice of each column in `labels` (each row's slice, as
-    `slice_labels` gives it; largest slices first, `other` and `missing` last): the candidate's with its interval,
-    the baseline's and the champion's."""
-    from kerasflow.records import SliceScore
-
-    def scored(column: str, value: str, mask: np.ndarray) -> SliceScore:
-        found, values = bootstrap.distribution(
-            metric_scorer(metric, task, n_classes, candidate.threshold), y, candidate.outputs, mask
-        )
-        low, high = interval(values)
-        return SliceScore(
-            column,
-            value,
-            int(mask.sum()),
-            float(found) if np.isfinite(found) else None,
-            low,
-            high,
-            point(metric, task, n_classes, y, baseline, mask),
-            point(metric, task, n_classes, y, champion, mask),
-        )
-
-    found = [scored("", "all rows", np.ones(len(y), dtype=bool))]
-    for column, rows in labels.items():
-        names, counts = np.unique(rows.astype(str), return_counts=True)
-        order = sorted(zip(names, counts, strict=True), key=lambda item: (item[0] in ("other", "missing"), -item[1]))
-        found += [scored(column, str(name), rows.astype(str) == name) for name, _ in order]
-    return found
 
 
 def worst_slice(slices: list[Any], metric: str, min_rows: int) -> Any:

@@ -35,7 +35,7 @@ from tasks.evaluate import (
     reference_metrics,
     score_predictions,
 )
-from tasks.evidence import Bootstrap, Scored, comparison, score_interval, slice_labels, slice_scores
+from tasks.evidence import Evidence, Scored, slice_labels
 from tasks.model import load_model_file
 from tasks.preprocess import ParquetSplit, read_state, split_path, split_source
 from tasks.train import SCORING_BATCH, make_dataset, predict
@@ -109,13 +109,10 @@ def weigh(
 ) -> Evaluation:
     """The evaluation with its evidence: the primary metric's interval, the candidate against the baseline, the
     reference and the champion on the same bootstrap resamples, and the slices."""
-    metric, task, classes = result.primary_metric, result.task, n_classes
     y_test, candidate = scored
-    bootstrap = Bootstrap.draw(len(y_test), params.seed, params.evaluate.resamples)
-    _, low, high = score_interval(bootstrap, metric, task, classes, y_test, candidate)
-    comparisons = {
-        name: comparison(bootstrap, metric, task, classes, y_test, candidate, other) for name, other in others.items()
-    }
+    rows = Evidence.draw(y_test, result.primary_metric, result.task, n_classes, params.seed, params.evaluate.resamples)
+    _, low, high = rows.interval(candidate)
+    comparisons = {name: rows.comparison(candidate, other) for name, other in others.items()}
     champion_score, champion_model = None, None
     if champion is not None:
         champion_score = champion.score
@@ -123,11 +120,8 @@ def weigh(
             champion_model = Scored(
                 f"the champion (version {champion.score.version})", champion.outputs, champion.threshold
             )
-            found = comparison(bootstrap, metric, task, classes, y_test, candidate, champion_model)
-            champion_score = replace(champion_score, comparison=found)
-    slices = slice_scores(
-        bootstrap, metric, task, classes, y_test, candidate, labels, others.get("baseline"), champion_model
-    )
+            champion_score = replace(champion_score, comparison=rows.comparison(candidate, champion_model))
+    slices = rows.slices(candidate, labels, others.get("baseline"), champion_model)
     return replace(
         result,
         interval=[low, high],
@@ -151,11 +145,11 @@ def against_new_champion(
     candidate = Scored("the candidate", predict(model, test_split, state.inputs), config.threshold)
     version = champion.score.version
     rival = Scored(f"the champion (version {version})", champion.outputs, champion.threshold)
-    metric, task = evaluation.primary_metric, evaluation.task
-    bootstrap = Bootstrap.draw(len(y_test), params.seed, params.evaluate.resamples)
-    found = comparison(bootstrap, metric, task, state.n_classes, y_test, candidate, rival)
-    labels = slice_columns(params, state, test_split)
-    slices = slice_scores(bootstrap, metric, task, state.n_classes, y_test, candidate, labels, champion=rival)
+    rows = Evidence.draw(
+        y_test, evaluation.primary_metric, evaluation.task, state.n_classes, params.seed, params.evaluate.resamples
+    )
+    found = rows.comparison(candidate, rival)
+    slices = rows.slices(candidate, slice_columns(params, state, test_split), champion=rival)
     merged = [replace(old, champion=new.champion) for old, new in zip(evaluation.slices, slices, strict=False)]
     return replace(evaluation, champion_rescored=replace(champion.score, comparison=found), slices=merged)
 

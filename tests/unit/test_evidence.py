@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from tasks.evaluate import score_predictions
-from tasks.evidence import Bootstrap, Scored, compare, slice_labels, slice_scores, weighted_scores, worst_slice
+from tasks.evidence import Bootstrap, Evidence, Scored, slice_labels, weighted_scores, worst_slice
 
 
 def models(task: str, classes: int, rows: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -48,19 +48,17 @@ def test_an_undefined_metric_is_nan_not_a_number_made_up():
 
 def test_the_same_model_twice_is_never_better_and_a_better_one_is():
     y, outputs = models("classification", 2, rows=300)
-    bootstrap = Bootstrap.draw(len(y), seed=1)
-    same = compare(bootstrap, "accuracy", "classification", 2, y, Scored("a", outputs), Scored("b", outputs))
+    rows = Evidence.draw(y, "accuracy", "classification", 2, seed=1)
+    same = rows.compare(Scored("a", outputs), Scored("b", outputs))
     assert same["difference"] == 0 and same["low"] == same["high"] == 0 and same["p_better"] == 0
     noise = np.random.default_rng(2).random(len(y)).astype("float32")
-    better = compare(bootstrap, "accuracy", "classification", 2, y, Scored("a", outputs), Scored("coin", noise))
+    better = rows.compare(Scored("a", outputs), Scored("coin", noise))
     assert better["low"] > 0 and better["p_better"] == 1.0
     assert better["difference"] == pytest.approx(better["candidate"] - better["other"])
     # Errors point the other way: lower RMSE is better.
     target, close = models("regression", 0)
     far = close + 1.0
-    rmse = compare(
-        Bootstrap.draw(len(target), 0), "rmse", "regression", 0, target, Scored("a", close), Scored("b", far)
-    )
+    rmse = Evidence.draw(target, "rmse", "regression", 0, seed=0).compare(Scored("a", close), Scored("b", far))
     assert rmse["difference"] < 0 and rmse["p_better"] == 1.0
 
 
@@ -95,12 +93,17 @@ def test_slice_scores_put_all_rows_first_and_name_the_slice_that_got_worse():
     wrong = y.astype("float32").copy()
     wrong[:20] = 1 - wrong[:20]  # wrong on 20 of the 100 `a` rows
     labels = {"group": np.array(["a"] * 100 + ["b"] * 100)}
-    found = slice_scores(Bootstrap.draw(200, 0), "accuracy", "classification", 2, y, Scored("c", wrong), labels,
-                         champion=champion)  # fmt: skip
+    rows = Evidence.draw(y, "accuracy", "classification", 2, seed=0)
+    candidate = Scored("c", wrong)
+    found = rows.slices(candidate, labels, champion=champion)
     assert [entry.key for entry in found] == ["all rows", "group=a", "group=b"]
     assert found[1].candidate == 0.8 and found[1].champion == 1.0 and found[1].low < 0.8 < found[1].high
     assert worst_slice(found, "accuracy", min_rows=50).key == "group=a"
     assert worst_slice(found, "accuracy", min_rows=101) is None
+    # The candidate's values on all rows are computed once: the "all rows" slice and a comparison reuse them.
+    value, values = rows.distribution(candidate)
+    assert rows.distribution(candidate)[1] is values and rows.compare(candidate, champion)["candidate"] == value
+    assert rows.distribution(Scored("c", wrong.copy()))[1] is not values  # other outputs: scored anew
 
 
 def test_the_model_card_says_how_sure_where_weak_and_why_in_tables_that_keep_their_columns_apart():

@@ -73,15 +73,15 @@ def gate_on_rows(candidate_right: np.ndarray, champion_right: np.ndarray, params
     """decide() on a test split where each model is right on the rows given (two classes), with the evidence
     evaluate gathers: the paired bootstrap and the slices."""
     from kerasflow.records import Evaluation
-    from tasks.evidence import Bootstrap, Scored, comparison, slice_scores
+    from tasks.evidence import Evidence, Scored
 
     y = np.arange(len(candidate_right)) % 2
     candidate = Scored("the candidate", np.where(candidate_right, y, 1 - y).astype("float32"))
     champion = Scored("the champion (version 3)", np.where(champion_right, y, 1 - y).astype("float32"))
-    bootstrap = Bootstrap.draw(len(y), seed=0)
+    rows = Evidence.draw(y, "accuracy", "classification", 2, seed=0)
     labels = {"region": np.asarray(slices)} if len(slices) else {}
-    sliced = slice_scores(bootstrap, "accuracy", "classification", 2, y, candidate, labels, champion=champion)
-    versus = comparison(bootstrap, "accuracy", "classification", 2, y, candidate, champion)
+    sliced = rows.slices(candidate, labels, champion=champion)
+    versus = rows.comparison(candidate, champion)
     score = ChampionScore("3", test={"accuracy": float(champion_right.mean())}, comparison=versus)
     test = {"accuracy": float(candidate_right.mean())}
     evidence = Evaluation("classification", "accuracy", test, {"accuracy": 0.5}, 100, True, len(y), slices=sliced)
