@@ -270,7 +270,7 @@ def scale(work: Path, sizes: list[int], columns: int = 50) -> dict[str, Any]:
         stages = {}
         for name in STAGES:
             seconds, peak, _ = peak_of([sys.executable, "-m", "flows.dvc_stage", name], folder)
-            stages[name] = {"seconds": seconds, "peak_rss_mb": peak}
+            stages[name] = {"seconds": seconds, "peak_pss_mb": peak}
         epoch = epoch_seconds(folder)[0]
         _, bare_peak, output = peak_of(
             [sys.executable, str(REPO / "bench" / "bare_stream.py"), "train", "--processed",
@@ -279,12 +279,12 @@ def scale(work: Path, sizes: list[int], columns: int = 50) -> dict[str, Any]:
         bare_epoch = last_json(output)["epoch_seconds"][0]
         results[str(rows)] = {
             "stages": stages,
-            "peak_rss_mb": max(stage["peak_rss_mb"] for stage in stages.values()),
+            "peak_pss_mb": max(stage["peak_pss_mb"] for stage in stages.values()),
             "seconds": sum(stage["seconds"] for stage in stages.values()),
             "seconds_per_million_rows": sum(stage["seconds"] for stage in stages.values()) / (rows / 1e6),
             "train_epoch_s": epoch,
             "bare_stream_epoch_s": bare_epoch,
-            "bare_stream_peak_rss_mb": bare_peak,
+            "bare_stream_peak_pss_mb": bare_peak,
             "epoch_over_bare": epoch / bare_epoch,
         }
         shutil.rmtree(folder, ignore_errors=True)
@@ -404,7 +404,7 @@ def big_parquet(path: Path, rows: int, columns: int, seed: int = 0, chunk: int =
 
 
 def peak_of(command: list[str], cwd: Path) -> tuple[float, float, str]:
-    """Wall seconds, peak resident memory (MB) of the process tree, and output of `command` (in ENV)."""
+    """Wall seconds, peak PSS (MB) of the process tree (bench/memory.py), and output of `command` (in ENV)."""
     from bench.memory import peak_of as measured
 
     return measured(command, cwd, ENV)
@@ -440,18 +440,18 @@ def prediction(work: Path, rows: int, columns: int = 50, batch: int = 65536, mod
         "rows": rows,
         "bare_stream_s": streamed["seconds"],
         "bare_stream_rows_per_s": rows / streamed["seconds"],
-        "bare_stream_peak_rss_mb": stream_peak,
+        "bare_stream_peak_pss_mb": stream_peak,
         "stream_ratio": streamed["seconds"] / scoring,
         "columns": columns,
         "batch_rows": batch,
         "kerasflow_wall_s": wall,
         "kerasflow_scoring_s": scoring,
         "kerasflow_rows_per_s": rows / scoring,
-        "kerasflow_peak_rss_mb": peak,
+        "kerasflow_peak_pss_mb": peak,
         "bare_predict_s": bare["predict_s"],
         "bare_read_predict_write_s": bare["all_s"],
         "bare_rows_per_s": rows / bare["predict_s"],
-        "bare_peak_rss_mb": bare_peak,
+        "bare_peak_pss_mb": bare_peak,
         # Against model.predict alone, on rows already in memory; and against a script doing the same work.
         "throughput_ratio": bare["predict_s"] / scoring,
         "same_work_ratio": bare["all_s"] / scoring,
@@ -502,7 +502,7 @@ def image_pipeline(work: Path, images: int, size: int = 160) -> dict[str, Any]:
     stages = {}
     for name in STAGES:
         seconds, peak, _ = peak_of([sys.executable, "-m", "flows.dvc_stage", name], folder)
-        stages[name] = {"seconds": seconds, "peak_rss_mb": peak}
+        stages[name] = {"seconds": seconds, "peak_pss_mb": peak}
     tables = [path for path in folder.rglob("*.parquet")]
     widest = max(len(pq.read_schema(path).names) for path in tables)
     metrics = json.loads((folder / "reports" / "metrics.json").read_text())
@@ -513,7 +513,7 @@ def image_pipeline(work: Path, images: int, size: int = 160) -> dict[str, Any]:
         "jpeg_mb": on_disk / 2**20,
         "generate_s": generated,
         "stages": stages,
-        "peak_rss_mb": max(stage["peak_rss_mb"] for stage in stages.values()),
+        "peak_pss_mb": max(stage["peak_pss_mb"] for stage in stages.values()),
         "widest_table_columns": widest,
         "parquet_mb": sum(path.stat().st_size for path in tables) / 2**20,
         "test_accuracy": metrics["test"]["accuracy"],
@@ -657,27 +657,27 @@ def markdown(results: dict[str, Any]) -> str:
     if "scale" in results:
         lines += [
             "## Scale (N rows x 50 numeric columns, one process per stage as `dvc repro` runs them, one epoch)", "",
-            "Seconds and peak RSS (MB, the stage's process tree) of each stage; the train stage's epoch against "
+            "Seconds and peak PSS (MB, the stage's process tree) of each stage; the train stage's epoch against "
             "`bench/bare_stream.py train` streaming the same split through tf.data into the same model.", "",
-            "| rows | " + " | ".join(STAGES) + " | s per M rows | peak RSS MB | epoch s | bare epoch s | epoch ratio |",
+            "| rows | " + " | ".join(STAGES) + " | s per M rows | peak PSS MB | epoch s | bare epoch s | epoch ratio |",
             "|---|" + "---|" * (len(STAGES) + 5),
         ]  # fmt: skip
         for rows, row in results["scale"].items():
             if rows.isdigit():
                 cells = [
-                    f"{row['stages'][name]['seconds']:.1f} ({row['stages'][name]['peak_rss_mb']:.0f})"
+                    f"{row['stages'][name]['seconds']:.1f} ({row['stages'][name]['peak_pss_mb']:.0f})"
                     for name in STAGES
                 ]
                 lines.append(
                     f"| {int(rows):,} | " + " | ".join(cells) + f" | {row['seconds_per_million_rows']:.1f} | "
-                    f"{row['peak_rss_mb']:.0f} | {row['train_epoch_s']:.1f} | {row['bare_stream_epoch_s']:.1f} | "
+                    f"{row['peak_pss_mb']:.0f} | {row['train_epoch_s']:.1f} | {row['bare_stream_epoch_s']:.1f} | "
                     f"{row['epoch_over_bare']:.2f} |"
                 )
         if "time_per_million_rows_ratio" in results["scale"]:
             growth = results["scale"]["time_per_million_rows_ratio"]
             lines.append(
                 f"\nTime per million rows at {growth['rows'][1]:,} rows over {growth['rows'][0]:,}: "
-                f"{growth['ratio']:.2f} (target <= 1.2); peak RSS target < 2048 MB in every stage; epoch ratio "
+                f"{growth['ratio']:.2f} (target <= 1.2); peak PSS target < 2048 MB in every stage; epoch ratio "
                 "target <= 1.2."
             )
         lines.append("")
@@ -686,10 +686,10 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [
             f"## An image folder ({row['images']:,} generated {row['size'][0]}x{row['size'][1]} JPEGs, "
             f"{row['jpeg_mb']:.0f} MB; one process per stage, one epoch of a small CNN)", "",
-            "- per stage, seconds (peak RSS MB): " + ", ".join(
-                f"{name} {stage['seconds']:.1f} ({stage['peak_rss_mb']:.0f})" for name, stage in row["stages"].items()
+            "- per stage, seconds (peak PSS MB): " + ", ".join(
+                f"{name} {stage['seconds']:.1f} ({stage['peak_pss_mb']:.0f})" for name, stage in row["stages"].items()
             ),
-            f"- peak RSS {row['peak_rss_mb']:.0f} MB (target < 2048); the widest Parquet file has "
+            f"- peak PSS {row['peak_pss_mb']:.0f} MB (target < 2048); the widest Parquet file has "
             f"{row['widest_table_columns']} columns (no pixel columns), {row['parquet_mb']:.1f} MB of Parquet in all; "
             f"test accuracy {row['test_accuracy']:.3f} (three classes)", "",
         ]  # fmt: skip
@@ -699,13 +699,13 @@ def markdown(results: dict[str, Any]) -> str:
             f"## Batch prediction ({row['rows']:,} rows x {row['columns']} columns, Parquet in and out)", "",
             f"- `kerasflow predict`: {row['kerasflow_rows_per_s']:,.0f} rows/s scoring (read, convert, predict, "
             f"drift, write: {row['kerasflow_scoring_s']:.1f} s; {row['kerasflow_wall_s']:.1f} s with start-up), "
-            f"peak memory {row['kerasflow_peak_rss_mb']:.0f} MB (target < 1500)",
+            f"peak memory {row['kerasflow_peak_pss_mb']:.0f} MB (target < 1500)",
             f"- bare `model.predict` over the same rows in memory: {row['bare_rows_per_s']:,.0f} rows/s "
             f"({row['bare_predict_s']:.1f} s); the bare script reading, predicting and writing: "
-            f"{row['bare_read_predict_write_s']:.1f} s; its peak memory {row['bare_peak_rss_mb']:.0f} MB",
+            f"{row['bare_read_predict_write_s']:.1f} s; its peak memory {row['bare_peak_pss_mb']:.0f} MB",
             f"- `bench/bare_stream.py predict` (Parquet in batches, `predict_on_batch`, Parquet out): "
             f"{row['bare_stream_rows_per_s']:,.0f} rows/s ({row['bare_stream_s']:.1f} s), peak memory "
-            f"{row['bare_stream_peak_rss_mb']:.0f} MB",
+            f"{row['bare_stream_peak_pss_mb']:.0f} MB",
             f"- ratio against that streaming script {row['stream_ratio']:.2f} (target >= 0.9); against "
             f"`model.predict` alone, rows already in memory, {row['throughput_ratio']:.2f}; against the bare script "
             f"reading everything first {row['same_work_ratio']:.2f}", "",

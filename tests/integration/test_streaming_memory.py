@@ -22,8 +22,8 @@ BATCH = 2000
 ALLOWED_GROWTH_MB = 60
 
 
-def peak_rss_mb(command: list[str], cwd: Path, env: dict[str, str]) -> float:
-    """Run `command`; the peak resident memory of its process tree, sampled every 50 ms."""
+def peak_pss_mb(command: list[str], cwd: Path, env: dict[str, str]) -> float:
+    """Run `command`; the peak proportional set size (PSS) of its process tree, sampled every 50 ms."""
     return peak_of(command, cwd, env, interval=0.05)[1]
 
 
@@ -56,10 +56,10 @@ def test_every_stage_and_predict_stay_flat_in_memory_as_the_file_grows(tmp_path)
     for rows in (100_000, 400_000):  # the longer file is 200 times the batch
         folder = project(tmp_path / str(rows), rows)
         peaks[rows] = {
-            stage: peak_rss_mb([sys.executable, "-m", "flows.dvc_stage", stage], folder, env) for stage in STAGES
+            stage: peak_pss_mb([sys.executable, "-m", "flows.dvc_stage", stage], folder, env) for stage in STAGES
         }
         command = [sys.executable, "-m", "flows.cli", "predict", "--input", "table.parquet", "--output", "out.parquet"]
-        peaks[rows]["predict"] = peak_rss_mb(command, folder, env)
+        peaks[rows]["predict"] = peak_pss_mb(command, folder, env)
         assert len(pd.read_parquet(folder / "out.parquet", columns=["row"])) == rows
     growth = {stage: peaks[400_000][stage] - peaks[100_000][stage] for stage in peaks[100_000]}
     assert all(value < ALLOWED_GROWTH_MB for value in growth.values()), f"growth {growth}, peaks {peaks}"
