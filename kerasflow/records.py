@@ -53,6 +53,33 @@ class RawDatasetInfo:
         return source_label(self.source)
 
 
+@dataclass(frozen=True)
+class ValidationReport:
+    """What validate found (reports/validation.json): preprocess runs only on a passed report of the same data."""
+
+    ok: bool
+    md5: str
+    problems: list[str] = field(default_factory=list)
+    rows: int | None = None
+    columns: int | None = None
+    # Which schema the data was checked against: recorded | inferred | new source (replacing `replaced_schema_of`).
+    schema: str | None = None
+    replaced_schema_of: str | None = None
+    statistics: dict[str, Any] | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ValidationReport:
+        return cls(**{key: data[key] for key in cls.__dataclass_fields__ if key in data})
+
+    def to_dict(self) -> dict[str, Any]:
+        """As written to disk: the fields a failed report does not have are left out."""
+        return {key: value for key, value in asdict(self).items() if value is not None}
+
+    def passed_for(self, md5: str) -> bool:
+        """Whether this report passes the raw data whose md5 is `md5`."""
+        return self.ok and self.md5 == md5
+
+
 def source_label(source: dict[str, Any]) -> str:
     """`sklearn:digits`, `file:/path/houses.csv`: where the data came from, in one string."""
     return ":".join(str(source[key]) for key in ("source", "dataset", "path") if source.get(key))

@@ -16,7 +16,7 @@ import pandas as pd
 
 from kerasflow.config import ValidateParams
 from kerasflow.errors import ExpectedError
-from kerasflow.records import RawDatasetInfo
+from kerasflow.records import RawDatasetInfo, ValidationReport
 from tasks.summaries import TableSummary
 
 # Categories listed per column in the validation report.
@@ -237,22 +237,22 @@ def validate_dataset(
     info: RawDatasetInfo,
     schema: dict[str, Any] | None,
     params: ValidateParams,
-) -> tuple[dict[str, Any], dict[str, Any]]:
+) -> tuple[dict[str, Any], ValidationReport]:
     """Check the dataset (a DataFrame, or its batches); return (schema to keep, report). Raise
     DataValidationError on problems."""
     summary = summarize(batches, info)
     problems = check_summary(summary, info, params)
     if not problems and schema is not None:
         problems = compare_to_schema(summary, schema, params)
-    report = {
-        "ok": not problems,
-        "problems": problems,
-        "rows": summary.rows,
-        "columns": len(summary.columns),
-        "schema": "recorded" if schema is not None else "inferred",
-        "md5": info.md5,
-        "statistics": statistics_report(summary),
-    }
+    report = ValidationReport(
+        ok=not problems,
+        md5=info.md5,
+        problems=problems,
+        rows=summary.rows,
+        columns=len(summary.columns),
+        schema="recorded" if schema is not None else "inferred",
+        statistics=statistics_report(summary),
+    )
     if problems:
         raise DataValidationError(problems, source=info.file or "raw dataset")
     return (schema if schema is not None else infer_schema(summary, info)), report

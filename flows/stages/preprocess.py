@@ -9,7 +9,7 @@ from typing import Any
 from flows.stages import Context
 from kerasflow.config import Params
 from kerasflow.io import read_json
-from kerasflow.records import RawDatasetInfo
+from kerasflow.records import RawDatasetInfo, ValidationReport
 from tasks.preprocess import describe_split, preprocess_dataset
 
 logger = logging.getLogger(__name__)
@@ -17,9 +17,9 @@ logger = logging.getLogger(__name__)
 
 def run(params: Params, context: Context) -> dict[str, Any]:
     layout = context.layout
-    report = read_json(layout.validation_report)
+    report = ValidationReport.from_dict(read_json(layout.validation_report))
     info = RawDatasetInfo.from_dict(read_json(layout.raw_meta))
-    if not report.get("ok") or report.get("md5") != info.md5:
+    if not report.passed_for(info.md5):
         raise RuntimeError(f"{layout.validation_report}: the raw dataset has not passed validation; run validate first")
     state = preprocess_dataset(layout.raw_data, info, params.preprocess, params.seed, layout.processed_dir)
     kinds = {

@@ -9,6 +9,7 @@ the change.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 from flows.stages import Context
@@ -16,7 +17,7 @@ from kerasflow.config import Params
 from kerasflow.errors import ConfigError
 from kerasflow.io import read_json, write_json
 from kerasflow.layout import Layout
-from kerasflow.records import RawDatasetInfo
+from kerasflow.records import RawDatasetInfo, ValidationReport
 from kerasflow.tables import iter_frames, row_group_rows
 from tasks.validate import DataValidationError, validate_dataset
 
@@ -44,7 +45,7 @@ def run(params: Params, context: Context) -> dict[str, Any]:
         schema, report = validate_dataset(batches(layout), info, recorded, params.validate_)
     except DataValidationError as error:
         # The report says what went wrong; preprocess refuses to run on a failed report.
-        write_json(layout.validation_report, {"ok": False, "problems": error.problems, "md5": info.md5})
+        write_json(layout.validation_report, ValidationReport(False, info.md5, error.problems).to_dict())
         if recorded is not None:
             raise DataValidationError(
                 error.problems,
@@ -56,16 +57,12 @@ def run(params: Params, context: Context) -> dict[str, Any]:
         write_json(layout.schema, {**schema, "source": info.source_label})
         logger.info("recorded the dataset schema in %s", layout.schema)
     if replaced:
-        report["schema"] = "new source"
-        report["replaced_schema_of"] = replaced
-    write_json(layout.validation_report, report)
+        report = replace(report, schema="new source", replaced_schema_of=replaced)
+    write_json(layout.validation_report, report.to_dict())
     logger.info(
-        "%d rows x %d columns passed validation against the %s schema",
-        report["rows"],
-        report["columns"],
-        report["schema"],
+        "%d rows x %d columns passed validation against the %s schema", report.rows, report.columns, report.schema
     )
-    return report
+    return report.to_dict()
 
 
 def check_slices(params: Params, info: RawDatasetInfo) -> None:

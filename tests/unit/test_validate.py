@@ -18,14 +18,15 @@ PARAMS = ValidateParams(min_rows=10)
 
 def test_first_ingest_infers_the_schema(tabular_frame, tabular_meta):
     schema, report = validate_dataset(tabular_frame, tabular_meta, None, PARAMS)
-    assert report["ok"] and report["schema"] == "inferred"
+    assert report.ok and report.schema == "inferred" and report.passed_for(tabular_meta.md5)
+    assert not report.passed_for("another md5")  # a report passes only the data it was made for
     assert schema["labels"] == ["0", "1"] and schema["columns"]["a"]["kind"] == "numeric"
 
 
 def test_a_later_ingest_within_the_schema_passes(tabular_frame, tabular_meta):
     schema, _ = validate_dataset(tabular_frame, tabular_meta, None, PARAMS)
     kept, report = validate_dataset(tabular_frame.sample(frac=0.5, random_state=1), tabular_meta, schema, PARAMS)
-    assert report["ok"] and report["schema"] == "recorded" and kept is schema
+    assert report.ok and report.schema == "recorded" and kept is schema
 
 
 def _break(frame, how):
@@ -110,7 +111,7 @@ def test_string_columns_are_categorical_features(tabular_frame, tabular_meta):
     frame = tabular_frame.assign(color=["red", "green", "blue"] * 20)
     meta = replace(tabular_meta, feature_columns=["a", "b", "color"])
     schema, report = validate_dataset(frame, meta, None, PARAMS)
-    assert report["ok"] and schema["columns"]["color"] == {"kind": "string", "nullable": False}
+    assert report.ok and schema["columns"]["color"] == {"kind": "string", "nullable": False}
     # A later ingest where the column turned into numbers has drifted.
     with pytest.raises(DataValidationError, match="column 'color' is numeric, the recorded schema says string"):
         validate_dataset(frame.assign(color=1.0), meta, schema, PARAMS)
@@ -192,7 +193,7 @@ def test_a_text_column_may_miss_some_values():
         **{"target": "target", "task": "classification", "feature_columns": ["text"], "text_column": "text"}
     )
     _, report = validate_dataset(frame, meta, None, PARAMS)
-    assert report["ok"]
+    assert report.ok
 
 
 def test_a_recorded_schema_knows_its_source(tmp_path, caplog):
