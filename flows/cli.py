@@ -157,9 +157,10 @@ def tune(args: argparse.Namespace) -> int:
     from flows.tuning import tuning_pipeline
     from kerasflow.errors import quiet_console
     from kerasflow.io import check_writable
-    from kerasflow.runtime import start_temporary_prefect_server
+    from kerasflow.runtime import redact_logged_credentials, start_temporary_prefect_server
 
     quiet_console()
+    redact_logged_credentials()
     try:
         check_writable(Path(args.params).resolve().parent)
         start_temporary_prefect_server()
@@ -297,9 +298,10 @@ def run(args: argparse.Namespace) -> int:
     from flows.training import training_pipeline
     from kerasflow.errors import quiet_console
     from kerasflow.io import check_writable
-    from kerasflow.runtime import start_temporary_prefect_server
+    from kerasflow.runtime import redact_logged_credentials, start_temporary_prefect_server
 
     quiet_console()
+    redact_logged_credentials()
     try:
         check_writable(Path(args.workdir) if args.workdir else Path(args.params).resolve().parent)
         start_temporary_prefect_server()

@@ -67,7 +67,7 @@ def attach_to_prefect_logging() -> None:
     """Send kerasflow's logs to the Prefect run's logs and console, as PREFECT_LOGGING_EXTRA_LOGGERS does.
 
     A flow run that a worker starts configures Prefect's logging before the flow's code can set
-    that variable, so the flow attaches its loggers itself (once).
+    that variable, so the flow attaches its loggers itself (once). Every handler also redacts passwords in URIs.
     """
     handlers = logging.getLogger("prefect.extra").handlers
     for name in PROJECT_LOGGERS:
@@ -76,6 +76,41 @@ def attach_to_prefect_logging() -> None:
             if handler not in logger.handlers:
                 logger.addHandler(handler)
     show_project_logs()
+    redact_logged_credentials()
+
+
+def redact_credentials(text: str) -> str:
+    """A URI (or a message holding one) as it may be shown or stored: `http://user:***@host:5000` for
+    `http://user:password@host:5000`."""
+    import re
+
+    return re.sub(r"(://[^:/@\s]+):[^@\s/]+@", r"\1:***@", text)
+
+
+class RedactCredentials(logging.Filter):
+    """On a handler: a password in a URI, in a record's message or its traceback, is replaced by `***` before the
+    record is shown or sent (to the terminal and to Prefect's API, whose database keeps the logs). Prefect and
+    MLflow log URIs of their own (a failed request names its URL), which kerasflow's own redaction cannot reach."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "@" in message and (clean := redact_credentials(message)) != message:
+            record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = redact_credentials(logging.Formatter().formatException(record.exc_info))
+        elif record.exc_text:
+            record.exc_text = redact_credentials(record.exc_text)
+        return True
+
+
+def redact_logged_credentials(
+    loggers: tuple[str, ...] = ("", "prefect", "prefect.flow_runs", "prefect.task_runs", "prefect.extra"),
+) -> None:
+    """Put `RedactCredentials` on every handler of these loggers (the console's and Prefect's API handler)."""
+    for name in loggers:
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(existing, RedactCredentials) for existing in handler.filters):
+                handler.addFilter(RedactCredentials())
 
 
 # TensorFlow's C++ start-up lines on a machine without a GPU. absl writes them before its logging is set up,

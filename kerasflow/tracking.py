@@ -25,6 +25,7 @@ from kerasflow.config import Params, TrackingParams
 from kerasflow.errors import ExpectedError, write_error
 from kerasflow.model_interface import ModelConfig, model_outputs
 from kerasflow.overrides import flatten
+from kerasflow.runtime import redact_credentials
 from kerasflow.sources import source_of
 
 logger = logging.getLogger(__name__)
@@ -57,9 +58,7 @@ def portable_uri(uri: str, project_root: Path) -> str:
 def redacted(text: str) -> str:
     """A URI (or a message holding one) as it may be shown or stored: `http://user:***@host:5000` for
     `http://user:password@host:5000`."""
-    import re
-
-    return re.sub(r"(://[^:/@\s]+):[^@\s/]+@", r"\1:***@", text)
+    return redact_credentials(text)
 
 
 def is_local_store(uri: str) -> bool:

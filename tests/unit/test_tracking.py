@@ -230,3 +230,31 @@ def test_a_password_in_the_tracking_uri_is_never_shown_or_stored(tmp_path, monke
     assert "hunter2" not in tracking.portable_uri(uri, tmp_path)  # what reports/mlflow_run.json keeps
     monkeypatch.setattr(tracking.mlflow, "get_tracking_uri", lambda: uri)
     assert tracking.run_url("r1", "1") == "http://alice:***@mlflow.example:5000/#/experiments/1/runs/r1"
+
+
+def test_log_handlers_redact_a_password_in_any_uri_they_show_or_send(caplog):
+    """Prefect's and MLflow's own log lines (a failed request names its URL) go through the same redaction as
+    kerasflow's messages, on every handler: the terminal's and Prefect's API handler alike."""
+    import logging
+
+    from kerasflow.runtime import RedactCredentials, redact_logged_credentials
+
+    logger = logging.getLogger("prefect.extra")
+    handler = caplog.handler
+    logger.addHandler(handler)
+    try:
+        redact_logged_credentials(("prefect.extra",))
+        assert sum(isinstance(f, RedactCredentials) for f in handler.filters) == 1
+        redact_logged_credentials(("prefect.extra",))  # once per handler, however often a flow starts
+        assert sum(isinstance(f, RedactCredentials) for f in handler.filters) == 1
+        try:
+            raise ConnectionError("POST http://alice:s3cret@mlflow.example:5000/api failed")
+        except ConnectionError:
+            logger.exception("request to %s failed", "http://alice:s3cret@mlflow.example:5000")
+        logger.warning("no credentials at http://mlflow.example:5000 stay as they are")
+    finally:
+        logger.removeHandler(handler)
+        handler.filters = [f for f in handler.filters if not isinstance(f, RedactCredentials)]
+    text = caplog.text
+    assert "s3cret" not in text and "http://alice:***@mlflow.example:5000" in text
+    assert "Traceback" in text and "no credentials at http://mlflow.example:5000" in text
