@@ -110,7 +110,9 @@ def test_a_table_gets_the_tabular_recipe_sized_by_its_rows(tmp_path):
     params, _ = plan_project(write_csv(frame, tmp_path / "t.csv"), "y", tmp_path)
     assert params.preprocess.scaling == "standard" and params.preprocess.numeric_encoding == "piecewise_linear"
     assert params.preprocess.categorical_encoding == "auto" and params.model.ensemble > 1
-    assert params.model.linear_skip  # wide and deep: the linear baseline's form is inside the model
+    assert params.model.linear_skip  # wide and deep from 500 rows: the linear baseline's form is inside the model
+    small, _ = plan_project(write_csv(frame.head(300), tmp_path / "small.csv"), "y", tmp_path)
+    assert not small.model.linear_skip  # below it, the wide layer lost as often as it gained
     assert params.model.optimizer.name == "adamw" and params.model.optimizer.weight_decay > 0
     assert params.train.epochs == 300 and params.train.early_stopping.patience >= 20  # small: long and patient
     assert "model" in params.tune.space and [] in [choice["layers"] for choice in params.tune.space["model"].choice]
