@@ -77,6 +77,26 @@ def shared_root(workspace: Path) -> Path:
     return workspace
 
 
+def check_model_once(params: Any, root: Path) -> None:
+    """Every layer of params.model made once (a bad argument is a ConfigError before any stage works), unless this
+    same model spec passed with this Keras already: the check imports TensorFlow, 5 to 8 s of a forced `dvc repro`
+    whose ingest itself takes a fraction of a second (bench/results/profile.md). A passing spec leaves a marker in
+    .kerasflow/checked/; a failing one is checked again every time."""
+    import hashlib
+    import json
+    from importlib.metadata import version
+
+    spec = json.dumps([params.model.model_dump(mode="json"), version("keras")], sort_keys=True)
+    marker = root / ".kerasflow" / "checked" / f"model-{hashlib.sha256(spec.encode()).hexdigest()[:16]}"
+    if marker.is_file():
+        return
+    from kerasflow.runtime import import_quietly
+
+    import_quietly("tasks.model").check_spec(params.model)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+
+
 def main(argv: list[str] | None = None) -> int:
     quiet_defaults()
     configure_logging()
@@ -95,9 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         params = load_params(root / args.params)
         if args.stage == "ingest":  # the first stage of a `dvc repro`: every layer argument checked before any work
-            from kerasflow.runtime import import_quietly
-
-            import_quietly("tasks.model").check_spec(params.model)
+            check_model_once(params, root)
     except ConfigError as error:
         logger.error("%s", error)
         return 2

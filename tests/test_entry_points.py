@@ -145,3 +145,25 @@ def test_the_first_dvc_stage_checks_the_layers_too(project, caplog):
         assert dvc_stage.main(["ingest"]) == 2
     assert "model.layers[0] (conv2d): unknown argument 'filterz' (did you mean 'filters'?)" in caplog.text
     assert sorted(path.name for path in project.iterdir()) == ["params.yaml"]
+
+
+def test_a_layer_check_that_passed_is_not_paid_again_and_a_changed_spec_is_checked(project, monkeypatch, caplog):
+    """The check imports TensorFlow (5 to 8 s of a forced `dvc repro`): once per model spec, then a marker."""
+    from kerasflow.config import load_params
+    from tasks import model
+
+    calls = []
+    with monkeypatch.context() as patch:
+        patch.setattr(model, "check_spec", lambda spec: calls.append(spec))
+        loaded = load_params(project / "params.yaml")
+        dvc_stage.check_model_once(loaded, project)
+        dvc_stage.check_model_once(loaded, project)
+        assert len(calls) == 1 and len(list((project / ".kerasflow" / "checked").iterdir())) == 1
+        write_params(project, lambda tree: tree["model"]["layers"][0].update(filters=8))
+        dvc_stage.check_model_once(load_params(project / "params.yaml"), project)
+        assert len(calls) == 2  # another spec: checked again
+    write_params(project, lambda tree: tree["model"]["layers"][0].update(filterz=3))
+    with caplog.at_level(logging.ERROR):
+        assert dvc_stage.main(["ingest"]) == 2  # a failing spec leaves no marker: refused every time
+        assert dvc_stage.main(["ingest"]) == 2
+    assert len(list((project / ".kerasflow" / "checked").iterdir())) == 2
