@@ -47,6 +47,9 @@ def start_run(folder: Path) -> tuple[subprocess.Popen, int, list[str]]:
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        # As a terminal starts it: SIGINT at its default. A background job of a non-interactive shell (as CI may run
+        # the suite) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     lines: list[str] = []
     port = None
