@@ -206,7 +206,7 @@ for sent in (signal.SIGTERM, signal.SIGKILL):
 def start_temporary_prefect_server() -> None:
     """Without PREFECT_API_URL, start Prefect's temporary server now (Prefect then uses this one), with a watchdog
     that stops it if this process dies without stopping it itself (SIGKILL); and make SIGTERM a clean exit, in
-    which Prefect stops the server and the MLflow run is marked FAILED."""
+    which Prefect stops the server and the MLflow run is marked KILLED."""
     import functools
     import signal
     import subprocess

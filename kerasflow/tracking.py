@@ -25,7 +25,7 @@ from kerasflow.config import Params, TrackingParams
 from kerasflow.errors import ExpectedError, write_error
 from kerasflow.model_interface import ModelConfig, model_outputs
 from kerasflow.overrides import flatten
-from kerasflow.runtime import redact_credentials
+from kerasflow.runtime import redact_credentials as redacted  # the one redaction, shared with the log filter
 from kerasflow.sources import source_of
 
 logger = logging.getLogger(__name__)
@@ -53,12 +53,6 @@ def portable_uri(uri: str, project_root: Path) -> str:
         if path.is_absolute() and path.is_relative_to(Path(project_root).resolve()):
             return prefix + path.relative_to(Path(project_root).resolve()).as_posix()
     return redacted(uri)
-
-
-def redacted(text: str) -> str:
-    """A URI (or a message holding one) as it may be shown or stored: `http://user:***@host:5000` for
-    `http://user:password@host:5000`."""
-    return redact_credentials(text)
 
 
 def is_local_store(uri: str) -> bool:
