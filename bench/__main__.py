@@ -596,7 +596,7 @@ def gpu_path() -> dict[str, Any]:
     import tensorflow as tf
 
     from kerasflow.config import TrainParams
-    from tasks.train import accelerator_plan
+    from tasks.accelerator import accelerator_plan
 
     gpus = tf.config.list_physical_devices("GPU")
     return {

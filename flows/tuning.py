@@ -198,8 +198,8 @@ def objective_value(params: Params, data: Any, model: Any, history: Any) -> floa
         from tasks.fit import best_epoch
 
         return float(history.loc[best_epoch(params.train, history), metric])
+    from tasks.datasets import predict
     from tasks.evaluate import fixed_threshold, score_predictions
-    from tasks.train import predict
 
     state = data.state
     outputs = predict(model, data.val, state.inputs)

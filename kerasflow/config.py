@@ -235,6 +235,10 @@ class ModelParams(_Section):
     # Wide and deep: a linear layer on the input features added to the network's output (before its activation),
     # so a nearly linear relation needs nothing of the hidden layers.
     linear_skip: bool = False
+    # Where the wide layer starts. random: Keras' initializer. fitted: a logistic regression (ridge for a
+    # regression) fitted on the same input features of the training rows, with the members' output layers at
+    # zero, so training starts from the linear model and the networks learn what it misses (tasks/wide_start.py).
+    wide_start: Literal["random", "fitted"] = "random"
     optimizer: OptimizerParams = OptimizerParams()
     loss: str = "auto"
 
@@ -267,6 +271,8 @@ class ModelParams(_Section):
                 if layer.name in names:
                     raise ValueError(f"layers[{index}].name {layer.name!r} is used twice")
                 names.add(layer.name)
+        if self.wide_start == "fitted" and not self.linear_skip:
+            raise ValueError("wide_start 'fitted' starts the wide layer of linear_skip: set linear_skip: true")
         return self
 
 

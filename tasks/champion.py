@@ -14,7 +14,6 @@ import numpy as np
 
 from kerasflow.model_interface import ModelConfig, model_outputs
 from kerasflow.records import ChampionScore, PreprocessState
-from tasks.evaluate import score_predictions
 from tasks.preprocess import ParquetSplit, Split
 from tasks.register import CHAMPION
 
@@ -68,6 +67,7 @@ def rescore_outputs(
 ) -> Rescored:
     """`rescore`, keeping the champion's outputs on the test rows (for the paired bootstrap and the slices)."""
     from kerasflow import tracking
+    from tasks.evaluate import score_predictions  # scikit-learn's metrics: only when there is a champion to score
 
     try:
         model = tracking.load_version(model_name, version)

@@ -3,16 +3,13 @@
 `build_setup` builds and compiles the model on the input constants preprocess fitted (under the
 distribution strategy the accelerator plan chose); `fit_setup` fits it, both phases with
 `train.fine_tune`, resuming from a backup when given one; `best_epoch` is the epoch whose weights it
-holds. The backups are what let a killed attempt resume: one folder per (model, training, data),
-and per worker when training spans several. Nothing here talks to MLflow: the stage does.
+holds; a fitted wide start (`model.wide_start`) is set here, before the first epoch. What a killed attempt
+resumes from is in tasks/resume.py. Nothing here talks to MLflow: the stage does.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,18 +23,12 @@ from kerasflow.config import ModelParams, TrainParams
 from kerasflow.metrics import lower_is_better
 from kerasflow.records import PreprocessState
 from kerasflow.runtime import set_seeds
+from tasks.accelerator import AcceleratorPlan, accelerator_plan, distribution_strategy, spans_workers
 from tasks.backbone import unfreeze
 from tasks.model import build_model, compile_model
 from tasks.preprocess import ParquetSplit, read_state, split_source
-from tasks.train import (
-    AcceleratorPlan,
-    Backup,
-    accelerator_plan,
-    class_weights,
-    distribution_strategy,
-    spans_workers,
-    train_model,
-)
+from tasks.train import class_weights, train_model
+from tasks.wide_start import start_wide_from_linear_fit
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +68,8 @@ def build_setup(model: ModelParams, train: TrainParams, seed: int, data: Trainin
     with strategy.scope():
         built = build_model(model, state, jit_compile=plan.jit_compile)
     weights = class_weights(train.class_weight, state.class_counts, state.classes)
+    if model.wide_start == "fitted":
+        start_wide_from_linear_fit(built, data.train, state, seed, weights)
     return ModelSetup(built, state, plan, strategy, weights)
 
 
@@ -135,63 +128,6 @@ def best_epoch(train: TrainParams, history: pd.DataFrame) -> int:
     values = watched[stopping.monitor]
     best = values.idxmin() if lower_is_better(stopping.monitor) else values.idxmax()
     return int(last_phase.loc[best, "epoch"])
-
-
-def backup_folder(backups: Path, model: ModelParams, train: TrainParams, seed: int, data_md5: str) -> Path:
-    """Where training keeps its per-epoch backup (under `backups`): one folder per (run folder, model, training,
-    data), so a rerun with the same config resumes and a changed config never restores the wrong weights."""
-    config = {"model": model.model_dump(mode="json"), "train": train.model_dump(mode="json")}
-    config.update(seed=seed, data=data_md5)
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
-    return backups / digest
-
-
-def best_weights_path(backup: Path) -> Path:
-    return backup.with_name(f"{backup.name}.best.weights.h5")
-
-
-def finished_epochs(folder: Path) -> pd.DataFrame:
-    """The epochs (with an `epoch` column) that a killed attempt finished, from its backup's epoch log; empty
-    when there is nothing to resume."""
-    backup = Backup(folder)
-    done = backup.completed_epochs()
-    if not done or not backup.epoch_log.is_file():
-        backup.epoch_log.unlink(missing_ok=True)
-        return pd.DataFrame()
-    # A kill while a line was being written leaves half a line: skipped.
-    earlier = pd.read_csv(backup.epoch_log, on_bad_lines="skip").dropna(subset=["epoch"])
-    earlier = earlier.astype({"epoch": "int64"}).drop_duplicates("epoch", keep="last")
-    return earlier[earlier["epoch"] < done].sort_values("epoch").reset_index(drop=True)
-
-
-def worker_backup(chief: Path, index: int) -> Backup:
-    """Each worker's BackupAndRestore folder: the chief's is the stage's own, worker i's is inside it."""
-    return Backup(chief if index == 0 else chief / "workers" / str(index))
-
-
-def reconcile_backups(chief: Path, workers: int) -> None:
-    """Before (re)starting N workers: give every worker the backup of the one that got furthest. All workers hold
-    the same weights at the end of each epoch (the epoch's all-reduce made them so), so the furthest backup is
-    every worker's state there; a kill between two workers' backups would otherwise resume them at different
-    epochs, and they would wait for each other forever."""
-    backups = [worker_backup(chief, index) for index in range(workers)]
-    furthest = max(backups, key=lambda backup: backup.completed_epochs())
-    if not furthest.completed_epochs():
-        return
-    for backup in backups:
-        if backup is furthest or backup.completed_epochs() == furthest.completed_epochs():
-            continue
-        for name in ("head", "fine_tune"):
-            shutil.rmtree(backup.phase_dir(name), ignore_errors=True)
-            if furthest.phase_dir(name).is_dir():
-                shutil.copytree(furthest.phase_dir(name), backup.phase_dir(name))
-        for name in ("head_weights", "head_record"):
-            source, target = getattr(furthest, name), getattr(backup, name)
-            target.unlink(missing_ok=True)
-            if source.is_file():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy(source, target)
-    logger.info("the workers resume after epoch %d", furthest.completed_epochs())
 
 
 def local_copy(model: ModelParams, setup: ModelSetup) -> keras.Model:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 
 from kerasflow.config import EPOCH_METRICS_BY_TASK, ConfigError, LayerSpec, ModelParams
 from kerasflow.layers import LAYER_TYPES
@@ -313,6 +314,13 @@ def export_for_serving(model: keras.Model, path: Path, inputs: ModelInputs) -> N
     archive.track(model)
     archive.add_endpoint(name="serve", fn=lambda features: model(features, training=False), input_signature=[signature])
     archive.write_out(str(path), verbose=False)
+
+
+def compiled_loss(model: keras.Model, y: np.ndarray, outputs: np.ndarray) -> float:
+    """The compiled loss (weighted as compiled, with the layers' regularization) of `outputs` the model predicted
+    for rows labelled `y`: what `model.evaluate` reports, without a second pass of the rows through the model."""
+    loss = model.compute_loss(x=None, y=y, y_pred=outputs, training=False)
+    return float(keras.ops.convert_to_numpy(loss))
 
 
 def load_model_file(path: Path, compile: bool = False) -> keras.Model:

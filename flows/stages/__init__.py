@@ -6,7 +6,9 @@ The stage map (start here):
     ingest      ingest.py       ingest.py (sources: kerasflow/sources.py)    data/raw/
     validate    validate.py     validate.py                                  reports/validation.json, data/schema.json
     preprocess  preprocess.py   preprocess.py, features.py, drift.py         data/processed/
-    train       train.py        model.py, train.py, fit.py (cluster.py)      models/, reports/history.csv
+    train       train.py        model.py, fit.py, train.py, datasets.py,     models/, reports/history.csv
+                                accelerator.py, resume.py, wide_start.py
+                                (cluster.py across workers)
     evaluate    evaluate.py     evaluate.py, evidence.py, champion.py        reports/metrics.json, reports/plots/
     register    register.py     register.py                                  reports/registration.json, the registry
 

@@ -21,6 +21,7 @@ from kerasflow.model_interface import ModelConfig, predicted_classes
 from kerasflow.records import Comparison, Evaluation, PreprocessState, SliceScore, TrainingResult
 from kerasflow.tables import open_parquet
 from tasks.champion import Rescored, rescore_current
+from tasks.datasets import predict
 from tasks.evaluate import (
     baseline_metrics,
     baseline_sample,
@@ -36,9 +37,8 @@ from tasks.evaluate import (
     score_predictions,
 )
 from tasks.evidence import Evidence, Scored, slice_labels
-from tasks.model import load_model_file
+from tasks.model import compiled_loss, load_model_file
 from tasks.preprocess import ParquetSplit, read_state, split_path, split_source
-from tasks.train import SCORING_BATCH, make_dataset, predict
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +57,7 @@ def run(params: Params, context: Context) -> dict[str, Any]:
     # The test rows stream through the model; their labels and the model's outputs are kept (one value or one
     # per class a row), for the metrics, the plots and ROC AUC.
     outputs, y_test = predict(model, test_split, state.inputs), test_split.labels()
-    scored = model.evaluate(make_dataset(test_split, state.inputs, SCORING_BATCH), verbose=0, return_dict=True)
-    test_loss = scored["loss"]
+    test_loss = compiled_loss(model, y_test, outputs)
     result, others = score(params, state, config, train_split, test_split, (y_test, outputs), test_loss)
     per_class = per_class_metrics(y_test, outputs, state.classes, config.threshold) if state.classes else {}
     pictures = draw_plots(layout, params, state, config, y_test, outputs, trained.best_epoch)

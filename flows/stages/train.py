@@ -28,26 +28,23 @@ from kerasflow.io import atomic_dir, atomic_path, read_json, write_json, write_t
 from kerasflow.layout import Layout
 from kerasflow.records import TrainingResult
 from tasks import cluster
+from tasks.accelerator import device_summary
+from tasks.datasets import predict, shard_steps
 from tasks.evaluate import choose_threshold, fixed_threshold, primary_metric
 from tasks.features import raw_example
 from tasks.fit import (
     ModelSetup,
     TrainingData,
-    backup_folder,
     best_epoch,
-    best_weights_path,
     build_setup,
-    finished_epochs,
     first_rows,
     fit_setup,
     load_training_data,
     local_copy,
-    reconcile_backups,
-    worker_backup,
 )
 from tasks.model import export_for_serving
 from tasks.preprocess import read_state, split_path, split_source
-from tasks.train import Backup, device_summary, predict, shard_steps
+from tasks.resume import Backup, backup_folder, best_weights_path, finished_epochs, reconcile_backups, worker_backup
 
 logger = logging.getLogger(__name__)
 

@@ -121,3 +121,63 @@ def mlflow_server(folder: Path) -> Iterator[str]:
     with background(command, folder / "mlflow-server.log", dict(os.environ)) as process:
         wait_healthy(f"{uri}/health", process, folder / "mlflow-server.log")
         yield uri
+
+
+def postgres_bin(name: str) -> str:
+    """A program of Debian's PostgreSQL (`initdb`, `postgres`, `pg_isready`, `psql`): on PATH, or in its versioned
+    folder."""
+    found = shutil.which(name) or next(iter(sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))), None)
+    if found is None:
+        raise RuntimeError(f"PostgreSQL's {name} not found: install Debian's postgresql package")
+    return str(found)
+
+
+@contextlib.contextmanager
+def postgres_server(databases: tuple[str, ...]) -> Iterator[str]:
+    """A PostgreSQL cluster of its own (initdb, then postgres) on a free loopback port, with `databases` made in it;
+    yields `host:port` (user postgres, no password: trust, for the test only). Run as the postgres user when the
+    tests run as root (PostgreSQL refuses root); its data folder is under /tmp, where that user can reach it."""
+    import pwd
+    import tempfile
+
+    as_user: list[str] = []
+    data = Path(tempfile.mkdtemp(prefix="kerasflow-postgres-"))
+    if os.geteuid() == 0:
+        owner = pwd.getpwnam("postgres")
+        os.chown(data, owner.pw_uid, owner.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    env = {**os.environ, "LC_ALL": "C.UTF-8"}
+    log = data.with_name(f"{data.name}.log")
+    try:
+        subprocess.run(
+            [*as_user, postgres_bin("initdb"), "-D", str(data / "cluster"), "-U", "postgres", "--auth=trust",
+             "-E", "UTF8", "--no-sync"],
+            env=env, check=True, capture_output=True, timeout=120,
+        )  # fmt: skip
+        port = free_port()
+        command = [*as_user, postgres_bin("postgres"), "-D", str(data / "cluster"), "-h", "127.0.0.1",
+                   "-p", str(port), "-k", str(data), "-c", "fsync=off"]  # fmt: skip
+        with background(command, log, env):
+            ready = [postgres_bin("pg_isready"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres"]
+            deadline = time.monotonic() + 60
+            while subprocess.run(ready, capture_output=True).returncode != 0:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"PostgreSQL did not start:\n{log.read_text()[-3000:]}")
+                time.sleep(0.3)
+            for name in databases:
+                subprocess.run(
+                    [postgres_bin("psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-c",
+                     f"CREATE DATABASE {name}"],
+                    env=env, check=True, capture_output=True, timeout=60,
+                )  # fmt: skip
+            yield f"127.0.0.1:{port}"
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+        log.unlink(missing_ok=True)
+
+
+def postgres_query(address: str, database: str, sql: str) -> str:
+    """One SQL query's result, unaligned and without headers (psql -At)."""
+    host, port = address.split(":")
+    command = [postgres_bin("psql"), "-h", host, "-p", port, "-U", "postgres", "-d", database, "-At", "-c", sql]
+    return subprocess.run(command, capture_output=True, text=True, check=True, timeout=60).stdout.strip()

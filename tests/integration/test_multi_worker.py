@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tasks.train import weights_digest
+from tasks.accelerator import weights_digest
 from tests.conftest import use_store
 from tests.integration.servers import BIN, clone_project, project_env, run
 

@@ -100,7 +100,7 @@ def test_a_tracking_server_lost_mid_training_fails_the_stage_quickly_naming_it(t
     assert took < 90, f"train took {took:.0f} s to fail after the server went away"
     assert f"MLflow tracking store {uri} stopped answering" in output
     (backup,) = [path for path in (tmp_path / ".kerasflow" / "backup").iterdir() if path.is_dir()]
-    from tasks.train import Backup
+    from tasks.resume import Backup
 
     assert Backup(backup).completed_epochs() >= 5  # a rerun resumes from here
     assert not (tmp_path / "models").exists()  # nothing half-published

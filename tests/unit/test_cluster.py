@@ -14,9 +14,9 @@ from pydantic import ValidationError
 from kerasflow.config import ConfigError, TrainParams
 from kerasflow.model_interface import ModelInputs
 from tasks import cluster
-from tasks.fit import reconcile_backups, worker_backup
+from tasks.datasets import shard_steps
 from tasks.preprocess import LABEL, ParquetSplit
-from tasks.train import shard_steps
+from tasks.resume import reconcile_backups, worker_backup
 
 TWO = {"cluster": {"worker": ["127.0.0.1:2000", "127.0.0.1:2001"]}, "task": {"type": "worker", "index": 1}}
 

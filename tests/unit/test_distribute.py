@@ -1,4 +1,5 @@
-"""The GPU path on a CPU: MirroredStrategy over two logical CPU devices matches one device."""
+"""The GPU path on a CPU: MirroredStrategy over two logical CPU devices matches one device (a wide and deep model
+whose wide layer starts from a fitted logistic regression, as `kerasflow init` writes for a table)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,10 @@ from kerasflow.records import PreprocessState, RawDatasetInfo
 from tasks.features import adapt_inputs, describe_inputs, feature_matrix
 from tasks.model import build_model
 from tasks.preprocess import Split
-from tasks.train import accelerator_plan, distribution_strategy, predict, train_model
+from tasks.accelerator import accelerator_plan, distribution_strategy
+from tasks.datasets import predict
+from tasks.train import train_model
+from tasks.wide_start import start_wide_from_linear_fit
 
 results = {}
 for dataset in ("numeric", "categorical"):
@@ -42,7 +46,8 @@ for dataset in ("numeric", "categorical"):
     train, val = Split(x[:384], y[:384]), Split(x[384:].reset_index(drop=True), y[384:])
     data = PreprocessState("classification", inputs, "target", meta.feature_columns, {}, 0, "", classes=[0, 1],
                            fitted=adapt_inputs(inputs, train.x, PreprocessParams()))
-    spec = ModelParams.model_validate({"layers": [{"type": "dense", "units": 16, "activation": "relu"}]})
+    layers = [{"type": "dense", "units": 16, "activation": "relu"}]
+    spec = ModelParams.model_validate({"layers": layers, "linear_skip": True, "wide_start": "fitted"})
     for distribute in ("off", "mirrored"):
         params = TrainParams.model_validate({"epochs": 3, "batch_size": 64, "shuffle": False, "distribute": distribute,
                                              "jit_compile": False, "early_stopping": {"enabled": False}})
@@ -51,6 +56,7 @@ for dataset in ("numeric", "categorical"):
             plan = accelerator_plan(params, string_inputs=dataset == "categorical")
             with distribution_strategy(plan).scope():
                 model = build_model(spec, data, jit_compile=plan.jit_compile)
+            start_wide_from_linear_fit(model, train, data, seed=0)
             history = train_model(model, train, val, inputs, params, seed=0)
         except Exception as error:
             results[f"{dataset}.{distribute}"] = {"error": f"{type(error).__name__}: {str(error)[:300]}"}
@@ -100,7 +106,7 @@ def test_a_model_that_takes_strings_trains_on_one_device_and_refuses_mirrored(ru
 def test_auto_switches_resolve_to_cpu_defaults_here():
     import tensorflow as tf
 
-    from tasks.train import accelerator_plan
+    from tasks.accelerator import accelerator_plan
 
     plan = accelerator_plan(TrainParams())
     has_gpu = bool(tf.config.list_physical_devices("GPU"))
@@ -123,9 +129,11 @@ def test_the_gpu_switches_train_a_model_that_learns_on_the_cpu(switch):
     from sklearn.datasets import load_breast_cancer
 
     from kerasflow.config import ModelParams
+    from tasks.accelerator import accelerator_plan, distribution_strategy
+    from tasks.datasets import predict
     from tasks.model import build_model
     from tasks.preprocess import Split
-    from tasks.train import accelerator_plan, distribution_strategy, predict, train_model
+    from tasks.train import train_model
     from tests.unit.helpers import prepare
 
     cancer = prepare(load_breast_cancer(as_frame=True).frame, "target", "classification", train_rows=400)

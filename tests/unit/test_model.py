@@ -13,8 +13,8 @@ import tensorflow as tf
 from kerasflow.config import ConfigError, ModelParams, PreprocessParams
 from kerasflow.model_interface import to_model_inputs
 from kerasflow.records import FittedInputs, PreprocessState, TargetScaling
+from tasks.datasets import predict
 from tasks.model import build_model, export_for_serving
-from tasks.train import predict
 from tests.unit.helpers import digit_images, mixed_frame, model_state, prepare, prepare_images, review_frame
 
 SMALL_TEXT = PreprocessParams.model_validate({"text": {"max_tokens": 200, "sequence_length": 12}})
@@ -421,3 +421,32 @@ def test_the_serving_export_predicts_like_the_model_at_inference(request, tmp_pa
     # Augmentation and noise are off: the export is the model in inference mode.
     np.testing.assert_allclose(served, np.asarray(model(features, training=False)), atol=1e-6)
     np.testing.assert_allclose(served, predict(model, rows, prepared.inputs), atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["table", "binary", "images"])
+def test_the_loss_from_the_outputs_is_the_one_evaluate_reports(request, kind):
+    from tasks.datasets import make_dataset
+    from tasks.model import compiled_loss
+    from tasks.preprocess import Split
+
+    prepared = request.getfixturevalue(kind)
+    dense = {"type": "dense", "units": 4, "activation": "relu", "l2": 0.05}
+    layers = [{"type": "flatten"}, dense] if kind == "images" else [dense]
+    data = prepared.data
+    if kind == "table":  # in standard deviations, the loss weighted to match
+        data = model_state(prepared.inputs, "regression", 0, replace(prepared.fitted, target=TargetScaling(9.5, 5.8)))
+    model = build_model(spec(layers=layers), data)
+    source = Split(prepared.x, prepared.y)
+    outputs = predict(model, prepared.x, prepared.inputs)
+    evaluated = model.evaluate(make_dataset(source, prepared.inputs, 7), verbose=0, return_dict=True)["loss"]
+    assert compiled_loss(model, prepared.y, outputs) == pytest.approx(evaluated, rel=1e-5)
+    assert model.losses  # the regularization is part of both
+    # Confidently wrong outputs cost more: the outputs and the labels count, not only the regularization.
+    if kind == "table":
+        wrong = outputs + 50.0
+    elif kind == "binary":
+        wrong = np.where(prepared.y[:, None] == 1, 0.01, 0.99).astype("float32")
+    else:
+        wrong = np.full_like(outputs, 0.01)
+        wrong[np.arange(len(wrong)), (prepared.y + 1) % wrong.shape[1]] = 0.91
+    assert compiled_loss(model, prepared.y, wrong) > evaluated + 0.5

@@ -3,6 +3,8 @@ the decision threshold chosen on validation rows, and bag-of-words text. Each wi
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -149,6 +151,59 @@ def keras_features(model, x) -> np.ndarray:
     import keras
 
     return np.asarray(keras.Model(model.inputs, model.get_layer("wide").input)(x))
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_a_fitted_wide_start_makes_the_untrained_model_the_logistic_regression_on_its_features(classes):
+    from sklearn.linear_model import LogisticRegression
+
+    from tasks.preprocess import Split
+    from tasks.wide_start import start_wide_from_linear_fit
+
+    frame = skewed(300, seed=classes)
+    y = (np.nan_to_num(frame["b"].to_numpy()) + np.log(frame["a"].to_numpy()) > 0).astype("int64")
+    if classes == 3:
+        y += (frame["b"].fillna(0).to_numpy() > 1).astype("int64")
+    state = model_state(NUMBERS, "classification", classes, fitted_for(frame, NUMBERS))
+    layers = [{"type": "dense", "units": 8, "activation": "relu"}]
+    spec = ModelParams(layers=layers, ensemble=2, linear_skip=True, wide_start="fitted")
+    model = build_model(spec, state)
+    start_wide_from_linear_fit(model, Split(frame, y), state, seed=0)
+    x = {name: tf.constant(array) for name, array in to_model_inputs(frame, NUMBERS).items()}
+    features = keras_features(model, x)
+    expected = LogisticRegression(max_iter=2000, random_state=0).fit(features, y).predict_proba(features)
+    outputs = np.asarray(model(x))
+    np.testing.assert_allclose(outputs, expected[:, 1:] if classes == 2 else expected, atol=1e-4)
+    # A random start is not the linear model.
+    random_start = np.asarray(build_model(ModelParams(layers=layers, ensemble=2, linear_skip=True), state)(x))
+    assert np.abs(random_start - (expected[:, 1:] if classes == 2 else expected)).max() > 0.05
+
+
+def test_a_fitted_wide_start_of_a_regression_is_ridge_in_the_targets_units():
+    from sklearn.linear_model import Ridge
+
+    from kerasflow.records import TargetScaling
+    from tasks.preprocess import Split
+    from tasks.wide_start import start_wide_from_linear_fit
+
+    frame = skewed(300, seed=4)
+    y = 50.0 + 10.0 * np.nan_to_num(frame["b"].to_numpy()) + np.random.default_rng(4).normal(size=300)
+    fitted = fitted_for(frame, NUMBERS)
+    state = model_state(
+        NUMBERS, "regression", 0, replace(fitted, target=TargetScaling(float(y.mean()), float(y.std())))
+    )
+    model = build_model(ModelParams(layers=[{"type": "dense", "units": 8}], linear_skip=True), state)
+    start_wide_from_linear_fit(model, Split(frame, y), state, seed=0)
+    x = {name: tf.constant(array) for name, array in to_model_inputs(frame, NUMBERS).items()}
+    features = keras_features(model, x)
+    z = (y - y.mean()) / y.std()
+    expected = Ridge(alpha=1.0).fit(features, z).predict(features) * y.std() + y.mean()
+    np.testing.assert_allclose(np.asarray(model(x))[:, 0], expected, rtol=1e-4, atol=1e-3)
+
+
+def test_a_fitted_wide_start_needs_the_wide_layer():
+    with pytest.raises(ValueError, match="wide_start 'fitted'.*linear_skip: true"):
+        ModelParams(layers=[], wide_start="fitted")
 
 
 def test_linear_skip_is_refused_on_a_token_sequence():

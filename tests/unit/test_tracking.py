@@ -128,7 +128,7 @@ def test_replayed_epochs_land_once_per_step_named_like_the_live_ones(mlflow_stor
 
 @pytest.mark.parametrize("task", ["classification", "regression"])
 def test_logged_model_is_a_pyfunc_on_raw_columns(mlflow_store, tmp_path, task):
-    from tasks.train import predict
+    from tasks.datasets import predict
 
     experiment_id = tracking.configure(TrackingParams(), tmp_path)
     with tracking.open_run(experiment_id) as run_id:

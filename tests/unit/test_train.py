@@ -15,10 +15,13 @@ from sklearn.datasets import load_breast_cancer
 from kerasflow.config import ConfigError, ModelParams, PreprocessParams, TrainParams
 from kerasflow.model_interface import to_model_inputs
 from kerasflow.samples import linear
+from tasks.accelerator import device_summary
+from tasks.datasets import make_dataset, predict
 from tasks.features import target_scaling
 from tasks.model import build_model, compile_model
 from tasks.preprocess import Split
-from tasks.train import Backup, class_weights, device_summary, make_dataset, predict, train_model
+from tasks.resume import Backup
+from tasks.train import class_weights, train_model
 from tests.unit.helpers import mixed_frame, model_state, prepare, review_frame
 
 QUICK = {"early_stopping": {"enabled": False}, "checkpoint": False}

@@ -124,9 +124,9 @@ def test_workload_from_its_params_file(workload_run):
     import tensorflow as tf
 
     from kerasflow.model_interface import model_outputs, to_model_inputs
+    from tasks.datasets import predict
     from tasks.features import raw_example
     from tasks.preprocess import read_split, read_state
-    from tasks.train import predict
 
     name, run, client = workload_run
     workload, params, layout, results = WORKLOADS[name], run.params, run.layout, run.results
