@@ -89,8 +89,8 @@ def linear_fit(
     if units == 1:
         return fitted.coef_.T, fitted.intercept_
     if len(fitted.classes_) == 2:
-        # Two of more classes in the sample: scikit-learn fits one logit, the second class's against the first's
-        # zero, which softmax reads the same.
+        # Only two of the classes in the sample: scikit-learn fits one logit, the second class's against the
+        # first's zero, which softmax reads the same.
         kernel[:, fitted.classes_[1]] = fitted.coef_[0]
         bias[fitted.classes_[1]] = fitted.intercept_[0]
         return kernel, bias

@@ -1,4 +1,5 @@
-"""Real servers for integration tests: started on free loopback ports, always stopped."""
+"""Real servers for integration tests (started on free loopback ports, always stopped), the project as a user's
+clone has it, and new rows for its default model to score."""
 
 from __future__ import annotations
 
@@ -40,6 +41,18 @@ def clone_project(destination: Path, env: dict[str, str] | None = None, remote: 
     run(["git", "add", "-A"], destination, env)
     run(["git", "commit", "-qm", "project"], destination, env)
     return destination
+
+
+def digits_file(path: Path, shift: float = 0.0, rows: int = 300) -> Path:
+    """The last `rows` of scikit-learn's digits as a CSV of the default model's pixel columns, `shift` added to every
+    pixel (a shift makes them brighter than any image the model trained on: drift)."""
+    import pandas as pd
+    from sklearn.datasets import load_digits
+
+    images = load_digits().images[-rows:] + shift
+    columns = [f"pixel_{row}_{column}" for row in range(8) for column in range(8)]
+    pd.DataFrame(images.reshape(rows, -1), columns=columns).to_csv(path, index=False)
+    return path
 
 
 def run(command: list[str], cwd: Path, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import use_store
-from tests.integration.servers import BIN, background, clone_project, free_port, wait_healthy
+from tests.integration.servers import BIN, background, clone_project, digits_file, free_port, wait_healthy
 
 pytestmark = pytest.mark.integration
 
@@ -313,16 +313,6 @@ def until(condition, timeout: float, what: str):
         assert time.monotonic() < deadline, f"after {timeout:.0f}s: {what}"
         time.sleep(1)
     return found
-
-
-def digits_file(path: Path, shift: float, rows: int = 300) -> Path:
-    import pandas as pd
-    from sklearn.datasets import load_digits
-
-    images = load_digits().images[-rows:] + shift  # brighter images than any the model trained on
-    columns = [f"pixel_{row}_{column}" for row in range(8) for column in range(8)]
-    pd.DataFrame(images.reshape(rows, -1), columns=columns).to_csv(path, index=False)
-    return path
 
 
 def parsed_time(text: str) -> float:

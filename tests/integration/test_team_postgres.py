@@ -12,6 +12,7 @@ from tests.integration.servers import (
     BIN,
     background,
     clone_project,
+    digits_file,
     free_port,
     postgres_query,
     postgres_server,
@@ -79,7 +80,7 @@ def test_the_team_setup_on_postgresql_runs_registers_and_predicts(tmp_path):
             assert int(postgres_query(database, "prefect", flow_runs)) >= 2
 
             # The champion at work, loaded through the tracking server from the registry.
-            rows = digits_csv(tmp_path / "new.csv")
+            rows = digits_file(tmp_path / "new.csv", rows=100)
             scored = tmp_path / "scored.csv"
             result = run([kerasflow, "predict", "--input", str(rows), "--output", str(scored)], project, env)
             assert "predictions" in result.stdout
@@ -89,13 +90,3 @@ def test_the_team_setup_on_postgresql_runs_registers_and_predicts(tmp_path):
             assert len(predictions) == 100 and set(predictions["model_version"].astype(str)) <= {"1", "2"}
             champion = "1" if second["alias"] == "challenger" else "2"
             assert set(predictions["model_version"].astype(str)) == {champion}
-
-
-def digits_csv(path, rows: int = 100):
-    import pandas as pd
-    from sklearn.datasets import load_digits
-
-    images = load_digits().images[-rows:]
-    columns = [f"pixel_{row}_{column}" for row in range(8) for column in range(8)]
-    pd.DataFrame(images.reshape(rows, -1), columns=columns).to_csv(path, index=False)
-    return path

@@ -1,5 +1,5 @@
 """The GPU path on a CPU: MirroredStrategy over two logical CPU devices matches one device (a wide and deep model
-whose wide layer starts from a fitted logistic regression, as `kerasflow init` writes for a table)."""
+whose wide layer starts from a fitted logistic regression, `model.wide_start: fitted`)."""
 
 from __future__ import annotations
 
