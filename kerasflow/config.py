@@ -404,7 +404,7 @@ class RegisterParams(_Section):
     # Whether the model must also beat the reference (evaluate.reference): off by default, it is there to show.
     require_beat_reference: bool = False
     # The share of the paired bootstrap's resamples in which the candidate must beat the champion to take
-    # `champion` from it (README, "How sure the gate is"); a tie never moves it.
+    # `champion` from it (docs/champion.md, "How sure the gate is"); a tie never moves it.
     min_confidence: float = Field(0.9, ge=0.0, le=1.0)
     # Where else min_confidence gates: `baseline` (the candidate must beat it in that share of resamples),
     # `reference`, `thresholds` (the primary metric's interval, its cautious end, must meet the bound).
@@ -510,7 +510,7 @@ class TuneParams(_Section):
     time_budget: PositiveInt | None = None
     # How a trial is scored: on the validation split (1), or by k-fold cross-validation over the training and
     # validation rows together (k >= 2, the folds stratified by class); `auto`: 5 folds below 1,000 such rows,
-    # where one validation split is too small to choose between configurations (README, "Tuning").
+    # where one validation split is too small to choose between configurations (docs/tuning.md).
     folds: Literal["auto"] | Annotated[int, Field(ge=1, le=20)] = "auto"
     # Default: the registered model's name and a hash of the space and the base params.
     study_name: str | None = None

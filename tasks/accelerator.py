@@ -103,7 +103,7 @@ def distribution_strategy(plan: AcceleratorPlan) -> tf.distribute.Strategy:
     """The strategy to build and fit the model under; set the precision policy and determinism to match."""
     keras.mixed_precision.set_global_policy(plan.mixed_precision or "float32")
     if plan.deterministic:
-        # Same seed, same data, same code: the same weights, bit for bit (on the CPU; see the README for GPUs).
+        # Same seed, same data, same code: the same weights, bit for bit (on the CPU; see docs/reproduce.md for GPUs).
         tf.config.experimental.enable_op_determinism()
     else:
         # The switch is process-wide: turn it off again for a training that did not ask for it (TensorFlow

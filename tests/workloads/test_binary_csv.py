@@ -13,6 +13,9 @@ from kerasflow.layout import Layout
 from tests.conftest import use_store
 from tests.workloads.test_workloads import copy_example
 
+# Each runs the whole pipeline through its stages: an end-to-end test, not a unit's.
+pytestmark = pytest.mark.integration
+
 
 @pytest.mark.slow
 def test_yes_no_csv_with_class_weights_and_a_decision_threshold(tmp_path, monkeypatch):

@@ -13,6 +13,9 @@ from kerasflow.layout import Layout
 from tests.conftest import use_store
 from tests.workloads.test_workloads import copy_example
 
+# Each runs the whole pipeline through its stages: an end-to-end test, not a unit's.
+pytestmark = pytest.mark.integration
+
 
 def pretrain_backbone(images):
     """Pretrained weights the test makes (no ImageNet download): MobileNetV2 trained briefly on the images."""

@@ -24,6 +24,9 @@ from kerasflow.config import load_params
 from kerasflow.layout import Layout
 from tests.conftest import REPO_ROOT, use_store
 
+# Each runs the whole pipeline through its stages: an end-to-end test, not a unit's.
+pytestmark = pytest.mark.integration
+
 EXAMPLES = REPO_ROOT / "examples"
 
 

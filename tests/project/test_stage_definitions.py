@@ -101,4 +101,5 @@ def test_files_params_names_are_dependencies_of_the_stage_that_reads_them(tmp_pa
     imagenet = with_paths_from(
         parse_params({"model": {"backbone": {"name": "MobileNetV2", "weights": "imagenet"}}}), tmp_path
     )
-    assert not [dep for dep in build_stages(Layout(tmp_path), imagenet)[3].deps if dep.endswith(".h5")]
+    train = {stage.name: stage for stage in build_stages(Layout(tmp_path), imagenet)}["train"]
+    assert not [dep for dep in train.deps if dep.endswith(".h5")]

@@ -55,3 +55,26 @@ def test_the_work_modules_leave_mlflow_to_the_tracking_module():
                     modules = [node.module or ""]
                 importing += [f"{name}: {module}" for module in modules if module.split(".")[0] == "mlflow"]
     assert not importing, importing
+
+
+def test_the_readme_is_a_front_page_and_every_documentation_page_is_in_the_site():
+    """The README stays a front page (the rest is in docs/, which `mkdocs build --strict` in scripts/test.sh
+    checks for broken links); every page in docs/ is reachable from the site's navigation, and every page the
+    README links to exists."""
+    import yaml
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 300
+    assert readme.index("bash scripts/run.sh") < readme.index("bash scripts/test.sh")  # the first two commands
+    site = yaml.safe_load((REPO_ROOT / "mkdocs.yml").read_text())
+
+    def pages(nav: list) -> set[str]:
+        found: set[str] = set()
+        for entry in nav:
+            for value in entry.values() if isinstance(entry, dict) else [entry]:
+                found |= pages(value) if isinstance(value, list) else {value}
+        return found
+
+    assert pages(site["nav"]) == {path.name for path in (REPO_ROOT / "docs").glob("*.md")}
+    for link in re.findall(r"\]\(((?:docs|tests|bench)/[^)#]+)", readme):
+        assert (REPO_ROOT / link).is_file(), f"README.md links to {link}, which does not exist"
