@@ -225,7 +225,7 @@ def predict(args: argparse.Namespace) -> int:
 
 def init(args: argparse.Namespace) -> int:
     """`kerasflow init --data PATH --target COLUMN`: params.yaml for the user's own data, each choice explained."""
-    from kerasflow.init import init_project
+    from flows.init import init_project
 
     # A ConfigError (exit 2) or another expected failure (exit 1) is main's one line.
     params, reasons = init_project(
@@ -276,7 +276,7 @@ def accept_schema(args: argparse.Namespace) -> int:
 
 
 def use_example(name: str | None, overrides: dict[str, Any]) -> int:
-    from kerasflow import examples
+    from flows import examples
 
     root = Path.cwd()
     if not name:

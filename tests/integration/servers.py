@@ -81,6 +81,23 @@ def project_env(root: Path) -> dict[str, str]:
     return env
 
 
+def wait_for_backup(
+    root: Path, stage: subprocess.Popen, log: Path, epochs: int, phase: str = "head", timeout: float = 300
+) -> Path:
+    """Wait until the training stage running in `root` has backed up `epochs` finished epochs of `phase` (the
+    per-epoch backup is written after the epoch is logged, so a kill after this leaves them resumable); return
+    that backup's folder. Fails with the stage's last output if it ends or the time runs out first."""
+    import json
+
+    deadline = time.monotonic() + timeout
+    while True:
+        assert stage.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        for metadata in root.glob(f".kerasflow/backup/*/{phase}/training_metadata.json"):
+            if json.loads(metadata.read_text() or "{}").get("epoch", 0) >= epochs:
+                return metadata.parent.parent
+        time.sleep(0.05)
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

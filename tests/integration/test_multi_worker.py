@@ -12,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import keras
@@ -22,7 +21,7 @@ import yaml
 
 from tasks.accelerator import weights_digest
 from tests.conftest import use_store
-from tests.integration.servers import BIN, clone_project, project_env, run
+from tests.integration.servers import BIN, clone_project, project_env, run, wait_for_backup
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -132,14 +131,7 @@ def test_a_worker_killed_mid_training_fails_the_stage_by_name_and_the_rerun_resu
             stdout=stream,
             stderr=subprocess.STDOUT,
         )
-    deadline = time.monotonic() + 300
-    chief_backup = None
-    while chief_backup is None:
-        assert stage.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-        found = list(root.glob(".kerasflow/backup/*/head/training_metadata.json"))
-        if found and json.loads(found[0].read_text() or "{}").get("epoch", 0) >= 2:
-            chief_backup = found[0].parent.parent
-        time.sleep(0.05)
+    chief_backup = wait_for_backup(root, stage, log, epochs=2)
     pid = worker_process(1)
     assert pid is not None
     os.kill(pid, signal.SIGKILL)

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +16,7 @@ import yaml
 from flows import dvc_stage
 from kerasflow import samples
 from tests.conftest import REPO_ROOT, use_store
+from tests.integration.servers import wait_for_backup
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -41,17 +41,10 @@ def kill_when(folder: Path, phase: str, epochs: int) -> tuple[int, str]:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    deadline = time.monotonic() + 300
-    metadata = None
-    while metadata is None:
-        assert killed.poll() is None and time.monotonic() < deadline, (folder / "killed.log").read_text()[-3000:]
-        found = list(folder.glob(f".kerasflow/backup/*/{phase}/training_metadata.json"))
-        if found and json.loads(found[0].read_text() or "{}").get("epoch", 0) >= epochs:
-            metadata = found[0]
-        time.sleep(0.05)
+    backup = wait_for_backup(folder, killed, folder / "killed.log", epochs, phase)
     killed.send_signal(signal.SIGKILL)
     killed.wait(timeout=30)
-    backup = metadata.parent.parent
+    metadata = backup / phase / "training_metadata.json"
     return json.loads(metadata.read_text())["epoch"], json.loads((backup / "mlflow_run.json").read_text())["run_id"]
 
 

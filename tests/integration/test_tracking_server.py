@@ -62,7 +62,7 @@ def test_a_tracking_server_lost_mid_training_fails_the_stage_quickly_naming_it(t
     import yaml
 
     from tasks.resume import Backup
-    from tests.integration.servers import background, free_port, project_env, wait_healthy
+    from tests.integration.servers import background, free_port, project_env, wait_for_backup, wait_healthy
 
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     params["train"]["epochs"] = 60
@@ -80,33 +80,23 @@ def test_a_tracking_server_lost_mid_training_fails_the_stage_quickly_naming_it(t
     ]  # fmt: skip
     with background(command, tmp_path / "server.log", dict(os.environ)) as server:
         wait_healthy(f"{uri}/health", server, tmp_path / "server.log")
-        train = subprocess.Popen(
-            [sys.executable, "-m", "flows.dvc_stage", "train"],
-            cwd=tmp_path, env={**env, "MLFLOW_TRACKING_URI": uri}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True,
-        )  # fmt: skip
+        log = tmp_path / "train.log"
+        with open(log, "w") as stream:
+            train = subprocess.Popen(
+                [sys.executable, "-m", "flows.dvc_stage", "train"],
+                cwd=tmp_path, env={**env, "MLFLOW_TRACKING_URI": uri}, stdout=stream, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        backup = wait_for_backup(tmp_path, train, log, epochs=5)
         client = mlflow.MlflowClient(tracking_uri=uri)
-        deadline = time.monotonic() + 300
-        backups = tmp_path / ".kerasflow" / "backup"
-
-        def backed_up() -> int:  # the backup is written after the epoch is logged: wait for both
-            folders = [path for path in backups.iterdir() if path.is_dir()] if backups.is_dir() else []
-            return max((Backup(folder).completed_epochs() for folder in folders), default=0)
-
-        while time.monotonic() < deadline and train.poll() is None:
-            experiment = client.get_experiment_by_name("kerasflow")
-            runs = client.search_runs(experiment.experiment_id) if experiment else []
-            if runs and len(client.get_metric_history(runs[0].info.run_id, "epoch/train_loss")) >= 5:
-                if backed_up() >= 5:
-                    break
-            time.sleep(0.2)
+        (run,) = client.search_runs(client.get_experiment_by_name("kerasflow").experiment_id)
+        assert len(client.get_metric_history(run.info.run_id, "epoch/train_loss")) >= 5  # logged to the server
         os.killpg(server.pid, signal.SIGKILL)
         killed = time.monotonic()
-        output, _ = train.communicate(timeout=300)
+        train.wait(timeout=300)
         took = time.monotonic() - killed
+    output = log.read_text()
     assert train.returncode == 1, output[-3000:]
     assert took < 90, f"train took {took:.0f} s to fail after the server went away"
     assert f"MLflow tracking store {uri} stopped answering" in output
-    (backup,) = [path for path in backups.iterdir() if path.is_dir()]
     assert Backup(backup).completed_epochs() >= 5  # a rerun resumes from here
     assert not (tmp_path / "models").exists()  # nothing half-published

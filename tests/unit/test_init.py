@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from flows.init import SAMPLE_ROWS, plan_project, read_profile, shown
 from kerasflow.config import ConfigError
-from kerasflow.init import SAMPLE_ROWS, plan_project, read_profile, shown
 
 
 def write_csv(frame: pd.DataFrame, path):

@@ -556,7 +556,7 @@ def slug(text: str) -> str:
 def init_project(data: Path, target: str | None, project_root: Path, **options: Any) -> tuple[Params, list[str]]:
     """Make the plan for `data` the project's workload: params.yaml written whole, the previous schema cleared,
     dvc.yaml regenerated."""
-    from kerasflow.examples import write_workload
+    from flows.examples import write_workload
 
     params, reasons = plan_project(data, target, project_root, **options)
     header = (
