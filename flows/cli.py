@@ -6,10 +6,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kerasflow.overrides import override_options, params_options, parse_assignments
 from kerasflow.runtime import quiet_defaults
+
+if TYPE_CHECKING:
+    from kerasflow.records import Evaluation, PipelineResult
 
 
 def check_model(params: Any) -> Any:
@@ -57,13 +60,13 @@ def interrupted(what: str) -> int:
     return 130
 
 
-def report(result: dict[str, Any]) -> str:
-    registration = result["registration"]
-    lines = ["", "kerasflow: pipeline finished", f"  MLflow run      {result['run_id']}"]
-    lines.append(f"  outputs in      {result['workdir']}")
-    reference = result.get("reference") or {}
-    for name, value in result["metrics"].items():
-        baseline = result["baseline"].get(name)
+def report(result: PipelineResult) -> str:
+    registration = result.registration
+    lines = ["", "kerasflow: pipeline finished", f"  MLflow run      {result.run_id}"]
+    lines.append(f"  outputs in      {result.workdir}")
+    reference = result.reference
+    for name, value in result.metrics.items():
+        baseline = result.baseline.get(name)
         versus = f"   (baseline {baseline:.4f}" if baseline is not None else ""
         if versus and reference.get(name) is not None:
             versus += f", reference {reference[name]:.4f}"
@@ -71,48 +74,43 @@ def report(result: dict[str, Any]) -> str:
         lines.append(f"  test {name:<10} {value:.4f}{versus}")
     if reference:
         lines.append(f"  reference       {reference['name']} (scikit-learn, default settings) on the same rows")
-    lines += evidence_lines(result.get("evaluation"), result.get("min_slice_rows", 1))
+    lines += evidence_lines(result.evaluation, result.min_slice_rows)
     lines += [
-        f"  registered      {registration['model_name']} version {registration['version']} -> {registration['alias']}",
+        f"  registered      {registration.model_name} version {registration.version} -> {registration.alias}",
         *(
             f"  {'decision' if position == 0 else '':<15} {reason}"
-            for position, reason in enumerate(registration["reasons"])
+            for position, reason in enumerate(registration.reasons)
         ),
         "",
     ]
-    if result.get("run_url"):
-        lines.append(f"Review it in the MLflow UI: {result['run_url']}")
+    if result.run_url:
+        lines.append(f"Review it in the MLflow UI: {result.run_url}")
     else:
-        store = result.get("tracking_uri") or "sqlite:///mlflow.db"
-        page = f"http://127.0.0.1:5000/#/experiments/{result.get('experiment_id', '')}/runs/{result['run_id']}"
+        page = f"http://127.0.0.1:5000/#/experiments/{result.experiment_id}/runs/{result.run_id}"
         lines += [
-            f"Review it in the MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {store} --port 5000",
+            f"Review it in the MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {result.tracking_uri} --port 5000",
             f"then open {page}",
         ]
     return "\n".join(lines)
 
 
-def evidence_lines(evaluation: dict[str, Any] | None, min_slice_rows: int = 1) -> list[str]:
+def evidence_lines(evaluation: Evaluation, min_slice_rows: int = 1) -> list[str]:
     """How sure the scores are: the primary metric's interval, and the weakest slice when there are slices (of
     those with `min_slice_rows` rows, when any has)."""
-    if not evaluation:
-        return []
     from kerasflow.notes import weakest_slice
-    from kerasflow.records import Evaluation
 
-    found = Evaluation.from_dict(evaluation)
     lines = []
-    low, high = found.interval or (None, None)
+    low, high = evaluation.interval or (None, None)
     if low is not None and high is not None:
-        note = f"; {found.split_note}" if found.split_note else ""
+        note = f"; {evaluation.split_note}" if evaluation.split_note else ""
         lines.append(
-            f"  95 % interval   {found.primary_metric} {low:.4f} to {high:.4f} (bootstrap of the test rows{note})"
+            f"  95 % interval   {evaluation.primary_metric} {low:.4f} to {high:.4f} (bootstrap of the test rows{note})"
         )
-    weakest = weakest_slice(found, min_slice_rows)
+    weakest = weakest_slice(evaluation, min_slice_rows)
     if weakest is not None:
         lines.append(
-            f"  weakest slice   {weakest.key}: {found.primary_metric} {weakest.candidate:.4f} on {weakest.rows} rows "
-            f"(of {len(found.slices) - 1} slices; reports/plots/slices.csv)"
+            f"  weakest slice   {weakest.key}: {evaluation.primary_metric} {weakest.candidate:.4f} on {weakest.rows} "
+            f"rows (of {len(evaluation.slices) - 1} slices; reports/plots/slices.csv)"
         )
     return lines
 
@@ -316,7 +314,7 @@ def run(args: argparse.Namespace) -> int:
         return interrupted("run")
     except Exception as error:
         return failed(error, "pipeline")
-    sys.stdout.write((json.dumps(result, indent=2, default=str) if args.json else report(result)) + "\n")
+    sys.stdout.write((json.dumps(result.to_dict(), indent=2, default=str) if args.json else report(result)) + "\n")
     return 0
 
 

@@ -14,7 +14,7 @@ import json
 from collections.abc import Collection, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -28,8 +28,12 @@ from kerasflow.errors import ExpectedError
 from kerasflow.events import Trigger
 from kerasflow.io import file_md5
 from kerasflow.layout import Layout
+from kerasflow.records import PipelineResult
 from kerasflow.runtime import attach_to_prefect_logging, import_quietly, quiet_defaults
 from kerasflow.sources import source_of
+
+if TYPE_CHECKING:
+    from flows.stages import StageRecord
 
 # Stages whose work can fail transiently (downloads, the tracking store). A retried train resumes
 # from its per-epoch backup in the same run folder.
@@ -167,7 +171,7 @@ def run_stages(
     after: Any = None,
     cache_data: bool = True,
     names: Collection[str] | None = None,
-) -> tuple[Context, Any, dict[str, dict[str, Any]]]:
+) -> tuple[Context, Any, dict[str, StageRecord]]:
     """Run the stages (all, or those in `names`) in pipeline order as Prefect tasks, the first waiting for
     the state `after` (if any).
 
@@ -175,7 +179,7 @@ def run_stages(
     what comes next to wait for) and each stage's result. Each stage waits for the one before:
     Prefect draws the pipeline as a chain.
     """
-    results: dict[str, dict[str, Any]] = {}
+    results: dict[str, StageRecord] = {}
     previous = after
     # The stage list dvc.yaml is generated from; this run's paths are in `context`, not in the list.
     for stage in build_stages(Layout(context.project_root)):
@@ -233,8 +237,8 @@ def training_pipeline(
     isolate: bool = False,
     cache_data: bool = True,
     trigger: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Run every stage in order; return the MLflow run id, test metrics and registration decision.
+) -> PipelineResult:
+    """Run every stage in order; return the run's record: its MLflow run, the evaluation and the registration.
 
     Args:
         params_path: the params file; its folder is the project root (mlflow.db, the data cache).
@@ -272,22 +276,17 @@ def training_pipeline(
         except BaseException as error:
             tracking.mark_failed(context.run_id, killed=stopped_from_outside(error))
             raise
-    tags = tracking.run_tags(context.run_id)
-    summary = notes.flow_summary(results, changes, tags)
+    result = PipelineResult(
+        run_id=context.run_id,
+        workdir=str(context.layout.root),
+        tracking_uri=tracking.redacted(tracking.resolve_tracking_uri(params.tracking, project_root)),
+        training=results["train"],
+        evaluation=results["evaluate"],
+        registration=results["register"],
+        min_slice_rows=params.register_.min_slice_rows,
+    )
+    summary = notes.flow_summary(result, changes, tracking.run_tags(context.run_id))
     create_markdown_artifact(markdown=summary, key="training-summary", description="kerasflow run")
-    if results["train"].get("run_url"):
-        create_link_artifact(results["train"]["run_url"], link_text="MLflow run", key="mlflow-run")
-    return {
-        "run_id": context.run_id,
-        "run_url": results["train"].get("run_url"),
-        "experiment_id": results["train"].get("experiment_id"),
-        "tracking_uri": tracking.redacted(tracking.resolve_tracking_uri(params.tracking, project_root)),
-        "workdir": str(context.layout.root),
-        "metrics": results["evaluate"]["test"],
-        "baseline": results["evaluate"]["baseline"],
-        "reference": results["evaluate"].get("reference") or {},
-        # The whole evaluation (intervals, comparisons, slices) for the terminal's summary.
-        "evaluation": results["evaluate"],
-        "min_slice_rows": params.register_.min_slice_rows,
-        "registration": results["register"],
-    }
+    if result.run_url:
+        create_link_artifact(result.run_url, link_text="MLflow run", key="mlflow-run")
+    return result

@@ -552,11 +552,12 @@ def retrain_best(
     except BaseException as error:
         tracking.mark_failed(context.run_id, killed=stopped_from_outside(error))
         raise
+    registered, evaluation = results["register"], results["evaluate"]
     registration = {
-        **results["register"],
+        **registered.to_dict(),
         "pipeline_run_id": context.run_id,
-        "metrics": results["evaluate"]["test"],
-        "baseline": results["evaluate"]["baseline"],
+        "metrics": evaluation.test,
+        "baseline": evaluation.baseline,
         "reused": False,
     }
     tracking.log_run_dict(plan.parent_run_id, registration, "registration.json")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kerasflow.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS
-from kerasflow.records import Evaluation, PreprocessState, SliceScore
+from kerasflow.records import Evaluation, PipelineResult, PreprocessState, SliceScore, TrainingResult
 
 FINAL_METRICS = (*CLASSIFICATION_METRICS, *REGRESSION_METRICS, "loss")
 
@@ -321,35 +321,34 @@ def registered_model_description(model_name: str, task: str, source: str, inputs
     )
 
 
-def mlflow_link(training: dict[str, Any]) -> str:
+def mlflow_link(training: TrainingResult) -> str:
     """How to open the MLflow run: its URL with a tracking server, the `mlflow ui` command with a local store."""
-    if training.get("run_url"):
-        return f"[open the run in the MLflow UI]({training['run_url']})"
-    store = training.get("tracking_uri", "sqlite:///mlflow.db")
-    page = f"http://127.0.0.1:5000/#/experiments/{training.get('experiment_id', '')}/runs/{training['run_id']}"
-    return f"run `{training['run_id']}`: `mlflow ui --backend-store-uri {store} --port 5000`, then open {page}"
+    if training.run_url:
+        return f"[open the run in the MLflow UI]({training.run_url})"
+    page = f"http://127.0.0.1:5000/#/experiments/{training.experiment_id}/runs/{training.run_id}"
+    command = f"mlflow ui --backend-store-uri {training.tracking_uri} --port 5000"
+    return f"run `{training.run_id}`: `{command}`, then open {page}"
 
 
-def flow_summary(results: dict[str, dict[str, Any]], overrides: dict[str, Any], tags: dict[str, str]) -> str:
+def flow_summary(result: PipelineResult, overrides: dict[str, Any], tags: dict[str, str]) -> str:
     """The Prefect run's summary artifact: the verdict, the metrics, how it was made and where to look."""
-    evaluation, registration, training = results["evaluate"], results["register"], results["train"]
+    evaluation, registration, training = result.evaluation, result.registration, result.training
     changed = ", ".join(f"`{key}={value}`" for key, value in overrides.items()) or "none (params.yaml as it is)"
-    found = Evaluation.from_dict(evaluation)
-    slices = ["", "**Slices** (the primary metric per slice of the test rows):", "", slice_table(found.slices)]
+    slices = ["", "**Slices** (the primary metric per slice of the test rows):", "", slice_table(evaluation.slices)]
     lines = [
         "# kerasflow training run",
         "",
-        f"**Model** `{registration['model_name']}` version {registration['version']} → **{registration['alias']}**",
+        f"**Model** `{registration.model_name}` version {registration.version} → **{registration.alias}**",
         "",
         *([f"**Why it ran:** {tags['kerasflow.trigger.reason']}", ""] if tags.get("kerasflow.trigger.reason") else []),
-        evidence_table(found),
-        f"\nBaseline: {evaluation['baseline']['name']}, on the same {evaluation['test_rows']} test rows.",
-        *(slices if len(found.slices) > 1 else []),
+        evidence_table(evaluation),
+        f"\nBaseline: {evaluation.baseline['name']}, on the same {evaluation.test_rows} test rows.",
+        *(slices if len(evaluation.slices) > 1 else []),
         "",
         "**Why:**",
-        *(f"- {reason}" for reason in registration["reasons"]),
+        *(f"- {reason}" for reason in registration.reasons),
         "",
-        f"- **Training:** {training.get('epochs_trained')} epochs, best epoch {training.get('best_epoch')}",
+        f"- **Training:** {training.epochs_trained} epochs, best epoch {training.best_epoch}",
         f"- **Overrides:** {changed}",
         f"- **Code:** {code_line(tags)}",
         f"- **Data:** md5 `{tags.get('data.md5', '?')}` ({tags.get('data.source', '')})",

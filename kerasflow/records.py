@@ -455,6 +455,126 @@ class Evaluation:
         write_json(path, self.to_dict())
 
 
+# Register: the gate's verdict and the registry version.
+
+
+# The two aliases a registered version gets.
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+
+@dataclass
+class Decision:
+    """The gate's verdict for one candidate."""
+
+    promote: bool
+    reasons: list[str] = field(default_factory=list)
+    checks: dict[str, bool] = field(default_factory=dict)
+
+    @property
+    def alias(self) -> str:
+        return CHAMPION if self.promote else CHALLENGER
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "alias": self.alias}
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What register wrote (reports/registration.json): the version, the champion it was judged against
+    (re-scored on the same rows), the serving check's detail and the gate's decision."""
+
+    model_name: str
+    version: str
+    run_id: str
+    decision: Decision
+    champion: ChampionScore | None = None
+    smoke_test: str = ""
+    # The candidate against the baseline and the reference on the same resamples (the champion's is in `champion`).
+    comparisons: dict[str, Comparison] = field(default_factory=dict)
+
+    @property
+    def previous_champion(self) -> str | None:
+        return self.champion.version if self.champion else None
+
+    @property
+    def failed_checks(self) -> list[str]:
+        return [check for check, passed in self.decision.checks.items() if not passed]
+
+    @property
+    def alias(self) -> str:
+        return self.decision.alias
+
+    @property
+    def reasons(self) -> list[str]:
+        return self.decision.reasons
+
+    def to_dict(self) -> dict[str, Any]:
+        """As on disk (and in the run's registration.json): the decision's fields at the top level."""
+        return {
+            "model_name": self.model_name,
+            "version": self.version,
+            "previous_champion": self.previous_champion,
+            "champion_rescored": self.champion.to_dict() if self.champion else None,
+            "smoke_test": self.smoke_test,
+            "run_id": self.run_id,
+            **self.decision.to_dict(),
+            "comparisons": {name: found.to_dict() for name, found in self.comparisons.items()},
+        }
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    """What a pipeline run (`flows.training.training_pipeline`) returns: its MLflow run, where its outputs are,
+    and the evaluate and register stages' records."""
+
+    run_id: str
+    workdir: str
+    tracking_uri: str
+    training: TrainingResult
+    evaluation: Evaluation
+    registration: Registration
+    # register.min_slice_rows: the slices the terminal's summary names.
+    min_slice_rows: int = 1
+
+    @property
+    def run_url(self) -> str | None:
+        return self.training.run_url
+
+    @property
+    def experiment_id(self) -> str:
+        return self.training.experiment_id
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The model's test metrics."""
+        return self.evaluation.test
+
+    @property
+    def baseline(self) -> dict[str, Any]:
+        return self.evaluation.baseline
+
+    @property
+    def reference(self) -> dict[str, Any]:
+        return self.evaluation.reference or {}
+
+    def to_dict(self) -> dict[str, Any]:
+        """As `kerasflow run --json` prints it."""
+        return {
+            "run_id": self.run_id,
+            "run_url": self.run_url,
+            "experiment_id": self.experiment_id,
+            "tracking_uri": self.tracking_uri,
+            "workdir": self.workdir,
+            "metrics": self.metrics,
+            "baseline": self.baseline,
+            "reference": self.reference,
+            "evaluation": self.evaluation.to_dict(),
+            "min_slice_rows": self.min_slice_rows,
+            "registration": self.registration.to_dict(),
+        }
+
+
 # Drift: new rows against the training split (`kerasflow predict`'s <output>.drift.json; the drift event's payload).
 
 

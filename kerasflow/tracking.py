@@ -543,7 +543,7 @@ def version_for_alias(model_name: str, alias: str) -> str | None:
 def apply_decision(
     model_name: str, version: str, decision: Any, description: str = "", digest: str | None = None
 ) -> None:
-    """Record the gate's verdict (`tasks.register.Decision`) on the version: a tag per check, the reasons in
+    """Record the gate's verdict (`kerasflow.records.Decision`) on the version: a tag per check, the reasons in
     its description, and the SHA-256 of the files train checked (`digest`, which every later load verifies); then
     move its alias (last, so a failure leaves the alias be)."""
     client = MlflowClient()

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from kerasflow.model_interface import ModelConfig, model_outputs
-from kerasflow.records import ChampionScore, PreprocessState
+from kerasflow.records import CHAMPION, ChampionScore, PreprocessState
 from tasks.preprocess import ParquetSplit, Split
-from tasks.register import CHAMPION
 
 
 def current_champion(model_name: str) -> str | None:

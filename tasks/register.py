@@ -12,69 +12,13 @@ it predicted what the trained model does; the registered files are those same by
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from kerasflow.config import RegisterParams
 from kerasflow.metrics import at_least, is_better, lower_is_better
-from kerasflow.records import ChampionScore, Comparison, Evaluation, split_size_note
+from kerasflow.records import ChampionScore, Comparison, Decision, Evaluation, split_size_note
 
 logger = logging.getLogger(__name__)
-
-CHAMPION = "champion"
-CHALLENGER = "challenger"
-
-
-@dataclass
-class Decision:
-    """The gate's verdict for one candidate."""
-
-    promote: bool
-    reasons: list[str] = field(default_factory=list)
-    checks: dict[str, bool] = field(default_factory=dict)
-
-    @property
-    def alias(self) -> str:
-        return CHAMPION if self.promote else CHALLENGER
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "alias": self.alias}
-
-
-@dataclass(frozen=True)
-class Registration:
-    """What register wrote (reports/registration.json): the version, the champion it was judged against
-    (re-scored on the same rows), the serving check's detail and the gate's decision."""
-
-    model_name: str
-    version: str
-    run_id: str
-    decision: Decision
-    champion: ChampionScore | None = None
-    smoke_test: str = ""
-    # The candidate against the baseline and the reference on the same resamples (the champion's is in `champion`).
-    comparisons: dict[str, Comparison] = field(default_factory=dict)
-
-    @property
-    def previous_champion(self) -> str | None:
-        return self.champion.version if self.champion else None
-
-    @property
-    def failed_checks(self) -> list[str]:
-        return [check for check, passed in self.decision.checks.items() if not passed]
-
-    def to_dict(self) -> dict[str, Any]:
-        """As on disk (and in the run's registration.json): the decision's fields at the top level."""
-        return {
-            "model_name": self.model_name,
-            "version": self.version,
-            "previous_champion": self.previous_champion,
-            "champion_rescored": self.champion.to_dict() if self.champion else None,
-            "smoke_test": self.smoke_test,
-            "run_id": self.run_id,
-            **self.decision.to_dict(),
-            "comparisons": {name: found.to_dict() for name, found in self.comparisons.items()},
-        }
 
 
 def decide(

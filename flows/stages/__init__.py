@@ -15,7 +15,8 @@ The stage map (start here):
 Two front ends run this one list (`build_stages` below): the Prefect flow (flows/training.py, whose `as_task`
 makes each stage's `run` a Prefect task at run time, which is why no `@task` appears in a stage module) and
 `dvc repro` (dvc.yaml is generated from the list; each stage runs `python -m flows.dvc_stage NAME`). A stage's
-`run` returns a plain dict of what it did (for evaluate and register, their records' fields: kerasflow/records.py).
+`run` returns its record (kerasflow/records.py): what ingest wrote, the validation report, the preprocess state,
+the training result, the evaluation, the registration.
 
 Each stage is one module here (`flows/stages/train.py`, ...) whose `run(params, context)` reads
 its inputs from the layout, calls the work in `tasks/`, writes its outputs atomically and does
@@ -37,11 +38,27 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from kerasflow.config import Params
 from kerasflow.layout import Layout
 from kerasflow.sources import source_of
+
+if TYPE_CHECKING:
+    from kerasflow.records import (
+        Evaluation,
+        PreprocessState,
+        RawDatasetInfo,
+        Registration,
+        TrainingResult,
+        ValidationReport,
+    )
+
+    # What a stage's `run` returns: its record (kerasflow/records.py); None from a training worker that is not
+    # the chief (it records nothing).
+    StageRecord = (
+        RawDatasetInfo | ValidationReport | PreprocessState | TrainingResult | Evaluation | Registration | None
+    )
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("kerasflow", "tasks", "flows")
@@ -81,7 +98,7 @@ class Stage:
         return f"flows.stages.{self.name}"
 
     @property
-    def run(self) -> Callable[[Params, Context], dict[str, Any]]:
+    def run(self) -> Callable[[Params, Context], StageRecord]:
         """The stage function, imported on first use (TensorFlow's native start-up chatter left out)."""
         from kerasflow.runtime import import_quietly
 
@@ -207,6 +224,6 @@ def _imported_files(module_file: str) -> list[str]:
     return files
 
 
-def run_pipeline(params: Params, context: Context) -> dict[str, dict[str, Any]]:
+def run_pipeline(params: Params, context: Context) -> dict[str, StageRecord]:
     """Every stage in order, in this process, without Prefect or DVC (for notebooks and tests)."""
     return {stage.name: stage.run(params, context) for stage in build_stages(context.layout)}

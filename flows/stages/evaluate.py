@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -46,7 +45,7 @@ logger = logging.getLogger(__name__)
 PREDICTION_ROWS = 100_000
 
 
-def run(params: Params, context: Context) -> dict[str, Any]:
+def run(params: Params, context: Context) -> Evaluation:
     layout = context.layout
     trained = TrainingResult.read(layout.run_file)
     state = read_state(layout.processed_dir)
@@ -94,7 +93,7 @@ def run(params: Params, context: Context) -> dict[str, Any]:
     for found in [*result.comparisons.values(), *([champion_score.comparison] if champion_score else [])]:
         if found is not None:
             logger.info("the candidate %s", found.sentence())
-    return result.to_dict()
+    return result
 
 
 def weigh(

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from flows.stages import Context
 from kerasflow.config import Params
+from kerasflow.records import RawDatasetInfo
 from tasks.ingest import ingest_dataset
 
 
-def run(params: Params, context: Context) -> dict[str, Any]:
+def run(params: Params, context: Context) -> RawDatasetInfo:
     layout = context.layout
-    return ingest_dataset(params.ingest, params.seed, layout.raw_data, layout.raw_meta).to_dict()
+    return ingest_dataset(params.ingest, params.seed, layout.raw_data, layout.raw_meta)

@@ -4,18 +4,17 @@ constants on the training rows in the same streaming pass."""
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from flows.stages import Context
 from kerasflow.config import Params
 from kerasflow.io import read_json
-from kerasflow.records import RawDatasetInfo, ValidationReport
+from kerasflow.records import PreprocessState, RawDatasetInfo, ValidationReport
 from tasks.preprocess import describe_split, preprocess_dataset
 
 logger = logging.getLogger(__name__)
 
 
-def run(params: Params, context: Context) -> dict[str, Any]:
+def run(params: Params, context: Context) -> PreprocessState:
     layout = context.layout
     report = ValidationReport.from_dict(read_json(layout.validation_report))
     info = RawDatasetInfo.from_dict(read_json(layout.raw_meta))
@@ -34,4 +33,4 @@ def run(params: Params, context: Context) -> dict[str, Any]:
     )
     for name, note in state.notes.items():
         logger.log(logging.WARNING if name == "constant_columns" else logging.INFO, "%s", note)
-    return state.rows
+    return state

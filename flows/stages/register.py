@@ -12,16 +12,15 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
-from typing import Any
 
 from flows.stages import Context
 from kerasflow import notes, tracking
 from kerasflow.config import Params
 from kerasflow.io import write_json, write_text
 from kerasflow.layout import Layout
-from kerasflow.records import Evaluation, PreprocessState, TrainingResult
+from kerasflow.records import Evaluation, PreprocessState, Registration, TrainingResult
 from tasks.preprocess import read_state, split_source
-from tasks.register import Registration, decide, verify_registered_files
+from tasks.register import decide, verify_registered_files
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +28,7 @@ logger = logging.getLogger(__name__)
 LOCK_TIMEOUT_SECONDS = 900
 
 
-def run(params: Params, context: Context) -> dict[str, Any]:
+def run(params: Params, context: Context) -> Registration:
     layout = context.layout
     trained = TrainingResult.read(layout.run_file)
     evaluation = Evaluation.read(layout.metrics)
@@ -71,7 +70,7 @@ def run(params: Params, context: Context) -> dict[str, Any]:
         tracking.describe_run(run_id, payload)
     announce(registration)
     logger.info("registered %s version %s as %s: %s", name, version, decision.alias, "; ".join(decision.reasons))
-    return payload
+    return registration
 
 
 def version_tags(tags: dict[str, str]) -> dict[str, str]:

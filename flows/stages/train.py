@@ -14,7 +14,6 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import keras
 import numpy as np
@@ -56,7 +55,7 @@ MIN_THRESHOLD_ROWS = 100
 ROUND_TRIP_TOLERANCE = 1e-5
 
 
-def run(params: Params, context: Context) -> dict[str, Any]:
+def run(params: Params, context: Context) -> TrainingResult | None:
     """Adapt the input layers and fit the model; log lineage, epochs and the model to the MLflow run. With
     train.workers (and train.distribute: multi_worker), N local worker processes do it (`run_workers`)."""
     if params.train.distribute == "multi_worker":
@@ -68,7 +67,7 @@ def run(params: Params, context: Context) -> dict[str, Any]:
     return train_and_publish(params, context)
 
 
-def train_and_publish(params: Params, context: Context) -> dict[str, Any]:
+def train_and_publish(params: Params, context: Context) -> TrainingResult:
     """The train stage in one process: alone, or as the chief of several workers."""
     layout = context.layout
     data = load_training_data(layout.processed_dir)
@@ -99,10 +98,10 @@ def train_and_publish(params: Params, context: Context) -> dict[str, Any]:
             best_epoch=best,
         )
         result.write(layout.run_file)
-    return {**result.to_dict(), "final_loss": float(history["loss"].iloc[-1])}
+    return result
 
 
-def train_shard(params: Params, context: Context) -> dict[str, Any]:
+def train_shard(params: Params, context: Context) -> None:
     """A worker other than the chief: train on its shard in step with the others, then remove what it wrote (its
     backup, in a folder of its own). It records nothing and publishes nothing: the chief does."""
     data = load_training_data(context.layout.processed_dir)
@@ -112,10 +111,9 @@ def train_shard(params: Params, context: Context) -> dict[str, Any]:
     history = fit_setup(params.model, params.train, params.seed, data, setup, [], backup=backup.folder)
     backup.remove()
     logger.info("worker %d of %d: trained %d epoch(s)", worker.index, worker.size, len(history.get("loss", [])))
-    return {"worker": worker.index, "epochs_trained": len(history.get("loss", []))}
 
 
-def run_workers(params: Params, context: Context) -> dict[str, Any]:
+def run_workers(params: Params, context: Context) -> TrainingResult:
     """Start train.workers local worker processes (`python -m flows.train_worker`, TF_CONFIG on free loopback
     ports) and wait for them all; the chief's record is the stage's result. A failed worker fails the stage by
     name, with its last lines, the others stopped and no model published."""
@@ -158,9 +156,7 @@ def run_workers(params: Params, context: Context) -> dict[str, Any]:
                 tracking.mark_failed(read_json(marker)["run_id"])
             raise
     Backup(chief_backup).remove()
-    result = TrainingResult.read(layout.run_file)
-    history = pd.read_csv(layout.history)
-    return {**result.to_dict(), "final_loss": float(history["loss"].iloc[-1]), "workers": workers}
+    return TrainingResult.read(layout.run_file)
 
 
 def record_run(params: Params, context: Context, data: TrainingData, setup: ModelSetup) -> None:

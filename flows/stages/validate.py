@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 ACCEPT = "kerasflow accept-schema"
 
 
-def run(params: Params, context: Context) -> dict[str, Any]:
+def run(params: Params, context: Context) -> ValidationReport:
     layout = context.layout
     info = RawDatasetInfo.from_dict(read_json(layout.raw_meta))
     check_slices(params, info)
@@ -62,7 +62,7 @@ def run(params: Params, context: Context) -> dict[str, Any]:
     logger.info(
         "%d rows x %d columns passed validation against the %s schema", report.rows, report.columns, report.schema
     )
-    return report.to_dict()
+    return report
 
 
 def check_slices(params: Params, info: RawDatasetInfo) -> None:

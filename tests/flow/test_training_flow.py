@@ -35,13 +35,13 @@ def test_default_pipeline_registers_a_champion_digits_cnn(prefect_harness, proje
     assert state.is_completed(), state
     result = state.result()
 
-    assert result["metrics"]["accuracy"] >= 0.97
-    assert result["metrics"]["accuracy"] > result["baseline"]["accuracy"]
-    registration = result["registration"]
-    assert registration["alias"] == "champion" and registration["promote"]
+    assert result.metrics["accuracy"] >= 0.97
+    assert result.metrics["accuracy"] > result.baseline["accuracy"]
+    registration = result.registration
+    assert registration.alias == "champion" and registration.decision.promote
 
     client = use_store(project / "mlflow.db")
-    run = client.get_run(result["run_id"])
+    run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["train.epochs"] == "40" and run.data.params["model.layers.0.type"] == "conv2d"
     assert run.data.tags["kerasflow.entry"] == "prefect"
@@ -55,7 +55,7 @@ def test_default_pipeline_registers_a_champion_digits_cnn(prefect_harness, proje
     assert history["epoch"].tolist() == list(range(1, epochs + 1))
     best = json.loads((project / "reports" / "metrics.json").read_text())["best_epoch"]
     assert best == int(history.loc[history["val_loss"].idxmin(), "epoch"]) and 1 <= best <= epochs
-    assert str(client.get_model_version_by_alias("kerasflow-digits-cnn", "champion").version) == registration["version"]
+    assert str(client.get_model_version_by_alias("kerasflow-digits-cnn", "champion").version) == registration.version
 
     # The Prefect side: one task run per stage, in dvc.yaml's order, and the summary artifact.
     flow_run_id = run.data.tags["prefect.flow_run_id"]
@@ -75,7 +75,7 @@ def test_default_pipeline_registers_a_champion_digits_cnn(prefect_harness, proje
     summary = next(artifact for artifact in artifacts if artifact.key == "training-summary")
     recorded = [*run.data.params.values(), *run.data.tags.values(), summary.data]
     assert not any(secret in str(value) for value in recorded)  # environment secrets are never logged
-    assert result["run_id"] in summary.data and "champion" in summary.data
+    assert result.run_id in summary.data and "champion" in summary.data
 
     # `kerasflow accept-schema` after a flow run: data/raw/ is empty, the raw dataset is in the flow's cache.
     from flows import cli

@@ -24,16 +24,16 @@ def test_pipeline_logs_and_registers_through_a_tracking_server(prefect_harness, 
             params_path=str(tmp_path / "params.yaml"),
             overrides={"train.epochs": 4, "register": {"thresholds": {}, "require_beat_baseline": False}},
         )
-        assert result["registration"]["alias"] == "champion"
+        assert result.registration.alias == "champion"
         assert (
-            result["run_url"]
-            == f"{uri}/#/experiments/{mlflow.get_experiment_by_name('kerasflow').experiment_id}/runs/{result['run_id']}"
+            result.run_url
+            == f"{uri}/#/experiments/{mlflow.get_experiment_by_name('kerasflow').experiment_id}/runs/{result.run_id}"
         )
 
         client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
-        run = client.get_run(result["run_id"])
+        run = client.get_run(result.run_id)
         assert run.info.status == "FINISHED" and run.info.artifact_uri.startswith("mlflow-artifacts:")
-        assert {item.path for item in client.list_artifacts(result["run_id"], "plots")} >= {"plots/training_curves.png"}
+        assert {item.path for item in client.list_artifacts(result.run_id, "plots")} >= {"plots/training_curves.png"}
         assert not (tmp_path / "mlflow.db").exists()  # nothing went to the local default store
 
         mlflow.set_tracking_uri(uri)
@@ -44,7 +44,7 @@ def test_pipeline_logs_and_registers_through_a_tracking_server(prefect_harness, 
 
         test = read_split(processed, "test")
         predictions = model.predict(test.x)["label"].astype(int).to_numpy()  # labels, from raw images
-        assert (predictions == test.y).mean() == pytest.approx(result["metrics"]["accuracy"])
+        assert (predictions == test.y).mean() == pytest.approx(result.metrics["accuracy"])
         assert list((tmp_path / "served-artifacts").iterdir())  # the server stored the artifacts
 
 

@@ -10,7 +10,15 @@ import pytest
 
 from kerasflow import events
 from kerasflow.config import ConfigError
-from kerasflow.records import ColumnDrift, DriftReport, Evaluation
+from kerasflow.records import (
+    ColumnDrift,
+    Decision,
+    DriftReport,
+    Evaluation,
+    PipelineResult,
+    Registration,
+    TrainingResult,
+)
 
 EVENT_ID = str(uuid.uuid4())
 
@@ -119,9 +127,7 @@ def test_the_reason_reaches_the_run_the_version_and_the_prefect_summary():
     assert f"**Why it was trained:** {reason}." in notes.version_description(
         "houses", "2", run, evaluation, decision, ["area"]
     )
-    results = {
-        "evaluate": evaluation.to_dict(),
-        "register": {"model_name": "houses", "version": "2", **decision},
-        "train": {"epochs_trained": 3, "best_epoch": 2, "run_id": "abc"},
-    }
-    assert f"**Why it ran:** {reason}" in notes.flow_summary(results, {}, tags)
+    training = TrainingResult("abc", "1", "models:/m-1", "m-1", "0" * 64, "sqlite:///mlflow.db", None, 3, 2)
+    registration = Registration("houses", "2", "abc", Decision(True, decision["reasons"]))
+    result = PipelineResult("abc", "/project", "sqlite:///mlflow.db", training, evaluation, registration)
+    assert f"**Why it ran:** {reason}" in notes.flow_summary(result, {}, tags)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from kerasflow.config import RegisterParams
-from kerasflow.records import ChampionScore
+from kerasflow.records import CHALLENGER, CHAMPION, ChampionScore
 from kerasflow.tracking import apply_decision, register_version
-from tasks.register import CHALLENGER, CHAMPION, decide, verify_registered_files
+from tasks.register import decide, verify_registered_files
 
 GOOD = {"accuracy": 0.98, "f1": 0.97}
 BASELINE = {"accuracy": 0.96, "f1": 0.95}
@@ -243,8 +243,7 @@ def test_the_evaluation_record_reads_and_writes_metrics_json_as_it_is_on_disk(ch
 
 
 def test_the_registration_record_keeps_the_decision_at_the_top_level():
-    from kerasflow.records import ChampionScore
-    from tasks.register import Registration
+    from kerasflow.records import ChampionScore, Registration
 
     decision = decide(GOOD, BASELINE, ChampionScore("3", test={"accuracy": 0.99}), "accuracy", PARAMS)
     registration = Registration("m", "4", "run-1", decision, ChampionScore("3", test={"accuracy": 0.99}), "ok")

@@ -229,7 +229,7 @@ def test_a_recorded_schema_knows_its_source(tmp_path, caplog):
     ingest(houses)
     with caplog.at_level(logging.INFO):
         report = stage.run(houses, context)
-    assert report["schema"] == "new source" and report["replaced_schema_of"] == "sklearn:digits"
+    assert report.schema == "new source" and report.replaced_schema_of == "sklearn:digits"
     assert "was recorded for sklearn:digits; this data is file:" in caplog.text
     assert json.loads(layout.schema.read_text())["source"].endswith("houses.csv")
 
@@ -241,7 +241,7 @@ def test_a_recorded_schema_knows_its_source(tmp_path, caplog):
     assert message.startswith(str(tmp_path / "houses.csv")) and "column 'area' ranges over" in message
     assert "run `kerasflow accept-schema`" in message and "dataset.parquet" not in message
     stage.accept(houses, layout)  # what `kerasflow accept-schema` does
-    assert stage.run(houses, context)["ok"]
+    assert stage.run(houses, context).ok
 
 
 def test_a_folder_of_one_class_is_named_as_a_folder(tmp_path):

@@ -34,7 +34,7 @@ def test_yes_no_csv_with_class_weights_and_a_decision_threshold(tmp_path, monkey
     results = run_pipeline(params, Context(layout, project))
 
     evaluation = results["evaluate"]
-    assert evaluation["test"]["roc_auc"] >= 0.75 and evaluation["decision_threshold"] == 0.7
+    assert evaluation.test["roc_auc"] >= 0.75 and evaluation.decision_threshold == 0.7
     model = mlflow.pyfunc.load_model(f"models:/{params.register_.model_name}@champion")
     test_rows = read_split(layout.processed_dir, "test")
     served = model.predict(raw_example(test_rows.x, read_state(layout.processed_dir).inputs, rows=len(test_rows)))
@@ -46,7 +46,7 @@ def test_yes_no_csv_with_class_weights_and_a_decision_threshold(tmp_path, monkey
     # The served labels follow the threshold in params, not 0.5.
     np.testing.assert_array_equal(served["label"] == "yes", served["probability_yes"] >= 0.7)
     assert ((served["probability_yes"] >= 0.5) & (served["probability_yes"] < 0.7)).any()
-    artifacts = {item.path for item in client.list_artifacts(results["train"]["run_id"], "plots")}
+    artifacts = {item.path for item in client.list_artifacts(results["train"].run_id, "plots")}
     assert {"plots/roc_curve.png", "plots/precision_recall_curve.png"} <= artifacts
 
     # The class weights did something: the same run without them finds fewer of the minority "yes" rows.
@@ -56,4 +56,4 @@ def test_yes_no_csv_with_class_weights_and_a_decision_threshold(tmp_path, monkey
     unweighted = run_pipeline(plain, Context(Layout(tmp_path / "unweighted"), project))["evaluate"]
     positives = (test_rows.y == 1).sum()
     assert 0 < positives < len(test_rows) / 2  # "yes" is the minority
-    assert evaluation["test"]["recall"] > unweighted["test"]["recall"] + 0.05, (evaluation, unweighted)
+    assert evaluation.test["recall"] > unweighted.test["recall"] + 0.05, (evaluation, unweighted)

@@ -76,8 +76,8 @@ def test_backbone_from_a_local_weights_file_then_fine_tuned(tmp_path, monkeypatc
         for after, before in zip(layer.get_weights(), original.get_weights(), strict=True)
     ]
     assert any(moved)
-    history = client.get_metric_history(results["train"]["run_id"], "epoch/train_loss")
+    history = client.get_metric_history(results["train"].run_id, "epoch/train_loss")
     first_phase = len(history) - params.train.fine_tune.epochs
-    assert 1 <= first_phase <= params.train.epochs and len(history) == results["train"]["epochs_trained"]
+    assert 1 <= first_phase <= params.train.epochs and len(history) == results["train"].epochs_trained
     assert history[-1].value < history[0].value
-    assert results["evaluate"]["test"]["accuracy"] > 0.6  # three classes: chance is 1/3
+    assert results["evaluate"].test["accuracy"] > 0.6  # three classes: chance is 1/3

@@ -135,29 +135,29 @@ def test_workload_from_its_params_file(workload_run):
     workload, params, layout, results = WORKLOADS[name], run.params, run.layout, run.results
 
     evaluation = results["evaluate"]
-    score, baseline = evaluation["test"][workload.metric], evaluation["baseline"][workload.metric]
+    score, baseline = evaluation.test[workload.metric], evaluation.baseline[workload.metric]
     assert score >= workload.minimum, evaluation
     registration = results["register"]
     if workload.trails_baseline:
         assert score >= baseline - 0.05, f"{workload.metric} {score:.4f} is far below the baseline's {baseline:.4f}"
         # The gate says so: registered, not crowned, with the reason.
-        assert registration["alias"] == "challenger" and not registration["checks"]["beats_baseline"]
-        assert any("does not beat the baseline" in reason for reason in registration["reasons"])
+        assert registration.alias == "challenger" and not registration.decision.checks["beats_baseline"]
+        assert any("does not beat the baseline" in reason for reason in registration.reasons)
     elif workload.ties_baseline:
         assert score >= baseline - 0.001, f"{workload.metric} {score:.4f} is below the baseline's {baseline:.4f}"
     else:
         assert score > baseline, f"{workload.metric} {score:.4f} does not beat the baseline's {baseline:.4f}"
-    history = client.get_metric_history(results["train"]["run_id"], "epoch/train_loss")
+    history = client.get_metric_history(results["train"].run_id, "epoch/train_loss")
     assert history[-1].value < history[0].value
     if not workload.trails_baseline:
-        assert registration["alias"] == "champion", registration["reasons"]
+        assert registration.alias == "champion", registration.reasons
 
     # One artifact, raw input in: the registered pyfunc, the .keras file (safe mode) and the SavedModel agree.
     state = read_state(layout.processed_dir)
     inputs = state.inputs
     test_rows = read_split(layout.processed_dir, "test").x
     raw = raw_example(test_rows, inputs, rows=len(test_rows))  # as a caller sends them: numbers as floats
-    registered = mlflow.pyfunc.load_model(f"models:/{params.register_.model_name}/{registration['version']}")
+    registered = mlflow.pyfunc.load_model(f"models:/{params.register_.model_name}/{registration.version}")
     served = model_outputs(registered.predict(raw), state.model_config(0.5))
     keras_model = keras.saving.load_model(layout.model_file, safe_mode=True, compile=False)
     np.testing.assert_allclose(served, predict(keras_model, raw, inputs), atol=1e-5)
@@ -166,7 +166,7 @@ def test_workload_from_its_params_file(workload_run):
     if isinstance(features, dict):
         features = {key: tf.constant(value) for key, value in features.items()}
     np.testing.assert_allclose(served, np.asarray(exported.serve(features)), atol=1e-5)
-    run = client.get_run(results["train"]["run_id"])
+    run = client.get_run(results["train"].run_id)
     assert run.data.metrics["roundtrip_max_abs_diff"] <= 1e-5
 
 
@@ -224,7 +224,7 @@ def test_an_image_folder_trains_from_its_files_with_no_pixel_columns_written(wor
         assert pq.read_schema(layout.processed_dir / f"{name}.parquet").names == ["path", "__label__"]
     written = [path for path in layout.root.rglob("*.parquet") if "images" not in path.parts]
     assert all(len(pq.read_schema(path).names) <= 3 for path in written), written
-    assert run.results["evaluate"]["test"]["accuracy"] >= 0.8
+    assert run.results["evaluate"].test["accuracy"] >= 0.8
 
     scorer = mlflow.pyfunc.load_model(f"models:/{run.params.register_.model_name}@champion").unwrap_python_model()
     images = layout.root / "images"
