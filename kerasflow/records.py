@@ -17,16 +17,58 @@ inputs, task, classes and threshold, not the training-only constants.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Self, TypeVar
 
 from kerasflow.io import read_json, write_json
 from kerasflow.model_interface import ModelConfig, ModelInputs
 
+T = TypeVar("T")
+
+
+class Record:
+    """What every record shares: `from_dict` builds it from its JSON form (`from_dict` below)."""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        return from_dict(cls, data)
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
+    """A record (a dataclass) from its JSON form, the one reader every record uses. Keys the record does not have
+    are ignored (a file written by a newer version) and missing ones take the field's default (an older file);
+    a field whose type is a record, or a dict or list of them, is built from its part of `data`."""
+    hints = typing.get_type_hints(cls)
+    return cls(**{item.name: convert(hints[item.name], data[item.name]) for item in fields(cls) if item.name in data})  # type: ignore[arg-type]
+
+
+def convert(hint: Any, value: Any) -> Any:
+    """`value` as the type `hint` names: records built (by their own `from_dict` where the class has one, as the
+    model interface's do), inside optionals, dicts and lists; a number where a string is expected as a string
+    (a registry version); anything else as it is."""
+    if value is None:
+        return None
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        present = [arg for arg in args if arg is not type(None)]
+        return convert(present[0], value) if len(present) == 1 else value
+    if origin is dict and len(args) == 2:
+        return {key: convert(args[1], item) for key, item in value.items()}
+    if origin is list and args:
+        return [convert(args[0], item) for item in value]
+    if isinstance(hint, type) and is_dataclass(hint):
+        return hint.from_dict(value) if hasattr(hint, "from_dict") else from_dict(hint, value)
+    if hint is str and isinstance(value, int | float):
+        return str(value)
+    return value
+
 
 @dataclass(frozen=True)
-class RawDatasetInfo:
+class RawDatasetInfo(Record):
     """The raw dataset's description, written by ingest beside the Parquet file."""
 
     target: str
@@ -41,10 +83,6 @@ class RawDatasetInfo:
     # An image folder: the folder the raw table's `path` column is relative to (the images stay files there).
     image_root: str | None = None
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RawDatasetInfo:
-        return cls(**{key: data[key] for key in cls.__dataclass_fields__ if key in data})
-
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -54,7 +92,7 @@ class RawDatasetInfo:
 
 
 @dataclass(frozen=True)
-class ValidationReport:
+class ValidationReport(Record):
     """What validate found (reports/validation.json): preprocess runs only on a passed report of the same data."""
 
     ok: bool
@@ -66,10 +104,6 @@ class ValidationReport:
     schema: str | None = None
     replaced_schema_of: str | None = None
     statistics: dict[str, Any] | None = None
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ValidationReport:
-        return cls(**{key: data[key] for key in cls.__dataclass_fields__ if key in data})
 
     def to_dict(self) -> dict[str, Any]:
         """As written to disk: the fields a failed report does not have are left out."""
@@ -86,7 +120,7 @@ def source_label(source: dict[str, Any]) -> str:
 
 
 @dataclass(frozen=True)
-class PreprocessState:
+class PreprocessState(Record):
     """What preprocess found out about the data and fitted on its training rows, written beside the splits."""
 
     task: str
@@ -127,12 +161,6 @@ class PreprocessState:
         """Whether the model takes strings (categorical or text columns)."""
         return bool(self.inputs.strings)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PreprocessState:
-        values = {key: data[key] for key in cls.__dataclass_fields__ if key in data}
-        fitted = FittedInputs.from_dict(data["fitted"]) if data.get("fitted") else FittedInputs()
-        return cls(**{**values, "inputs": ModelInputs.from_dict(data["inputs"]), "fitted": fitted})
-
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "inputs": self.inputs.to_dict()}
 
@@ -141,7 +169,7 @@ class PreprocessState:
 
 
 @dataclass(frozen=True)
-class NumericFit:
+class NumericFit(Record):
     """One numeric column: the value that fills its gaps, its normalization (None: none), its training quantiles
     (`knots`, for quantile scaling and the piecewise-linear encoding) and whether training saw it missing."""
 
@@ -153,7 +181,7 @@ class NumericFit:
 
 
 @dataclass(frozen=True)
-class TextFit:
+class TextFit(Record):
     """A text column's TextVectorization: its vocabulary (without padding and OOV), settings, and for tf_idf the
     inverse document frequency of each vocabulary entry."""
 
@@ -166,7 +194,7 @@ class TextFit:
 
 
 @dataclass(frozen=True)
-class ImageScaling:
+class ImageScaling(Record):
     """How images are scaled inside the model: divided by `scale`'s inverse, standardized, or left alone."""
 
     kind: str  # max | standard | none
@@ -176,7 +204,7 @@ class ImageScaling:
 
 
 @dataclass(frozen=True)
-class TargetScaling:
+class TargetScaling(Record):
     """A regression target's training mean and standard deviation: the model learns in standard deviations."""
 
     mean: float
@@ -184,7 +212,7 @@ class TargetScaling:
 
 
 @dataclass(frozen=True)
-class FittedInputs:
+class FittedInputs(Record):
     """The constants the input layers were adapted to on the training split (keyed by column or input name)."""
 
     numeric: dict[str, NumericFit] = field(default_factory=dict)
@@ -202,22 +230,6 @@ class FittedInputs:
     # Categorical inputs that get a learned embedding, and its width (the others are one-hot).
     embedded: dict[str, int] = field(default_factory=dict)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FittedInputs:
-        return cls(
-            numeric={name: NumericFit(**value) for name, value in data.get("numeric", {}).items()},
-            categorical={name: list(values) for name, values in data.get("categorical", {}).items()},
-            text={name: TextFit(**value) for name, value in data.get("text", {}).items()},
-            categorical_encoding=data.get("categorical_encoding", "one_hot"),
-            image_scaling=ImageScaling(**data["image_scaling"]) if data.get("image_scaling") else None,
-            target=TargetScaling(**data["target"]) if data.get("target") else None,
-            numeric_scaling=data.get("numeric_scaling", "standard"),
-            clip=data.get("clip"),
-            numeric_encoding=data.get("numeric_encoding", "none"),
-            missing_indicators=data.get("missing_indicators", False),
-            embedded=dict(data.get("embedded", {})),
-        )
-
     def vocabulary_size(self, source: str = "input") -> int | None:
         """The input_dim an embedding of `source` needs: the text vocabulary (with padding and OOV), or
         the largest categorical vocabulary (with OOV) for the `categorical` tensor or data without text."""
@@ -229,7 +241,7 @@ class FittedInputs:
 
 
 @dataclass(frozen=True)
-class TrainingResult:
+class TrainingResult(Record):
     """The train stage's record for the later stages (reports/mlflow_run.json): the run they reopen, the model
     they score and register, and the digest of the files that passed the round trip."""
 
@@ -246,8 +258,7 @@ class TrainingResult:
 
     @classmethod
     def read(cls, path: Path) -> TrainingResult:
-        data = read_json(path)
-        return cls(**{key: data[key] for key in cls.__dataclass_fields__ if key in data})
+        return from_dict(cls, read_json(path))
 
     def write(self, path: Path) -> None:
         write_json(path, asdict(self))
@@ -261,7 +272,7 @@ SMALL_SPLIT = 200
 
 
 @dataclass(frozen=True)
-class Comparison:
+class Comparison(Record):
     """The candidate against another model on the same test rows, from the paired bootstrap (`tasks.evidence`):
     both scores, the difference (candidate - other), its 95 % interval, and the share of resamples in which the
     candidate is better (None: no resample could be scored)."""
@@ -295,10 +306,6 @@ class Comparison:
             f"better in {100 * self.p_better:.0f} % of {self.resamples} resamples)"
         )
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Comparison:
-        return cls(**{key: data[key] for key in cls.__dataclass_fields__ if key in data})
-
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -313,7 +320,7 @@ def split_size_note(rows: int, metric: str) -> str:
 
 
 @dataclass(frozen=True)
-class SliceScore:
+class SliceScore(Record):
     """The primary metric on one slice of the test rows (a column's value or quantile bin; `all rows` for the
     whole split): the candidate's with its 95 % interval, the baseline's and the re-scored champion's."""
 
@@ -330,16 +337,12 @@ class SliceScore:
     def key(self) -> str:
         return f"{self.column}={self.value}" if self.column else self.value
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SliceScore:
-        return cls(**{key: data[key] for key in cls.__dataclass_fields__ if key in data})
-
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 @dataclass(frozen=True)
-class ChampionScore:
+class ChampionScore(Record):
     """The current champion re-scored on this run's test rows: its `test` metrics, or why it was `skipped`
     (it cannot take this data: other columns, classes or image size)."""
 
@@ -361,18 +364,13 @@ class ChampionScore:
             return self.skipped or f"the champion (version {self.version}) has no {name}"
         return f"champion (version {self.version}) {value:.4f} on the same rows"
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ChampionScore:
-        comparison = Comparison.from_dict(data["comparison"]) if data.get("comparison") else None
-        return cls(str(data["version"]), data.get("test"), data.get("test_rows"), data.get("skipped"), comparison)
-
     def to_dict(self) -> dict[str, Any]:
         """As on disk: `version` with `test`, `test_rows` and `comparison`, or with `skipped`."""
         return {key: value for key, value in asdict(self).items() if value is not None}
 
 
 @dataclass(frozen=True)
-class Evaluation:
+class Evaluation(Record):
     """Evaluate's result, written to reports/metrics.json (DVC's metrics file) and read by register."""
 
     task: str
@@ -418,21 +416,10 @@ class Evaluation:
         return split_size_note(self.test_rows, self.primary_metric)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Evaluation:
-        """From metrics.json, as this version writes it or an older one did (without intervals and slices)."""
-        values = {key: data[key] for key in cls.__dataclass_fields__ if key in data}
-        champion = data.get("champion_rescored")
-        return cls(
-            **{
-                **values,
-                "champion_rescored": ChampionScore.from_dict(champion) if champion else None,
-                "comparisons": {
-                    name: Comparison.from_dict(value) for name, value in (data.get("comparisons") or {}).items()
-                },
-                # On disk keyed `column=value` (flat for `dvc metrics show`), in order.
-                "slices": [SliceScore.from_dict(value) for value in (data.get("slices") or {}).values()],
-            }
-        )
+    def from_dict(cls, data: Mapping[str, Any]) -> Evaluation:
+        """From metrics.json, as this version writes it or an older one did (without intervals and slices). On
+        disk the slices are keyed `column=value` (flat for `dvc metrics show`), in order."""
+        return from_dict(cls, {**data, "slices": list((data.get("slices") or {}).values())})
 
     def to_dict(self) -> dict[str, Any]:
         champion = self.champion_rescored.to_dict() if self.champion_rescored else None
@@ -464,7 +451,7 @@ CHALLENGER = "challenger"
 
 
 @dataclass
-class Decision:
+class Decision(Record):
     """The gate's verdict for one candidate."""
 
     promote: bool
@@ -480,7 +467,7 @@ class Decision:
 
 
 @dataclass(frozen=True)
-class Registration:
+class Registration(Record):
     """What register wrote (reports/registration.json): the version, the champion it was judged against
     (re-scored on the same rows), the serving check's detail and the gate's decision."""
 
@@ -524,7 +511,7 @@ class Registration:
 
 
 @dataclass(frozen=True)
-class PipelineResult:
+class PipelineResult(Record):
     """What a pipeline run (`flows.training.training_pipeline`) returns: its MLflow run, where its outputs are,
     and the evaluate and register stages' records."""
 
@@ -579,7 +566,7 @@ class PipelineResult:
 
 
 @dataclass(frozen=True)
-class ColumnDrift:
+class ColumnDrift(Record):
     """One column of new data against training: PSI for a number, the unseen share for a category."""
 
     kind: str  # numeric | categorical
@@ -598,7 +585,7 @@ class ColumnDrift:
 
 
 @dataclass(frozen=True)
-class DriftReport:
+class DriftReport(Record):
     """New rows against the training split, per column (the `<output>.drift.json` beside predictions)."""
 
     rows: int
@@ -627,8 +614,3 @@ class DriftReport:
             "columns": columns,
             "drifted": self.drifted,
         }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DriftReport:
-        columns = {name: ColumnDrift(**entry) for name, entry in data["columns"].items()}
-        return cls(data["rows"], data.get("training_rows", 0), data.get("thresholds", {}), columns)
