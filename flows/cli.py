@@ -269,7 +269,7 @@ def accept_schema(args: argparse.Namespace) -> int:
     except (ConfigError, FileNotFoundError) as error:
         sys.stderr.write(f"kerasflow: {error}\n")
         return 2
-    sys.stdout.write(f"kerasflow: recorded the schema of {schema['source']} ({len(schema['columns'])} columns)\n")
+    sys.stdout.write(f"kerasflow: recorded the schema of {schema.source} ({len(schema.columns)} columns)\n")
     return 0
 
 

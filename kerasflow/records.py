@@ -114,6 +114,46 @@ class ValidationReport(Record):
         return self.ok and self.md5 == md5
 
 
+@dataclass(frozen=True)
+class ColumnSchema(Record):
+    """One column of the recorded schema: its kind (numeric, string, ...), whether training saw it missing, and a
+    numeric column's range."""
+
+    kind: str
+    nullable: bool = False
+    min: float | None = None
+    max: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {key: value for key, value in asdict(self).items() if value is not None}
+
+
+@dataclass(frozen=True)
+class DatasetSchema(Record):
+    """The recorded schema (data/schema.json), inferred on a source's first ingest: every later ingest of the
+    same `source` is checked against it (columns, kinds, ranges, the target's labels)."""
+
+    columns: dict[str, ColumnSchema]
+    target: str
+    task: str
+    image_shape: list[int] | None = None
+    # A classification target's labels (as strings).
+    labels: list[str] | None = None
+    # The source it was recorded for (`sklearn:digits`, `file:houses.csv`): another source records its own.
+    source: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """As on disk: `labels` only for classification, `source` once recorded."""
+        found: dict[str, Any] = {
+            "columns": {name: column.to_dict() for name, column in self.columns.items()},
+            "target": self.target,
+            "task": self.task,
+            "image_shape": self.image_shape,
+        }
+        found |= {key: value for key in ("labels", "source") if (value := getattr(self, key)) is not None}
+        return found
+
+
 def source_label(source: dict[str, Any]) -> str:
     """`sklearn:digits`, `file:/path/houses.csv`: where the data came from, in one string."""
     return ":".join(str(source[key]) for key in ("source", "dataset", "path") if source.get(key))

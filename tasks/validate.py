@@ -16,7 +16,7 @@ import pandas as pd
 
 from kerasflow.config import ValidateParams
 from kerasflow.errors import ExpectedError
-from kerasflow.records import RawDatasetInfo, ValidationReport
+from kerasflow.records import ColumnSchema, DatasetSchema, RawDatasetInfo, ValidationReport
 from tasks.summaries import TableSummary
 
 # Categories listed per column in the validation report.
@@ -81,25 +81,20 @@ def target_labels(summary: DatasetSummary, target: str) -> list[str]:
     return sorted(summary.target_values)
 
 
-def infer_schema(summary: DatasetSummary, info: RawDatasetInfo) -> dict[str, Any]:
+def infer_schema(summary: DatasetSummary, info: RawDatasetInfo) -> DatasetSchema:
     """Describe columns (kind, range, nulls) and the target (task, label set)."""
-    columns: dict[str, Any] = {}
+    columns: dict[str, ColumnSchema] = {}
     for name in summary.columns:
-        entry: dict[str, Any] = {"kind": summary.kinds[name], "nullable": bool(summary.missing(name))}
-        numbers = summary.numeric.get(name)
-        if entry["kind"] == "numeric" and numbers is not None and numbers.count:
-            entry["min"] = numbers.minimum
-            entry["max"] = numbers.maximum
-        columns[name] = entry
-    schema: dict[str, Any] = {
-        "columns": columns,
-        "target": info.target,
-        "task": info.task,
-        "image_shape": info.image_shape,
-    }
-    if info.task == "classification":
-        schema["labels"] = target_labels(summary, info.target)
-    return schema
+        kind, numbers = summary.kinds[name], summary.numeric.get(name)
+        measured = kind == "numeric" and numbers is not None and numbers.count
+        columns[name] = ColumnSchema(
+            kind,
+            bool(summary.missing(name)),
+            numbers.minimum if measured else None,  # type: ignore[union-attr]
+            numbers.maximum if measured else None,  # type: ignore[union-attr]
+        )
+    labels = target_labels(summary, info.target) if info.task == "classification" else None
+    return DatasetSchema(columns, info.target, info.task, info.image_shape, labels)
 
 
 def _missing_problems(name: str, missing: int, rows: int, allowed_fraction: float) -> list[str]:
@@ -180,10 +175,10 @@ def check_summary(summary: DatasetSummary, info: RawDatasetInfo, params: Validat
     return problems
 
 
-def compare_to_schema(summary: DatasetSummary, schema: dict[str, Any], params: ValidateParams) -> list[str]:
+def compare_to_schema(summary: DatasetSummary, schema: DatasetSchema, params: ValidateParams) -> list[str]:
     """Problems where this ingest drifted from the recorded schema."""
     problems: list[str] = []
-    expected = schema["columns"]
+    expected = schema.columns
     columns = summary.columns
     missing = [name for name in expected if name not in columns]
     extra = [name for name in columns if name not in expected]
@@ -195,20 +190,20 @@ def compare_to_schema(summary: DatasetSummary, schema: dict[str, Any], params: V
         if name not in columns:
             continue
         kind = summary.kinds[name]
-        if kind != entry["kind"]:
-            problems.append(f"column {name!r} is {kind}, the recorded schema says {entry['kind']}")
+        if kind != entry.kind:
+            problems.append(f"column {name!r} is {kind}, the recorded schema says {entry.kind}")
             continue
         numbers = summary.numeric.get(name)
-        if kind == "numeric" and "min" in entry and numbers is not None and numbers.count:
-            slack = params.range_tolerance * max(entry["max"] - entry["min"], 1e-12)
+        if kind == "numeric" and entry.min is not None and entry.max is not None and numbers and numbers.count:
+            slack = params.range_tolerance * max(entry.max - entry.min, 1e-12)
             low, high = numbers.minimum, numbers.maximum
-            if low < entry["min"] - slack or high > entry["max"] + slack:
+            if low < entry.min - slack or high > entry.max + slack:
                 problems.append(
                     f"column {name!r} ranges over [{low:g}, {high:g}], outside the recorded "
-                    f"[{entry['min']:g}, {entry['max']:g}] by more than validate.range_tolerance"
+                    f"[{entry.min:g}, {entry.max:g}] by more than validate.range_tolerance"
                 )
-    if "labels" in schema and schema["target"] in columns:
-        unseen = sorted(set(target_labels(summary, schema["target"])) - set(schema["labels"]))
+    if schema.labels is not None and schema.target in columns:
+        unseen = sorted(set(target_labels(summary, schema.target)) - set(schema.labels))
         if unseen:
             problems.append(f"target labels not in the recorded schema: {unseen[:10]}")
     return problems
@@ -235,9 +230,9 @@ def statistics_report(summary: DatasetSummary) -> dict[str, Any]:
 def validate_dataset(
     batches: pd.DataFrame | Iterable[pd.DataFrame],
     info: RawDatasetInfo,
-    schema: dict[str, Any] | None,
+    schema: DatasetSchema | None,
     params: ValidateParams,
-) -> tuple[dict[str, Any], ValidationReport]:
+) -> tuple[DatasetSchema, ValidationReport]:
     """Check the dataset (a DataFrame, or its batches); return (schema to keep, report). Raise
     DataValidationError on problems."""
     summary = summarize(batches, info)

@@ -17,7 +17,7 @@ from kerasflow.config import Params
 from kerasflow.errors import ConfigError
 from kerasflow.io import read_json, write_json
 from kerasflow.layout import Layout
-from kerasflow.records import RawDatasetInfo, ValidationReport
+from kerasflow.records import DatasetSchema, RawDatasetInfo, ValidationReport
 from kerasflow.tables import iter_frames, row_group_rows
 from tasks.validate import DataValidationError, validate_dataset
 
@@ -30,10 +30,10 @@ def run(params: Params, context: Context) -> ValidationReport:
     layout = context.layout
     info = RawDatasetInfo.from_dict(read_json(layout.raw_meta))
     check_slices(params, info)
-    recorded = read_json(layout.schema) if layout.schema.is_file() else None
+    recorded = DatasetSchema.from_dict(read_json(layout.schema)) if layout.schema.is_file() else None
     replaced = None
-    if recorded is not None and recorded.get("source") != info.source_label:
-        replaced = recorded.get("source") or "data of unknown source"
+    if recorded is not None and recorded.source != info.source_label:
+        replaced = recorded.source or "data of unknown source"
         logger.info(
             "%s was recorded for %s; this data is %s: recording a schema for it",
             layout.schema,
@@ -54,7 +54,7 @@ def run(params: Params, context: Context) -> ValidationReport:
             ) from None
         raise DataValidationError(error.problems, source=where(info)) from None
     if recorded is None:
-        write_json(layout.schema, {**schema, "source": info.source_label})
+        write_json(layout.schema, replace(schema, source=info.source_label).to_dict())
         logger.info("recorded the dataset schema in %s", layout.schema)
     if replaced:
         report = replace(report, schema="new source", replaced_schema_of=replaced)
@@ -84,12 +84,13 @@ def batches(layout: Layout) -> Any:
     return (frame for _, frame in iter_frames(layout.raw_data, row_group_rows(layout.raw_data)))
 
 
-def accept(params: Params, layout: Layout) -> dict[str, Any]:
+def accept(params: Params, layout: Layout) -> DatasetSchema:
     """Record the schema of the raw data as it is now (the change validate refused becomes the recorded schema)."""
     if not layout.raw_meta.is_file():
         raise FileNotFoundError(f"{layout.raw_meta}: not found; run the ingest stage first (`dvc repro ingest`)")
     info = RawDatasetInfo.from_dict(read_json(layout.raw_meta))
-    schema, _ = validate_dataset(batches(layout), info, None, params.validate_)
-    write_json(layout.schema, {**schema, "source": info.source_label})
+    inferred, _ = validate_dataset(batches(layout), info, None, params.validate_)
+    schema = replace(inferred, source=info.source_label)
+    write_json(layout.schema, schema.to_dict())
     logger.info("recorded the schema of %s in %s", info.source_label, layout.schema)
-    return {**schema, "source": info.source_label}
+    return schema

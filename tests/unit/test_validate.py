@@ -20,7 +20,7 @@ def test_first_ingest_infers_the_schema(tabular_frame, tabular_meta):
     schema, report = validate_dataset(tabular_frame, tabular_meta, None, PARAMS)
     assert report.ok and report.schema == "inferred" and report.passed_for(tabular_meta.md5)
     assert not report.passed_for("another md5")  # a report passes only the data it was made for
-    assert schema["labels"] == ["0", "1"] and schema["columns"]["a"]["kind"] == "numeric"
+    assert schema.labels == ["0", "1"] and schema.columns["a"].kind == "numeric"
 
 
 def test_a_later_ingest_within_the_schema_passes(tabular_frame, tabular_meta):
@@ -111,7 +111,7 @@ def test_string_columns_are_categorical_features(tabular_frame, tabular_meta):
     frame = tabular_frame.assign(color=["red", "green", "blue"] * 20)
     meta = replace(tabular_meta, feature_columns=["a", "b", "color"])
     schema, report = validate_dataset(frame, meta, None, PARAMS)
-    assert report.ok and schema["columns"]["color"] == {"kind": "string", "nullable": False}
+    assert report.ok and schema.columns["color"].to_dict() == {"kind": "string", "nullable": False}
     # A later ingest where the column turned into numbers has drifted.
     with pytest.raises(DataValidationError, match="column 'color' is numeric, the recorded schema says string"):
         validate_dataset(frame.assign(color=1.0), meta, schema, PARAMS)
@@ -161,7 +161,7 @@ def test_missing_values_up_to_max_missing_fraction(tabular_frame, tabular_meta, 
     if expected is None:
         assert problems == []
         schema, _ = validate_dataset(frame, meta, None, params)
-        assert schema["columns"][column]["nullable"] is True
+        assert schema.columns[column].nullable is True
     else:
         assert any(expected in problem for problem in problems), problems
     if missing == len(frame):
