@@ -12,7 +12,7 @@ from kerasflow.overrides import override_options, params_options, parse_assignme
 from kerasflow.runtime import quiet_defaults
 
 if TYPE_CHECKING:
-    from kerasflow.records import Evaluation, PipelineResult
+    from kerasflow.records import Evaluation, PipelineResult, StudyResult
 
 
 def check_model(params: Any) -> Any:
@@ -115,28 +115,29 @@ def evidence_lines(evaluation: Evaluation, min_slice_rows: int = 1) -> list[str]
     return lines
 
 
-def study_report(result: dict[str, Any]) -> str:
-    counts, best, registration = result["counts"], result["best"], result["registration"]
+def study_report(result: StudyResult) -> str:
+    summary, registration = result.summary, result.registration
+    counts, best = summary.counts, summary.best
+    assert best is not None  # a study without a completed trial fails before it reports
     values = ", ".join(
-        f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}" for key, value in best["params"].items()
+        f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}" for key, value in best.params.items()
     )
     lines = [
         "",
-        f"kerasflow: study {result['study']} finished ({result['storage']})",
+        f"kerasflow: study {summary.study} finished ({summary.storage})",
         f"  trials          {counts['complete']} complete, {counts['pruned']} pruned, {counts['failed']} failed",
-        f"  best            trial {best['trial']}: {result['objective']} {best['value']:.4g} with {values}",
-        f"  registered      {registration['model_name']} version {registration['version']} -> {registration['alias']}"
-        + ("  (registered by an earlier run of this study)" if registration.get("reused") else ""),
-        f"  decision        {'; '.join(registration['reasons'])}",
+        f"  best            trial {best.trial}: {summary.objective} {best.value:.4g} with {values}",
+        f"  registered      {registration.model_name} version {registration.version} -> {registration.alias}"
+        + ("  (registered by an earlier run of this study)" if registration.reused else ""),
+        f"  decision        {'; '.join(registration.reasons)}",
         "",
     ]
-    run = {"run_id": result["parent_run_id"], **{key: result.get(key) for key in ("experiment_id", "tracking_uri")}}
-    if result.get("run_url"):
-        lines.append(f"Compare the trials in the MLflow UI: {result['run_url']}")
+    if result.run_url:
+        lines.append(f"Compare the trials in the MLflow UI: {result.run_url}")
     else:
-        page = f"http://127.0.0.1:5000/#/experiments/{run['experiment_id']}/runs/{run['run_id']}"
+        page = f"http://127.0.0.1:5000/#/experiments/{result.experiment_id}/runs/{summary.parent_run_id}"
         lines += [
-            f"Compare the trials in the MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {run['tracking_uri']} "
+            f"Compare the trials in the MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {result.tracking_uri} "
             "--port 5000",
             f"then open {page}",
         ]
@@ -167,7 +168,8 @@ def tune(args: argparse.Namespace) -> int:
         return interrupted("study")
     except Exception as error:
         return failed(error, "study")
-    sys.stdout.write((json.dumps(result, indent=2, default=str) if args.json else study_report(result)) + "\n")
+    shown = json.dumps(result.to_dict(), indent=2, default=str) if args.json else study_report(result)
+    sys.stdout.write(shown + "\n")
     return 0
 
 

@@ -4,25 +4,23 @@
       open-study                      the Optuna study (continued if it exists) and its parent MLflow run
       ingest → validate → preprocess  once per study, cached as in the training pipeline
       study-trials                    a subflow running `tune.parallelism` trials at once (threads, or Dask)
-        trial-0, trial-1, ...         each fits one configuration in its own nested MLflow run
-      summarize-study                 the parent run's table, charts, best value and params
+        trial-0, trial-1, ...         each fits one configuration in its own nested MLflow run (tasks/trial.py)
+      summarize-study                 the parent run's table, charts, best value and params (tasks/tune_report.py)
       train → evaluate → register     the best configuration, through the same gate as a single run
 
 Run it with `kerasflow tune`; deploy it with prefect.yaml (deployment `tune`). A study killed
-part-way continues when it is run again: finished trials stay, interrupted ones run again.
+part-way continues when it is run again: finished trials stay, interrupted ones run again. This module is the
+wiring; what it passes along are records (kerasflow/records.py: StudyPlan, TrialResult, StudySummary,
+StudyRegistration, StudyResult).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
-import os
-import socket
-import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +33,8 @@ from flows.training import edge_only, run_folder, run_stages, stopped_from_outsi
 from kerasflow.config import Params, load_params, parse_params
 from kerasflow.errors import ExpectedError
 from kerasflow.layout import Layout
-from kerasflow.overrides import apply_overrides
-from kerasflow.runtime import attach_to_prefect_logging, import_quietly, quiet_defaults
+from kerasflow.records import BestTrial, StudyPlan, StudyRegistration, StudyResult, TrialResult
+from kerasflow.runtime import attach_to_prefect_logging, quiet_defaults
 from kerasflow.search_space import check_search_space
 
 logger = logging.getLogger(__name__)
@@ -49,180 +47,6 @@ REGISTERED_TRIAL = "kerasflow.study.registered_trial"
 
 class StudyError(ExpectedError, RuntimeError):
     """A study that cannot go on or gave nothing to register (every trial failed or was pruned)."""
-
-
-@dataclass(frozen=True)
-class StudyPlan:
-    """What a trial needs to run anywhere (a Dask worker gets a pickled copy): the study, the MLflow
-    store and parent run, the params every trial starts from, and where the processed data is."""
-
-    study: str
-    storage: str
-    tracking_uri: str
-    experiment_id: str
-    parent_run_id: str
-    base: dict[str, Any]
-    context: Context
-
-
-@dataclass(frozen=True)
-class TrialResult:
-    """How a trial ended: complete (with its value), pruned or failed (with why)."""
-
-    number: int
-    state: str
-    value: float | None
-    epochs: int
-    run_id: str
-    note: str = ""
-
-
-def trial_params(base: dict[str, Any], values: dict[str, Any]) -> Params:
-    """The params of one trial: the base params with the trial's values, and tune.epochs as train.epochs."""
-    tree = apply_overrides(base, values)
-    epochs = tree.get("tune", {}).get("epochs")
-    if epochs:
-        tree["train"]["epochs"] = epochs
-    return parse_params(tree, f"trial values {values}")
-
-
-def run_trial(plan: StudyPlan, number: int, trial_id: int, values: dict[str, Any]) -> TrialResult:
-    """Fit one configuration in an MLflow run nested under the study's, reporting each epoch to the study.
-
-    A trial that fails (a NaN loss from a learning rate too high, a configuration Keras refuses)
-    or is pruned is recorded as such, in Optuna and in MLflow, and the study goes on.
-    """
-    quiet_defaults()
-    attach_to_prefect_logging()
-    fit = import_quietly("tasks.fit")  # TensorFlow's native start-up lines left out of the log
-    import optuna
-
-    from kerasflow import tracking
-    from tasks import tune
-    from tasks.trial_callbacks import EpochRecorder, PruningCallback
-
-    params = trial_params(plan.base, values)
-    tracking.use_uri(plan.tracking_uri)  # A Dask worker is a process of its own.
-    tags = {
-        "mlflow.parentRunId": plan.parent_run_id,
-        "kerasflow.kind": "trial",
-        "optuna.study": plan.study,
-        "optuna.trial": str(number),
-        "registry.model": params.register_.model_name,
-        # Where it ran: with a Dask task runner, which worker process on which machine.
-        "trial.host": f"{socket.gethostname()} pid {os.getpid()}",
-        **{f"trial.{key}": str(value) for key, value in values.items()},
-    }
-    run_id = tracking.start_child_run(plan.experiment_id, f"trial-{number}", tags)
-    trial = optuna.trial.Trial(tune.load_study(params, plan.study, plan.storage), trial_id)
-    trial.set_user_attr("mlflow_run_id", run_id)
-    curves = EpochRecorder()
-    state, value, note = "failed", None, ""
-    try:
-        data = fit.load_training_data(plan.context.layout.processed_dir)
-        tracking.log_params(tracking.training_params(params, data.state), run_id)
-        tune.check_metric(params.tune, data.state.task)
-        watched, sign = tune.watched_metric(params.tune)
-        state_rows = data.state.rows
-        k = tune.fold_count(params.tune.folds, state_rows["train"] + state_rows["val"])
-        values = []
-        # Lazily: each fold's files exist until the last fold is fitted.
-        for index, fold in enumerate(trial_data(params, data, plan.context.layout.processed_dir, k)):
-            # The first fold reports each epoch (the trial's curves, its pruning); the others only their value.
-            recorder = curves if index == 0 else EpochRecorder()
-            callbacks: list[Any] = [recorder]
-            if index == 0:
-                callbacks += [
-                    tracking.epoch_logger(run_id, fold.state.rows["train"]),
-                    PruningCallback(trial, watched, sign, params.train.epochs),
-                ]
-            label = f"trial {number}" + (f" fold {index + 1}/{k}" if k > 1 else "")
-            setup = fit.build_setup(params.model, params.train, params.seed, fold)
-            fit.fit_setup(params.model, params.train, params.seed, fold, setup, callbacks, label=label)
-            values.append(objective_value(params, fold, setup.model, recorder.history()))
-        value = float(sum(values) / len(values))
-        if len(values) > 1:
-            trial.set_user_attr("fold_values", values)
-        state = "complete"
-    except optuna.TrialPruned as pruned:
-        state, note = "pruned", str(pruned)
-    except Exception as error:  # Any failure ends this trial, not the study.
-        note = f"{type(error).__name__}: {error}".strip()
-        logger.warning("trial %d failed: %s", number, note)
-    finally:
-        epochs = len(curves.rows)
-        trial.set_user_attr("curves", curves.validation_curves())
-        trial.set_user_attr("epochs", epochs)
-        trial.set_user_attr("note", note)
-        close_trial_run(run_id, params, state, value, epochs, note)
-    return TrialResult(number, state, value, epochs, run_id, note)
-
-
-def trial_data(params: Params, data: Any, processed: Path, k: int) -> Iterator[Any]:
-    """What a trial fits: the training and validation splits, or (k > 1, tune.folds) each of k folds of them in
-    turn, written to a temporary folder removed after the last fold (iterate lazily)."""
-    from tasks import tune
-
-    state = data.state
-    if k <= 1:
-        yield data
-        return
-    from kerasflow.tables import row_count
-    from tasks.fit import TrainingData
-    from tasks.preprocess import LABEL, ParquetSplit, split_path
-
-    with tempfile.TemporaryDirectory(prefix="kerasflow-folds-") as folder:
-        paths = tune.write_folds(
-            split_path(processed, "train"),
-            split_path(processed, "val"),
-            k,
-            params.seed,
-            Path(folder),
-            LABEL,
-            stratify=state.task == "classification",
-        )
-        for train, val in paths:
-            sizes = {**state.rows, "train": row_count(train), "val": row_count(val)}
-            yield TrainingData(
-                replace(state, rows=sizes),
-                ParquetSplit(train, state.inputs, state.image_root),
-                ParquetSplit(val, state.inputs, state.image_root),
-            )
-
-
-def objective_value(params: Params, data: Any, model: Any, history: Any) -> float:
-    """The trial's value: a per-epoch metric at the epoch the model keeps (the best one when early stopping
-    restores it), or an evaluate metric of the model on the validation split."""
-    metric = params.tune.metric
-    if metric.startswith("val_"):
-        from tasks.fit import best_epoch
-
-        return float(history.loc[best_epoch(params.train, history), metric])
-    from tasks.datasets import predict
-    from tasks.evaluate import fixed_threshold, score_predictions
-
-    state = data.state
-    outputs = predict(model, data.val, state.inputs)
-    threshold = fixed_threshold(params.model.decision_threshold)
-    scores = score_predictions(state.task, data.val.labels(), outputs, state.n_classes, threshold)
-    return float(scores[metric])
-
-
-def close_trial_run(run_id: str, params: Params, state: str, value: float | None, epochs: int, note: str) -> None:
-    """Record how the trial ended on its MLflow run: its value, its state, a one-line description."""
-    from kerasflow import tracking
-    from tasks import tune
-
-    name = tune.objective_name(params.tune)
-    finite = value is not None and math.isfinite(value)
-    tracking.log_run_metrics(run_id, {name: value, "epochs_trained": epochs} if finite else {"epochs_trained": epochs})
-    outcome = {
-        "complete": f"complete: {name} {value:.4g} after {epochs} epoch(s)" if value is not None else "complete",
-        "pruned": f"pruned: {note}",
-        "failed": f"failed: {note}",
-    }[state]
-    tracking.set_run_tags(run_id, {"trial.state": state})
-    tracking.finish_run(run_id, f"Tuning trial, {outcome}.", failed=state == "failed")
 
 
 @contextlib.contextmanager
@@ -247,7 +71,7 @@ def study_lock(storage: str, study: str) -> Iterator[None]:
         lock.release()
 
 
-def open_study(params: Params, project_root: Path, workdir: Path, storage: str) -> dict[str, Any]:
+def open_study(params: Params, project_root: Path, workdir: Path, storage: str, processed_dir: Path) -> StudyPlan:
     """Create or continue the study and its parent MLflow run; trials a kill interrupted are queued again."""
     from kerasflow import tracking
     from tasks import tune
@@ -272,7 +96,7 @@ def open_study(params: Params, project_root: Path, workdir: Path, storage: str) 
         tune.trials_wanted(params.tune),
         f"; trials {interrupted} interrupted, to run again" if interrupted else "",
     )
-    return {"study": name, "storage": storage, "experiment_id": experiment_id, "parent_run_id": parent, "uri": uri}
+    return StudyPlan(name, storage, uri, experiment_id, parent, params.to_dict(), processed_dir)
 
 
 def begin_study_run(params: Params, project_root: Path, workdir: Path, name: str, storage: str) -> str:
@@ -324,6 +148,8 @@ def study_trials(plan: StudyPlan) -> list[TrialResult]:
     study = tune.open_study(params, plan.study, plan.storage)
     space = tune.distributions(params.tune.space, grid=params.tune.sampler == "grid")
     remaining = tune.trials_wanted(params.tune) - len(tune.counted_trials(study))
+    from tasks.trial import run_trial
+
     trial_task = task(run_trial, name="trial", task_run_name="trial-{number}", cache_policy=NO_CACHE)
     running: dict[Any, Any] = {}
     results: list[TrialResult] = []
@@ -367,64 +193,6 @@ def task_runner(params: Params) -> Any:
     return ThreadPoolTaskRunner(max_workers=tune.parallelism)
 
 
-def summarize_study(params: Params, plan: StudyPlan) -> dict[str, Any]:
-    """The parent run's record of the study: best value and params, counts, the trials table and the charts."""
-    import pandas as pd
-
-    from kerasflow import tracking
-    from tasks import tune, tune_report
-
-    study = tune.load_study(params, plan.study, plan.storage)
-    trials = sorted(tune.counted_trials(study), key=lambda trial: trial.number)
-    keys = list(params.tune.space)
-    objective = tune.objective_name(params.tune)
-    direction = tune.direction(params.tune)
-    table = tune_report.trials_table(study, keys)
-    counts = {state: int((table["state"] == state).sum()) for state in ("complete", "pruned", "failed")}
-    run_id = plan.parent_run_id
-    metrics = {f"trials_{state}": count for state, count in counts.items()}
-    metrics["epochs_total"] = float(pd.to_numeric(table["epochs"]).fillna(0).sum())
-    tags = {"tune.n_trials": str(params.tune.n_trials), "tune.parallelism": str(params.tune.parallelism)}
-    best = None
-    if counts["complete"]:
-        best = study.best_trial
-        metrics[f"best_{objective}"] = best.value
-        tags |= {"best.trial": str(best.number), "best.mlflow_run_id": str(best.user_attrs.get("mlflow_run_id"))}
-        tags |= {f"best.{key}": str(value) for key, value in best.params.items()}
-    tracking.log_run_metrics(run_id, metrics)
-    tracking.set_run_tags(run_id, tags)
-    found = tune_report.importances(study)
-    with tempfile.TemporaryDirectory() as folder:
-        where = Path(folder)
-        table.to_csv(where / "trials.csv", index=False)
-        tracking.log_run_files(run_id, where / "trials.csv")
-        tracking.log_run_table(run_id, table.drop(columns=["note"]), "trials.json")
-        tracking.log_run_dict(run_id, {"best": best.params if best else None, "importances": found}, "study.json")
-        title = f"{params.register_.model_name}: {tune.watched_metric(params.tune)[0]} of every trial"
-        drawn = {
-            "validation_curves.png": tune_report.plot_curves(
-                trials, tune.watched_metric(params.tune)[0], keys, where / "validation_curves.png", title
-            ),
-            "optimization_history.png": tune_report.plot_history(study, objective, where / "optimization_history.png"),
-            "parallel_coordinates.png": tune_report.plot_parallel(
-                study, keys, objective, where / "parallel_coordinates.png"
-            ),
-            "param_importances.png": tune_report.plot_importances(study, found, where / "param_importances.png"),
-        }
-        tracking.log_run_files(run_id, *(where / name for name, made in drawn.items() if made), folder="charts")
-    return {
-        "study": plan.study,
-        "storage": plan.storage,
-        "parent_run_id": run_id,
-        "objective": objective,
-        "direction": direction,
-        "counts": counts,
-        "best": {"trial": best.number, "value": best.value, "params": best.params} if best else None,
-        "table": tune_report.markdown_table(table),
-        "importances": found,
-    }
-
-
 def best_params(params_path: str, changes: dict[str, Any] | None, best: dict[str, Any]) -> Params:
     """The params file with the run's overrides and the best trial's values: what the winner is retrained with."""
     return load_params(params_path, {**(changes or {}), **best})
@@ -437,7 +205,7 @@ def tuning_pipeline(
     n_trials: int | None = None,
     workdir: str | None = None,
     cache_data: bool = True,
-) -> dict[str, Any]:
+) -> StudyResult:
     """Run the study in params.yaml's `tune` section, then train, evaluate and register its best configuration.
 
     Args:
@@ -467,40 +235,36 @@ def tuning_pipeline(
         # The data first: a metric this task does not log is refused before the study or any MLflow run exists.
         context, state, _ = run_stages(params, context, None, cache_data, names=DATA_STAGES)
         tune.check_metric(params.tune, read_task(context))
-        state = opening(params, project_root, layout.root, storage, wait_for=[edge_only(state)], return_state=True)
-        opened = state.result()
-        parent = opened["parent_run_id"]
+        processed = context.layout.processed_dir
+        state = opening(
+            params, project_root, layout.root, storage, processed, wait_for=[edge_only(state)], return_state=True
+        )
+        plan: StudyPlan = state.result()
+        parent = plan.parent_run_id
         try:
-            plan = StudyPlan(
-                opened["study"], storage, opened["uri"], opened["experiment_id"], parent, params.to_dict(), context
-            )
             # A subflow, so its task runner (threads or Dask) is the study's own.
             study_trials.with_options(task_runner=task_runner(params))(plan)
+            from tasks.tune_report import summarize_study
+
             summary = task(
                 summarize_study, name="summarize-study", task_run_name="summarize-study", cache_policy=NO_CACHE
             )(params, plan)
-            if summary["best"] is None:
+            if summary.best is None:
                 raise StudyError(
-                    f"study {plan.study}: no trial completed ({summary['counts']['pruned']} pruned, "
-                    f"{summary['counts']['failed']} failed); see the trials in MLflow run {parent}"
+                    f"study {plan.study}: no trial completed ({summary.counts['pruned']} pruned, "
+                    f"{summary.counts['failed']} failed); see the trials in MLflow run {parent}"
                 )
-            registration = retrain_best(params_path, changes, summary, plan, context, cache_data)
+            registration = retrain_best(params_path, changes, summary.best, plan, context, cache_data)
         except BaseException as error:
             tracking.mark_failed(parent, killed=stopped_from_outside(error))
             raise
     text = notes.study_summary(summary, registration)
     tracking.finish_run(parent, text)
-    url = tracking.run_url(parent, opened["experiment_id"])
+    url = tracking.run_url(parent, plan.experiment_id)
     create_markdown_artifact(markdown=text, key="tuning-summary", description="kerasflow study")
     if url:
         create_link_artifact(url, link_text="MLflow study run", key="mlflow-study-run")
-    return {
-        **summary,
-        "registration": registration,
-        "run_url": url,
-        "experiment_id": opened["experiment_id"],
-        "tracking_uri": opened["uri"],
-    }
+    return StudyResult(summary, registration, plan.experiment_id, plan.tracking_uri, url)
 
 
 def read_task(context: Context) -> str:
@@ -528,38 +292,31 @@ def open_best_run(params: Params, context: Context, plan: StudyPlan, trial: int)
 def retrain_best(
     params_path: str,
     changes: dict[str, Any],
-    summary: dict[str, Any],
+    best: BestTrial,
     plan: StudyPlan,
     context: Context,
     cache_data: bool,
-) -> dict[str, Any]:
+) -> StudyRegistration:
     """Train, evaluate and register the best configuration, as a pipeline run (once per best trial: a study
     run again with no better trial does not register the same configuration twice)."""
     from kerasflow import tracking
     from tasks import tune
 
-    best = summary["best"]
     recorded = tracking.run_tags(plan.parent_run_id)
-    if recorded.get(REGISTERED_TRIAL) == str(best["trial"]):
-        logger.info("the best configuration (trial %d) is registered already; not retraining it", best["trial"])
-        return {**tracking.load_run_dict(plan.parent_run_id, "registration.json"), "reused": True}
-    params = best_params(params_path, changes, tune.decode(best["params"]))
+    if recorded.get(REGISTERED_TRIAL) == str(best.trial):
+        logger.info("the best configuration (trial %d) is registered already; not retraining it", best.trial)
+        found = StudyRegistration.from_dict(tracking.load_run_dict(plan.parent_run_id, "registration.json"))
+        return replace(found, reused=True)
+    params = best_params(params_path, changes, tune.decode(best.params))
     opening = task(open_best_run, name="open-mlflow-run", task_run_name="open-mlflow-run", cache_policy=NO_CACHE)
-    state = opening(params, context, plan, best["trial"], return_state=True)
+    state = opening(params, context, plan, best.trial, return_state=True)
     context = replace(context, run_id=state.result())
     try:
         _, _, results = run_stages(params, context, state, cache_data, names=MODEL_STAGES)
     except BaseException as error:
         tracking.mark_failed(context.run_id, killed=stopped_from_outside(error))
         raise
-    registered, evaluation = results["register"], results["evaluate"]
-    registration = {
-        **registered.to_dict(),
-        "pipeline_run_id": context.run_id,
-        "metrics": evaluation.test,
-        "baseline": evaluation.baseline,
-        "reused": False,
-    }
-    tracking.log_run_dict(plan.parent_run_id, registration, "registration.json")
-    tracking.set_run_tags(plan.parent_run_id, {REGISTERED_TRIAL: str(best["trial"])})
+    registration = StudyRegistration.of(results["register"], results["evaluate"], context.run_id)
+    tracking.log_run_dict(plan.parent_run_id, registration.to_dict(), "registration.json")
+    tracking.set_run_tags(plan.parent_run_id, {REGISTERED_TRIAL: str(best.trial)})
     return registration

@@ -11,7 +11,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kerasflow.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS
-from kerasflow.records import Evaluation, PipelineResult, PreprocessState, SliceScore, TrainingResult
+from kerasflow.records import (
+    Evaluation,
+    PipelineResult,
+    PreprocessState,
+    SliceScore,
+    StudyRegistration,
+    StudySummary,
+    TrainingResult,
+)
 
 FINAL_METRICS = (*CLASSIFICATION_METRICS, *REGRESSION_METRICS, "loss")
 
@@ -357,36 +365,36 @@ def flow_summary(result: PipelineResult, overrides: dict[str, Any], tags: dict[s
     return "\n".join(lines) + "\n"
 
 
-def study_summary(summary: dict[str, Any], registration: dict[str, Any]) -> str:
+def study_summary(summary: StudySummary, registration: StudyRegistration) -> str:
     """The study's account (the parent MLflow run's description, the Prefect artifact): the winner, how the trials
     ended, each trial, and what was registered."""
-    counts, best = summary["counts"], summary["best"]
-    objective = summary["objective"]
-    values = ", ".join(f"`{key}={value}`" for key, value in best["params"].items())
+    counts, best = summary.counts, summary.best
+    assert best is not None  # a study without a completed trial registers nothing
+    values = ", ".join(f"`{key}={value}`" for key, value in best.params.items())
     lines = [
-        f"# Tuning study `{summary['study']}`",
+        f"# Tuning study `{summary.study}`",
         "",
-        f"**Best:** trial {best['trial']}, {objective} {best['value']:.4g} ({summary['direction']}), with {values}.",
+        f"**Best:** trial {best.trial}, {summary.objective} {best.value:.4g} ({summary.direction}), with {values}.",
         "",
         f"Trials: {counts['complete']} complete, {counts['pruned']} pruned, {counts['failed']} failed.",
         "",
-        summary["table"],
+        summary.table,
         "",
     ]
-    if registration.get("reused"):
+    if registration.reused:
         lines.append(
-            f"The best configuration was registered already: `{registration['model_name']}` version "
-            f"{registration['version']} ({registration['alias']})."
+            f"The best configuration was registered already: `{registration.model_name}` version "
+            f"{registration.version} ({registration.alias})."
         )
     else:
         lines += [
-            f"Retrained with those values and registered: `{registration['model_name']}` version "
-            f"{registration['version']} → **{registration['alias']}**",
+            f"Retrained with those values and registered: `{registration.model_name}` version "
+            f"{registration.version} → **{registration.alias}**",
             "",
-            padded(metrics_table(registration["metrics"], registration["baseline"])),
+            padded(metrics_table(registration.metrics, registration.baseline)),
             "",
             "**Why:**",
-            *(f"- {reason}" for reason in registration["reasons"]),
+            *(f"- {reason}" for reason in registration.reasons),
         ]
-    lines += ["", f"Study storage: `{summary['storage']}` (Optuna)."]
+    lines += ["", f"Study storage: `{summary.storage}` (Optuna)."]
     return "\n".join(lines) + "\n"

@@ -602,6 +602,122 @@ class PipelineResult(Record):
         }
 
 
+# Tuning: a study's plan, its trials, its summary and what it registered.
+
+
+@dataclass(frozen=True)
+class StudyPlan(Record):
+    """What a trial needs to run anywhere (a Dask worker gets a pickled copy): the study, the MLflow
+    store and parent run, the params every trial starts from, and where the processed data is."""
+
+    study: str
+    storage: str
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    base: dict[str, Any]
+    processed_dir: Path
+
+
+@dataclass(frozen=True)
+class TrialResult(Record):
+    """How a trial ended: complete (with its value), pruned or failed (with why)."""
+
+    number: int
+    state: str
+    value: float | None
+    epochs: int
+    run_id: str
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class BestTrial(Record):
+    """The study's best trial: its number, its value of the objective and the values it tried."""
+
+    trial: int
+    value: float
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StudySummary(Record):
+    """The study after its trials (the parent MLflow run's record): how the trials ended, the best one, the
+    trials table (Markdown) and each searched key's importance."""
+
+    study: str
+    storage: str
+    parent_run_id: str
+    objective: str
+    direction: str
+    counts: dict[str, int]
+    best: BestTrial | None
+    table: str = ""
+    importances: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StudyRegistration(Record):
+    """What a study registered (the parent run's registration.json): the best configuration's registry version,
+    its test metrics beside the baseline's, and whether an earlier run of the study had registered it already."""
+
+    model_name: str
+    version: str
+    alias: str
+    reasons: list[str]
+    metrics: dict[str, float] = field(default_factory=dict)
+    baseline: dict[str, Any] = field(default_factory=dict)
+    pipeline_run_id: str | None = None
+    reused: bool = False
+    # The registration's whole record, as register wrote it (registration.json keeps every key).
+    record: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, registration: Registration, evaluation: Evaluation, pipeline_run_id: str) -> StudyRegistration:
+        return cls(
+            registration.model_name,
+            registration.version,
+            registration.alias,
+            registration.reasons,
+            evaluation.test,
+            evaluation.baseline,
+            pipeline_run_id,
+            record=registration.to_dict(),
+        )
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StudyRegistration:
+        """From registration.json, which holds the registration's own keys beside the study's."""
+        return from_dict(cls, {**data, "record": dict(data)})
+
+    def to_dict(self) -> dict[str, Any]:
+        found = {**self.record, **asdict(self)}
+        found.pop("record")
+        return found
+
+
+@dataclass(frozen=True)
+class StudyResult(Record):
+    """What a tuning run (`flows.tuning.tuning_pipeline`) returns: the study's summary, what it registered, and
+    where its parent MLflow run is."""
+
+    summary: StudySummary
+    registration: StudyRegistration
+    experiment_id: str
+    tracking_uri: str
+    run_url: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """As `kerasflow tune --json` prints it: the summary's keys, then the registration and the run's place."""
+        return {
+            **asdict(self.summary),
+            "registration": self.registration.to_dict(),
+            "run_url": self.run_url,
+            "experiment_id": self.experiment_id,
+            "tracking_uri": self.tracking_uri,
+        }
+
+
 # Drift: new rows against the training split (`kerasflow predict`'s <output>.drift.json; the drift event's payload).
 
 

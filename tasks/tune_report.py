@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +22,9 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from kerasflow.config import Params
 from kerasflow.plotting import pyplot, save_figure
+from kerasflow.records import BestTrial, StudyPlan, StudySummary
 
 logger = logging.getLogger(__name__)
 
@@ -205,3 +208,59 @@ def markdown_table(frame: pd.DataFrame, limit: int = 50) -> str:
     lines = ["| " + " | ".join(shown.columns) + " |", "|" + "---|" * len(shown.columns)]
     lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in shown.itertuples(index=False)]
     return "\n".join(lines)
+
+
+def summarize_study(params: Params, plan: StudyPlan) -> StudySummary:
+    """The parent run's record of the study: best value and params, counts, the trials table and the charts."""
+    import pandas as pd
+
+    from kerasflow import tracking
+    from tasks import tune
+
+    study = tune.load_study(params, plan.study, plan.storage)
+    trials = sorted(tune.counted_trials(study), key=lambda trial: trial.number)
+    keys = list(params.tune.space)
+    objective = tune.objective_name(params.tune)
+    direction = tune.direction(params.tune)
+    table = trials_table(study, keys)
+    counts = {state: int((table["state"] == state).sum()) for state in ("complete", "pruned", "failed")}
+    run_id = plan.parent_run_id
+    metrics = {f"trials_{state}": count for state, count in counts.items()}
+    metrics["epochs_total"] = float(pd.to_numeric(table["epochs"]).fillna(0).sum())
+    tags = {"tune.n_trials": str(params.tune.n_trials), "tune.parallelism": str(params.tune.parallelism)}
+    best = None
+    if counts["complete"]:
+        best = study.best_trial
+        metrics[f"best_{objective}"] = best.value
+        tags |= {"best.trial": str(best.number), "best.mlflow_run_id": str(best.user_attrs.get("mlflow_run_id"))}
+        tags |= {f"best.{key}": str(value) for key, value in best.params.items()}
+    tracking.log_run_metrics(run_id, metrics)
+    tracking.set_run_tags(run_id, tags)
+    found = importances(study)
+    with tempfile.TemporaryDirectory() as folder:
+        where = Path(folder)
+        table.to_csv(where / "trials.csv", index=False)
+        tracking.log_run_files(run_id, where / "trials.csv")
+        tracking.log_run_table(run_id, table.drop(columns=["note"]), "trials.json")
+        tracking.log_run_dict(run_id, {"best": best.params if best else None, "importances": found}, "study.json")
+        title = f"{params.register_.model_name}: {tune.watched_metric(params.tune)[0]} of every trial"
+        drawn = {
+            "validation_curves.png": plot_curves(
+                trials, tune.watched_metric(params.tune)[0], keys, where / "validation_curves.png", title
+            ),
+            "optimization_history.png": plot_history(study, objective, where / "optimization_history.png"),
+            "parallel_coordinates.png": plot_parallel(study, keys, objective, where / "parallel_coordinates.png"),
+            "param_importances.png": plot_importances(study, found, where / "param_importances.png"),
+        }
+        tracking.log_run_files(run_id, *(where / name for name, made in drawn.items() if made), folder="charts")
+    return StudySummary(
+        plan.study,
+        plan.storage,
+        run_id,
+        objective,
+        direction,
+        counts,
+        BestTrial(best.number, best.value, best.params) if best else None,
+        markdown_table(table),
+        found,
+    )

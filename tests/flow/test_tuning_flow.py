@@ -64,10 +64,10 @@ def test_a_grid_of_three_optimizers_is_one_parent_three_trials_and_one_version(p
     state = tuning_pipeline(params_path=str(project / "params.yaml"), overrides=overrides, return_state=True)
     assert state.is_completed(), state
     result = state.result()
-    assert result["counts"] == {"complete": 3, "pruned": 0, "failed": 0}
+    assert result.summary.counts == {"complete": 3, "pruned": 0, "failed": 0}
 
     client = use_store(project / "mlflow.db")
-    parent = client.get_run(result["parent_run_id"])
+    parent = client.get_run(result.summary.parent_run_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["kerasflow.kind"] == "study"
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     trials = [run for run in children if run.data.tags["kerasflow.kind"] == "trial"]
@@ -93,9 +93,9 @@ def test_a_grid_of_three_optimizers_is_one_parent_three_trials_and_one_version(p
     # One registry version, from the best run, tagged with the study.
     (version,) = client.search_model_versions("name = 'kerasflow-digits-cnn'")
     assert version.run_id == best.info.run_id
-    assert version.tags["kerasflow.study"] == result["study"]
+    assert version.tags["kerasflow.study"] == result.summary.study
     assert version.tags["kerasflow.study_run"] == parent.info.run_id
-    assert result["registration"]["alias"] == "champion"
+    assert result.registration.alias == "champion"
 
     # Prefect: the data stages once, the trials as tasks of a subflow, the summary artifact.
     subflows, task_runs, artifacts = prefect_records(str(state.state_details.flow_run_id))
@@ -107,11 +107,11 @@ def test_a_grid_of_three_optimizers_is_one_parent_three_trials_and_one_version(p
         "trial-2",
     ]
     summary = next(artifact for artifact in artifacts if artifact.key == "tuning-summary")
-    assert result["study"] in summary.data and winner in summary.data
+    assert result.summary.study in summary.data and winner in summary.data
 
     # The same study again: nothing left to run, the winner is registered already.
     again = tuning_pipeline(params_path=str(project / "params.yaml"), overrides=overrides)
-    assert again["counts"] == result["counts"] and again["registration"]["reused"]
+    assert again.summary.counts == result.summary.counts and again.registration.reused
     assert len(client.search_model_versions("name = 'kerasflow-digits-cnn'")) == 1
     assert len(client.search_runs([parent.info.experiment_id], "tags.`kerasflow.kind` = 'study'")) == 1
 
@@ -132,11 +132,11 @@ def test_tpe_with_median_pruning_stops_trials_that_trail(prefect_harness, projec
         "tune.space": {"model.optimizer.learning_rate": {"loguniform": [1.0e-7, 0.1]}},
     }
     result = tuning_pipeline(params_path=str(project / "params.yaml"), overrides=overrides)
-    counts = result["counts"]
+    counts = result.summary.counts
     assert counts["pruned"] >= 1 and counts["complete"] >= 2 and sum(counts.values()) == 8
 
     client = use_store(project / "mlflow.db")
-    children = client.search_runs(["1"], f"tags.mlflow.parentRunId = '{result['parent_run_id']}'")
+    children = client.search_runs(["1"], f"tags.mlflow.parentRunId = '{result.summary.parent_run_id}'")
     pruned = [run for run in children if run.data.tags.get("trial.state") == "pruned"]
     assert len(pruned) == counts["pruned"]
     for run in pruned:
@@ -145,7 +145,7 @@ def test_tpe_with_median_pruning_stops_trials_that_trail(prefect_harness, projec
         assert "trails the median" in run.data.tags["mlflow.note.content"]
     complete = [run for run in children if run.data.tags.get("trial.state") == "complete"]
     best = min(run.data.metrics["val_loss"] for run in complete)
-    assert result["best"]["value"] == pytest.approx(best)
+    assert result.summary.best.value == pytest.approx(best)
     assert all(run.data.metrics["epochs_trained"] < 5 for run in pruned)
 
 
@@ -159,12 +159,12 @@ def test_a_diverging_trial_is_recorded_as_failed_and_the_study_goes_on(prefect_h
         "tune.space": {"model.optimizer.learning_rate": {"choice": [0.05, 1.0e30]}},  # 1e30: NaN in the first epoch
     }
     result = tuning_pipeline(params_path=str(project / "params.yaml"), overrides=overrides)
-    assert result["counts"] == {"complete": 1, "pruned": 0, "failed": 1}
-    assert result["best"]["params"] == {"model.optimizer.learning_rate": 0.05}
-    assert result["registration"]["version"] == "1"
+    assert result.summary.counts == {"complete": 1, "pruned": 0, "failed": 1}
+    assert result.summary.best.params == {"model.optimizer.learning_rate": 0.05}
+    assert result.registration.version == "1"
 
     client = use_store(project / "mlflow.db")
-    children = client.search_runs(["1"], f"tags.mlflow.parentRunId = '{result['parent_run_id']}'")
+    children = client.search_runs(["1"], f"tags.mlflow.parentRunId = '{result.summary.parent_run_id}'")
     (failed,) = [run for run in children if run.data.tags.get("trial.state") == "failed"]
     assert failed.info.status == "FAILED" and failed.data.params["model.optimizer.learning_rate"] == "1e+30"
     assert "NaN" in failed.data.tags["mlflow.note.content"]
