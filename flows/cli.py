@@ -201,10 +201,9 @@ def predict(args: argparse.Namespace) -> int:
     overrides = parse_assignments(args.overrides)
     if not params_ok(args, overrides):
         return 2
-    from flows.prediction import predict_file
     from kerasflow.errors import ExpectedError
     from kerasflow.model_interface import ModelInputError
-    from tasks.predict import DriftError, InputFileError
+    from tasks.predict import DriftError, InputFileError, predict_file
 
     try:
         result = predict_file(args.input, args.output, args.model, args.params, overrides or None)

@@ -770,3 +770,31 @@ class DriftReport(Record):
             "columns": columns,
             "drifted": self.drifted,
         }
+
+
+def summary_line(report: DriftReport | None) -> str:
+    """`drift: rm PSI 3.41, zip unseen categories 12.0%` (or `drift: none past the thresholds`, or not checked for
+    a model without training statistics: `report` None)."""
+    if report is None:
+        return "drift: not checked (the model carries no training statistics)"
+    parts = [f"{name} {reasons}" for name, reasons in report.reasons()]
+    return "drift: " + ("; ".join(parts) if parts else "none past the thresholds")
+
+
+@dataclass(frozen=True)
+class PredictionResult(Record):
+    """Where the predictions went, what scored them, and the drift found."""
+
+    output: Path
+    rows: int
+    seconds: float
+    model_uri: str
+    model_name: str
+    model_version: str
+    drift: DriftReport | None  # None: the model carries no training statistics
+    drift_report: Path
+    run_id: str
+
+    @property
+    def summary(self) -> str:
+        return summary_line(self.drift)

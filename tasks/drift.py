@@ -276,15 +276,6 @@ class DriftCounter:
         return DriftReport(self.rows, self.statistics.rows, thresholds, columns)
 
 
-def summary_line(report: DriftReport | None) -> str:
-    """`drift: rm PSI 3.41, zip unseen categories 12.0%` (or `drift: none past the thresholds`, or not checked for
-    a model without training statistics: `report` None)."""
-    if report is None:
-        return "drift: not checked (the model carries no training statistics)"
-    parts = [f"{name} {reasons}" for name, reasons in report.reasons()]
-    return "drift: " + ("; ".join(parts) if parts else "none past the thresholds")
-
-
 def plot_drift(report: DriftReport, path: Any, title: str = "") -> None:
     """One bar per column (PSI for numbers, unseen share for categories), the thresholds drawn, drifted ones red."""
     from kerasflow.plotting import pyplot, save_figure

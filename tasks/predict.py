@@ -5,12 +5,17 @@ by the model's own pyfunc code (the raw-input conversion training used, which na
 and row of a value it cannot read), counted for drift against the training split, and appended
 to the output under a temporary name. Only a file scored to its last row is renamed into place:
 a failure, or drift with `fail_on_drift`, leaves nothing at the output path.
+
+`predict_file` is the whole job (`kerasflow predict`, the `batch-prediction` flow's task): the model from the
+registry, the scoring, the drift report and its plot (drawn once), the scoring's MLflow run and the events.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,11 +24,16 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from kerasflow.config import Params, load_params
 from kerasflow.errors import ExpectedError
 from kerasflow.model_interface import ModelInputError, ModelInputs
+from kerasflow.records import DriftReport, PredictionResult, summary_line
+from kerasflow.runtime import import_quietly
 from kerasflow.sources import IMAGE_SUFFIXES
 from kerasflow.tables import iter_frames
 from kerasflow.tables import writer as parquet_writer
+
+logger = logging.getLogger(__name__)
 
 
 class InputFileError(ExpectedError, ValueError):
@@ -271,3 +281,142 @@ def to_inputs(interface: Any, batch: Any, inputs: Any) -> Any:
         return interface.to_model_inputs(batch, inputs)
     except interface.ModelInputError as error:
         raise ModelInputError(str(error)) from None
+
+
+def resolve_model(params: Params, model_uri: str | None) -> str:
+    return model_uri or params.predict.model or f"models:/{params.register_.model_name}@champion"
+
+
+def predict_file(
+    input_path: str | Path,
+    output_path: str | Path | None = None,
+    model_uri: str | None = None,
+    params_path: str | Path = "params.yaml",
+    overrides: dict[str, Any] | None = None,
+) -> PredictionResult:
+    """Score `input_path` with the model (default: the champion) into `output_path`; check drift; record it.
+
+    Raises InputFileError (the file cannot be read, a column is missing, a value is not a number:
+    named), DriftError (drift with `predict.fail_on_drift`), or the MLflow error for a model that is
+    not there (tracking.ModelNotFound). Nothing is written at `output_path` unless every row was scored.
+    """
+    from kerasflow import tracking
+    from tasks.drift import DriftCounter, TrainingStatistics
+
+    params = load_params(params_path, overrides)
+    project_root = Path(params_path).resolve().parent
+    source = Path(input_path)
+    output = Path(output_path) if output_path else default_output(source)
+    if output.resolve() == source.resolve():
+        raise InputFileError(f"{output}: --output is the input file; predictions would overwrite it (choose another)")
+    tracking.configure(params.tracking, project_root)
+    uri = resolve_model(params, model_uri)
+    name, version, _ = tracking.registered_identity(uri) if uri.startswith("models:/") else (uri, "", None)
+    import_quietly("keras")  # TensorFlow's native start-up lines left out of the terminal
+    model = tracking.load_model(uri)
+    scorer = model.unwrap_python_model()
+    # Versions logged before models carried their training statistics have none: no drift check for them.
+    statistics = scorer.training_statistics() if hasattr(scorer, "training_statistics") else None
+    counter = DriftCounter(TrainingStatistics.from_dict(statistics), scorer.config.inputs) if statistics else None
+    started = time.perf_counter()
+    writer = score_file(
+        source,
+        output,
+        scorer,
+        {"model_name": name, "model_version": version},
+        params.predict.batch_rows,
+        counter,
+        params.predict.keep_columns,
+    )
+    seconds = time.perf_counter() - started
+    thresholds = params.predict.drift
+    drift = counter.report(thresholds.psi, thresholds.unseen_share, thresholds.missing_change) if counter else None
+    refused = bool(drift and drift.drifted) and params.predict.fail_on_drift
+    if refused:
+        writer.abort()
+    else:
+        writer.commit()
+    report_path = output.with_name(f"{output.stem}.drift.json")
+    run_id = record(params, project_root, uri, name, version, source, output, writer.rows, seconds, drift, report_path)
+    summary = summary_line(drift)
+    logger.info("scored %d rows with %s version %s in %.1f s; %s", writer.rows, name, version, seconds, summary)
+    if version:  # a registered model: tell Prefect (automations may retrain on drift)
+        announce(name, version, drift, source, writer.rows, run_id, report_path)
+    if refused:
+        raise DriftError(f"{source}: {summary}; predict.fail_on_drift is true, so no predictions were written")
+    return PredictionResult(output, writer.rows, seconds, uri, name, version, drift, report_path, run_id)
+
+
+def announce(
+    name: str, version: str, drift: DriftReport | None, source: Path, rows: int, run_id: str | None, report_path: Path
+) -> None:
+    """`kerasflow.prediction.completed`, and `kerasflow.drift.detected` when a column drifted (no-ops without a
+    Prefect API)."""
+    from kerasflow import events
+
+    drifted = bool(drift and drift.drifted)
+    if drifted:
+        payload = events.drift_payload(drift, str(source.resolve()), run_id, str(report_path.resolve()))
+        labels = {events.PREDICTION_RUN_LABEL: run_id} if run_id else {}
+        events.emit(events.DRIFT_DETECTED, name, version, payload, labels)
+    events.emit(
+        events.PREDICTION_COMPLETED,
+        name,
+        version,
+        {"rows": rows, "drift_found": drifted, "scored_file": str(source.resolve()), "prediction_run_id": run_id},
+    )
+
+
+def record(
+    params: Params,
+    project_root: Path,
+    uri: str,
+    name: str,
+    version: str,
+    source: Path,
+    output: Path,
+    rows: int,
+    seconds: float,
+    drift: DriftReport | None,
+    report_path: Path,
+) -> str:
+    """The drift report and its plot beside the output (drawn once, logged as they are), and a run in
+    `<experiment>-predictions`: model, rows, time, drift."""
+    from kerasflow import tracking
+    from kerasflow.config import TrackingParams
+    from kerasflow.io import write_json
+    from tasks.drift import plot_drift
+
+    plot_path = report_path.with_suffix(".png")
+    if drift:
+        write_json(report_path, drift.to_dict())
+        plot_drift(drift, plot_path, title=f"{source.name} against {name} v{version}'s training split")
+    experiment = TrackingParams(experiment=f"{params.tracking.experiment}-predictions")
+    experiment_id = tracking.configure(
+        experiment.model_copy(update={"tracking_uri": params.tracking.tracking_uri}), project_root
+    )
+    run_name = f"predict-{name}-v{version}-{time.strftime('%Y%m%d-%H%M%S')}"
+    with tracking.open_run(experiment_id, run_name=run_name) as run_id:
+        tracking.tag(
+            {
+                **tracking.source_tags(),
+                "registry.model": name,
+                "registry.version": version,
+                "predict.drift": summary_line(drift),
+                "mlflow.note.content": f"Scored `{source}` ({rows:,} rows) with `{uri}` (version {version}) into "
+                f"`{output}`.\n\n{summary_line(drift)}\n",
+            }
+        )
+        tracking.log_params({"model_uri": uri, "input": str(source), "output": str(output)})
+        metrics = {"rows": rows, "seconds": seconds, "rows_per_second": rows / seconds if seconds else 0.0}
+        metrics["drifted_columns"] = len(drift.drifted) if drift else 0
+        for column, entry in (drift.columns if drift else {}).items():
+            # Column names may hold characters MLflow refuses in a metric name (spaces are fine, `(` or `é` not).
+            if entry.psi is not None:
+                metrics[tracking.metric_key(f"psi/{column}")] = entry.psi
+            if entry.unseen_share is not None:
+                metrics[tracking.metric_key(f"unseen_share/{column}")] = entry.unseen_share
+        tracking.log_metrics(metrics)
+        if drift:
+            tracking.log_files(report_path, plot_path, folder="drift")
+    return run_id

@@ -40,10 +40,10 @@ def test_batch_prediction_scores_with_the_champion_and_publishes_the_drift(prefe
     )
     assert state.is_completed(), state
     result = state.result()
-    assert result["rows"] == 200 and result["model"] == f"mixed version {version}"
+    assert result.rows == 200 and (result.model_name, result.model_version) == ("mixed", version)
     scored = pd.read_csv(tmp_path / "new.predictions.csv")
     assert len(scored) == 200 and set(scored["label"]) <= {0, 1} and np.all(scored["model_version"] == int(version))
-    assert result["summary"].startswith("drift: size PSI")
+    assert result.summary.startswith("drift: size PSI")
 
     async def artifacts():
         async with get_client() as client:
@@ -66,8 +66,8 @@ def test_batch_prediction_scores_with_the_champion_and_publishes_the_drift(prefe
             break
         time.sleep(1)
     drift = sent[events.DRIFT_DETECTED]
-    assert drift.resource[events.PREDICTION_RUN_LABEL] == result["run_id"]
-    assert drift.payload["prediction_run_id"] == result["run_id"] and list(drift.payload["drifted"]) == ["size"]
+    assert drift.resource[events.PREDICTION_RUN_LABEL] == result.run_id
+    assert drift.payload["prediction_run_id"] == result.run_id and list(drift.payload["drifted"]) == ["size"]
     assert drift.payload["drifted"]["size"]["psi"] > 0.2 and drift.payload["scored_file"].endswith("new.csv")
     assert drift.payload["reason"].startswith("column `size` (PSI ")
     related = {item.id for item in drift.related}

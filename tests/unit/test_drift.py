@@ -7,13 +7,13 @@ import pandas as pd
 import pytest
 
 from kerasflow.model_interface import InputColumn, ModelInputs
+from kerasflow.records import summary_line
 from tasks.drift import (
     DriftCounter,
     DriftReport,
     TrainingStatistics,
     beyond_noise,
     psi,
-    summary_line,
     training_statistics,
 )
 

@@ -190,7 +190,7 @@ def test_a_corrupt_image_is_named_by_its_path_and_nothing_is_dropped(tmp_path):
 def test_an_output_that_is_the_input_is_refused_and_the_input_kept(tmp_path):
     from pathlib import Path
 
-    from flows.prediction import predict_file
+    from tasks.predict import predict_file
 
     rows(5).to_csv(tmp_path / "new.csv", index=False)
     before = (tmp_path / "new.csv").read_text()
