@@ -330,7 +330,7 @@ def reproduce(model_uri: str, project: Path, tolerance: float = DEFAULT_TOLERANC
         verdict = compare(record, checkout, tolerance)
     verdict.warnings = warnings
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    tracking.set_run_tags(record.run_id, {"reproduced": f"{stamp}: {verdict.summary()}"})
+    tracking.set_tags(record.run_id, {"reproduced": f"{stamp}: {verdict.summary()}"})
     return verdict
 
 

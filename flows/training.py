@@ -269,7 +269,7 @@ def training_pipeline(
         previous = open_run_task()(params, context, return_state=True)
         context = replace(context, run_id=previous.result())
         if started_by:
-            tracking.set_run_tags(context.run_id, started_by.tags())
+            tracking.set_tags(context.run_id, started_by.tags())
             get_run_logger().info("this run was started by an automation: %s", started_by.description)
         try:
             context, _, results = run_stages(params, context, previous, cache_data)

@@ -127,7 +127,7 @@ def begin_study_run(params: Params, project_root: Path, workdir: Path, name: str
         "tune.warmup_epochs": settings.warmup_epochs,
         "tune.startup_trials": settings.startup_trials,
     }
-    tracking.log_params({key: str(value) for key, value in {**fixed, **searched}.items()}, run_id)
+    tracking.log_params(run_id, {key: str(value) for key, value in {**fixed, **searched}.items()})
     return run_id
 
 
@@ -305,7 +305,7 @@ def retrain_best(
     recorded = tracking.run_tags(plan.parent_run_id)
     if recorded.get(REGISTERED_TRIAL) == str(best.trial):
         logger.info("the best configuration (trial %d) is registered already; not retraining it", best.trial)
-        found = StudyRegistration.from_dict(tracking.load_run_dict(plan.parent_run_id, "registration.json"))
+        found = StudyRegistration.from_dict(tracking.load_dict(plan.parent_run_id, "registration.json"))
         return replace(found, reused=True)
     params = best_params(params_path, changes, tune.decode(best.params))
     opening = task(open_best_run, name="open-mlflow-run", task_run_name="open-mlflow-run", cache_policy=NO_CACHE)
@@ -317,6 +317,6 @@ def retrain_best(
         tracking.mark_failed(context.run_id, killed=stopped_from_outside(error))
         raise
     registration = StudyRegistration.of(results["register"], results["evaluate"], context.run_id)
-    tracking.log_run_dict(plan.parent_run_id, registration.to_dict(), "registration.json")
-    tracking.set_run_tags(plan.parent_run_id, {REGISTERED_TRIAL: str(best.trial)})
+    tracking.log_dict(plan.parent_run_id, registration.to_dict(), "registration.json")
+    tracking.set_tags(plan.parent_run_id, {REGISTERED_TRIAL: str(best.trial)})
     return registration

@@ -242,8 +242,8 @@ def is_secret(name: str) -> bool:
     return any(marker in name.upper() for marker in SECRET_MARKERS)
 
 
-def log_params(flat_params: dict[str, Any], run_id: str | None = None) -> None:
-    """Log flattened params (to the active run, or `run_id`), leaving out anything named like a secret."""
+def log_params(run_id: str, flat_params: dict[str, Any]) -> None:
+    """Log flattened params to the run, leaving out anything named like a secret."""
     # Empty values say nothing and show as blanks in the UI: left out.
     safe = {name: value for name, value in flat_params.items() if not is_secret(name) and value is not None}
     mlflow.log_params(safe, run_id=run_id)
@@ -741,40 +741,6 @@ def log_split(path: Path, name: str, rows: int, schema: Any, context: str) -> An
     return dataset
 
 
-# On the open run (inside `open_run`): what the stages record.
-
-
-def tag(tags: dict[str, str]) -> None:
-    mlflow.set_tags(tags)
-
-
-def log_param(key: str, value: Any) -> None:
-    mlflow.log_param(key, value)
-
-
-def log_files(*paths: Path, folder: str | None = None) -> None:
-    """Each file as an artifact of the run (in `folder`)."""
-    for path in paths:
-        mlflow.log_artifact(str(path), artifact_path=folder)
-
-
-def log_text(text: str, name: str) -> None:
-    mlflow.log_text(text, name)
-
-
-def log_metrics(values: dict[str, float]) -> None:
-    mlflow.log_metrics({key: float(value) for key, value in values.items()})
-
-
-def log_dict(payload: dict[str, Any], name: str) -> None:
-    mlflow.log_dict(payload, name)
-
-
-def log_table(frame: Any, name: str) -> None:
-    """A table artifact the MLflow UI shows as one (a pandas DataFrame)."""
-    mlflow.log_table(frame, name)
-
-
 def current_uri() -> str:
     """The tracking URI in use (after `configure`)."""
     return mlflow.get_tracking_uri()
@@ -813,12 +779,6 @@ def start_child_run(experiment_id: str, name: str, tags: dict[str, str]) -> str:
     return MlflowClient().create_run(experiment_id, run_name=name, tags=tags).info.run_id
 
 
-def log_run_metrics(run_id: str, metrics: dict[str, float]) -> None:
-    client = MlflowClient()
-    for name, value in metrics.items():
-        client.log_metric(run_id, name, float(value))
-
-
 def finish_run(run_id: str, note: str | None = None, failed: bool = False) -> None:
     """Close a run by id, FINISHED (or FAILED), with `note` as its description."""
     client = MlflowClient()
@@ -848,28 +808,52 @@ def reopen_run(experiment_id: str, run_id: str) -> None:
             client.set_terminated(run.info.run_id, status="KILLED")
 
 
-def log_run_files(run_id: str, *paths: Path, folder: str | None = None) -> None:
+# Recording on a run, addressed by its id: the stage's open run, a study's parent run, a trial's, a pipeline run
+# from outside it. (Only the model and the datasets are logged to the active run, as MLflow's APIs for them want.)
+
+# MLflow takes at most this many tags in one request.
+TAGS_PER_REQUEST = 100
+
+
+def set_tags(run_id: str, tags: dict[str, Any]) -> None:
+    from mlflow.entities import RunTag
+
+    items = [RunTag(key, str(value)) for key, value in tags.items()]
+    for start in range(0, len(items), TAGS_PER_REQUEST):
+        MlflowClient().log_batch(run_id, tags=items[start : start + TAGS_PER_REQUEST])
+
+
+def log_metrics(run_id: str, values: dict[str, float]) -> None:
+    """Single-valued metrics (step 0), in one request."""
+    from mlflow.entities import Metric
+
+    timestamp = int(time.time() * 1000)
+    metrics = [Metric(key, float(value), timestamp, 0) for key, value in values.items()]
+    MlflowClient().log_batch(run_id, metrics=metrics)
+
+
+def log_files(run_id: str, *paths: Path, folder: str | None = None) -> None:
+    """Each file as an artifact of the run (in `folder`)."""
     client = MlflowClient()
     for path in paths:
         client.log_artifact(run_id, str(path), folder)
 
 
-def log_run_table(run_id: str, frame: Any, name: str) -> None:
-    MlflowClient().log_table(run_id, frame, name)
+def log_text(run_id: str, text: str, name: str) -> None:
+    MlflowClient().log_text(run_id, text, name)
 
 
-def log_run_dict(run_id: str, payload: dict[str, Any], name: str) -> None:
+def log_dict(run_id: str, payload: dict[str, Any], name: str) -> None:
     MlflowClient().log_dict(run_id, payload, name)
 
 
-def load_run_dict(run_id: str, name: str) -> dict[str, Any]:
+def load_dict(run_id: str, name: str) -> dict[str, Any]:
     return mlflow.artifacts.load_dict(f"runs:/{run_id}/{name}")
 
 
-def set_run_tags(run_id: str, tags: dict[str, str]) -> None:
-    client = MlflowClient()
-    for key, value in tags.items():
-        client.set_tag(run_id, key, value)
+def log_table(run_id: str, frame: Any, name: str) -> None:
+    """A table artifact the MLflow UI shows as one (a pandas DataFrame)."""
+    MlflowClient().log_table(run_id, frame, name)
 
 
 def describe_run(run_id: str, decision: dict[str, Any] | None = None) -> None:

@@ -397,7 +397,8 @@ def record(
     )
     run_name = f"predict-{name}-v{version}-{time.strftime('%Y%m%d-%H%M%S')}"
     with tracking.open_run(experiment_id, run_name=run_name) as run_id:
-        tracking.tag(
+        tracking.set_tags(
+            run_id,
             {
                 **tracking.source_tags(),
                 "registry.model": name,
@@ -405,9 +406,9 @@ def record(
                 "predict.drift": summary_line(drift),
                 "mlflow.note.content": f"Scored `{source}` ({rows:,} rows) with `{uri}` (version {version}) into "
                 f"`{output}`.\n\n{summary_line(drift)}\n",
-            }
+            },
         )
-        tracking.log_params({"model_uri": uri, "input": str(source), "output": str(output)})
+        tracking.log_params(run_id, {"model_uri": uri, "input": str(source), "output": str(output)})
         metrics = {"rows": rows, "seconds": seconds, "rows_per_second": rows / seconds if seconds else 0.0}
         metrics["drifted_columns"] = len(drift.drifted) if drift else 0
         for column, entry in (drift.columns if drift else {}).items():
@@ -416,7 +417,7 @@ def record(
                 metrics[tracking.metric_key(f"psi/{column}")] = entry.psi
             if entry.unseen_share is not None:
                 metrics[tracking.metric_key(f"unseen_share/{column}")] = entry.unseen_share
-        tracking.log_metrics(metrics)
+        tracking.log_metrics(run_id, metrics)
         if drift:
-            tracking.log_files(report_path, plot_path, folder="drift")
+            tracking.log_files(run_id, report_path, plot_path, folder="drift")
     return run_id

@@ -66,7 +66,7 @@ def run_trial(plan: StudyPlan, number: int, trial_id: int, values: dict[str, Any
     state, value, note = "failed", None, ""
     try:
         data = fit.load_training_data(plan.processed_dir)
-        tracking.log_params(tracking.training_params(params, data.state), run_id)
+        tracking.log_params(run_id, tracking.training_params(params, data.state))
         tune.check_metric(params.tune, data.state.task)
         watched, sign = tune.watched_metric(params.tune)
         state_rows = data.state.rows
@@ -161,11 +161,11 @@ def close_trial_run(run_id: str, params: Params, state: str, value: float | None
 
     name = tune.objective_name(params.tune)
     finite = value is not None and math.isfinite(value)
-    tracking.log_run_metrics(run_id, {name: value, "epochs_trained": epochs} if finite else {"epochs_trained": epochs})
+    tracking.log_metrics(run_id, {name: value, "epochs_trained": epochs} if finite else {"epochs_trained": epochs})
     outcome = {
         "complete": f"complete: {name} {value:.4g} after {epochs} epoch(s)" if value is not None else "complete",
         "pruned": f"pruned: {note}",
         "failed": f"failed: {note}",
     }[state]
-    tracking.set_run_tags(run_id, {"trial.state": state})
+    tracking.set_tags(run_id, {"trial.state": state})
     tracking.finish_run(run_id, f"Tuning trial, {outcome}.", failed=state == "failed")

@@ -234,15 +234,15 @@ def summarize_study(params: Params, plan: StudyPlan) -> StudySummary:
         metrics[f"best_{objective}"] = best.value
         tags |= {"best.trial": str(best.number), "best.mlflow_run_id": str(best.user_attrs.get("mlflow_run_id"))}
         tags |= {f"best.{key}": str(value) for key, value in best.params.items()}
-    tracking.log_run_metrics(run_id, metrics)
-    tracking.set_run_tags(run_id, tags)
+    tracking.log_metrics(run_id, metrics)
+    tracking.set_tags(run_id, tags)
     found = importances(study)
     with tempfile.TemporaryDirectory() as folder:
         where = Path(folder)
         table.to_csv(where / "trials.csv", index=False)
-        tracking.log_run_files(run_id, where / "trials.csv")
-        tracking.log_run_table(run_id, table.drop(columns=["note"]), "trials.json")
-        tracking.log_run_dict(run_id, {"best": best.params if best else None, "importances": found}, "study.json")
+        tracking.log_files(run_id, where / "trials.csv")
+        tracking.log_table(run_id, table.drop(columns=["note"]), "trials.json")
+        tracking.log_dict(run_id, {"best": best.params if best else None, "importances": found}, "study.json")
         title = f"{params.register_.model_name}: {tune.watched_metric(params.tune)[0]} of every trial"
         drawn = {
             "validation_curves.png": plot_curves(
@@ -252,7 +252,7 @@ def summarize_study(params: Params, plan: StudyPlan) -> StudySummary:
             "parallel_coordinates.png": plot_parallel(study, keys, objective, where / "parallel_coordinates.png"),
             "param_importances.png": plot_importances(study, found, where / "param_importances.png"),
         }
-        tracking.log_run_files(run_id, *(where / name for name, made in drawn.items() if made), folder="charts")
+        tracking.log_files(run_id, *(where / name for name, made in drawn.items() if made), folder="charts")
     return StudySummary(
         plan.study,
         plan.storage,

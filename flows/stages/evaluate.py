@@ -72,10 +72,10 @@ def run(params: Params, context: Context) -> Evaluation:
     plot_slices(result.slices, result.primary_metric, pictures[-1])
     write_slices(result.slices, layout.plots_dir / "slices.csv")
     with tracking.open_run(experiment_id, run_id=trained.run_id) as run_id:
-        record(layout, state, config, result, per_class, pictures, trained.model_id)
+        record(run_id, layout, state, config, result, per_class, pictures, trained.model_id)
         # The metrics file is written last: it is what register (and dvc metrics) read.
         result.write(layout.metrics)
-        tracking.log_files(layout.metrics)
+        tracking.log_files(run_id, layout.metrics)
         tracking.describe_run(run_id)
     champion_score = result.champion_rescored
     versus = champion_score.summary(result.primary_metric) if champion_score else "no champion yet"
@@ -244,6 +244,7 @@ def score(
 
 
 def record(
+    run_id: str,
     layout: Layout,
     state: PreprocessState,
     config: ModelConfig,
@@ -263,7 +264,7 @@ def record(
     finals = {f"test_{name}": value for name, value in result.test.items()}
     finals.update({f"baseline_{name}": value for name, value in result.baseline.items() if name != "name"})
     finals.update({f"reference_{name}": value for name, value in (result.reference or {}).items() if name != "name"})
-    tracking.log_param("evaluate.baseline_rows_used", result.baseline_rows)
+    tracking.log_params(run_id, {"evaluate.baseline_rows_used": result.baseline_rows})
     for label, scores in per_class.items():
         # A section of their own in the MLflow UI's charts: per_class/f1_3, per_class/precision_3, ...
         finals.update(
@@ -271,18 +272,20 @@ def record(
         )
     finals.update(evidence_metrics(result))
     tracking.log_model_metrics(finals, model_id, dataset=test)
-    tracking.tag({"baseline.model": result.baseline["name"], "evaluate.primary_metric": result.primary_metric})
+    tracking.set_tags(
+        run_id, {"baseline.model": result.baseline["name"], "evaluate.primary_metric": result.primary_metric}
+    )
     if result.reference:
-        tracking.tag({"reference.model": result.reference["name"]})
+        tracking.set_tags(run_id, {"reference.model": result.reference["name"]})
     # Each comparison in words on the run: `compare.baseline`, `compare.champion`.
-    tracking.tag({f"compare.{name}": found.sentence() for name, found in comparisons_of(result).items()})
+    tracking.set_tags(run_id, {f"compare.{name}": found.sentence() for name, found in comparisons_of(result).items()})
     if result.slices:
         table = pd.DataFrame([entry.to_dict() for entry in result.slices]).round(4)
-        tracking.log_table(table, "slices.json")
+        tracking.log_table(run_id, table, "slices.json")
     if per_class:
         table = pd.DataFrame.from_dict(per_class, orient="index").rename_axis("class").reset_index()
-        tracking.log_table(table, "per_class_scores.json")
-    tracking.log_files(*pictures, layout.history, folder="plots")
+        tracking.log_table(run_id, table, "per_class_scores.json")
+    tracking.log_files(run_id, *pictures, layout.history, folder="plots")
 
 
 def comparisons_of(result: Evaluation) -> dict[str, Comparison]:

@@ -62,9 +62,11 @@ def run(params: Params, context: Context) -> Registration:
             tracking.describe_logged_model(trained.model_id, description)
             tracking.apply_decision(name, version, decision, description, trained.artifacts_sha256)
         payload = registration.to_dict()
-        tracking.tag({"registry.model": name, "registry.version": version, "registry.alias": decision.alias})
-        tracking.log_dict(payload, "registration.json")
-        tracking.log_text(description, "model_card.md")
+        tracking.set_tags(
+            run_id, {"registry.model": name, "registry.version": version, "registry.alias": decision.alias}
+        )
+        tracking.log_dict(run_id, payload, "registration.json")
+        tracking.log_text(run_id, description, "model_card.md")
         write_text(layout.model_card, description)
         write_json(layout.registration, payload)
         tracking.describe_run(run_id, payload)

@@ -74,10 +74,10 @@ def train_and_publish(params: Params, context: Context) -> TrainingResult:
     setup = build_setup(params.model, params.train, params.seed, data)
     experiment_id = tracking.configure(params.tracking, context.project_root)
     with tracking.open_run(experiment_id, run_id=context.run_id, system_metrics=True) as run_id:
-        record_run(params, context, data, setup)
+        record_run(run_id, params, context, data, setup)
         history = fit_resuming(params, context, data, setup, run_id)
         best = best_epoch(params.train, history)
-        logged = publish(params, layout, data, setup, epochs=len(history))
+        logged = publish(run_id, params, layout, data, setup, epochs=len(history))
         tracking.log_model_metrics(
             {"epochs_trained": len(history), "best_epoch": best, "roundtrip_max_abs_diff": logged.difference},
             logged.model_id,
@@ -159,14 +159,15 @@ def run_workers(params: Params, context: Context) -> TrainingResult:
     return TrainingResult.read(layout.run_file)
 
 
-def record_run(params: Params, context: Context, data: TrainingData, setup: ModelSetup) -> None:
+def record_run(run_id: str, params: Params, context: Context, data: TrainingData, setup: ModelSetup) -> None:
     """Params that apply to this data, lineage (git, data hash, orchestrator, source, user), the devices and
     the training and validation splits as datasets, on the active MLflow run."""
     state = data.state
     rows = state.rows
     sizes = f"{sum(rows.values()):,} rows: train {rows['train']:,}, val {rows['val']:,}, test {rows['test']:,}"
     stopping = params.train.early_stopping
-    tracking.tag(
+    tracking.set_tags(
+        run_id,
         {
             **tracking.lineage_tags(context.project_root),
             "registry.model": params.register_.model_name,
@@ -179,14 +180,14 @@ def record_run(params: Params, context: Context, data: TrainingData, setup: Mode
             **{f"data.note.{name}": note for name, note in state.notes.items()},
             "train.restored_best": str(stopping.enabled and stopping.restore_best_weights),
             **{f"train.{key}": str(value) for key, value in {**device_summary(), **setup.plan.to_dict()}.items()},
-        }
+        },
     )
-    tracking.log_params(tracking.training_params(params, state))
-    tracking.log_text(yaml.safe_dump(params.to_dict(), sort_keys=False), "params.yaml")
+    tracking.log_params(run_id, tracking.training_params(params, state))
+    tracking.log_text(run_id, yaml.safe_dump(params.to_dict(), sort_keys=False), "params.yaml")
     # What `kerasflow reproduce` needs besides the commit and the data's hash: the raw data's description and
     # the schema validate checked it against.
     records = (context.layout.raw_meta, context.layout.schema)
-    tracking.log_files(*(record for record in records if record.is_file()), folder="lineage")
+    tracking.log_files(run_id, *(record for record in records if record.is_file()), folder="lineage")
     schema = tracking.input_schema(state.model_config(fixed_threshold(params.model.decision_threshold)))
     for name, context_name in (("train", "training"), ("val", "validation")):
         tracking.log_split(layout_split_file(context.layout, name), name, rows[name], schema, context_name)
@@ -248,7 +249,9 @@ class LoggedModel:
     difference: float
 
 
-def publish(params: Params, layout: Layout, data: TrainingData, setup: ModelSetup, epochs: int) -> LoggedModel:
+def publish(
+    run_id: str, params: Params, layout: Layout, data: TrainingData, setup: ModelSetup, epochs: int
+) -> LoggedModel:
     """Save the model files and log the MLflow model, named after the workload.
 
     models/ appears whole, and only once the logged model, loaded back through MLflow from the
@@ -256,9 +259,9 @@ def publish(params: Params, layout: Layout, data: TrainingData, setup: ModelSetu
     register checks that the version it registers has those same files).
     """
     model, state = local_copy(params.model, setup), data.state
-    config = state.model_config(decision_threshold(params, data, model))
+    config = state.model_config(decision_threshold(run_id, params, data, model))
     example = raw_example(first_rows(data.val), state.inputs)
-    write_model_summary(model, layout.model_summary)
+    write_model_summary(run_id, model, layout.model_summary)
     checkpoint = best_weights_path(stage_backup(params, layout, state.data_md5))
     with atomic_dir(layout.models_dir) as folder:
         model.save(folder / layout.model_file.name)
@@ -289,7 +292,7 @@ def publish(params: Params, layout: Layout, data: TrainingData, setup: ModelSetu
     return LoggedModel(info.model_uri, info.model_id, digest, difference)
 
 
-def decision_threshold(params: Params, data: TrainingData, model: keras.Model) -> float:
+def decision_threshold(run_id: str, params: Params, data: TrainingData, model: keras.Model) -> float:
     """model.decision_threshold, or (auto, two classes) the one that scores best on the validation split."""
     setting = params.model.decision_threshold
     if setting != "auto" or data.state.n_classes != 2:
@@ -302,15 +305,15 @@ def decision_threshold(params: Params, data: TrainingData, model: keras.Model) -
     threshold = choose_threshold(data.val.labels(), outputs, metric)
     logger.info("decision threshold %.4g: the best on the validation split for %s", threshold,
                 metric if metric == "accuracy" else "macro F1")  # fmt: skip
-    tracking.log_param("model.decision_threshold_chosen", threshold)
+    tracking.log_params(run_id, {"model.decision_threshold_chosen": threshold})
     return threshold
 
 
-def write_model_summary(model: keras.Model, path: Path) -> None:
+def write_model_summary(run_id: str, model: keras.Model, path: Path) -> None:
     lines: list[str] = []
     model.summary(print_fn=lambda line, *args, **kwargs: lines.append(line))
     write_text(path, "\n".join(lines) + "\n")
-    tracking.log_files(path)
+    tracking.log_files(run_id, path)
 
 
 def write_history(layout: Layout, history: pd.DataFrame) -> None:

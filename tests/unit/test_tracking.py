@@ -53,7 +53,7 @@ def test_unreachable_store_is_named(tmp_path, monkeypatch):
 def test_secrets_are_not_logged(mlflow_store, tmp_path):
     experiment_id = tracking.configure(TrackingParams(), tmp_path)
     with tracking.open_run(experiment_id) as run_id:
-        tracking.log_params({"train.epochs": 3, "storage.api_key": "s3cr3t", "db.PASSWORD": "x", "none": None})
+        tracking.log_params(run_id, {"train.epochs": 3, "storage.api_key": "s3cr3t", "db.PASSWORD": "x", "none": None})
     logged = mlflow.MlflowClient().get_run(run_id).data.params
     assert logged == {"train.epochs": "3"}  # no secrets, and no empty values
 
