@@ -26,8 +26,8 @@ from pydantic import (
 from kerasflow.errors import ConfigError
 from kerasflow.layers import AUGMENTATION_LAYERS, LAYER_TYPES, MERGE_LAYERS
 from kerasflow.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS
-from kerasflow.overrides import apply_overrides
-from kerasflow.sources import SOURCES
+from kerasflow.overrides import apply_overrides, flatten
+from kerasflow.sources import SOURCES, source_of
 
 # The optimizers a params file may name: Keras knows them by these names.
 OptimizerName = Literal["sgd", "adam", "adamw", "rmsprop", "adagrad", "adadelta"]
@@ -645,3 +645,24 @@ def with_paths_from(params: Params, folder: Path) -> Params:
         backbone = model.backbone.model_copy(update={"weights": absolute(model.backbone.weights)})
         model = model.model_copy(update={"backbone": backbone})
     return params.model_copy(update={"ingest": ingest, "model": model})
+
+
+def applicable_params(params: Params, state: Any) -> dict[str, Any]:
+    """The flattened params that apply to this run's data (`state`: preprocess's record of it), as a run logs
+    them: none of another source's, a binary decision threshold only for two classes, text settings only with a
+    text column, fine-tuning only with a backbone."""
+    flat = flatten(params.to_dict())
+    skip = ["tune.", "predict.", *source_of(params.ingest).unused_params]
+    if state.n_classes != 2:
+        skip.append("model.decision_threshold")
+    if not any(entry.kind == "text" for entry in state.inputs.columns):
+        skip.append("preprocess.text.")
+    if not any(entry.kind == "categorical" for entry in state.inputs.columns):
+        skip += ["preprocess.categorical_encoding", "preprocess.max_categories"]
+    if state.task != "regression":
+        skip.append("preprocess.scale_target")
+    if params.model.backbone is None:
+        skip.append("train.fine_tune.")
+    if params.train.early_stopping.enabled is False:
+        skip += [f"train.early_stopping.{key}" for key in ("monitor", "patience", "min_delta", "restore_best_weights")]
+    return {name: value for name, value in flat.items() if not any(name.startswith(prefix) for prefix in skip)}

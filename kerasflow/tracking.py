@@ -24,9 +24,7 @@ from mlflow.tracking import MlflowClient
 from kerasflow.config import Params, TrackingParams
 from kerasflow.errors import ExpectedError, write_error
 from kerasflow.model_interface import ModelConfig, model_outputs
-from kerasflow.overrides import flatten
 from kerasflow.runtime import redact_credentials as redacted  # the one redaction, shared with the log filter
-from kerasflow.sources import source_of
 
 logger = logging.getLogger(__name__)
 
@@ -697,26 +695,6 @@ def round_trip_difference(model_path: str | Path, example: Any, expected: Any, c
     loaded = mlflow.pyfunc.load_model(str(model_path))
     outputs = model_outputs(loaded.predict(example), config)
     return float(np.max(np.abs(outputs - np.asarray(expected, dtype="float32").reshape(outputs.shape))))
-
-
-def training_params(params: Params, state: Any) -> dict[str, Any]:
-    """The flattened params that apply to this run's data: none of another source's, a binary decision
-    threshold only for two classes, text settings only with a text column, fine-tuning only with a backbone."""
-    flat = flatten(params.to_dict())
-    skip = ["tune.", "predict.", *source_of(params.ingest).unused_params]
-    if state.n_classes != 2:
-        skip.append("model.decision_threshold")
-    if not any(entry.kind == "text" for entry in state.inputs.columns):
-        skip.append("preprocess.text.")
-    if not any(entry.kind == "categorical" for entry in state.inputs.columns):
-        skip += ["preprocess.categorical_encoding", "preprocess.max_categories"]
-    if state.task != "regression":
-        skip.append("preprocess.scale_target")
-    if params.model.backbone is None:
-        skip.append("train.fine_tune.")
-    if params.train.early_stopping.enabled is False:
-        skip += [f"train.early_stopping.{key}" for key in ("monitor", "patience", "min_delta", "restore_best_weights")]
-    return {name: value for name, value in flat.items() if not any(name.startswith(prefix) for prefix in skip)}
 
 
 def input_schema(config: ModelConfig) -> Any:

@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from kerasflow.config import Params, parse_params
+from kerasflow.config import Params, applicable_params, parse_params
 from kerasflow.overrides import apply_overrides
 from kerasflow.records import StudyPlan, TrialResult
 from kerasflow.runtime import attach_to_prefect_logging, import_quietly, quiet_defaults
@@ -66,7 +66,7 @@ def run_trial(plan: StudyPlan, number: int, trial_id: int, values: dict[str, Any
     state, value, note = "failed", None, ""
     try:
         data = fit.load_training_data(plan.processed_dir)
-        tracking.log_params(run_id, tracking.training_params(params, data.state))
+        tracking.log_params(run_id, applicable_params(params, data.state))
         tune.check_metric(params.tune, data.state.task)
         watched, sign = tune.watched_metric(params.tune)
         state_rows = data.state.rows

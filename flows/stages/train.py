@@ -22,7 +22,7 @@ import yaml
 
 from flows.stages import Context
 from kerasflow import tracking
-from kerasflow.config import Params
+from kerasflow.config import Params, applicable_params
 from kerasflow.io import atomic_dir, atomic_path, read_json, write_json, write_text
 from kerasflow.layout import Layout
 from kerasflow.records import TrainingResult
@@ -182,7 +182,7 @@ def record_run(run_id: str, params: Params, context: Context, data: TrainingData
             **{f"train.{key}": str(value) for key, value in {**device_summary(), **setup.plan.to_dict()}.items()},
         },
     )
-    tracking.log_params(run_id, tracking.training_params(params, state))
+    tracking.log_params(run_id, applicable_params(params, state))
     tracking.log_text(run_id, yaml.safe_dump(params.to_dict(), sort_keys=False), "params.yaml")
     # What `kerasflow reproduce` needs besides the commit and the data's hash: the raw data's description and
     # the schema validate checked it against.
