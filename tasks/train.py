@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -156,58 +157,19 @@ def train_model(
     if len(train_split) == 0 or len(val_split) == 0:
         raise ValueError("train and validation splits must not be empty")
     keras.utils.set_random_seed(seed)
-    backup = Backup(backup_dir) if backup_dir is not None else None
-    train_split, val_split = in_memory(train_split, params), in_memory(val_split, params)
-    buffer = params.shuffle_buffer
-    if spans_workers(model):
-        strategy = model.distribute_strategy
-        assert isinstance(train_split, ParquetSplit) and isinstance(val_split, ParquetSplit)
-        train_data = sharded_dataset(strategy, train_split, inputs, params, params.shuffle, seed, class_weight)
-        val_data = sharded_dataset(strategy, val_split, inputs, params, False, seed)
-        class_weight = None  # in the workers' datasets, as sample weights
-    else:
-        train_data = make_dataset(train_split, inputs, params.batch_size, params.shuffle, seed, shuffle_buffer=buffer)
-        val_data = make_dataset(val_split, inputs, params.batch_size, False, seed)
-    injected = [*callbacks, EpochProgress(params.epochs + (params.fine_tune.epochs if fine_tune else 0), label)]
-
-    def fit(phase: str, first_epoch: int, epochs: int, checkpoint: Path | None) -> dict[str, list[float]]:
-        history = model.fit(
-            train_data,
-            validation_data=val_data,
-            initial_epoch=first_epoch,
-            epochs=epochs,
-            callbacks=training_callbacks(
-                params,
-                checkpoint,
-                backup.phase_dir(phase) if backup else None,
-                injected,
-                backup.epoch_log if backup else None,
-            ),
-            class_weight=class_weight,
-            shuffle=False,  # The tf.data pipeline shuffles.
-            verbose=0,
-        )
-        # BackupAndRestore leaves a restored start epoch on the model; the next phase sets its own.
-        model._initial_epoch = None
-        return {name: [float(value) for value in values] for name, values in history.history.items()}
-
-    head_epochs = backup.head_epochs() if backup else None
-    if head_epochs is None:
-        result = fit("head", 0, params.epochs, checkpoint_path)
-        head_epochs = (backup.completed_epochs() if backup else 0) or len(result.get("loss", []))
-        if backup:
-            backup.finish_head(model, head_epochs)
-    else:
-        # The first phase finished in an earlier attempt: start fine-tuning from its final weights. (The
-        # optimizer is built as fit would have, so the saved model carries a complete training state.)
-        model.load_weights(backup.head_weights)
-        model.optimizer.build(model.trainable_variables)
-        result = {}
-    if params.fine_tune.epochs and fine_tune is not None:
-        fine_tune(model)
-        more = fit("fine_tune", head_epochs, head_epochs + params.fine_tune.epochs, None)
-        for name, values in more.items():
-            result.setdefault(name, []).extend(values)
+    train_data, val_data, class_weight = training_datasets(
+        model, train_split, val_split, inputs, params, seed, class_weight
+    )
+    phases = Phases(
+        model,
+        train_data,
+        val_data,
+        params,
+        Backup(backup_dir) if backup_dir is not None else None,
+        [*callbacks, EpochProgress(params.epochs + (params.fine_tune.epochs if fine_tune else 0), label)],
+        class_weight,
+    )
+    result = phases.run(checkpoint_path, fine_tune)
     if spans_workers(model):
         # Every worker logs this; the launcher checks they agree (tasks/cluster.py).
         logger.info("final weights sha256 %s", weights_digest(model))
@@ -221,3 +183,84 @@ def train_model(
         f"{losses[-1]:.4f}" if losses else "n/a",
     )
     return result
+
+
+def training_datasets(
+    model: keras.Model,
+    train_split: DataSource,
+    val_split: DataSource,
+    inputs: ModelInputs,
+    params: TrainParams,
+    seed: int,
+    class_weight: dict[int, float] | None,
+) -> tuple[Any, Any, dict[int, float] | None]:
+    """Step one: the training and validation `tf.data` pipelines (read into memory when small enough), each
+    worker's shard when the model spans workers (the class weights then ride in the data as sample weights, so
+    the class weights `fit` gets are None)."""
+    train_split, val_split = in_memory(train_split, params), in_memory(val_split, params)
+    if spans_workers(model):
+        strategy = model.distribute_strategy
+        assert isinstance(train_split, ParquetSplit) and isinstance(val_split, ParquetSplit)
+        train_data = sharded_dataset(strategy, train_split, inputs, params, params.shuffle, seed, class_weight)
+        return train_data, sharded_dataset(strategy, val_split, inputs, params, False, seed), None
+    buffer = params.shuffle_buffer
+    train_data = make_dataset(train_split, inputs, params.batch_size, params.shuffle, seed, shuffle_buffer=buffer)
+    return train_data, make_dataset(val_split, inputs, params.batch_size, False, seed), class_weight
+
+
+@dataclass
+class Phases:
+    """Step two: `model.fit` phase by phase (the head, then fine-tuning), each resumable from its backup."""
+
+    model: keras.Model
+    train_data: Any
+    val_data: Any
+    params: TrainParams
+    backup: Backup | None
+    callbacks: list[keras.callbacks.Callback]
+    class_weight: dict[int, float] | None
+
+    def run(self, checkpoint: Path | None, fine_tune: Callable[[keras.Model], None] | None) -> dict[str, list[float]]:
+        """The head (skipped when an earlier attempt finished it), then fine-tuning if asked; both phases' history."""
+        backup, params = self.backup, self.params
+        head_epochs = backup.head_epochs() if backup else None
+        if head_epochs is None:
+            result = self.fit("head", 0, params.epochs, checkpoint)
+            head_epochs = (backup.completed_epochs() if backup else 0) or len(result.get("loss", []))
+            if backup:
+                backup.finish_head(self.model, head_epochs)
+        else:
+            # The first phase finished in an earlier attempt: start fine-tuning from its final weights. (The
+            # optimizer is built as fit would have, so the saved model carries a complete training state.)
+            self.model.load_weights(backup.head_weights)  # type: ignore[union-attr]
+            self.model.optimizer.build(self.model.trainable_variables)
+            result = {}
+        if params.fine_tune.epochs and fine_tune is not None:
+            fine_tune(self.model)
+            more = self.fit("fine_tune", head_epochs, head_epochs + params.fine_tune.epochs, None)
+            for name, values in more.items():
+                result.setdefault(name, []).extend(values)
+        return result
+
+    def fit(self, phase: str, first_epoch: int, epochs: int, checkpoint: Path | None) -> dict[str, list[float]]:
+        """One phase's `model.fit`, from `first_epoch` to `epochs`; its per-epoch history."""
+        backup = self.backup
+        history = self.model.fit(
+            self.train_data,
+            validation_data=self.val_data,
+            initial_epoch=first_epoch,
+            epochs=epochs,
+            callbacks=training_callbacks(
+                self.params,
+                checkpoint,
+                backup.phase_dir(phase) if backup else None,
+                self.callbacks,
+                backup.epoch_log if backup else None,
+            ),
+            class_weight=self.class_weight,
+            shuffle=False,  # The tf.data pipeline shuffles.
+            verbose=0,
+        )
+        # BackupAndRestore leaves a restored start epoch on the model; the next phase sets its own.
+        self.model._initial_epoch = None
+        return {name: [float(value) for value in values] for name, values in history.history.items()}
