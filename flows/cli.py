@@ -73,7 +73,9 @@ def report(result: PipelineResult) -> str:
         versus += ")" if versus else ""
         lines.append(f"  test {name:<10} {value:.4f}{versus}")
     if reference:
-        lines.append(f"  reference       {reference['name']} (scikit-learn, default settings) on the same rows")
+        lines.append(
+            f"  reference       {result.evaluation.reference_name} (scikit-learn, default settings) on the same rows"
+        )
     lines += evidence_lines(result.evaluation, result.min_slice_rows)
     lines += [
         f"  registered      {registration.model_name} version {registration.version} -> {registration.alias}",

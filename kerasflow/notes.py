@@ -206,7 +206,7 @@ def model_card(facts: CardFacts) -> str:
     for found in comparisons.values():
         lines.append(f"- The candidate {found.sentence()}.")
     if evaluation.reference:
-        lines.append(f"- Reference: {evaluation.reference['name']} (scikit-learn, default settings) on the same rows.")
+        lines.append(f"- Reference: {evaluation.reference_name} (scikit-learn, default settings) on the same rows.")
     if len(evaluation.slices) > 1:
         lines += ["", "## Slices", "", slice_table(evaluation.slices), ""]
         weakest = weakest_slice(evaluation, facts.min_slice_rows)
@@ -350,7 +350,7 @@ def flow_summary(result: PipelineResult, overrides: dict[str, Any], tags: dict[s
         "",
         *([f"**Why it ran:** {tags['kerasflow.trigger.reason']}", ""] if tags.get("kerasflow.trigger.reason") else []),
         evidence_table(evaluation),
-        f"\nBaseline: {evaluation.baseline['name']}, on the same {evaluation.test_rows} test rows.",
+        f"\nBaseline: {evaluation.baseline_name}, on the same {evaluation.test_rows} test rows.",
         *(slices if len(evaluation.slices) > 1 else []),
         "",
         "**Why:**",

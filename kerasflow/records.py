@@ -416,8 +416,8 @@ class Evaluation(Record):
     task: str
     primary_metric: str
     test: dict[str, float]
-    # The scikit-learn baseline's metrics on the same rows, and its `name`.
-    baseline: dict[str, Any]
+    # The scikit-learn baseline's metrics on the same rows (its name: `baseline_name`).
+    baseline: dict[str, float]
     baseline_rows: int
     beats_baseline: bool
     test_rows: int
@@ -426,14 +426,17 @@ class Evaluation(Record):
     best_epoch: int | None = None
     # None: there was no champion when evaluate ran.
     champion_rescored: ChampionScore | None = None
-    # The strong reference's metrics on the same rows and its `name` (evaluate.reference; None: not fitted).
-    reference: dict[str, Any] | None = None
+    # The strong reference's metrics on the same rows (evaluate.reference; None: not fitted).
+    reference: dict[str, float] | None = None
     # The 95 % interval [low, high] of the model's primary metric (the bootstrap over the test rows).
     interval: list[float | None] | None = None
     # The candidate against the `baseline` and the `reference` on the same resamples.
     comparisons: dict[str, Comparison] = field(default_factory=dict)
     # The primary metric per slice of the test rows (the first: all rows), evaluate.slices.
     slices: list[SliceScore] = field(default_factory=list)
+    # Which scikit-learn models the baseline and the reference are (on disk, as the `name` in their metrics).
+    baseline_name: str = ""
+    reference_name: str | None = None
 
     @property
     def beats_reference(self) -> bool | None:
@@ -458,8 +461,13 @@ class Evaluation(Record):
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Evaluation:
         """From metrics.json, as this version writes it or an older one did (without intervals and slices). On
-        disk the slices are keyed `column=value` (flat for `dvc metrics show`), in order."""
-        return from_dict(cls, {**data, "slices": list((data.get("slices") or {}).values())})
+        disk the slices are keyed `column=value` (flat for `dvc metrics show`), in order, and the baseline's and the
+        reference's names are among their metrics."""
+        baseline = dict(data.get("baseline") or {})
+        reference = dict(data["reference"]) if data.get("reference") else None
+        names = {"baseline_name": baseline.pop("name", ""), "reference_name": (reference or {}).pop("name", None)}
+        slices = list((data.get("slices") or {}).values())
+        return from_dict(cls, {**data, "baseline": baseline, "reference": reference, "slices": slices, **names})
 
     def to_dict(self) -> dict[str, Any]:
         champion = self.champion_rescored.to_dict() if self.champion_rescored else None
@@ -468,7 +476,10 @@ class Evaluation(Record):
             "champion_rescored": champion,
             "comparisons": {name: value.to_dict() for name, value in self.comparisons.items()},
             "slices": {entry.key: entry.to_dict() for entry in self.slices},
+            "baseline": {"name": self.baseline_name, **self.baseline},
+            "reference": {"name": self.reference_name, **self.reference} if self.reference is not None else None,
         }
+        del found["baseline_name"], found["reference_name"]
         for optional in ("reference", "interval", "comparisons", "slices"):  # not measured: the file as before
             if not found[optional]:
                 found.pop(optional)
@@ -587,6 +598,7 @@ class PipelineResult(Record):
 
     def to_dict(self) -> dict[str, Any]:
         """As `kerasflow run --json` prints it."""
+        evaluation = self.evaluation.to_dict()
         return {
             "run_id": self.run_id,
             "run_url": self.run_url,
@@ -594,9 +606,10 @@ class PipelineResult(Record):
             "tracking_uri": self.tracking_uri,
             "workdir": self.workdir,
             "metrics": self.metrics,
-            "baseline": self.baseline,
-            "reference": self.reference,
-            "evaluation": self.evaluation.to_dict(),
+            # As in metrics.json: each with its `name`.
+            "baseline": evaluation["baseline"],
+            "reference": evaluation.get("reference") or {},
+            "evaluation": evaluation,
             "min_slice_rows": self.min_slice_rows,
             "registration": self.registration.to_dict(),
         }
@@ -680,7 +693,7 @@ class StudyRegistration(Record):
             registration.alias,
             registration.reasons,
             evaluation.test,
-            evaluation.baseline,
+            {"name": evaluation.baseline_name, **evaluation.baseline},  # as registration.json has had it
             pipeline_run_id,
             record=registration.to_dict(),
         )

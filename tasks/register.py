@@ -73,6 +73,7 @@ def decide(
         )
     if params.require_beat_reference:
         strong = reference_scores or {}
+        reference_name = (evidence.reference_name if evidence else None) or strong.get("name")
         if primary not in strong:
             checks["beats_reference"] = False
             reasons.append(
@@ -88,7 +89,7 @@ def decide(
             checks["beats_reference"] = ok
             verdict = "beats" if ok else "does not beat"
             reasons.append(
-                f"{primary} {value:.4f} {verdict} the reference's ({strong.get('name')}) "
+                f"{primary} {value:.4f} {verdict} the reference's ({reference_name}) "
                 f"{strong[primary]:.4f}{evidence_text}"
             )
     if params.require_beat_champion:

@@ -84,9 +84,9 @@ def run(params: Params, context: Context) -> Evaluation:
         "test %s %.4f (baseline %s %.4f%s) on %d rows; %s",
         result.primary_metric,
         result.score,
-        result.baseline["name"],
+        result.baseline_name,
         result.baseline[result.primary_metric],
-        f", reference {reference['name']} {reference[result.primary_metric]:.4f}" if reference else "",
+        f", reference {result.reference_name} {reference[result.primary_metric]:.4f}" if reference else "",
         result.test_rows,
         versus,
     )
@@ -207,7 +207,7 @@ def score(
         state.inputs,
         others_threshold,
     )
-    reference = None
+    reference, reference_name = None, None
     others = {"baseline": Scored(f"the baseline ({baseline_name})", baseline_out, others_threshold)}
     if params.evaluate.reference:
         found = reference_metrics(
@@ -222,7 +222,7 @@ def score(
             params.evaluate.batch_rows,
         )
         if found:
-            reference = {"name": found[0], **found[1]}
+            reference_name, reference = found[0], found[1]
             others["reference"] = Scored(f"the reference ({found[0]})", found[2], others_threshold)
     primary = primary_metric(params.evaluate, state.task)
     if primary not in scores:
@@ -233,12 +233,14 @@ def score(
         task=state.task,
         primary_metric=primary,
         test={**scores, "loss": float(test_loss)},
-        baseline={"name": baseline_name, **baseline},
+        baseline=dict(baseline),
         baseline_rows=len(sample),
         beats_baseline=is_better(primary, scores[primary], baseline[primary]),
         test_rows=len(y_test),
         decision_threshold=config.threshold if state.n_classes == 2 else None,
         reference=reference,
+        baseline_name=baseline_name,
+        reference_name=reference_name,
     )
     return evaluation, others
 
@@ -262,8 +264,8 @@ def record(
         "testing",
     )
     finals = {f"test_{name}": value for name, value in result.test.items()}
-    finals.update({f"baseline_{name}": value for name, value in result.baseline.items() if name != "name"})
-    finals.update({f"reference_{name}": value for name, value in (result.reference or {}).items() if name != "name"})
+    finals.update({f"baseline_{name}": value for name, value in result.baseline.items()})
+    finals.update({f"reference_{name}": value for name, value in (result.reference or {}).items()})
     tracking.log_params(run_id, {"evaluate.baseline_rows_used": result.baseline_rows})
     for label, scores in per_class.items():
         # A section of their own in the MLflow UI's charts: per_class/f1_3, per_class/precision_3, ...
@@ -273,10 +275,10 @@ def record(
     finals.update(evidence_metrics(result))
     tracking.log_model_metrics(finals, model_id, dataset=test)
     tracking.set_tags(
-        run_id, {"baseline.model": result.baseline["name"], "evaluate.primary_metric": result.primary_metric}
+        run_id, {"baseline.model": result.baseline_name, "evaluate.primary_metric": result.primary_metric}
     )
     if result.reference:
-        tracking.set_tags(run_id, {"reference.model": result.reference["name"]})
+        tracking.set_tags(run_id, {"reference.model": result.reference_name})
     # Each comparison in words on the run: `compare.baseline`, `compare.champion`.
     tracking.set_tags(run_id, {f"compare.{name}": found.sentence() for name, found in comparisons_of(result).items()})
     if result.slices:

@@ -121,7 +121,7 @@ def test_the_reason_reaches_the_run_the_version_and_the_prefect_summary():
     reason = f"retrained because column `area` (PSI 0.42) drifted in predictions run r1 (Prefect event {EVENT_ID})"
     tags = {"kerasflow.trigger.reason": reason, "registry.model": "houses"}
     assert f"- **Why it ran:** {reason}" in notes.run_description(tags, {})
-    evaluation = Evaluation("regression", "r2", {"r2": 0.9}, {"r2": 0.8, "name": "Ridge"}, 900, True, 90)
+    evaluation = Evaluation("regression", "r2", {"r2": 0.9}, {"r2": 0.8}, 900, True, 90, baseline_name="Ridge")
     decision = {"alias": "champion", "reasons": ["r2 0.9 beats the baseline's 0.8"]}
     run = {"run_id": "abc", "task": "regression", "source": "houses.csv", "why": reason}
     assert f"**Why it was trained:** {reason}." in notes.version_description(

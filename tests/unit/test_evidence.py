@@ -118,9 +118,9 @@ def test_the_model_card_says_how_sure_where_weak_and_why_in_tables_that_keep_the
         SliceScore("region", "south", 8, 1.0, 1.0, 1.0, 0.8, 0.8),
     ]
     evaluation = Evaluation(
-        "classification", "accuracy", {"accuracy": 0.85}, {"name": "LogisticRegression", "accuracy": 0.75}, 80,
+        "classification", "accuracy", {"accuracy": 0.85}, {"accuracy": 0.75}, 80,
         True, 20, champion_rescored=ChampionScore("3", test={"accuracy": 0.8}, test_rows=20, comparison=versus),
-        interval=[0.7, 1.0], slices=slices, epochs_trained=12, best_epoch=9,
+        interval=[0.7, 1.0], slices=slices, epochs_trained=12, best_epoch=9, baseline_name="LogisticRegression",
     )  # fmt: skip
     inputs = ModelInputs(
         "columns", (InputColumn("size", "size", "numeric"), InputColumn("region", "region", "categorical"))
