@@ -374,6 +374,9 @@ class EvaluateParams(_Section):
     baseline_rows: PositiveInt = 100_000
     # Rows of a split read at a time for the baseline, its sample and the champion's re-score.
     batch_rows: PositiveInt = 65_536
+    # Rows per batch when the trained model scores a split (the test split here, the validation split of a tuning
+    # trial): larger than training's batches for throughput; the scores do not depend on it.
+    batch_size: PositiveInt = 256
     # A strong reference beside the baseline: scikit-learn's HistGradientBoosting with default settings, fitted on
     # the baseline's rows (TF-IDF + logistic regression for text); reported, and gating only with
     # register.require_beat_reference.

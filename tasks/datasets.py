@@ -239,8 +239,8 @@ def _blocks(pool: tuple[Any, np.ndarray], order: np.ndarray, batch_size: int, la
         yield shaped(_take(pool, order[full:]), 1)
 
 
-# Rows per batch when a trained model scores (evaluate, the champion's re-score, tuning): larger than training's
-# batches for throughput; the scores do not depend on it.
+# Rows per batch when a trained model scores and no setting says otherwise (evaluate and tuning pass
+# evaluate.batch_size): larger than training's batches for throughput; the scores do not depend on it.
 SCORING_BATCH = 256
 
 

@@ -148,7 +148,7 @@ def objective_value(params: Params, data: Any, model: Any, history: Any) -> floa
     from tasks.evaluate import fixed_threshold, score_predictions
 
     state = data.state
-    outputs = predict(model, data.val, state.inputs)
+    outputs = predict(model, data.val, state.inputs, params.evaluate.batch_size)
     threshold = fixed_threshold(params.model.decision_threshold)
     scores = score_predictions(state.task, data.val.labels(), outputs, state.n_classes, threshold)
     return float(scores[metric])

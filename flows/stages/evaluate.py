@@ -55,7 +55,7 @@ def run(params: Params, context: Context) -> Evaluation:
     model = load_model_file(layout.model_file, compile=True)
     # The test rows stream through the model; their labels and the model's outputs are kept (one value or one
     # per class a row), for the metrics, the plots and ROC AUC.
-    outputs, y_test = predict(model, test_split, state.inputs), test_split.labels()
+    outputs, y_test = predict(model, test_split, state.inputs, params.evaluate.batch_size), test_split.labels()
     test_loss = compiled_loss(model, y_test, outputs)
     result, others = score(params, state, config, train_split, test_split, (y_test, outputs), test_loss)
     per_class = per_class_metrics(y_test, outputs, state.classes, config.threshold) if state.classes else {}
@@ -140,7 +140,8 @@ def against_new_champion(
     config = ModelConfig.from_dict(read_json(layout.model_config))
     model = load_model_file(layout.model_file, compile=False)
     y_test = test_split.labels()
-    candidate = Scored("the candidate", predict(model, test_split, state.inputs), config.threshold)
+    outputs = predict(model, test_split, state.inputs, params.evaluate.batch_size)
+    candidate = Scored("the candidate", outputs, config.threshold)
     version = champion.score.version
     rival = Scored(f"the champion (version {version})", champion.outputs, champion.threshold)
     rows = Evidence.draw(
