@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -251,9 +252,14 @@ def test_registrations_at_the_same_time_crown_the_best(tmp_path):
     champion read again inside the lock, so the best one ends as champion whatever order they finish in."""
     env = environment(tmp_path / "mlflow.db")
     gate = {"register.require_beat_baseline": False, "register.thresholds": {"r2": 0.0}}
-    projects = [project_params(tmp_path / f"p{epochs}", **{"train.epochs": epochs, **gate}) for epochs in (2, 6, 40)]
-    for params in projects:  # the same data and split; no champion yet when each evaluates
-        pipeline(params, env, stages=("ingest", "validate", "preprocess", "train", "evaluate"))
+    # The same data and split (prepared once, then copied); no champion yet when each evaluates.
+    upstream = project_params(tmp_path / "upstream", **gate)
+    pipeline(upstream, env, stages=("ingest", "validate", "preprocess"))
+    projects = []
+    for epochs in (2, 6, 40):
+        shutil.copytree(upstream.parent, tmp_path / f"p{epochs}")
+        projects.append(project_params(tmp_path / f"p{epochs}", **{"train.epochs": epochs, **gate}))
+        pipeline(projects[-1], env, stages=("train", "evaluate"))
     scores = {p: json.loads((p.parent / "reports" / "metrics.json").read_text())["test"]["r2"] for p in projects}
     assert len({round(value, 6) for value in scores.values()}) == 3, scores
     results = {}
