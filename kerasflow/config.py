@@ -284,6 +284,9 @@ class EarlyStoppingParams(_Section):
     restore_best_weights: bool = True
     # Epochs before stopping is considered (and before an epoch can be the best one kept).
     start_from_epoch: int = Field(0, ge=0)
+    # The model as training finds it (a fitted wide start, or the head before fine-tuning) is the first candidate,
+    # scored on the validation split before the first epoch: it is kept when no epoch beats it.
+    from_start: bool = False
 
 
 class ReduceLearningRateParams(_Section):

@@ -127,6 +127,11 @@ def best_epoch(train: TrainParams, history: pd.DataFrame) -> int:
     )
     values = watched[stopping.monitor]
     best = values.idxmin() if lower_is_better(stopping.monitor) else values.idxmax()
+    start = f"start_{stopping.monitor}"  # train.early_stopping.from_start: the phase's start is epoch 0 of it
+    if start in last_phase and last_phase[start].notna().any():
+        value, start_value = float(values.loc[best]), float(last_phase[start].dropna().iloc[0])
+        if (start_value <= value) if lower_is_better(stopping.monitor) else (start_value >= value):
+            return int(last_phase["epoch"].iloc[0]) - 1
     return int(last_phase.loc[best, "epoch"])
 
 

@@ -80,27 +80,62 @@ class EpochProgress(keras.callbacks.Callback):
         logger.info("%sepoch %d/%d  %s  (%.1f s)", self.prefix, epoch + 1, self.epochs, values, seconds)
 
 
+class EarlyStoppingFromStart(keras.callbacks.EarlyStopping):
+    """Keras' EarlyStopping whose first candidate is the model before its first epoch, scored on `val_data`
+    (`train.early_stopping.from_start`): a start that no epoch beats is what the model keeps. Each epoch's logs
+    carry the start's score as `start_<monitor>`, so the history (and `best_epoch`) can tell."""
+
+    def __init__(self, val_data: Any, **options: Any) -> None:
+        super().__init__(**options)
+        self.val_data = val_data
+        self.start: float | None = None
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        super().on_train_begin(logs)
+        scores = self.model.evaluate(self.val_data, verbose=0, return_dict=True)
+        name = self.monitor.removeprefix("val_")
+        if name in scores:
+            self._set_monitor_op()
+            self.start = self.best = float(scores[name])
+            self.best_weights = self.model.get_weights()
+            self.best_epoch = -1
+            logger.info("before the first epoch: %s %.4g, the first candidate", self.monitor, self.start)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if logs is not None and self.start is not None:
+            logs[f"start_{self.monitor}"] = self.start
+        super().on_epoch_end(epoch, logs)
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        if self.restore_best_weights and self.start is not None and self.best_epoch == -1:
+            logger.info("no epoch beat the start's %s %.4g: the start is kept", self.monitor, self.start)
+        super().on_train_end(logs)
+
+
 def training_callbacks(
     params: TrainParams,
     checkpoint_path: Path | None,
     backup_dir: Path | None,
     injected: Sequence[keras.callbacks.Callback] = (),
     epoch_log: Path | None = None,
+    val_data: Any = None,
 ) -> list[keras.callbacks.Callback]:
     """The callbacks params.yaml asks for, the caller's, then per-epoch log and backup (last, so an
     epoch is logged before the backup says it is done)."""
     callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN()]
     stopping = params.early_stopping
     if stopping.enabled:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(
-                monitor=stopping.monitor,
-                patience=stopping.patience,
-                min_delta=stopping.min_delta,
-                restore_best_weights=stopping.restore_best_weights,
-                start_from_epoch=stopping.start_from_epoch,
-            )
+        options = dict(
+            monitor=stopping.monitor,
+            patience=stopping.patience,
+            min_delta=stopping.min_delta,
+            restore_best_weights=stopping.restore_best_weights,
+            start_from_epoch=stopping.start_from_epoch,
         )
+        if stopping.from_start and val_data is not None and stopping.monitor.startswith("val_"):
+            callbacks.append(EarlyStoppingFromStart(val_data, **options))
+        else:
+            callbacks.append(keras.callbacks.EarlyStopping(**options))
     reduce = params.reduce_learning_rate
     if reduce.enabled:
         callbacks.append(
@@ -256,6 +291,7 @@ class Phases:
                 backup.phase_dir(phase) if backup else None,
                 self.callbacks,
                 backup.epoch_log if backup else None,
+                self.val_data,
             ),
             class_weight=self.class_weight,
             shuffle=False,  # The tf.data pipeline shuffles.

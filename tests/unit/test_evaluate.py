@@ -179,6 +179,17 @@ def test_plots_are_written(tmp_path):
         assert (tmp_path / name).read_bytes()[:8] == PNG
 
 
+def test_the_start_of_from_start_is_a_line_on_the_validation_loss_not_a_panel_of_its_own(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    lines = []
+    monkeypatch.setattr(matplotlib.axes.Axes, "axhline", lambda axis, y, **options: lines.append((y, options)))
+    history = pd.DataFrame({"epoch": [1, 2], "loss": [1.0, 0.5], "val_loss": [1.1, 0.7], "start_val_loss": [0.9, 0.9]})
+    plot_training_curves(history, tmp_path / "curves.png", best_epoch=0)
+    assert [(y, options["label"]) for y, options in lines] == [(0.9, "validation, at the start")]  # one panel: loss
+    assert (tmp_path / "curves.png").read_bytes()[:8] == PNG
+
+
 @pytest.mark.parametrize("threshold", [0.5, 0.99])
 def test_binary_curves_are_written(tmp_path, threshold):
     y = np.array([0, 0, 1, 1, 0, 1])

@@ -87,6 +87,49 @@ def test_early_stopping_stops_before_the_epoch_budget(cancer):
     assert len(history["loss"]) == 2
 
 
+@pytest.mark.parametrize("from_start", [True, False])
+def test_from_start_keeps_a_start_that_no_epoch_beats(cancer, from_start):
+    """A good start, then epochs at a learning rate that only makes it worse: with from_start the model keeps the
+    start (best epoch 0, the start's score in the history); without it, the least bad epoch."""
+    from tasks.fit import best_epoch
+
+    train_split, val_split = splits(cancer, 400)
+    spec = ModelParams.model_validate({"layers": []})
+    keras.utils.set_random_seed(0)
+    model = build_model(spec, cancer.data)
+    train_model(model, train_split, val_split, cancer.inputs, train_params(epochs=10), seed=0)
+    start = predict(model, val_split.x, cancer.inputs)
+    compile_model(model, spec, cancer.data, jit_compile=False, learning_rate=50.0)
+    stopping = {"patience": 2, "from_start": from_start}
+    params = TrainParams.model_validate({"epochs": 4, "checkpoint": False, "early_stopping": stopping})
+    history = train_model(model, train_split, val_split, cancer.inputs, params, seed=0)
+    frame = pd.DataFrame(history)
+    frame.insert(0, "epoch", range(1, len(frame) + 1))
+    kept = predict(model, val_split.x, cancer.inputs)
+    if from_start:
+        assert min(history["val_loss"]) > history["start_val_loss"][0]  # every epoch worse than the start
+        np.testing.assert_allclose(kept, start, rtol=1e-5, atol=1e-6)
+        assert best_epoch(params, frame) == 0
+    else:
+        assert "start_val_loss" not in history
+        assert not np.allclose(kept, start, rtol=1e-3)
+        assert best_epoch(params, frame) >= 1
+
+
+def test_from_start_is_not_kept_when_an_epoch_beats_it(cancer):
+    from tasks.fit import best_epoch
+
+    train_split, val_split = splits(cancer, 400)
+    keras.utils.set_random_seed(0)
+    model = make_model(cancer)
+    params = TrainParams.model_validate({"epochs": 5, "checkpoint": False, "early_stopping": {"from_start": True}})
+    history = train_model(model, train_split, val_split, cancer.inputs, params, seed=0)
+    frame = pd.DataFrame(history)
+    frame.insert(0, "epoch", range(1, len(frame) + 1))
+    assert min(history["val_loss"]) < history["start_val_loss"][0]  # a random start is beaten at once
+    assert best_epoch(params, frame) == int(np.argmin(history["val_loss"])) + 1
+
+
 def test_nan_loss_stops_training_with_a_clear_error(cancer):
     train_split, val_split = splits(cancer, 400)
     regression = model_state(cancer.inputs, "regression", 0, cancer.fitted)
