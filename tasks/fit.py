@@ -127,11 +127,17 @@ def best_epoch(train: TrainParams, history: pd.DataFrame) -> int:
     )
     values = watched[stopping.monitor]
     best = values.idxmin() if lower_is_better(stopping.monitor) else values.idxmax()
-    start = f"start_{stopping.monitor}"  # train.early_stopping.from_start: the phase's start is epoch 0 of it
+    start = f"start_{stopping.monitor}"  # train.early_stopping.from_start: the phase's start, kept if not beaten
     if start in last_phase and last_phase[start].notna().any():
         value, start_value = float(values.loc[best]), float(last_phase[start].dropna().iloc[0])
         if (start_value <= value) if lower_is_better(stopping.monitor) else (start_value >= value):
-            return int(last_phase["epoch"].iloc[0]) - 1
+            head = history.iloc[: len(history) - len(last_phase)]
+            if head.empty:
+                return 0  # the model as it was before training
+            # Fine-tuning kept the head it started from: the head phase's own best epoch.
+            return best_epoch(
+                train.model_copy(update={"fine_tune": train.fine_tune.model_copy(update={"epochs": 0})}), head
+            )
     return int(last_phase.loc[best, "epoch"])
 
 

@@ -130,6 +130,24 @@ def test_from_start_is_not_kept_when_an_epoch_beats_it(cancer):
     assert best_epoch(params, frame) == int(np.argmin(history["val_loss"])) + 1
 
 
+def test_a_fine_tuning_phase_that_beats_nothing_keeps_the_heads_best_epoch():
+    from tasks.fit import best_epoch
+
+    params = TrainParams.model_validate(
+        {"epochs": 4, "fine_tune": {"epochs": 2}, "early_stopping": {"from_start": True}}
+    )
+    history = pd.DataFrame(
+        {
+            "epoch": [1, 2, 3, 4, 5, 6],
+            "val_loss": [0.9, 0.5, 0.6, 0.7, 0.8, 0.9],  # the head's best is epoch 2; fine-tuning only worse
+            "start_val_loss": [1.2, 1.2, 1.2, 1.2, 0.5, 0.5],  # fine-tuning starts from the head's restored best
+        }
+    )
+    assert best_epoch(params, history) == 2
+    better = history.assign(val_loss=[0.9, 0.5, 0.6, 0.7, 0.4, 0.45])
+    assert best_epoch(params, better) == 5
+
+
 def test_nan_loss_stops_training_with_a_clear_error(cancer):
     train_split, val_split = splits(cancer, 400)
     regression = model_state(cancer.inputs, "regression", 0, cancer.fitted)
