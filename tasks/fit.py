@@ -20,7 +20,7 @@ import pandas as pd
 import tensorflow as tf
 
 from kerasflow.config import ModelParams, TrainParams
-from kerasflow.metrics import lower_is_better
+from kerasflow.metrics import is_better, lower_is_better
 from kerasflow.records import PreprocessState
 from kerasflow.runtime import set_seeds
 from tasks.accelerator import AcceleratorPlan, accelerator_plan, distribution_strategy, spans_workers
@@ -129,8 +129,8 @@ def best_epoch(train: TrainParams, history: pd.DataFrame) -> int:
     best = values.idxmin() if lower_is_better(stopping.monitor) else values.idxmax()
     start = f"start_{stopping.monitor}"  # train.early_stopping.from_start: the phase's start, kept if not beaten
     if start in last_phase and last_phase[start].notna().any():
-        value, start_value = float(values.loc[best]), float(last_phase[start].dropna().iloc[0])
-        if (start_value <= value) if lower_is_better(stopping.monitor) else (start_value >= value):
+        # Keras keeps the start unless an epoch is strictly better.
+        if not is_better(stopping.monitor, float(values.loc[best]), float(last_phase[start].dropna().iloc[0])):
             head = history.iloc[: len(history) - len(last_phase)]
             if head.empty:
                 return 0  # the model as it was before training
