@@ -175,23 +175,29 @@ def tune(args: argparse.Namespace) -> int:
     return 0
 
 
+# `kerasflow reproduce`'s exit code when the rebuild itself failed: never 1, which means "it did not match".
+REBUILD_FAILED = 3
+
+
 def reproduce(args: argparse.Namespace) -> int:
-    """`kerasflow reproduce`: rebuild a registered version from its record; exit 0 only if it matches."""
+    """`kerasflow reproduce`: rebuild a registered version from its record; exit 0 if it matches, 1 if it does
+    not, 2 if its record or data cannot be found, 3 if the rebuild failed (a crash is never a verdict)."""
     from kerasflow.config import ConfigError
     from kerasflow.runtime import configure_logging
 
     configure_logging()
     from flows.reproduce import ReproduceError, reproduce_in_project
-    from kerasflow.errors import ExpectedError
+    from kerasflow.errors import expected_message, is_expected
 
     try:
         verdict = reproduce_in_project(args.model_uri, args.params, args.tolerance)
     except (ConfigError, ReproduceError) as error:
         sys.stderr.write(f"kerasflow: {error}\n")
         return 2
-    except ExpectedError as error:  # the rebuild's own stages refused its data (named), or a store is down
-        sys.stderr.write(f"kerasflow: the rebuild of {args.model_uri} failed: {error}\n")
-        return 1
+    except Exception as error:  # its stages refused the data (named), a store is down, or kerasflow's own fault
+        why = expected_message(error) if is_expected(error) else f"{type(error).__name__}: {error}"
+        sys.stderr.write(f"kerasflow: the rebuild of {args.model_uri} failed: {why}\n")
+        return REBUILD_FAILED
     lines = [f"kerasflow: {args.model_uri} rebuilt from its record", "", verdict.table(), "", verdict.summary()]
     lines += [f"warning: {warning}" for warning in verdict.warnings]
     sys.stdout.write("\n".join(lines) + "\n")

@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from flows.stages import Context, build_stages
     from kerasflow.config import ConfigError, load_params
-    from kerasflow.layout import Layout
+    from kerasflow.layout import Layout, RunFolderBusy, run_folder_lock
 
     root = Path.cwd()
     layout = Layout(root)
@@ -137,7 +137,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ["KERASFLOW_DVC_STAGE"] = args.stage
     try:
-        by_name[args.stage].run(params, Context(layout, shared_root(root)))
+        # A `kerasflow run` in this folder (not --isolate) writes the same models/ and reports/: one at a time.
+        with run_folder_lock(root):
+            by_name[args.stage].run(params, Context(layout, shared_root(root)))
+    except RunFolderBusy as error:
+        logger.error("stage %s not started: %s", args.stage, error)
+        return 1
     except Exception as error:
         logger.error("stage %s failed: %s", args.stage, error, exc_info=logger.isEnabledFor(logging.DEBUG))
         return 1

@@ -8,10 +8,9 @@ FAILED in MLflow too.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,10 +23,9 @@ from prefect.utilities.annotations import quote
 
 from flows.stages import PROJECT_ROOT, Context, Stage, build_stages
 from kerasflow.config import Params, load_params
-from kerasflow.errors import ExpectedError
 from kerasflow.events import Trigger
 from kerasflow.io import file_md5
-from kerasflow.layout import Layout
+from kerasflow.layout import Layout, run_folder_lock
 from kerasflow.records import PipelineResult
 from kerasflow.runtime import attach_to_prefect_logging, import_quietly, quiet_defaults
 from kerasflow.sources import source_of
@@ -88,30 +86,8 @@ def cache_folder(stage: Stage, params: Params, context: Context) -> Path | None:
     return context.project_root / ".kerasflow" / "cache" / f"{stage.name}-{digest}"
 
 
-class RunFolderBusy(ExpectedError):
-    """Another pipeline run is writing into the same run folder (its models/ and reports/)."""
-
-
-@contextlib.contextmanager
-def run_folder_lock(root: Path) -> Iterator[None]:
-    """One pipeline run at a time per run folder: two runs in one folder would write each other's reports/ and
-    models/ and register each other's model. The second is refused at once, by name (as `dvc repro` refuses a
-    second run in one repository); a run folder of its own (--isolate) runs beside it."""
-    from filelock import FileLock, Timeout
-
-    lock = FileLock(str(root / ".kerasflow" / "run.lock"))
-    (root / ".kerasflow").mkdir(parents=True, exist_ok=True)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise RunFolderBusy(
-            f"{root}: another kerasflow run is writing its models/ and reports/ here; wait for it to finish, or "
-            "start this one with --isolate (a folder of its own under runs/)"
-        ) from None
-    try:
-        yield
-    finally:
-        lock.release()
+# What a second run in a busy run folder can do.
+ISOLATE_REMEDY = "wait for it to finish, or start this one with --isolate (a folder of its own under runs/)"
 
 
 def cached_raw_dir(params: Params, project_root: Path) -> Path | None:
@@ -265,7 +241,7 @@ def training_pipeline(
     project_root = Path(params_path).resolve().parent
     layout = Layout(run_folder(project_root, workdir, isolate), schema=project_root / "data" / "schema.json")
     context = Context(layout, project_root)
-    with run_folder_lock(layout.root):
+    with run_folder_lock(layout.root, ISOLATE_REMEDY):
         previous = open_run_task()(params, context, return_state=True)
         context = replace(context, run_id=previous.result())
         if started_by:

@@ -6,8 +6,12 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from kerasflow.errors import ExpectedError
 
 
 @dataclass(frozen=True)
@@ -116,3 +120,29 @@ class Layout:
     @property
     def model_card(self) -> Path:
         return self.reports_dir / "model_card.md"
+
+
+class RunFolderBusy(ExpectedError):
+    """Another pipeline run is writing into the same run folder (its models/ and reports/)."""
+
+
+@contextlib.contextmanager
+def run_folder_lock(root: Path, remedy: str = "wait for it to finish") -> Iterator[None]:
+    """One pipeline run at a time per run folder: two runs in one folder would write each other's reports/ and
+    models/ and register each other's model. A `kerasflow run` holds it for the whole run, a stage of `dvc repro`
+    while it runs; the second is refused at once, by name (as `dvc repro` refuses a second run in one repository)."""
+    from filelock import FileLock, Timeout
+
+    (root / ".kerasflow").mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(root / ".kerasflow" / "run.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise RunFolderBusy(
+            f"{root}: another run (a `kerasflow run`, or a stage of `dvc repro`) is writing its models/ and reports/ "
+            f"here; {remedy}"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()

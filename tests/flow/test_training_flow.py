@@ -118,11 +118,14 @@ def test_a_stage_that_fails_for_good_fails_the_flow_and_the_mlflow_run(prefect_h
 
 
 def test_a_second_run_in_the_same_folder_is_refused_by_name_and_an_isolated_one_is_not(tmp_path):
-    from flows.training import RunFolderBusy, run_folder_lock
     from kerasflow.errors import is_expected
+    from kerasflow.layout import RunFolderBusy, run_folder_lock
 
     with run_folder_lock(tmp_path):
-        with pytest.raises(RunFolderBusy, match=r"another kerasflow run is writing its models/ and reports/ here"):
+        with pytest.raises(
+            RunFolderBusy,
+            match=r"another run .* is writing its models/ and reports/ here; wait",
+        ):
             with run_folder_lock(tmp_path):
                 pass
         with run_folder_lock(tmp_path / "runs" / "flow-run-2"):  # --isolate: a folder of its own

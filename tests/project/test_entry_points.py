@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 
 import pytest
@@ -83,6 +84,29 @@ def test_unknown_stage_is_a_usage_error(project, capsys):
         "stage must be one of ['ingest', 'validate', 'preprocess', 'train', 'evaluate', 'register'], got 'deploy'"
         in (capsys.readouterr().err)
     )
+
+
+def test_a_dvc_stage_is_refused_by_name_while_a_run_writes_the_same_folder(project):
+    import subprocess
+    import sys
+
+    from kerasflow.layout import run_folder_lock
+
+    def stage():
+        command = [sys.executable, "-m", "flows.dvc_stage", "ingest"]
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+        return subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=300)
+
+    with run_folder_lock(project):  # as `kerasflow run` holds it for the whole run, in this folder
+        refused = stage()
+    assert refused.returncode == 1
+    assert "stage ingest not started" in refused.stderr
+    assert "another run (a `kerasflow run`, or a stage of `dvc repro`) is writing its models/" in refused.stderr
+    assert not (project / "data").exists()  # nothing written
+    with run_folder_lock(project / "runs" / "flow-run-1"):  # an --isolate run has a folder of its own
+        started = stage()
+    assert started.returncode == 0, started.stderr[-2000:]
+    assert (project / "data" / "raw" / "dataset.parquet").is_file()
 
 
 def test_the_flow_module_does_not_import_the_command_line_and_loads_once():
@@ -167,3 +191,23 @@ def test_a_layer_check_that_passed_is_not_paid_again_and_a_changed_spec_is_check
         assert dvc_stage.main(["ingest"]) == 2  # a failing spec leaves no marker: refused every time
         assert dvc_stage.main(["ingest"]) == 2
     assert len(list((project / ".kerasflow" / "checked").iterdir())) == 2
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (FileNotFoundError("data/raw/dataset.parquet: not found"), "failed: data/raw/dataset.parquet: not found"),
+        (TypeError("Can not safely convert int64 to float64"), "failed: TypeError: Can not safely convert int64"),
+    ],
+)
+def test_a_rebuild_that_fails_is_exit_3_never_the_mismatch_code(project, capsys, monkeypatch, error, expected):
+    import flows.reproduce
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(flows.reproduce, "reproduce_in_project", fail)
+    assert cli.main(["reproduce", "models:/digits/1"]) == cli.REBUILD_FAILED == 3
+    err = capsys.readouterr().err
+    assert err.startswith("kerasflow: the rebuild of models:/digits/1 ") and expected in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
