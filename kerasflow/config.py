@@ -288,6 +288,15 @@ class EarlyStoppingParams(_Section):
     # scored on the validation split before the first epoch: it is kept when no epoch beats it.
     from_start: bool = False
 
+    @model_validator(mode="after")
+    def _start_is_scored_on_the_validation_split(self) -> EarlyStoppingParams:
+        if self.from_start and not self.monitor.startswith("val_"):
+            raise ValueError(
+                f"from_start scores the start on the validation split: it needs a validation monitor "
+                f"(val_loss, val_accuracy, ...), not {self.monitor!r}"
+            )
+        return self
+
 
 class ReduceLearningRateParams(_Section):
     """Divide the learning rate when the validation loss stops improving (Keras' ReduceLROnPlateau)."""

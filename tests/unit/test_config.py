@@ -73,6 +73,10 @@ def test_shipped_params_are_valid():
         ({"train": {"fine_tune": {"layers": 0}}}, "train.fine_tune.layers: Input should be greater than 0"),
         ({"train": {"fine_tune": {"learning_rate": 0}}}, "train.fine_tune.learning_rate"),
         ({"train": {"deterministic": True, "jit_compile": True}}, "train: deterministic: true and jit_compile: true"),
+        (
+            {"train": {"early_stopping": {"from_start": True, "monitor": "loss"}}},
+            "train.early_stopping: from_start scores the start on the validation split: it needs a validation monitor",
+        ),
     ],
 )
 def test_bad_values_name_the_key(tree, expected):
