@@ -58,6 +58,11 @@ class Layout:
         return self.models_dir / "model.keras"
 
     @property
+    def test_outputs(self) -> Path:
+        # The final model's outputs on the test split and its test loss: train scores them, evaluate weighs them.
+        return self.models_dir / "test_outputs.npz"
+
+    @property
     def saved_model_dir(self) -> Path:
         # The TensorFlow SavedModel export, for TF Serving.
         return self.models_dir / "saved_model"

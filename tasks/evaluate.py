@@ -395,3 +395,21 @@ def plot_slices(slices: list[Any], metric: str, path: Path) -> None:
     figure.legend(*axis.get_legend_handles_labels(), loc="lower center", ncol=4, fontsize="small", frameon=False)
     figure.tight_layout(rect=(0, 0.45 / height, 1, 1))
     save_figure(figure, path)
+
+
+def save_test_outputs(path: Path, outputs: np.ndarray, loss: float) -> None:
+    """The final model's outputs on the test rows (one value, or one per class, a row) and its compiled test loss."""
+    np.savez(path, outputs=outputs, loss=np.float64(loss))
+
+
+def load_test_outputs(path: Path, rows: int) -> tuple[np.ndarray, float]:
+    """`save_test_outputs`' outputs and loss, for a test split of `rows` rows."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; run the train stage first (it scores the test split)")
+    with np.load(path, allow_pickle=False) as saved:
+        outputs, loss = saved["outputs"], float(saved["loss"])
+    if len(outputs) != rows:
+        raise FileNotFoundError(
+            f"{path} scores {len(outputs)} test rows and the test split has {rows}: run the train stage again"
+        )
+    return outputs, loss

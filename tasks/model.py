@@ -321,21 +321,3 @@ def compiled_loss(model: keras.Model, y: np.ndarray, outputs: np.ndarray) -> flo
     for rows labelled `y`: what `model.evaluate` reports, without a second pass of the rows through the model."""
     loss = model.compute_loss(x=None, y=y, y_pred=outputs, training=False)
     return float(keras.ops.convert_to_numpy(loss))
-
-
-def load_model_file(path: Path, compile: bool = False) -> keras.Model:
-    """Load a .keras file with Keras' safe mode: a model that would run code (a Lambda layer) is refused.
-
-    Without `compile`, the optimizer's state is not restored: predicting does not need it.
-    """
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; run the train stage first")
-    try:
-        return keras.saving.load_model(path, safe_mode=True, compile=compile)
-    except ValueError as error:
-        if "safe_mode" in str(error) or "Lambda" in str(error):
-            raise ValueError(
-                f"{path}: refused to load a model that carries Python code (e.g. a Lambda layer); "
-                "kerasflow loads models with safe_mode=True"
-            ) from error
-        raise

@@ -6,10 +6,11 @@ The stage map (start here):
     ingest      ingest.py       ingest.py (sources: kerasflow/sources.py)    data/raw/
     validate    validate.py     validate.py                                  reports/validation.json, data/schema.json
     preprocess  preprocess.py   preprocess.py, features.py, drift.py         data/processed/
-    train       train.py        model.py, fit.py, train.py, datasets.py,     models/, reports/history.csv
-                                accelerator.py, resume.py, wide_start.py
+    train       train.py        model.py, fit.py, train.py, datasets.py,     models/ (with the final model's
+                                accelerator.py, resume.py, wide_start.py     test outputs), reports/history.csv
                                 (cluster.py across workers)
     evaluate    evaluate.py     evaluate.py, evidence.py, champion.py        reports/metrics.json, reports/plots/
+                                (weighs train's test outputs: no TensorFlow unless a champion is re-scored)
     register    register.py     register.py                                  reports/registration.json, the registry
 
 Two front ends run this one list (`build_stages` below): the Prefect flow (flows/training.py, whose `as_task`

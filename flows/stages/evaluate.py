@@ -20,11 +20,11 @@ from kerasflow.model_interface import ModelConfig, predicted_classes
 from kerasflow.records import Comparison, Evaluation, PreprocessState, SliceScore, TrainingResult
 from kerasflow.tables import open_parquet
 from tasks.champion import Rescored, rescore_current
-from tasks.datasets import predict
 from tasks.evaluate import (
     baseline_metrics,
     baseline_sample,
     fixed_threshold,
+    load_test_outputs,
     per_class_metrics,
     plot_binary_curves,
     plot_confusion_matrix,
@@ -36,7 +36,6 @@ from tasks.evaluate import (
     score_predictions,
 )
 from tasks.evidence import Evidence, Scored, slice_labels
-from tasks.model import compiled_loss, load_model_file
 from tasks.preprocess import ParquetSplit, read_state, split_path, split_source
 
 logger = logging.getLogger(__name__)
@@ -52,11 +51,10 @@ def run(params: Params, context: Context) -> Evaluation:
     config = ModelConfig.from_dict(read_json(layout.model_config))
     train_split = split_source(layout.processed_dir, "train", state)
     test_split = split_source(layout.processed_dir, "test", state)
-    model = load_model_file(layout.model_file, compile=True)
-    # The test rows stream through the model; their labels and the model's outputs are kept (one value or one
-    # per class a row), for the metrics, the plots and ROC AUC.
-    outputs, y_test = predict(model, test_split, state.inputs, params.evaluate.batch_size), test_split.labels()
-    test_loss = compiled_loss(model, y_test, outputs)
+    # The model's outputs on the test rows (one value or one per class a row), which train scored, and their
+    # labels: for the metrics, the plots and ROC AUC.
+    y_test = test_split.labels()
+    outputs, test_loss = load_test_outputs(layout.test_outputs, len(y_test))
     result, others = score(params, state, config, train_split, test_split, (y_test, outputs), test_loss)
     per_class = per_class_metrics(y_test, outputs, state.classes, config.threshold) if state.classes else {}
     pictures = draw_plots(layout, params, state, config, y_test, outputs, trained.best_epoch)
@@ -132,15 +130,14 @@ def weigh(
 def against_new_champion(
     params: Params, layout: Layout, state: PreprocessState, evaluation: Evaluation, champion: Rescored
 ) -> Evaluation:
-    """The evaluation with a champion that changed since evaluate ran (register's re-score): the candidate
-    predicts the test rows again and is weighed against it on the same resamples and slices."""
+    """The evaluation with a champion that changed since evaluate ran (register's re-score): the candidate's test
+    outputs (train's) are weighed against it on the same resamples and slices."""
     if champion.outputs is None:
         return evaluation.with_champion(champion.score)
     test_split = split_source(layout.processed_dir, "test", state)
     config = ModelConfig.from_dict(read_json(layout.model_config))
-    model = load_model_file(layout.model_file, compile=False)
     y_test = test_split.labels()
-    outputs = predict(model, test_split, state.inputs, params.evaluate.batch_size)
+    outputs, _ = load_test_outputs(layout.test_outputs, len(y_test))
     candidate = Scored("the candidate", outputs, config.threshold)
     version = champion.score.version
     rival = Scored(f"the champion (version {version})", champion.outputs, champion.threshold)

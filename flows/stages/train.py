@@ -25,11 +25,11 @@ from kerasflow import tracking
 from kerasflow.config import Params, applicable_params
 from kerasflow.io import atomic_dir, atomic_path, read_json, write_json, write_text
 from kerasflow.layout import Layout
-from kerasflow.records import TrainingResult
+from kerasflow.records import PreprocessState, TrainingResult
 from tasks import cluster
 from tasks.accelerator import device_summary
 from tasks.datasets import predict, shard_steps
-from tasks.evaluate import choose_threshold, fixed_threshold, primary_metric
+from tasks.evaluate import choose_threshold, fixed_threshold, primary_metric, save_test_outputs
 from tasks.features import raw_example
 from tasks.fit import (
     ModelSetup,
@@ -41,7 +41,7 @@ from tasks.fit import (
     load_training_data,
     local_copy,
 )
-from tasks.model import export_for_serving
+from tasks.model import compiled_loss, export_for_serving
 from tasks.preprocess import read_state, split_path, split_source
 from tasks.resume import Backup, backup_folder, best_weights_path, finished_epochs, reconcile_backups, worker_backup
 
@@ -289,7 +289,18 @@ def publish(
                 f"the logged model's predictions differ from the trained model's by {difference:g} "
                 f"(tolerance {tolerance:g}); not publishing it"
             )
+        score_test_split(params, layout, state, model, folder / layout.test_outputs.name)
     return LoggedModel(info.model_uri, info.model_id, digest, difference)
+
+
+def score_test_split(params: Params, layout: Layout, state: PreprocessState, model: keras.Model, path: Path) -> None:
+    """The final model's outputs on the test split and its test loss, for evaluate. Scored here, once the model is
+    final and published, by the process that holds it: evaluate then needs no TensorFlow (it weighs outputs).
+    evaluate.batch_size is how many rows go through the model at a time, not what they score, so it is not one of
+    train's DVC params (a params file need not name it)."""
+    test_split = split_source(layout.processed_dir, "test", state)
+    outputs = predict(model, test_split, state.inputs, params.evaluate.batch_size)
+    save_test_outputs(path, outputs, compiled_loss(model, test_split.labels(), outputs))
 
 
 def decision_threshold(run_id: str, params: Params, data: TrainingData, model: keras.Model) -> float:

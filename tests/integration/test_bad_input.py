@@ -272,24 +272,6 @@ def test_bad_input_is_stopped_cleanly(case, base_project, tmp_path, monkeypatch,
     assert client.get_model_version_by_alias(MODEL, "champion").version == champion_before
 
 
-def test_a_model_that_carries_code_is_refused(base_project, tmp_path, monkeypatch, caplog):
-    """A Lambda layer in models/model.keras is refused by evaluate (safe_mode), not run."""
-    import keras
-
-    project = tmp_path / "project"
-    shutil.copytree(base_project, project)
-    inputs = keras.Input((8, 8, 1))
-    outputs = keras.layers.Dense(10)(keras.layers.Flatten()(keras.layers.Lambda(lambda x: x * 2)(inputs)))
-    keras.Model(inputs, outputs).save(project / "models" / "model.keras")
-    monkeypatch.chdir(project)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    before = (project / "reports" / "metrics.json").read_bytes()
-    with caplog.at_level(logging.ERROR):
-        assert dvc_stage.main(["evaluate"]) == 1
-    assert "refused to load a model that carries Python code" in caplog.text
-    assert (project / "reports" / "metrics.json").read_bytes() == before
-
-
 def test_a_registration_that_fails_half_way_leaves_the_champion(base_project, tmp_path, monkeypatch, caplog):
     """The store goes away after the version is created: the alias stays where it was."""
     from mlflow.tracking import MlflowClient

@@ -119,6 +119,17 @@ def test_the_flow_module_does_not_import_the_command_line_and_loads_once():
     assert result.stdout.split() == ["False", "False"], result.stderr[-2000:]
 
 
+def test_evaluate_and_register_do_not_import_tensorflow():
+    import subprocess
+    import sys
+
+    # Under `dvc repro` each stage is a process: evaluate weighs the test outputs train scored, and register
+    # records; neither pays TensorFlow's import (about 7 s) unless a champion is re-scored.
+    probe = "import sys, flows.stages.evaluate, flows.stages.register; print('tensorflow' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == ["False"], result.stderr[-2000:]
+
+
 def test_the_quiet_environment_is_defined_once():
     import subprocess
     import sys

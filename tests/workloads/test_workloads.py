@@ -129,6 +129,7 @@ def test_workload_from_its_params_file(workload_run):
     from kerasflow.model_interface import model_outputs, to_model_inputs
     from tasks.datasets import predict
     from tasks.features import raw_example
+    from tasks.model import compiled_loss
     from tasks.preprocess import read_split, read_state
 
     name, run, client = workload_run
@@ -159,8 +160,12 @@ def test_workload_from_its_params_file(workload_run):
     raw = raw_example(test_rows, inputs, rows=len(test_rows))  # as a caller sends them: numbers as floats
     registered = mlflow.pyfunc.load_model(f"models:/{params.register_.model_name}/{registration.version}")
     served = model_outputs(registered.predict(raw), state.model_config(0.5))
-    keras_model = keras.saving.load_model(layout.model_file, safe_mode=True, compile=False)
+    keras_model = keras.saving.load_model(layout.model_file, safe_mode=True, compile=True)
     np.testing.assert_allclose(served, predict(keras_model, raw, inputs), atol=1e-5)
+    # What evaluate weighed: the outputs and loss train scored on the test rows are the saved model's.
+    np.testing.assert_allclose(np.load(layout.test_outputs)["outputs"], served, atol=1e-5)
+    y_test = read_split(layout.processed_dir, "test").y
+    assert evaluation.test["loss"] == pytest.approx(compiled_loss(keras_model, y_test, served), rel=1e-4, abs=1e-6)
     exported = tf.saved_model.load(str(layout.saved_model_dir))
     features = to_model_inputs(raw, inputs)
     if isinstance(features, dict):
