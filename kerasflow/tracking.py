@@ -578,6 +578,11 @@ class ModelTampered(ExpectedError):
     """A registered version's files are not the ones train checked and registration recorded."""
 
 
+def recorded_digest(model_name: str, version: str) -> str | None:
+    """The SHA-256 of a registered version's files, as registration recorded it (None: registered without one)."""
+    return MlflowClient().get_model_version(model_name, version).tags.get(DIGEST_TAG)
+
+
 def load_version(model_name: str, version: str) -> Any:
     """A registered version as its pyfunc model (with its own copy of the model code), loaded from files whose
     SHA-256 is the one recorded at registration (ModelTampered if not; versions registered before the digest was
@@ -585,7 +590,7 @@ def load_version(model_name: str, version: str) -> Any:
     import tempfile
 
     uri = f"models:/{model_name}/{version}"
-    expected = MlflowClient().get_model_version(model_name, version).tags.get(DIGEST_TAG)
+    expected = recorded_digest(model_name, version)
     # The files are checked, then loaded from that same folder: what runs is what was checked. The folder lives
     # as long as the model does (it reads its training statistics from it when asked).
     files = tempfile.TemporaryDirectory(prefix="kerasflow-model-")

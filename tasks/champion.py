@@ -8,7 +8,9 @@ other classes, another image size) is not scored, and the reason is kept.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -62,37 +64,97 @@ class Rescored:
 
 
 def rescore_outputs(
-    model_name: str, version: str, test: Split | ParquetSplit, state: PreprocessState, batch_rows: int = 1 << 16
+    model_name: str,
+    version: str,
+    test: Split | ParquetSplit,
+    state: PreprocessState,
+    batch_rows: int = 1 << 16,
+    cache: Path | None = None,
 ) -> Rescored:
-    """`rescore`, keeping the champion's outputs on the test rows (for the paired bootstrap and the slices)."""
-    from kerasflow import tracking
+    """`rescore`, keeping the champion's outputs on the test rows (for the paired bootstrap and the slices).
+
+    With a `cache` folder, the outputs of a version on a test split are kept there, named by the SHA-256 of the
+    version's files (recorded at registration) and the MD5 of the split's file: the next run on the same split
+    (every `dvc repro` that did not change the data) weighs them without loading the champion, or TensorFlow."""
     from tasks.evaluate import score_predictions  # scikit-learn's metrics: only when there is a champion to score
+
+    path = cached_outputs_path(cache, model_name, version, test)
+    found = read_cached_outputs(path) if path else None
+    if found is None:
+        found = champion_outputs(model_name, version, test, state, batch_rows)
+        if isinstance(found, ChampionScore):  # not scored, and why
+            return Rescored(found)
+        if path:
+            write_cached_outputs(path, *found)
+    config, outputs = found
+    reason = mismatch(config, state)
+    if reason:
+        return Rescored(
+            ChampionScore(version, skipped=f"the champion (version {version}) cannot be scored here: {reason}")
+        )
+    scores = score_predictions(state.task, test.labels() if isinstance(test, ParquetSplit) else test.y, outputs,
+                               state.n_classes, config.threshold)  # fmt: skip
+    return Rescored(ChampionScore(version, test=scores, test_rows=len(test)), outputs, config.threshold)
+
+
+def champion_outputs(
+    model_name: str, version: str, test: Split | ParquetSplit, state: PreprocessState, batch_rows: int
+) -> tuple[ModelConfig, np.ndarray] | ChampionScore:
+    """The champion's config and its outputs on the test rows, from its own code (its pyfunc, files checked), or
+    the ChampionScore that says why it was not scored."""
+    from kerasflow import tracking
 
     try:
         model = tracking.load_version(model_name, version)
     except tracking.ModelRefused as error:  # a tampered champion must not stop every later run
-        return Rescored(ChampionScore(version, skipped=f"the champion (version {version}) cannot be scored: {error}"))
+        return ChampionScore(version, skipped=f"the champion (version {version}) cannot be scored: {error}")
     scorer = model.unwrap_python_model()
     # Its own copy of the model interface's config (older versions kept a plain dict).
     raw = scorer.config.to_dict() if hasattr(scorer.config, "to_dict") else dict(scorer.config)
     config = ModelConfig.from_dict(raw)
     reason = mismatch(config, state)
     if reason:
-        return Rescored(
-            ChampionScore(version, skipped=f"the champion (version {version}) cannot be scored here: {reason}")
-        )
+        return ChampionScore(version, skipped=f"the champion (version {version}) cannot be scored here: {reason}")
     if isinstance(test, Split):
-        outputs, labels = model_outputs(scorer.predict(None, test.x), config), test.y
-    else:  # the test split streamed through the champion's own code, a batch at a time
-        parts = [model_outputs(scorer.predict(None, x), config) for x, _ in test.batches(batch_rows)]
-        outputs, labels = np.concatenate(parts), test.labels()
-    scores = score_predictions(state.task, labels, outputs, state.n_classes, config.threshold)
-    return Rescored(ChampionScore(version, test=scores, test_rows=len(test)), outputs, config.threshold)
+        return config, model_outputs(scorer.predict(None, test.x), config)
+    # The test split streamed through the champion's own code, a batch at a time.
+    return config, np.concatenate([model_outputs(scorer.predict(None, x), config) for x, _ in test.batches(batch_rows)])
+
+
+def cached_outputs_path(cache: Path | None, model_name: str, version: str, test: Split | ParquetSplit) -> Path | None:
+    """Where a version's outputs on this test split are kept (None: not kept; a version registered without a
+    digest, or a split in memory)."""
+    if cache is None or not isinstance(test, ParquetSplit):
+        return None
+    from kerasflow import tracking
+    from kerasflow.io import file_md5
+
+    digest = tracking.recorded_digest(model_name, version)
+    return cache / f"{digest[:24]}-{file_md5(test.path)}.npz" if digest else None
+
+
+def read_cached_outputs(path: Path) -> tuple[ModelConfig, np.ndarray] | None:
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as saved:
+        return ModelConfig.from_dict(json.loads(str(saved["config"]))), saved["outputs"]
+
+
+def write_cached_outputs(path: Path, config: ModelConfig, outputs: np.ndarray) -> None:
+    from kerasflow.io import atomic_path
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as temporary, open(temporary, "wb") as stream:
+        np.savez(stream, outputs=outputs, config=np.array(json.dumps(config.to_dict())))
 
 
 def rescore_current(
-    model_name: str, test: Split | ParquetSplit, state: PreprocessState, batch_rows: int = 1 << 16
+    model_name: str,
+    test: Split | ParquetSplit,
+    state: PreprocessState,
+    batch_rows: int = 1 << 16,
+    cache: Path | None = None,
 ) -> Rescored | None:
     """The current champion re-scored on `test` (None when there is no champion)."""
     version = current_champion(model_name)
-    return rescore_outputs(model_name, version, test, state, batch_rows) if version else None
+    return rescore_outputs(model_name, version, test, state, batch_rows, cache) if version else None

@@ -60,7 +60,9 @@ def run(params: Params, context: Context) -> Evaluation:
     pictures = draw_plots(layout, params, state, config, y_test, outputs, trained.best_epoch)
     experiment_id = tracking.configure(params.tracking, context.project_root)
     # The gate compares the candidate with the champion on the same rows: this run's test split.
-    champion = rescore_current(params.register_.model_name, test_split, state, params.evaluate.batch_rows)
+    champion = rescore_current(
+        params.register_.model_name, test_split, state, params.evaluate.batch_rows, champion_cache(context)
+    )
     result = replace(result, epochs_trained=trained.epochs_trained, best_epoch=trained.best_epoch)
     # How sure each comparison is, and the slices: every model scored on the same resamples of these rows.
     candidate = Scored("the candidate", outputs, config.threshold)
@@ -92,6 +94,11 @@ def run(params: Params, context: Context) -> Evaluation:
         if found is not None:
             logger.info("the candidate %s", found.sentence())
     return result
+
+
+def champion_cache(context: Context) -> Path:
+    """Where a champion's outputs on a test split are kept between runs (`tasks.champion.rescore_outputs`)."""
+    return context.project_root / ".kerasflow" / "cache" / "champion"
 
 
 def weigh(

@@ -118,9 +118,10 @@ def current_evaluation(params: Params, context: Context, evaluation: Evaluation,
     if version is None:
         return evaluation.with_champion(None)
     logger.info("the champion changed to version %s since evaluate; re-scoring it on this run's test rows", version)
-    from flows.stages.evaluate import against_new_champion
+    from flows.stages.evaluate import against_new_champion, champion_cache
 
-    found = rescore_outputs(name, version, split_source(context.layout.processed_dir, "test", state), state)
+    test_split = split_source(context.layout.processed_dir, "test", state)
+    found = rescore_outputs(name, version, test_split, state, params.evaluate.batch_rows, champion_cache(context))
     return against_new_champion(params, context.layout, state, evaluation, found)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from kerasflow.model_interface import InputColumn, ModelConfig, ModelInputs
@@ -87,3 +88,48 @@ def test_a_champion_whose_file_carries_code_is_refused_by_name_and_does_not_stop
         tracking.load_model("models:/houses@champion")
     score = rescore("houses", "3", None, state())
     assert score.test is None and "the champion (version 3) cannot be scored" in score.skipped
+
+
+def test_a_champions_outputs_on_a_split_are_kept_and_the_next_run_on_it_does_not_load_the_champion(
+    tmp_path, monkeypatch
+):
+    import pandas as pd
+
+    from kerasflow import tracking
+    from tasks.champion import rescore_outputs
+    from tasks.preprocess import LABEL, ParquetSplit
+
+    split = ParquetSplit(tmp_path / "test.parquet", COLUMNS)
+    pd.DataFrame({"area": [1.0, 2.0, 3.0], "zone": ["a", "b", "a"], LABEL: [2.0, 4.0, 7.0]}).to_parquet(split.path)
+    loads = []
+
+    class Scorer:  # the champion's pyfunc: twice the area
+        config = ModelConfig("regression", COLUMNS)
+
+        def predict(self, context, x):
+            return pd.DataFrame({"prediction": 2 * x["area"]})
+
+    class Loaded:
+        def unwrap_python_model(self):
+            return Scorer()
+
+    monkeypatch.setattr(tracking, "load_version", lambda name, version: loads.append(version) or Loaded())
+    digests = {"3": "a" * 64, "4": "b" * 64}
+    monkeypatch.setattr(tracking, "recorded_digest", lambda name, version: digests.get(version))
+    cache = tmp_path / "cache"
+
+    first = rescore_outputs("houses", "3", split, state(), cache=cache)
+    again = rescore_outputs("houses", "3", split, state(), cache=cache)
+    assert loads == ["3"]  # the second run on the same split weighed the kept outputs
+    np.testing.assert_array_equal(again.outputs, [[2.0], [4.0], [6.0]])
+    assert again.score.test == first.score.test and again.score.test["mae"] == pytest.approx(1 / 3)
+    assert again.score.version == "3"
+    # Another version, or another split (new data), is scored by the champion itself.
+    rescore_outputs("houses", "4", split, state(), cache=cache)
+    pd.DataFrame({"area": [5.0, 6.0], "zone": ["a", "b"], LABEL: [10.0, 11.0]}).to_parquet(split.path)
+    rescore_outputs("houses", "3", split, state(), cache=cache)
+    assert loads == ["3", "4", "3"]
+    # The kept outputs are still checked against this run's data: a champion that cannot take it is not scored.
+    narrower = state(ModelInputs("columns", (COLUMNS.columns[0],)))
+    skipped = rescore_outputs("houses", "3", split, narrower, cache=cache)
+    assert skipped.outputs is None and "takes column(s) ['zone']" in skipped.score.skipped and len(loads) == 3
