@@ -741,6 +741,10 @@ def main() -> int:
     )
     parser.add_argument("--seeds", type=int, default=3, help="seeds per dataset for the quality benchmark")
     parser.add_argument("--datasets", default=None, help="quality: only these datasets (comma-separated)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="quality: a params change on top of what init writes, for every run (a recipe to try; repeatable)",
+    )  # fmt: skip
     parser.add_argument("--worker-rows", type=int, default=400_000, help="rows for the training-across-workers bench")
     parser.add_argument("--images", type=int, default=20_000, help="generated JPEGs for the image-folder benchmark")
     parser.add_argument("--predict-rows", type=int, default=5_000_000, help="rows for the prediction benchmark")
@@ -790,10 +794,14 @@ def quality_section(args: argparse.Namespace) -> int:
     only = args.datasets.split(",") if args.datasets else None
     output = Path(args.output) if args.output != str(RESULTS / "latest") else RESULTS / "quality"
     with tempfile.TemporaryDirectory(prefix="kerasflow-quality-") as folder:
-        results = quality.quality(Path(folder), ENV, args.seeds, only)
+        results = quality.quality(Path(folder), ENV, args.seeds, only, args.overrides)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.with_suffix(".json").write_text(json.dumps({"date": date, "machine": machine(), **results}, indent=2) + "\n")
+    recorded = {"date": date, "machine": machine(), **({"overrides": args.overrides} if args.overrides else {})}
+    output.with_suffix(".json").write_text(json.dumps({**recorded, **results}, indent=2) + "\n")
     report = quality.markdown(results, date, machine())
+    if args.overrides:
+        changes = " ".join(f"--set {change}" for change in args.overrides)
+        report = report.replace("\n", f"\n\nEvery run with `{changes}` on init's params.\n", 1)
     output.with_suffix(".md").write_text(report + "\n")
     sys.stdout.write(report + "\n")
     return 0

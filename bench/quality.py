@@ -219,15 +219,19 @@ def prefect_server(home: Path, env: dict[str, str]) -> tuple[subprocess.Popen, s
     return server, url
 
 
-def run_one(dataset: Dataset, data: Path, folder: Path, seed: int, env: dict[str, str]) -> dict[str, Any]:
-    """init + run in a fresh project folder; the scores of the model, the gate's baseline and the reference."""
+def run_one(
+    dataset: Dataset, data: Path, folder: Path, seed: int, env: dict[str, str], overrides: list[str] | None = None
+) -> dict[str, Any]:
+    """init + run in a fresh project folder; the scores of the model, the gate's baseline and the reference. With
+    `overrides` (KEY=VALUE), run changes init's params by them: a recipe to try before it becomes init's."""
     kerasflow = str(Path(sys.executable).parent / "kerasflow")
     folder.mkdir(parents=True)
     shutil.copy(data, folder / "data.csv")
     started = time.perf_counter()
     steps = [
         [kerasflow, "init", "--data", "data.csv", "--target", dataset.target],
-        [kerasflow, "run", "--params", "params.yaml", "--set", f"seed={seed}"],
+        [kerasflow, "run", "--params", "params.yaml", "--set", f"seed={seed}"]
+        + [part for change in overrides or [] for part in ("--set", change)],
     ]
     timings = []
     for command in steps:
@@ -259,7 +263,9 @@ def run_one(dataset: Dataset, data: Path, folder: Path, seed: int, env: dict[str
     }
 
 
-def quality(work: Path, env: dict[str, str], seeds: int = 3, only: list[str] | None = None) -> dict[str, Any]:
+def quality(
+    work: Path, env: dict[str, str], seeds: int = 3, only: list[str] | None = None, overrides: list[str] | None = None
+) -> dict[str, Any]:
     """Every dataset (or `only` these) over `seeds` seeds; per dataset the mean and spread of each score."""
     chosen = [dataset for dataset in DATASETS if not only or dataset.name in only]
     env = {**env, "PREFECT_LOGGING_LEVEL": "WARNING"}
@@ -271,7 +277,8 @@ def quality(work: Path, env: dict[str, str], seeds: int = 3, only: list[str] | N
             frame = dataset.load()
             data = work / f"{dataset.name}.csv"
             frame.to_csv(data, index=False)
-            runs = [run_one(dataset, data, work / dataset.name / f"seed-{seed}", seed, env) for seed in range(seeds)]
+            folders = [work / dataset.name / f"seed-{seed}" for seed in range(seeds)]
+            runs = [run_one(dataset, data, folder, seed, env, overrides) for seed, folder in enumerate(folders)]
             results[dataset.name] = summarize(dataset, frame, runs)
             sys.stderr.write(f"quality: {dataset.name}: {json.dumps(results[dataset.name]['summary'])}\n")
     finally:
