@@ -5,6 +5,7 @@ the workers' backups brought level before they restart.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -67,8 +68,13 @@ class Backup:
         model.save_weights(self.head_weights)
         self.head_record.write_text(json.dumps({"epochs": epochs}))
 
-    def remove(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
+    def remove(self, keep: tuple[str, ...] = ()) -> None:
+        """Remove the backup; with `keep`, those entries of its folder stay (and the folder, if any do)."""
+        for entry in self.folder.glob("*"):
+            if entry.name not in keep:
+                shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # not empty: a kept entry is there
+            self.folder.rmdir()
 
 
 def backup_folder(backups: Path, model: ModelParams, train: TrainParams, seed: int, data_md5: str) -> Path:

@@ -83,8 +83,9 @@ def train_and_publish(params: Params, context: Context) -> TrainingResult:
             logged.model_id,
         )
         write_history(layout, history)
-        # (With several workers: the chief's, and the other workers' inside it.)
-        Backup(stage_backup(params, layout, data.state.data_md5)).remove()
+        # The chief of several workers keeps the others' folders inside it: a worker may still be writing there
+        # (each removes its own; run_workers removes the rest once every worker has exited).
+        Backup(stage_backup(params, layout, data.state.data_md5)).remove(keep=("workers",))
         tracking.describe_run(run_id)
         result = TrainingResult(
             run_id=run_id,
