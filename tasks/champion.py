@@ -80,6 +80,8 @@ def rescore_outputs(
 
     path = cached_outputs_path(cache, model_name, version, test)
     found = read_cached_outputs(path) if path else None
+    if found is not None and (reason := mismatch(found[0], state)):  # kept outputs, for data unlike this run's
+        return Rescored(not_scored_here(version, reason))
     if found is None:
         found = champion_outputs(model_name, version, test, state, batch_rows)
         if isinstance(found, ChampionScore):  # not scored, and why
@@ -87,11 +89,6 @@ def rescore_outputs(
         if path:
             write_cached_outputs(path, *found)
     config, outputs = found
-    reason = mismatch(config, state)
-    if reason:
-        return Rescored(
-            ChampionScore(version, skipped=f"the champion (version {version}) cannot be scored here: {reason}")
-        )
     scores = score_predictions(state.task, test.labels() if isinstance(test, ParquetSplit) else test.y, outputs,
                                state.n_classes, config.threshold)  # fmt: skip
     return Rescored(ChampionScore(version, test=scores, test_rows=len(test)), outputs, config.threshold)
@@ -114,11 +111,15 @@ def champion_outputs(
     config = ModelConfig.from_dict(raw)
     reason = mismatch(config, state)
     if reason:
-        return ChampionScore(version, skipped=f"the champion (version {version}) cannot be scored here: {reason}")
+        return not_scored_here(version, reason)
     if isinstance(test, Split):
         return config, model_outputs(scorer.predict(None, test.x), config)
     # The test split streamed through the champion's own code, a batch at a time.
     return config, np.concatenate([model_outputs(scorer.predict(None, x), config) for x, _ in test.batches(batch_rows)])
+
+
+def not_scored_here(version: str, reason: str) -> ChampionScore:
+    return ChampionScore(version, skipped=f"the champion (version {version}) cannot be scored here: {reason}")
 
 
 def cached_outputs_path(cache: Path | None, model_name: str, version: str, test: Split | ParquetSplit) -> Path | None:
