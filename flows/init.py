@@ -335,10 +335,10 @@ def text_model(plan: Plan, profile: Profile, text: str) -> None:
     words = float(profile.sample[text].dropna().astype(str).str.split().str.len().median() or 1)
     ratio = profile.labelled_rows / max(words, 1.0)
     if ratio < SAMPLES_PER_WORD:
-        settings = {"output_mode": "tf_idf", "ngrams": 2, "max_tokens": 20000}
+        settings = {"output_mode": "tf_idf", "ngrams": 2, "max_tokens": 20000, "words_first": True}
         layers = [{"type": "dropout", "rate": 0.5}]
         why = (f"{profile.labelled_rows:,} texts of {words:.0f} words (median): {ratio:,.0f} samples per word, below "
-               f"{SAMPLES_PER_WORD:,}: a TF-IDF of words and word pairs into a linear layer")  # fmt: skip
+               f"{SAMPLES_PER_WORD:,}: a TF-IDF of words, then word pairs, into a linear layer")  # fmt: skip
         optimizer = {"name": "adamw", "learning_rate": 0.003, "weight_decay": 0.0001}
         plan.choose("model", "optimizer", optimizer, "AdamW at a learning rate a linear model over sparse inputs needs")
     else:

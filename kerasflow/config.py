@@ -110,6 +110,10 @@ class TextParams(_Section):
     output_mode: Literal["int", "multi_hot", "count", "tf_idf"] = "int"
     # Word n-grams up to this length (1: words alone).
     ngrams: int = Field(1, ge=1, le=5)
+    # With ngrams above 1: the vocabulary's `max_tokens` slots go to every word first (most frequent first), and
+    # n-grams fill what is left; false: words and n-grams ranked together by count, as Keras ranks them, where
+    # frequent word pairs crowd out words that a few thousand texts share.
+    words_first: bool = False
 
 
 class PreprocessParams(_Section):

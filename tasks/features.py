@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kerasflow.config import PreprocessParams
+from kerasflow.config import PreprocessParams, TextParams
 from kerasflow.model_interface import (
     CATEGORICAL,
     MISSING,
@@ -237,8 +237,10 @@ class InputFitter:
             import keras
 
             settings = self.params.text
+            # Words first: every token is counted (as Keras does anyway before it cuts the vocabulary to
+            # max_tokens), and text_fit cuts it, words before n-grams.
             self.text_layers[name] = keras.layers.TextVectorization(
-                max_tokens=settings.max_tokens,
+                max_tokens=None if words_first(settings) else settings.max_tokens,
                 output_sequence_length=settings.sequence_length if settings.output_mode == "int" else None,
                 standardize=None if settings.standardize == "none" else settings.standardize,
                 output_mode=settings.output_mode,
@@ -258,6 +260,13 @@ class InputFitter:
         if settings.output_mode == "tf_idf":
             weights = np.asarray(layer._lookup_layer.idf_weights.numpy(), dtype="float64")
             idf = weights[special : special + len(vocabulary)].tolist()
+        if words_first(settings):
+            # Keras' order is by count; keep it within words and within n-grams.
+            order = [i for i, token in enumerate(vocabulary) if " " not in token]
+            order += [i for i, token in enumerate(vocabulary) if " " in token]
+            order = order[: settings.max_tokens - special]
+            vocabulary = [vocabulary[i] for i in order]
+            idf = None if idf is None else [idf[i] for i in order]
         return TextFit(
             vocabulary, settings.sequence_length, settings.standardize, settings.output_mode, settings.ngrams, idf
         )
@@ -471,6 +480,11 @@ def category_branch(column: Any, name: str, fitted: FittedInputs) -> Any:
         vectors = layers.Embedding(len(fitted.categorical[name]) + 1, embedded, name=f"embed_{name}")(encoded)
         return layers.Flatten(name=f"embedded_{name}")(vectors)
     return ops.cast(encoded, "float32") if one_hot else encoded
+
+
+def words_first(settings: TextParams) -> bool:
+    """Whether the text vocabulary puts words before n-grams (only with n-grams to put after them)."""
+    return settings.words_first and settings.ngrams > 1
 
 
 def text_branch(column: Any, name: str, fit: TextFit) -> Any:

@@ -130,7 +130,7 @@ def test_text_gets_ngrams_or_a_sequence_model_by_samples_per_word(tmp_path, rows
     if mode == "int":
         assert params.model.layers[0].type == "embedding" and params.model.layers[0].arguments["mask_zero"] is True
     else:
-        assert params.preprocess.text.ngrams == 2
+        assert params.preprocess.text.ngrams == 2 and params.preprocess.text.words_first
 
 
 def test_bad_files_are_one_clear_error(tmp_path):

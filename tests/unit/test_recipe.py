@@ -236,6 +236,30 @@ def test_the_decision_threshold_is_chosen_on_validation_rows_for_the_primary_met
         ModelParams(decision_threshold=1.5)
 
 
+def test_words_first_gives_the_slots_to_every_word_before_any_word_pair():
+    inputs = ModelInputs("columns", (InputColumn("review", "review", "text"),))
+    frame = pd.DataFrame({"review": ["a great film", "not a great film", "dull and long", "a great a great"] * 25})
+    words = {"a", "great", "film", "not", "dull", "and", "long"}
+
+    def vocabulary(**settings):
+        fit = fitted_for(frame, inputs, text=TextParams(output_mode="tf_idf", ngrams=2, **settings)).text["review"]
+        return fit.vocabulary, dict(zip(fit.vocabulary, fit.idf, strict=True))
+
+    # Ranked together by count (Keras' order), frequent pairs take slots from rarer words.
+    together, _ = vocabulary(max_tokens=8)
+    assert len(together) == 7 and "a great" in together and not words <= set(together)
+    first, idf = vocabulary(max_tokens=8, words_first=True)
+    assert set(first) == words and first[:2] == ["great", "a"]  # within words, still by count
+    more, more_idf = vocabulary(max_tokens=10, words_first=True)
+    assert more[:7] == first and more[7:] == ["a great", "great film"]  # then pairs, by count
+    # Each entry keeps its own inverse document frequency.
+    full, full_idf = vocabulary(max_tokens=100)
+    assert all(idf[token] == full_idf[token] for token in first) and more_idf["a great"] == full_idf["a great"]
+    # Words alone (ngrams 1): nothing to put first, the vocabulary is Keras' own.
+    alone = fitted_for(frame, inputs, text=TextParams(output_mode="tf_idf", max_tokens=4, words_first=True))
+    assert alone.text["review"].vocabulary == ["great", "a", "film"]
+
+
 @pytest.mark.parametrize("mode", ["tf_idf", "multi_hot", "count"])
 def test_bag_of_words_text_is_one_unit_length_vector_per_text(mode):
     inputs = ModelInputs("columns", (InputColumn("review", "review", "text"),))
