@@ -508,6 +508,11 @@ def text_branch(column: Any, name: str, fit: TextFit) -> Any:
     # One vector per text (Keras infers an extra axis for the (rows, 1) strings input that the values do not have),
     # of length one: long and short texts alike, as scikit-learn's TfidfVectorizer normalizes them.
     flat = ops.reshape(ops.cast(vectors, "float32"), (-1, vectorize.vocabulary_size()))
+    # Slot 0 counts the tokens outside the vocabulary. It says nothing about which words a text holds, and a long
+    # text's many rare word pairs made it most of the vector's length, the real words' weights squeezed near zero
+    # (scikit-learn's TfidfVectorizer leaves such tokens out too): it is left out.
+    if vectorize.vocabulary_size() > 1:
+        flat = flat[:, 1:]
     return layers.UnitNormalization(name=f"normalize_{name}")(flat)
 
 

@@ -236,6 +236,20 @@ def test_the_decision_threshold_is_chosen_on_validation_rows_for_the_primary_met
         ModelParams(decision_threshold=1.5)
 
 
+@pytest.mark.parametrize("mode", ["tf_idf", "count", "multi_hot"])
+def test_tokens_outside_the_vocabulary_do_not_take_a_texts_vector_length(mode):
+    inputs = ModelInputs("columns", (InputColumn("review", "review", "text"),))
+    frame = pd.DataFrame({"review": ["great film", "dull film"] * 20})
+    fitted = fitted_for(frame, inputs, text=TextParams(output_mode=mode))
+    assert fitted.text["review"].vocabulary == ["film", "great", "dull"]
+    # A long text of unknown words around one known word: that word is the whole vector, as in scikit-learn's
+    # TfidfVectorizer. Counted, the unknown tokens held most of the length and "great" weighed almost nothing.
+    long = " ".join(f"word{i}" for i in range(60))
+    vectors = features_of(pd.DataFrame({"review": [f"{long} great", long]}), inputs, fitted)
+    np.testing.assert_allclose(vectors[0], [0.0, 1.0, 0.0], atol=1e-6)
+    np.testing.assert_allclose(vectors[1], [0.0, 0.0, 0.0], atol=1e-6)  # nothing known: a zero vector, no NaN
+
+
 def test_words_first_gives_the_slots_to_every_word_before_any_word_pair():
     inputs = ModelInputs("columns", (InputColumn("review", "review", "text"),))
     frame = pd.DataFrame({"review": ["a great film", "not a great film", "dull and long", "a great a great"] * 25})
@@ -269,7 +283,7 @@ def test_bag_of_words_text_is_one_unit_length_vector_per_text(mode):
     assert "not a" in fit.vocabulary and "[UNK]" not in fit.vocabulary  # word pairs are tokens
     assert (fit.idf is not None) == (mode == "tf_idf")
     vectors = features_of(frame.head(4), inputs, fitted)
-    assert vectors.shape == (4, len(fit.vocabulary) + 1)
+    assert vectors.shape == (4, len(fit.vocabulary))  # one slot per vocabulary entry, none for unknown tokens
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
     # Token ids for a sequence model: a padded sequence, not a vector of the vocabulary.
     sequence = fitted_for(frame, inputs, text=TextParams(output_mode="int", sequence_length=6))
