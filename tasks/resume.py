@@ -71,8 +71,12 @@ class Backup:
     def remove(self, keep: tuple[str, ...] = ()) -> None:
         """Remove the backup; with `keep`, those entries of its folder stay (and the folder, if any do)."""
         for entry in self.folder.glob("*"):
-            if entry.name not in keep:
-                shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+            if entry.name in keep:
+                continue
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
         with contextlib.suppress(OSError):  # not empty: a kept entry is there
             self.folder.rmdir()
 
