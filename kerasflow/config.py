@@ -353,6 +353,11 @@ class TrainParams(_Section):
     # jit_compile is true (Keras turns XLA off under op determinism); off on a GPU (slower there, and it
     # raises on ops that have no deterministic kernel).
     deterministic: bool | Literal["auto"] = "auto"
+    # k-fold bagging of model.ensemble's k members (tasks/cross_fit.py): the training and validation rows pooled
+    # in k folds, member i learning from all but fold i, early stopping on each row's loss under the member that
+    # did not learn from it; the decision threshold is chosen on those out-of-fold outputs, and evaluate fits the
+    # baseline and the reference on the same pooled rows.
+    cross_fit: bool = False
 
     @model_validator(mode="after")
     def _workers_need_multi_worker(self) -> TrainParams:
@@ -607,6 +612,30 @@ class Params(_Section):
     tracking: TrackingParams = TrackingParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _cross_fit_needs_members(self) -> Params:
+        if not self.train.cross_fit:
+            return self
+        monitors = {"loss", "val_loss"}
+        problems = {
+            "model.ensemble": (self.model.ensemble < 2, "at least 2 (one member per fold)"),
+            "model.linear_skip": (self.model.linear_skip, "false (the wide layer would learn from every fold)"),
+            "train.fine_tune.epochs": (self.train.fine_tune.epochs > 0, "0"),
+            "train.distribute": (self.train.distribute == "multi_worker", "not multi_worker (the folds are in memory)"),
+            "train.early_stopping.monitor": (
+                self.train.early_stopping.monitor not in monitors,
+                "loss or val_loss (the members' metrics are not tracked per epoch)",
+            ),
+            "tune.metric": (
+                self.tune.metric.startswith("val_") and self.tune.metric != "val_loss",
+                "val_loss or an evaluate metric",
+            ),
+        }
+        wrong = [f"{key} must be {expected}" for key, (bad, expected) in problems.items() if bad]
+        if wrong:
+            raise ValueError("train.cross_fit: " + "; ".join(wrong))
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict, with keys as they are written in params.yaml."""

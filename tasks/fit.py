@@ -3,8 +3,10 @@
 `build_setup` builds and compiles the model on the input constants preprocess fitted (under the
 distribution strategy the accelerator plan chose); `fit_setup` fits it, both phases with
 `train.fine_tune`, resuming from a backup when given one; `best_epoch` is the epoch whose weights it
-holds; a fitted wide start (`model.wide_start`) is set here, before the first epoch. What a killed attempt
-resumes from is in tasks/resume.py. Nothing here talks to MLflow: the stage does.
+holds; a fitted wide start (`model.wide_start`) is set here, before the first epoch. With `train.cross_fit`,
+what is fitted is the members' view on the pooled rows (tasks/cross_fit.py), and `validation_outputs` are
+out of fold. What a killed attempt resumes from is in tasks/resume.py. Nothing here talks to MLflow: the stage
+does.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 import pandas as pd
 import tensorflow as tf
 
@@ -25,8 +28,10 @@ from kerasflow.records import PreprocessState
 from kerasflow.runtime import set_seeds
 from tasks.accelerator import AcceleratorPlan, accelerator_plan, distribution_strategy, spans_workers
 from tasks.backbone import unfreeze
+from tasks.cross_fit import Folds, assign_folds, members_view, out_of_fold
+from tasks.datasets import predict
 from tasks.model import build_model, compile_model
-from tasks.preprocess import ParquetSplit, read_state, split_source
+from tasks.preprocess import ParquetSplit, Split, pooled, read_state, split_source
 from tasks.train import class_weights, train_model
 from tasks.wide_start import start_wide_from_linear_fit
 
@@ -38,19 +43,21 @@ class TrainingData:
     """The preprocessing state (with the fitted input constants) and the two splits training sees."""
 
     state: PreprocessState
-    train: ParquetSplit
-    val: ParquetSplit
+    train: ParquetSplit | Split
+    val: ParquetSplit | Split
 
 
 @dataclass(frozen=True)
 class ModelSetup:
-    """A compiled model and everything `fit` needs besides the data."""
+    """A compiled model and everything `fit` needs besides the data (with train.cross_fit, the folds and the
+    members' view that learns from them)."""
 
     model: keras.Model
     state: PreprocessState
     plan: AcceleratorPlan
     strategy: tf.distribute.Strategy
     class_weight: dict[int, float] | None
+    folds: Folds | None = None
 
 
 def load_training_data(processed: Path) -> TrainingData:
@@ -70,7 +77,21 @@ def build_setup(model: ModelParams, train: TrainParams, seed: int, data: Trainin
     weights = class_weights(train.class_weight, state.class_counts, state.classes)
     if model.wide_start == "fitted":
         start_wide_from_linear_fit(built, data.train, state, seed, weights)
-    return ModelSetup(built, state, plan, strategy, weights)
+    folds = None
+    if train.cross_fit:
+        rows = pooled(data.train, data.val)
+        with strategy.scope():
+            view = members_view(built, model, state, plan.jit_compile)
+        folds = Folds(rows, assign_folds(rows.y, model.ensemble, seed, state.task == "classification"), view)
+        logger.info(
+            "cross-fitting %d members on the %d training and validation rows pooled: each learns from %d of %d folds "
+            "and is validated on the other (out of fold)",
+            model.ensemble,
+            len(rows),
+            model.ensemble - 1,
+            model.ensemble,
+        )
+    return ModelSetup(built, state, plan, strategy, weights, folds)
 
 
 def fit_setup(
@@ -86,6 +107,22 @@ def fit_setup(
 ) -> dict[str, list[float]]:
     """`fit` the set-up model on the training data with `callbacks` (both phases, with train.fine_tune); the
     train stage adds its checkpoint and resumable backup, a tuning trial its pruning and its label."""
+    if setup.folds is not None:
+        folds = setup.folds
+        return train_model(
+            folds.view,
+            folds.rows,
+            folds.rows,
+            data.state.inputs,
+            train,
+            seed,
+            checkpoint_path=checkpoint,
+            backup_dir=backup,
+            callbacks=callbacks,
+            class_weight=setup.class_weight,
+            label=label,
+            folds=folds,
+        )
     return train_model(
         setup.model,
         data.train,
@@ -100,6 +137,15 @@ def fit_setup(
         fine_tune=fine_tuner(model, train, setup),
         label=label,
     )
+
+
+def validation_outputs(setup: ModelSetup, data: TrainingData, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The labels and the trained model's outputs of the rows that validate it: the validation split's, or with
+    train.cross_fit every pooled row's from the member that did not learn from it."""
+    if setup.folds is not None:
+        return setup.folds.rows.y, out_of_fold(setup.folds, data.state.inputs, batch_size)
+    val = data.val
+    return val.labels(), predict(setup.model, val.x if isinstance(val, Split) else val, data.state.inputs, batch_size)
 
 
 def fine_tuner(model: ModelParams, train: TrainParams, setup: ModelSetup) -> Callable[[keras.Model], None]:

@@ -73,6 +73,16 @@ def check_loss(spec: ModelParams, data: PreprocessState) -> str:
     return loss
 
 
+def weighted_loss(spec: ModelParams, data: PreprocessState) -> tuple[str, float | None]:
+    """The loss, and its weight: a regression's output layer learns in standard deviations; weighting the loss to
+    match keeps its gradients (and the logged loss) on that scale for every optimizer, while the metrics stay in
+    target units."""
+    loss = check_loss(spec, data)
+    target = data.fitted.target
+    power = 2 if loss in ("mean_squared_error", "mse") else 1 if loss in ("mean_absolute_error", "mae") else 0
+    return loss, (1.0 / target.std**power if target and power else None)
+
+
 def make_optimizer(spec: ModelParams, learning_rate: float | None = None) -> keras.optimizers.Optimizer:
     options = spec.optimizer
     arguments: dict[str, Any] = {"learning_rate": learning_rate or options.learning_rate}
@@ -139,12 +149,7 @@ def compile_model(
     learning_rate: float | None = None,
 ) -> keras.Model:
     """Compile with the spec's optimizer (optionally at another learning rate), the loss and the task's metrics."""
-    loss = check_loss(spec, data)
-    target = data.fitted.target
-    # The output layer learns in standard deviations; weighting the loss to match keeps its gradients
-    # (and the logged loss) on that scale for every optimizer, while the metrics stay in target units.
-    power = 2 if loss in ("mean_squared_error", "mse") else 1 if loss in ("mean_absolute_error", "mae") else 0
-    weight = 1.0 / target.std**power if target and power else None
+    loss, weight = weighted_loss(spec, data)
     model.compile(
         optimizer=make_optimizer(spec, learning_rate),
         loss=loss,

@@ -48,7 +48,7 @@ SAMPLE_SALT = 2
 IMAGE_CHUNK = 64
 BATCH_BYTES = 64 * 2**20
 
-__all__ = ["LABEL", "SPLITS", "ParquetSplit", "Split", "preprocess_dataset", "read_state", "row_hash"]
+__all__ = ["LABEL", "SPLITS", "ParquetSplit", "Split", "pooled", "preprocess_dataset", "read_state", "row_hash"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,17 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.y)
+
+    def labels(self) -> np.ndarray:
+        return self.y
+
+
+def pooled(*splits: Split | ParquetSplit) -> Split:
+    """The splits' rows together, in memory, in order (train.cross_fit's training and validation rows)."""
+    parts = [split if isinstance(split, Split) else split.load() for split in splits]
+    xs = [part.x for part in parts]
+    x = pd.concat(xs, ignore_index=True) if isinstance(xs[0], pd.DataFrame) else np.concatenate(xs)
+    return Split(x, np.concatenate([part.y for part in parts]))
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import numpy as np
 from kerasflow.config import ConfigError, TrainParams
 from kerasflow.model_interface import ModelInputs
 from tasks.accelerator import spans_workers, weights_digest
+from tasks.cross_fit import Folds, MemberLogs, fold_datasets
 from tasks.datasets import DataSource, in_memory, make_dataset, sharded_dataset
 from tasks.preprocess import ParquetSplit
 from tasks.resume import Backup
@@ -180,6 +181,7 @@ def train_model(
     class_weight: dict[int, float] | None = None,
     fine_tune: Callable[[keras.Model], None] | None = None,
     label: str = "",
+    folds: Folds | None = None,
 ) -> dict[str, list[float]]:
     """Fit `model`; return the per-epoch history (loss, metrics, val_*) of the epochs run here.
 
@@ -187,14 +189,20 @@ def train_model(
     after the first phase, and training goes on for those epochs. With `backup_dir`, a killed
     attempt resumes either phase from its last finished epoch (see `Backup`); the backup stays
     until the caller removes it, so a failure after training does not cost the training. `label`
-    starts each epoch's log line (a tuning trial's number).
+    starts each epoch's log line (a tuning trial's number). With `folds` (train.cross_fit), `model` is the
+    members' view and both splits are the pooled rows the folds hold.
     """
     if len(train_split) == 0 or len(val_split) == 0:
         raise ValueError("train and validation splits must not be empty")
     keras.utils.set_random_seed(seed)
-    train_data, val_data, class_weight = training_datasets(
-        model, train_split, val_split, inputs, params, seed, class_weight
-    )
+    if folds is not None:
+        # The class weights ride in the folds' sample weights; the members' own losses leave the logs first.
+        train_data, val_data = fold_datasets(folds, inputs, params.batch_size, params.shuffle, seed, class_weight)
+        class_weight, callbacks = None, [MemberLogs(), *callbacks]
+    else:
+        train_data, val_data, class_weight = training_datasets(
+            model, train_split, val_split, inputs, params, seed, class_weight
+        )
     phases = Phases(
         model,
         train_data,

@@ -70,7 +70,8 @@ def run_trial(plan: StudyPlan, number: int, trial_id: int, values: dict[str, Any
         tune.check_metric(params.tune, data.state.task)
         watched, sign = tune.watched_metric(params.tune)
         state_rows = data.state.rows
-        k = tune.fold_count(params.tune.folds, state_rows["train"] + state_rows["val"])
+        # With train.cross_fit a trial's validation is out of fold already, over every pooled row: no folds around it.
+        k = 1 if params.train.cross_fit else tune.fold_count(params.tune.folds, state_rows["train"] + state_rows["val"])
         values = []
         # Lazily: each fold's files exist until the last fold is fitted.
         for index, fold in enumerate(trial_data(params, data, plan.processed_dir, k)):
@@ -85,7 +86,7 @@ def run_trial(plan: StudyPlan, number: int, trial_id: int, values: dict[str, Any
             label = f"trial {number}" + (f" fold {index + 1}/{k}" if k > 1 else "")
             setup = fit.build_setup(params.model, params.train, params.seed, fold)
             fit.fit_setup(params.model, params.train, params.seed, fold, setup, callbacks, label=label)
-            values.append(objective_value(params, fold, setup.model, recorder.history()))
+            values.append(objective_value(params, fold, setup, recorder.history()))
         value = float(sum(values) / len(values))
         if len(values) > 1:
             trial.set_user_attr("fold_values", values)
@@ -136,21 +137,21 @@ def trial_data(params: Params, data: Any, processed: Path, k: int) -> Iterator[A
             )
 
 
-def objective_value(params: Params, data: Any, model: Any, history: Any) -> float:
+def objective_value(params: Params, data: Any, setup: Any, history: Any) -> float:
     """The trial's value: a per-epoch metric at the epoch the model keeps (the best one when early stopping
-    restores it), or an evaluate metric of the model on the validation split."""
+    restores it), or an evaluate metric of the model on the validation split (with train.cross_fit, of the
+    out-of-fold outputs)."""
+    from tasks.fit import best_epoch, validation_outputs
+
     metric = params.tune.metric
     if metric.startswith("val_"):
-        from tasks.fit import best_epoch
-
         return float(history.loc[best_epoch(params.train, history), metric])
-    from tasks.datasets import predict
     from tasks.evaluate import fixed_threshold, score_predictions
 
     state = data.state
-    outputs = predict(model, data.val, state.inputs, params.evaluate.batch_size)
+    labels, outputs = validation_outputs(setup, data, params.evaluate.batch_size)
     threshold = fixed_threshold(params.model.decision_threshold)
-    scores = score_predictions(state.task, data.val.labels(), outputs, state.n_classes, threshold)
+    scores = score_predictions(state.task, labels, outputs, state.n_classes, threshold)
     return float(scores[metric])
 
 

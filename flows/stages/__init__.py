@@ -148,8 +148,9 @@ def build_stages(layout: Layout, params: Params | None = None) -> list[Stage]:
         ),
         Stage(
             "evaluate",
-            # register.model_name: the champion it re-scores, and the plots' titles.
-            ("seed", "evaluate", "register.model_name"),
+            # register.model_name: the champion it re-scores, and the plots' titles; train (its cross_fit): whether
+            # the baseline learns from the validation rows too. (A change to train retrains, so evaluate runs anyway.)
+            ("seed", "evaluate", "register.model_name", "train"),
             deps=(path(layout.processed_dir), path(layout.models_dir), path(layout.run_file), path(layout.history)),
             git_outs=(
                 path(layout.predictions),

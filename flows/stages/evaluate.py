@@ -36,7 +36,7 @@ from tasks.evaluate import (
     score_predictions,
 )
 from tasks.evidence import Evidence, Scored, slice_labels
-from tasks.preprocess import ParquetSplit, read_state, split_path, split_source
+from tasks.preprocess import ParquetSplit, Split, pooled, read_state, split_path, split_source
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,10 @@ def run(params: Params, context: Context) -> Evaluation:
     trained = TrainingResult.read(layout.run_file)
     state = read_state(layout.processed_dir)
     config = ModelConfig.from_dict(read_json(layout.model_config))
-    train_split = split_source(layout.processed_dir, "train", state)
+    train_split: Split | ParquetSplit = split_source(layout.processed_dir, "train", state)
+    if params.train.cross_fit:
+        # The model learnt from the training and validation rows pooled: the baseline and the reference do too.
+        train_split = pooled(train_split, split_source(layout.processed_dir, "val", state))
     test_split = split_source(layout.processed_dir, "test", state)
     # The model's outputs on the test rows (one value or one per class a row), which train scored, and their
     # labels: for the metrics, the plots and ROC AUC.
@@ -186,7 +189,7 @@ def score(
     params: Params,
     state: PreprocessState,
     config: ModelConfig,
-    train_split: ParquetSplit,
+    train_split: Split | ParquetSplit,
     test_split: ParquetSplit,
     scored: tuple[np.ndarray, np.ndarray],
     test_loss: float,

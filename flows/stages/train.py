@@ -40,6 +40,7 @@ from tasks.fit import (
     fit_setup,
     load_training_data,
     local_copy,
+    validation_outputs,
 )
 from tasks.model import compiled_loss, export_for_serving
 from tasks.preprocess import read_state, split_path, split_source
@@ -260,7 +261,7 @@ def publish(
     register checks that the version it registers has those same files).
     """
     model, state = local_copy(params.model, setup), data.state
-    config = state.model_config(decision_threshold(run_id, params, data, model))
+    config = state.model_config(decision_threshold(run_id, params, data, setup))
     example = raw_example(first_rows(data.val), state.inputs)
     write_model_summary(run_id, model, layout.model_summary)
     checkpoint = best_weights_path(stage_backup(params, layout, state.data_md5))
@@ -304,18 +305,21 @@ def score_test_split(params: Params, layout: Layout, state: PreprocessState, mod
     save_test_outputs(path, outputs, compiled_loss(model, test_split.labels(), outputs))
 
 
-def decision_threshold(run_id: str, params: Params, data: TrainingData, model: keras.Model) -> float:
-    """model.decision_threshold, or (auto, two classes) the one that scores best on the validation split."""
+def decision_threshold(run_id: str, params: Params, data: TrainingData, setup: ModelSetup) -> float:
+    """model.decision_threshold, or (auto, two classes) the one that scores best on the validation split (with
+    train.cross_fit, on the pooled rows' out-of-fold outputs)."""
     setting = params.model.decision_threshold
     if setting != "auto" or data.state.n_classes != 2:
         return fixed_threshold(setting)
-    if len(data.val) < MIN_THRESHOLD_ROWS:
-        logger.info("decision threshold 0.5: %d validation rows are too few to choose one on", len(data.val))
+    rows = len(setup.folds.rows) if setup.folds else len(data.val)
+    if rows < MIN_THRESHOLD_ROWS:
+        logger.info("decision threshold 0.5: %d validation rows are too few to choose one on", rows)
         return 0.5
-    outputs = predict(model, data.val, data.state.inputs)
+    labels, outputs = validation_outputs(setup, data, params.evaluate.batch_size)
     metric = primary_metric(params.evaluate, data.state.task)
-    threshold = choose_threshold(data.val.labels(), outputs, metric)
-    logger.info("decision threshold %.4g: the best on the validation split for %s", threshold,
+    threshold = choose_threshold(labels, outputs, metric)
+    logger.info("decision threshold %.4g: the best on the %s for %s", threshold,
+                "out-of-fold outputs" if setup.folds else "validation split",
                 metric if metric == "accuracy" else "macro F1")  # fmt: skip
     tracking.log_params(run_id, {"model.decision_threshold_chosen": threshold})
     return threshold

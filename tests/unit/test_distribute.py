@@ -70,13 +70,53 @@ print(json.dumps(results))
 """
 
 
-@pytest.fixture(scope="module")
-def runs():
+# train.cross_fit: the members' view trained on the pooled rows' folds, on one device and mirrored on two (its own
+# process: TensorFlow's collectives of the mirrored runs above would share its instance keys).
+CROSS_FIT_SCRIPT = """
+import json
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from sklearn.datasets import load_breast_cancer
+from kerasflow.config import ModelParams, TrainParams
+from tasks.datasets import predict
+from tasks.fit import TrainingData, build_setup, fit_setup
+from tasks.preprocess import Split
+from tests.unit.helpers import prepare
+
+cancer = prepare(load_breast_cancer(as_frame=True).frame, "target", "classification", train_rows=384)
+x, y = cancer.x, cancer.y
+data = TrainingData(cancer.data, Split(x[:384], y[:384]), Split(x[384:].reset_index(drop=True), y[384:]))
+spec = ModelParams.model_validate({"layers": [{"type": "dense", "units": 16, "activation": "relu"}], "ensemble": 2})
+results = {}
+for distribute in ("off", "mirrored"):
+    params = TrainParams.model_validate({"epochs": 3, "batch_size": 64, "shuffle": False, "distribute": distribute,
+                                         "jit_compile": False, "cross_fit": True, "checkpoint": False,
+                                         "early_stopping": {"enabled": False}})
+    keras.utils.set_random_seed(0)
+    setup = build_setup(spec, params, 0, data)
+    history = fit_setup(spec, params, 0, data, setup, [])
+    results[f"cross_fit.{distribute}"] = {
+        "plan": setup.plan.to_dict(), "loss": history["loss"],
+        "replicas": setup.model.distribute_strategy.num_replicas_in_sync,
+        "predictions": predict(setup.model, data.val.x[:20], cancer.inputs).ravel().tolist(),
+    }
+print(json.dumps(results))
+"""
+
+
+def run_script(script: str) -> dict:
     result = subprocess.run(
-        [sys.executable, "-c", SCRIPT], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False
+        [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def runs():
+    return run_script(SCRIPT)
 
 
 def _check_mirrored_matches_single(runs, dataset):
@@ -93,6 +133,10 @@ def _check_mirrored_matches_single(runs, dataset):
 
 def test_mirrored_strategy_over_two_cpu_devices_matches_one_device(runs):
     _check_mirrored_matches_single(runs, "numeric")
+
+
+def test_cross_fitted_members_train_mirrored_as_on_one_device():
+    _check_mirrored_matches_single(run_script(CROSS_FIT_SCRIPT), "cross_fit")
 
 
 def test_a_model_that_takes_strings_trains_on_one_device_and_refuses_mirrored(runs):

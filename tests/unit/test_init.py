@@ -105,14 +105,17 @@ def test_the_gate_follows_the_balance_of_the_classes(tmp_path, positives, metric
 
 def test_a_table_gets_the_tabular_recipe_sized_by_its_rows(tmp_path):
     rng = np.random.default_rng(3)
-    frame = pd.DataFrame({"x": rng.normal(size=500), "city": rng.choice([f"c{i}" for i in range(40)], 500)})
-    frame["y"] = frame["x"] * 2 + rng.normal(size=500)
+    frame = pd.DataFrame({"x": rng.normal(size=1300), "city": rng.choice([f"c{i}" for i in range(40)], 1300)})
+    frame["y"] = frame["x"] * 2 + rng.normal(size=1300)
     params, _ = plan_project(write_csv(frame, tmp_path / "t.csv"), "y", tmp_path)
     assert params.preprocess.scaling == "standard" and params.preprocess.numeric_encoding == "piecewise_linear"
     assert params.preprocess.categorical_encoding == "auto" and params.model.ensemble > 1
-    assert params.model.linear_skip  # wide and deep from 500 rows: the linear baseline's form is inside the model
-    small, _ = plan_project(write_csv(frame.head(300), tmp_path / "small.csv"), "y", tmp_path)
-    assert not small.model.linear_skip  # below it, the wide layer lost as often as it gained
+    assert params.model.linear_skip  # wide and deep from 1,250 rows: the linear baseline's form is inside the model
+    small, _ = plan_project(write_csv(frame.head(1200), tmp_path / "small.csv"), "y", tmp_path)
+    assert not small.model.linear_skip  # below it, no wide layer: it would learn from every fold
+    # Below it, the members are cross-fitted (k-fold bagging): every labelled row of a small table trains and validates.
+    assert small.train.cross_fit and small.model.ensemble >= 2 and not params.train.cross_fit
+    assert small.train.epochs == 300 and small.train.early_stopping.monitor == "val_loss"  # the rest of train is kept
     assert params.model.optimizer.name == "adamw" and params.model.optimizer.weight_decay > 0
     assert params.train.epochs == 300 and params.train.early_stopping.patience >= 20  # small: long and patient
     assert "model" in params.tune.space and [] in [choice["layers"] for choice in params.tune.space["model"].choice]

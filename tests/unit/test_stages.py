@@ -58,3 +58,44 @@ def test_each_stage_alone_returns_its_record_and_writes_what_it_declares(tmp_pat
     assert records["train"].epochs_trained == 2
     assert records["evaluate"].test["accuracy"] > 1 / 3  # three balanced classes: chance is a third
     assert records["register"].version == "1" and records["register"].alias in ("champion", "challenger")
+
+
+def test_cross_fitted_stages_pool_the_training_rows_for_the_model_the_threshold_and_the_baseline(tmp_path, monkeypatch):
+    """train.cross_fit through the stages: the members learn from the training and validation rows pooled, the
+    decision threshold is chosen on their out-of-fold outputs, and evaluate fits the baseline on the same rows."""
+    import mlflow
+
+    from flows.stages import evaluate
+    from tests.conftest import use_store
+
+    params = {
+        "ingest": {"source": "sklearn", "dataset": "breast_cancer"},
+        "model": {
+            "layers": [{"type": "dense", "units": 8, "activation": "relu"}],
+            "ensemble": 2,
+            "decision_threshold": "auto",
+            "optimizer": {"name": "adam", "learning_rate": 0.01},
+        },  # fmt: skip
+        "train": {"epochs": 10, "batch_size": 32, "cross_fit": True, "early_stopping": {"patience": 3}},
+        "register": {"model_name": "stages-cancer", "thresholds": {}},
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    use_store(tmp_path / "mlflow.db")
+    fitted_on = []
+    original = evaluate.baseline_sample
+    monkeypatch.setattr(
+        evaluate, "baseline_sample", lambda train, *rest: fitted_on.append(len(train)) or original(train, *rest)
+    )
+    layout, loaded = Layout(tmp_path), load_params(tmp_path / "params.yaml")
+    records = {stage.name: stage.run(loaded, Context(layout, tmp_path)) for stage in build_stages(layout)}
+
+    rows = records["preprocess"].rows
+    assert fitted_on == [rows["train"] + rows["val"]]  # not the training split alone
+    history = (tmp_path / "reports" / "history.csv").read_text().splitlines()[0].split(",")
+    assert "val_loss" in history and not [name for name in history if "member_" in name]
+    run = mlflow.get_run(records["train"].run_id)
+    assert run.data.params["train.cross_fit"] == "True"
+    assert 0 < float(run.data.params["model.decision_threshold_chosen"]) < 1
+    assert records["evaluate"].test["accuracy"] > 0.85  # the majority class is about 0.63

@@ -1,0 +1,121 @@
+"""Cross-fitting (train.cross_fit): the folds, what each member learns from and is scored on, and a fit whose
+model still averages its members. Each with a case where it must not apply."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from sklearn.datasets import load_breast_cancer
+
+from kerasflow.config import ConfigError, ModelParams, TrainParams, parse_params
+from tasks.cross_fit import Folds, assign_folds, fold_datasets, member_names, members_view
+from tasks.datasets import predict
+from tasks.fit import TrainingData, build_setup, fit_setup, validation_outputs
+from tasks.preprocess import Split, pooled
+from tests.unit.helpers import prepare
+
+LAYERS = [{"type": "dense", "units": 16, "activation": "relu"}]
+
+
+@pytest.fixture(scope="module")
+def cancer():
+    frame = load_breast_cancer(as_frame=True).frame
+    return prepare(frame, "target", "classification", train_rows=400)
+
+
+def test_folds_are_even_and_each_class_spreads_across_them():
+    y = np.array([0] * 70 + [1] * 25 + [2] * 8)  # imbalanced, and ordered by class
+    fold = assign_folds(y, 4, seed=3, stratify=True)
+    sizes = np.bincount(fold, minlength=4)
+    assert sizes.max() - sizes.min() <= 1 and sizes.sum() == len(y)
+    for label in (0, 1, 2):
+        per_fold = np.bincount(fold[y == label], minlength=4)
+        assert per_fold.max() - per_fold.min() <= 1, (label, per_fold)
+    np.testing.assert_array_equal(fold, assign_folds(y, 4, seed=3, stratify=True))  # seeded
+    assert not np.array_equal(fold, assign_folds(y, 4, seed=4, stratify=True))
+    # Not stratified (a regression target): even sizes still, the rows drawn in a seeded order, not in file order.
+    loose = assign_folds(np.linspace(0, 1, 103), 4, seed=3, stratify=False)
+    assert np.bincount(loose).max() - np.bincount(loose).min() <= 1
+    assert not np.array_equal(loose, np.arange(103) % 4)
+
+
+def test_each_member_learns_from_every_fold_but_its_own_and_is_scored_on_its_own(cancer):
+    model = keras_model(cancer, ensemble=3)
+    view = members_view(model, ModelParams(layers=LAYERS, ensemble=3), cancer.data, False)
+    rows = Split(cancer.x, cancer.y)
+    folds = Folds(rows, assign_folds(rows.y, 3, seed=0, stratify=True), view)
+    assert folds.members == 3
+    train, val = fold_datasets(folds, cancer.inputs, 64, False, 0, {0: 1.0, 1: 3.0})
+
+    def weights(dataset) -> dict[str, np.ndarray]:
+        parts = [batch[2] for batch in dataset.as_numpy_iterator()]
+        return {name: np.concatenate([part[name] for part in parts]) for name in member_names(3)}
+
+    learns, scored = weights(train), weights(val)
+    class_weight = np.where(rows.y == 1, 3.0, 1.0)
+    for index, name in enumerate(member_names(3)):
+        own = folds.fold == index
+        assert np.all(learns[name][own] == 0)  # never its own fold
+        np.testing.assert_allclose(learns[name][~own], class_weight[~own] / 2)  # every other row, class-weighted
+        np.testing.assert_array_equal(scored[name], own.astype("float32"))  # scored on its own fold only
+    # Every row is scored once, by one member, and learnt from by the other two.
+    np.testing.assert_array_equal(sum(scored.values()), np.ones(len(rows)))
+    np.testing.assert_array_equal(sum(value > 0 for value in learns.values()), np.full(len(rows), 2))
+
+
+def keras_model(prepared, **values):
+    from tasks.model import build_model
+
+    return build_model(ModelParams.model_validate({"layers": LAYERS, **values}), prepared.data)
+
+
+def test_a_cross_fitted_ensemble_learns_and_still_serves_the_average_of_its_members(cancer):
+    keras.utils.set_random_seed(0)
+    x, y = cancer.x, cancer.y
+    train, val = Split(x.iloc[:400], y[:400]), Split(x.iloc[400:500].reset_index(drop=True), y[400:500])
+    data = TrainingData(cancer.data, train, val)
+    spec = ModelParams(layers=LAYERS, ensemble=4)
+    params = TrainParams(epochs=12, batch_size=32, cross_fit=True, checkpoint=False)
+    setup = build_setup(spec, params, 0, data)
+    assert setup.folds is not None and len(setup.folds.rows) == 500  # the training and validation rows pooled
+    history = fit_setup(spec, params, 0, data, setup, [])
+    assert history["loss"][-1] < history["loss"][0] * 0.7
+    assert "val_loss" in history and not [name for name in history if "member_" in name]
+    # The out-of-fold outputs: each pooled row scored by the member that did not learn from it; they beat chance
+    # (about 0.63), and they are not the served model's outputs (which every other member shares in).
+    labels, outputs = validation_outputs(setup, data, 256)
+    assert len(labels) == 500 and np.mean((outputs.ravel() >= 0.5) == labels) > 0.85
+    served = predict(setup.model, pooled(train, val).x, cancer.inputs)
+    assert not np.allclose(served, outputs)
+    members = setup.folds.view.predict(_features(cancer, pooled(train, val)), verbose=0)
+    np.testing.assert_allclose(served, np.mean([members[name] for name in member_names(4)], axis=0), atol=1e-5)
+    # Without cross_fit the setup has no folds, and validation is the validation split.
+    plain = build_setup(spec, TrainParams(epochs=1, checkpoint=False), 0, data)
+    assert plain.folds is None and len(validation_outputs(plain, data, 256)[0]) == 100
+
+
+def _features(prepared, split):
+    from kerasflow.model_interface import to_model_inputs
+
+    return {name: np.asarray(values) for name, values in to_model_inputs(split.x, prepared.inputs).items()}
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        ({"model": {"ensemble": 1}}, "model.ensemble must be at least 2"),
+        ({"model": {"ensemble": 4, "linear_skip": True}}, "model.linear_skip must be false"),
+        ({"model": {"ensemble": 4}, "train": {"early_stopping": {"monitor": "val_accuracy"}}}, "monitor"),
+        ({"model": {"ensemble": 4}, "tune": {"metric": "val_accuracy"}}, "tune.metric"),
+    ],
+)
+def test_cross_fit_refuses_what_it_cannot_fold(changes, named):
+    tree = {"model": {"layers": LAYERS}, "train": {"cross_fit": True}}
+    for section, values in changes.items():
+        tree[section] = {**tree.get(section, {}), **values}
+    with pytest.raises(ConfigError, match=named):
+        parse_params(tree)
+    # The same settings without cross_fit are fine, and cross_fit with four plain members is too.
+    parse_params({**tree, "train": {**tree["train"], "cross_fit": False}})
+    assert parse_params({"model": {"layers": LAYERS, "ensemble": 4}, "train": {"cross_fit": True}}).train.cross_fit
