@@ -107,26 +107,15 @@ def fit_setup(
 ) -> dict[str, list[float]]:
     """`fit` the set-up model on the training data with `callbacks` (both phases, with train.fine_tune); the
     train stage adds its checkpoint and resumable backup, a tuning trial its pruning and its label."""
-    if setup.folds is not None:
-        folds = setup.folds
-        return train_model(
-            folds.view,
-            folds.rows,
-            folds.rows,
-            data.state.inputs,
-            train,
-            seed,
-            checkpoint_path=checkpoint,
-            backup_dir=backup,
-            callbacks=callbacks,
-            class_weight=setup.class_weight,
-            label=label,
-            folds=folds,
-        )
+    folds = setup.folds
+    if folds:  # cross-fitted: the members' view learns from the pooled rows (it has no fine-tuning phase)
+        fitted, train_rows, val_rows = folds.view, folds.rows, folds.rows
+    else:
+        fitted, train_rows, val_rows = setup.model, data.train, data.val
     return train_model(
-        setup.model,
-        data.train,
-        data.val,
+        fitted,
+        train_rows,
+        val_rows,
         data.state.inputs,
         train,
         seed,
@@ -134,8 +123,9 @@ def fit_setup(
         backup_dir=backup,
         callbacks=callbacks,
         class_weight=setup.class_weight,
-        fine_tune=fine_tuner(model, train, setup),
+        fine_tune=None if folds else fine_tuner(model, train, setup),
         label=label,
+        folds=folds,
     )
 
 
