@@ -13,6 +13,7 @@ from tasks.cross_fit import Folds, assign_folds, fold_datasets, member_names, me
 from tasks.datasets import predict
 from tasks.fit import TrainingData, build_setup, fit_setup, validation_outputs
 from tasks.preprocess import Split, pooled
+from tasks.resume import Backup
 from tests.unit.helpers import prepare
 
 LAYERS = [{"type": "dense", "units": 16, "activation": "relu"}]
@@ -119,3 +120,37 @@ def test_cross_fit_refuses_what_it_cannot_fold(changes, named):
     # The same settings without cross_fit are fine, and cross_fit with four plain members is too.
     parse_params({**tree, "train": {**tree["train"], "cross_fit": False}})
     assert parse_params({"model": {"layers": LAYERS, "ensemble": 4}, "train": {"cross_fit": True}}).train.cross_fit
+
+
+def test_a_killed_cross_fitted_fit_resumes_after_its_last_finished_epoch(cancer, tmp_path):
+    x, y = cancer.x, cancer.y
+    data = TrainingData(cancer.data, Split(x.iloc[:400], y[:400]), Split(x.iloc[400:].reset_index(drop=True), y[400:]))
+    spec = ModelParams(layers=LAYERS, ensemble=3)
+    params = TrainParams(epochs=5, batch_size=64, cross_fit=True, checkpoint=False, early_stopping={"enabled": False})
+    backup, seen = tmp_path / "backup", []
+
+    killed_losses = []
+
+    class Killed(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            killed_losses.append(logs["loss"])
+            if epoch == 2:  # the backup keeps epochs 0 and 1
+                raise RuntimeError("killed")
+
+    class Recorder(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append((epoch, sorted(logs)))
+
+    with pytest.raises(RuntimeError, match="killed"):
+        fit_setup(spec, params, 0, data, build_setup(spec, params, 0, data), [Killed()], backup=backup)
+    # As a new process would: the model and its view built again, the folds dealt again from the seed.
+    setup = build_setup(spec, params, 0, data)
+    history = fit_setup(spec, params, 0, data, setup, [Recorder()], backup=backup)
+    assert [epoch for epoch, _ in seen] == [2, 3, 4] and len(history["loss"]) == 3
+    assert seen[0][1] == ["loss", "val_loss"]  # the members' own losses left out of the logs
+    assert Backup(backup).completed_epochs() == 5
+    # Resumed from the weights the killed attempt left, not from a new start: its first epoch's loss is below the
+    # killed attempt's first, and the served model beats chance (about 0.63).
+    assert history["loss"][0] < killed_losses[0] and history["loss"][-1] < history["loss"][0]
+    labels, outputs = validation_outputs(setup, data, 256)
+    assert np.mean((outputs.ravel() >= 0.5) == labels) > 0.75
