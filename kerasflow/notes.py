@@ -163,6 +163,8 @@ class CardFacts:
     model_summary: str = ""
     drift: dict[str, float] = field(default_factory=dict)
     min_slice_rows: int = 100
+    # train.cross_fit: how many members learnt from the folds of the training and validation rows.
+    cross_fit_members: int | None = None
 
 
 def model_card(facts: CardFacts) -> str:
@@ -217,6 +219,14 @@ def model_card(facts: CardFacts) -> str:
     if evaluation.epochs_trained is not None:
         best = f"; the weights of epoch {evaluation.best_epoch} kept" if evaluation.best_epoch is not None else ""
         lines.append(f"- {evaluation.epochs_trained} epochs{best}.")
+    if facts.cross_fit_members:
+        members = facts.cross_fit_members
+        pooled = f"the {evaluation.baseline_rows:,} training and validation rows"
+        lines.append(
+            f"- Cross-fitted: {members} members, each learnt from {members - 1} of {members} folds of {pooled} and "
+            "was validated on the other; the epoch kept is the best on that out-of-fold loss. The baseline and the "
+            f"reference learnt from the same {evaluation.baseline_rows:,} rows."
+        )
     if evaluation.decision_threshold is not None:
         lines.append(
             f"- Decision threshold {evaluation.decision_threshold:g} (rows at or above it are the second class)."

@@ -295,6 +295,8 @@ class TrainingResult(Record):
     run_url: str | None = None
     epochs_trained: int | None = None
     best_epoch: int | None = None
+    # train.cross_fit: the members, each of which learnt from all but one fold of the training and validation rows.
+    cross_fit_members: int | None = None
 
     @classmethod
     def read(cls, path: Path) -> TrainingResult:

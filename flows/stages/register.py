@@ -57,7 +57,7 @@ def run(params: Params, context: Context) -> Registration:
                 name, version, run_id, decision, evaluation.champion_rescored, files_detail, evaluation.comparisons
             )
             describe_model(name, state)
-            description = version_text(params, layout, state, evaluation, registration, run_tags)
+            description = version_text(params, layout, state, evaluation, registration, run_tags, trained)
             # The logged model's page carries the same account as the version's.
             tracking.describe_logged_model(trained.model_id, description)
             tracking.apply_decision(name, version, decision, description, trained.artifacts_sha256)
@@ -175,6 +175,7 @@ def version_text(
     evaluation: Evaluation,
     registration: Registration,
     run_tags: dict[str, str],
+    trained: TrainingResult,
 ) -> str:
     """The version's model card: its description in the registry and `model_card.md`."""
     run = {"run_id": registration.run_id, "task": state.task, "source": source_of(state)}
@@ -193,6 +194,7 @@ def version_text(
         model_summary=summary,
         drift=params.predict.drift.model_dump(),
         min_slice_rows=params.register_.min_slice_rows,
+        cross_fit_members=trained.cross_fit_members,
     )
     return notes.model_card(facts)
 

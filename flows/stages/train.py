@@ -98,6 +98,7 @@ def train_and_publish(params: Params, context: Context) -> TrainingResult:
             run_url=tracking.run_url(run_id, experiment_id),
             epochs_trained=len(history),
             best_epoch=best,
+            cross_fit_members=setup.folds.members if setup.folds else None,
         )
         result.write(layout.run_file)
     return result

@@ -99,3 +99,7 @@ def test_cross_fitted_stages_pool_the_training_rows_for_the_model_the_threshold_
     assert run.data.params["train.cross_fit"] == "True"
     assert 0 < float(run.data.params["model.decision_threshold_chosen"]) < 1
     assert records["evaluate"].test["accuracy"] > 0.85  # the majority class is about 0.63
+    assert records["train"].cross_fit_members == 2
+    card = Layout(tmp_path).model_card.read_text()  # what a reviewer reads: how it learnt, from which rows
+    pooled = f"{rows['train'] + rows['val']:,}"
+    assert f"Cross-fitted: 2 members, each learnt from 1 of 2 folds of the {pooled} training and validation" in card
