@@ -129,9 +129,7 @@ class ParquetSplit:
         parts = list(self.batches(1 << 16))
         if not parts:
             return Split(self.features(pd.read_parquet(self.path).drop(columns=LABEL)), np.empty(0))
-        xs, ys = zip(*parts, strict=True)
-        x = pd.concat(xs, ignore_index=True) if isinstance(xs[0], pd.DataFrame) else np.concatenate(xs)
-        return Split(x, np.concatenate(ys))
+        return pooled(*(Split(x, y) for x, y in parts))
 
 
 def split_path(directory: Path, name: str) -> Path:
