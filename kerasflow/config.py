@@ -114,6 +114,16 @@ class TextParams(_Section):
     # n-grams fill what is left; false: words and n-grams ranked together by count, as Keras ranks them, where
     # frequent word pairs crowd out words that a few thousand texts share.
     words_first: bool = False
+    # With output_mode tf_idf: a token (word or n-gram) needs at least this many training texts to get a slot, as
+    # scikit-learn's TfidfVectorizer(min_df=...); a token of one text says nothing about any other.
+    min_df: PositiveInt = 1
+
+    @model_validator(mode="after")
+    def _min_df_needs_document_counts(self) -> TextParams:
+        if self.min_df > 1 and self.output_mode != "tf_idf":
+            raise ValueError(f"min_df counts the texts a token is in, which only output_mode tf_idf counts; got "
+                             f"output_mode {self.output_mode!r} with min_df {self.min_df}")  # fmt: skip
+        return self
 
 
 class PreprocessParams(_Section):

@@ -237,10 +237,10 @@ class InputFitter:
             import keras
 
             settings = self.params.text
-            # Words first: every token is counted (as Keras does anyway before it cuts the vocabulary to
-            # max_tokens), and text_fit cuts it, words before n-grams.
+            # Words first or a min_df: every token is counted (as Keras does anyway before it cuts the vocabulary
+            # to max_tokens), and text_fit cuts it: rare tokens out, then words before n-grams.
             self.text_layers[name] = keras.layers.TextVectorization(
-                max_tokens=None if words_first(settings) else settings.max_tokens,
+                max_tokens=None if cut_here(settings) else settings.max_tokens,
                 output_sequence_length=settings.sequence_length if settings.output_mode == "int" else None,
                 standardize=None if settings.standardize == "none" else settings.standardize,
                 output_mode=settings.output_mode,
@@ -252,6 +252,7 @@ class InputFitter:
         """The vocabulary (and for tf_idf each entry's inverse document frequency) the text layer counted."""
         settings = self.params.text
         layer = self.text_layer(name)
+        texts = float(layer._lookup_layer.num_documents.numpy()) if settings.output_mode == "tf_idf" else 0.0
         layer.finalize_state()
         # Token ids start after padding and OOV ("" and "[UNK]"); bag-of-words modes have no padding.
         special = 2 if settings.output_mode == "int" else 1
@@ -260,10 +261,15 @@ class InputFitter:
         if settings.output_mode == "tf_idf":
             weights = np.asarray(layer._lookup_layer.idf_weights.numpy(), dtype="float64")
             idf = weights[special : special + len(vocabulary)].tolist()
-        if words_first(settings):
-            # Keras' order is by count; keep it within words and within n-grams.
-            order = [i for i, token in enumerate(vocabulary) if " " not in token]
-            order += [i for i, token in enumerate(vocabulary) if " " in token]
+        if cut_here(settings):
+            # Keras' order is by count; rare tokens out (Keras' idf is log(1 + texts / (1 + the token's texts)),
+            # which gives each token's texts back), and words before n-grams, each kept in that order.
+            order = list(range(len(vocabulary)))
+            if settings.min_df > 1:
+                token_texts = texts / np.expm1(np.asarray(idf)) - 1
+                order = [i for i in order if token_texts[i] > settings.min_df - 0.5]
+            if words_first(settings):
+                order = [i for i in order if " " not in vocabulary[i]] + [i for i in order if " " in vocabulary[i]]
             order = order[: settings.max_tokens - special]
             vocabulary = [vocabulary[i] for i in order]
             idf = None if idf is None else [idf[i] for i in order]
@@ -485,6 +491,11 @@ def category_branch(column: Any, name: str, fitted: FittedInputs) -> Any:
 def words_first(settings: TextParams) -> bool:
     """Whether the text vocabulary puts words before n-grams (only with n-grams to put after them)."""
     return settings.words_first and settings.ngrams > 1
+
+
+def cut_here(settings: TextParams) -> bool:
+    """Whether the text vocabulary is cut to max_tokens here (words first, rare tokens out), not by Keras."""
+    return words_first(settings) or settings.min_df > 1
 
 
 def text_branch(column: Any, name: str, fit: TextFit) -> Any:

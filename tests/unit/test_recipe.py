@@ -274,6 +274,28 @@ def test_words_first_gives_the_slots_to_every_word_before_any_word_pair():
     assert alone.text["review"].vocabulary == ["great", "a", "film"]
 
 
+def test_min_df_leaves_out_the_tokens_of_fewer_texts_before_the_vocabulary_is_cut():
+    inputs = ModelInputs("columns", (InputColumn("review", "review", "text"),))
+    # "great" and "film" in many texts; "wow" three times in one text, "rare" in two texts, each once.
+    frame = pd.DataFrame({"review": ["a great film", "great film"] * 20 + ["wow wow wow", "rare one", "rare two"]})
+
+    def vocabulary(**settings):
+        fit = fitted_for(frame, inputs, text=TextParams(output_mode="tf_idf", **settings)).text["review"]
+        return fit.vocabulary, dict(zip(fit.vocabulary, fit.idf, strict=True))
+
+    everything, idf = vocabulary()
+    assert {"wow", "rare", "one", "two"} <= set(everything)
+    kept, kept_idf = vocabulary(min_df=2)
+    # "wow" is counted three times but is in one text; "rare" is in two.
+    assert kept == ["great", "film", "a", "rare"] and all(kept_idf[token] == idf[token] for token in kept)
+    assert vocabulary(min_df=3)[0] == ["great", "film", "a"]
+    # The slots go to the tokens that pass: with max_tokens 3 (two slots after the unknown-token slot), the two
+    # most frequent, not a one-text token Keras ranked above them.
+    assert vocabulary(min_df=2, max_tokens=3)[0] == ["great", "film"]
+    with pytest.raises(ValueError, match="min_df counts the texts a token is in, which only output_mode tf_idf"):
+        TextParams(output_mode="multi_hot", min_df=2)
+
+
 @pytest.mark.parametrize("mode", ["tf_idf", "multi_hot", "count"])
 def test_bag_of_words_text_is_one_unit_length_vector_per_text(mode):
     inputs = ModelInputs("columns", (InputColumn("review", "review", "text"),))
