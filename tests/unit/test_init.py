@@ -121,11 +121,14 @@ def test_a_table_gets_the_tabular_recipe_sized_by_its_rows(tmp_path):
     assert "model" in params.tune.space and [] in [choice["layers"] for choice in params.tune.space["model"].choice]
 
 
-@pytest.mark.parametrize(("rows", "mode"), [(2000, "tf_idf"), (60_000, "int")])
-def test_text_gets_ngrams_or_a_sequence_model_by_samples_per_word(tmp_path, rows, mode):
+@pytest.mark.parametrize(
+    ("rows", "length", "mode", "cross_fit"),
+    [(2000, 8, "tf_idf", True), (24_000, 20, "tf_idf", False), (60_000, 8, "int", False)],
+)
+def test_text_gets_ngrams_or_a_sequence_model_by_samples_per_word(tmp_path, rows, length, mode, cross_fit):
     rng = np.random.default_rng(4)
     words = np.array(["good", "bad", "film", "plot", "actor", "long", "dull", "great", "not", "very"])
-    texts = [" ".join(rng.choice(words, 8)) for _ in range(rows)]
+    texts = [" ".join(rng.choice(words, length)) for _ in range(rows)]
     frame = pd.DataFrame({"review": texts, "liked": rng.integers(0, 2, rows)})
     params, _ = plan_project(write_csv(frame, tmp_path / "reviews.csv"), "liked", tmp_path)
     assert params.ingest.text_column == "review" and params.preprocess.text.output_mode == mode
@@ -134,6 +137,9 @@ def test_text_gets_ngrams_or_a_sequence_model_by_samples_per_word(tmp_path, rows
         assert params.model.layers[0].type == "embedding" and params.model.layers[0].arguments["mask_zero"] is True
     else:
         assert params.preprocess.text.ngrams == 2 and params.preprocess.text.words_first
+    # Under 20,000 texts the bag of n-grams' linear models are cross-fitted, as a small table's MLPs; from there
+    # (and for a sequence model) one model and one validation split.
+    assert params.train.cross_fit == cross_fit and params.model.ensemble == (4 if cross_fit else 1)
 
 
 def test_bad_files_are_one_clear_error(tmp_path):
