@@ -358,11 +358,6 @@ def text_model(plan: Plan, profile: Profile, text: str) -> None:
                f"{SAMPLES_PER_WORD:,}: a TF-IDF of words, then word pairs, into a linear layer")  # fmt: skip
         optimizer = {"name": "adamw", "learning_rate": 0.003, "weight_decay": 0.0001}
         plan.choose("model", "optimizer", optimizer, "AdamW at a learning rate a linear model over sparse inputs needs")
-        if profile.labelled_rows < CROSS_FIT_BELOW_TEXTS:
-            plan.choose("model", "ensemble", 4, "four such linear models side by side in one model, averaged")
-            plan.choose("train", "cross_fit", True, f"under {CROSS_FIT_BELOW_TEXTS:,} texts: the training and "
-                        "validation texts pooled in four folds, each linear model learning from three and validated "
-                        "on the fourth (k-fold bagging)")  # fmt: skip
     else:
         settings = {"output_mode": "int", "max_tokens": 20000, "sequence_length": int(min(500, max(20, words * 3)))}
         layers = [
@@ -375,6 +370,11 @@ def text_model(plan: Plan, profile: Profile, text: str) -> None:
                "(padding masked), averaged, then a dense layer")  # fmt: skip
     plan.choose("preprocess", "text", settings, why)
     plan.choose("model", "layers", layers, "the model over that text representation")
+    if settings["output_mode"] == "tf_idf" and profile.labelled_rows < CROSS_FIT_BELOW_TEXTS:
+        plan.choose("model", "ensemble", 4, "four such linear models side by side in one model, averaged")
+        plan.choose("train", "cross_fit", True, f"under {CROSS_FIT_BELOW_TEXTS:,} texts: the training and validation "
+                    "texts pooled in four folds, each linear model learning from three and validated on the fourth "
+                    "(k-fold bagging)")  # fmt: skip
 
 
 def plan_table(path: Path, target: str, task: str | None, text: str | None, project_root: Path) -> Plan:
