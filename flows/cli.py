@@ -73,9 +73,10 @@ def report(result: PipelineResult) -> str:
         versus += ")" if versus else ""
         lines.append(f"  test {name:<10} {value:.4f}{versus}")
     if reference:
-        lines.append(
-            f"  reference       {result.evaluation.reference_name} (scikit-learn, default settings) on the same rows"
-        )
+        from kerasflow.notes import reference_settings
+
+        name = result.evaluation.reference_name
+        lines.append(f"  reference       {name} ({reference_settings(name)}) on the same rows")
     lines += evidence_lines(result.evaluation, result.min_slice_rows)
     lines += [
         f"  registered      {registration.model_name} version {registration.version} -> {registration.alias}",

@@ -208,7 +208,8 @@ def model_card(facts: CardFacts) -> str:
     for found in comparisons.values():
         lines.append(f"- The candidate {found.sentence()}.")
     if evaluation.reference:
-        lines.append(f"- Reference: {evaluation.reference_name} (scikit-learn, default settings) on the same rows.")
+        reference = evaluation.reference_name
+        lines.append(f"- Reference: {reference} ({reference_settings(reference)}) on the same rows.")
     if len(evaluation.slices) > 1:
         lines += ["", "## Slices", "", slice_table(evaluation.slices), ""]
         weakest = weakest_slice(evaluation, facts.min_slice_rows)
@@ -408,3 +409,10 @@ def study_summary(summary: StudySummary, registration: StudyRegistration) -> str
         ]
     lines += ["", f"Study storage: `{summary.storage}` (Optuna)."]
     return "\n".join(lines) + "\n"
+
+
+def reference_settings(name: str) -> str:
+    """How the reference named `name` was made (tasks.evaluate.make_reference), for the card and the terminal."""
+    if name.startswith("Tfidf"):
+        return "scikit-learn: TF-IDF of words and word pairs in 2 texts or more, sublinear counts; C 4"
+    return "scikit-learn, default settings"

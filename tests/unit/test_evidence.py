@@ -149,3 +149,12 @@ def test_the_model_card_says_how_sure_where_weak_and_why_in_tables_that_keep_the
     assert "on 20 test rows, one row is 5.0 points of accuracy" in card and "`yes`" in card
     assert "Classes with fewer than 30 training rows: yes." in card
     assert "12 epochs; the weights of epoch 9 kept." in card and "models:/shop/4" in card
+
+
+def test_the_card_and_the_terminal_say_how_each_reference_was_made():
+    from kerasflow.notes import reference_settings
+
+    assert reference_settings("HistGradientBoosting") == "scikit-learn, default settings"
+    # The text reference is not scikit-learn's defaults: it says what it is.
+    text = reference_settings("TfidfLogisticRegression")
+    assert "default" not in text and "word pairs" in text and "C 4" in text
