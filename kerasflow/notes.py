@@ -414,5 +414,6 @@ def study_summary(summary: StudySummary, registration: StudyRegistration) -> str
 def reference_settings(name: str) -> str:
     """How the reference named `name` was made (tasks.evaluate.make_reference), for the card and the terminal."""
     if name.startswith("Tfidf"):
-        return "scikit-learn: TF-IDF of words and word pairs in 2 texts or more, sublinear counts; C 4"
+        model = "C 4" if name == "TfidfLogisticRegression" else "ridge, alpha 1"
+        return f"scikit-learn: TF-IDF of words and word pairs in 2 texts or more, sublinear counts; {model}"
     return "scikit-learn, default settings"

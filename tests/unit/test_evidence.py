@@ -158,3 +158,4 @@ def test_the_card_and_the_terminal_say_how_each_reference_was_made():
     # The text reference is not scikit-learn's defaults: it says what it is.
     text = reference_settings("TfidfLogisticRegression")
     assert "default" not in text and "word pairs" in text and "C 4" in text
+    assert "ridge, alpha 1" in reference_settings("TfidfRidge") and "C 4" not in reference_settings("TfidfRidge")
