@@ -627,20 +627,11 @@ class Params(_Section):
     def _cross_fit_needs_members(self) -> Params:
         if not self.train.cross_fit:
             return self
-        monitors = {"loss", "val_loss"}
         problems = {
             "model.ensemble": (self.model.ensemble < 2, "at least 2 (one member per fold)"),
             "model.linear_skip": (self.model.linear_skip, "false (the wide layer would learn from every fold)"),
             "train.fine_tune.epochs": (self.train.fine_tune.epochs > 0, "0"),
             "train.distribute": (self.train.distribute == "multi_worker", "not multi_worker (the folds are in memory)"),
-            "train.early_stopping.monitor": (
-                self.train.early_stopping.monitor not in monitors,
-                "loss or val_loss (the members' metrics are not tracked per epoch)",
-            ),
-            "tune.metric": (
-                self.tune.metric.startswith("val_") and self.tune.metric != "val_loss",
-                "val_loss or an evaluate metric",
-            ),
         }
         wrong = [f"{key} must be {expected}" for key, (bad, expected) in problems.items() if bad]
         if wrong:

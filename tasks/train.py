@@ -122,8 +122,11 @@ def training_callbacks(
     val_data: Any = None,
 ) -> list[keras.callbacks.Callback]:
     """The callbacks params.yaml asks for, the caller's, then per-epoch log and backup (last, so an
-    epoch is logged before the backup says it is done)."""
-    callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN()]
+    epoch is logged before the backup says it is done). A caller's `MemberLogs` goes first: every other callback
+    (early stopping included) reads the metrics it pools."""
+    pooling = [callback for callback in injected if isinstance(callback, MemberLogs)]
+    injected = [callback for callback in injected if not isinstance(callback, MemberLogs)]
+    callbacks: list[keras.callbacks.Callback] = [*pooling, keras.callbacks.TerminateOnNaN()]
     stopping = params.early_stopping
     if stopping.enabled:
         options = dict(
@@ -196,9 +199,9 @@ def train_model(
         raise ValueError("train and validation splits must not be empty")
     keras.utils.set_random_seed(seed)
     if folds is not None:
-        # The class weights ride in the folds' sample weights; the members' own losses leave the logs first.
+        # The class weights ride in the folds' sample weights; the members' metrics are pooled in the logs first.
         train_data, val_data = fold_datasets(folds, inputs, params.batch_size, params.shuffle, seed, class_weight)
-        class_weight, callbacks = None, [MemberLogs(), *callbacks]
+        class_weight, callbacks = None, [MemberLogs(folds, class_weight), *callbacks]
     else:
         train_data, val_data, class_weight = training_datasets(
             model, train_split, val_split, inputs, params, seed, class_weight

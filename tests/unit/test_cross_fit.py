@@ -96,6 +96,43 @@ def test_a_cross_fitted_ensemble_learns_and_still_serves_the_average_of_its_memb
     assert plain.folds is None and len(validation_outputs(plain, data, 256)[0]) == 100
 
 
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_a_cross_fitted_fit_logs_the_tasks_metrics_pooled_out_of_fold(cancer, task):
+    """Per-epoch accuracy (or rmse and mae) as for any model, not the members' own: the validation value is the
+    metric over every pooled row, each scored by the member that did not learn from it."""
+    from sklearn.datasets import load_diabetes
+
+    from tasks.cross_fit import MemberLogs
+    from tasks.train import training_callbacks
+
+    keras.utils.set_random_seed(0)
+    if task == "classification":
+        prepared, rows = cancer, 500
+    else:
+        prepared, rows = prepare(load_diabetes(as_frame=True).frame, "target", "regression", train_rows=300), 400
+    x, y = prepared.x, prepared.y
+    data = TrainingData(
+        prepared.data, Split(x.iloc[:300], y[:300]), Split(x.iloc[300:rows].reset_index(drop=True), y[300:rows])
+    )
+    spec = ModelParams(layers=LAYERS, ensemble=3)
+    params = TrainParams(epochs=4, batch_size=32, cross_fit=True, checkpoint=False, early_stopping={"enabled": False})
+    setup = build_setup(spec, params, 0, data)
+    history = fit_setup(spec, params, 0, data, setup, [])
+    names = {"classification": ["accuracy"], "regression": ["mae", "rmse"]}[task]
+    assert sorted(history) == sorted(["loss", "val_loss", *names, *(f"val_{name}" for name in names)])
+    labels, outputs = validation_outputs(setup, data, 256)
+    labels, outputs = np.asarray(labels).ravel(), np.asarray(outputs).ravel()
+    if task == "classification":
+        np.testing.assert_allclose(history["val_accuracy"][-1], np.mean((outputs > 0.5) == labels), atol=1e-6)
+        assert history["accuracy"][-1] > 0.8  # the members' training rows, learnt
+    else:
+        np.testing.assert_allclose(history["val_mae"][-1], np.mean(np.abs(outputs - labels)), rtol=1e-4)
+        np.testing.assert_allclose(history["val_rmse"][-1], np.sqrt(np.mean((outputs - labels) ** 2)), rtol=1e-4)
+    # The pooling callback comes first, so early stopping (and everything else) reads the pooled metrics.
+    pooling = MemberLogs(setup.folds, None)
+    assert training_callbacks(params, None, None, [keras.callbacks.History(), pooling])[0] is pooling
+
+
 def _features(prepared, split):
     from kerasflow.model_interface import to_model_inputs
 
@@ -107,8 +144,7 @@ def _features(prepared, split):
     [
         ({"model": {"ensemble": 1}}, "model.ensemble must be at least 2"),
         ({"model": {"ensemble": 4, "linear_skip": True}}, "model.linear_skip must be false"),
-        ({"model": {"ensemble": 4}, "train": {"early_stopping": {"monitor": "val_accuracy"}}}, "monitor"),
-        ({"model": {"ensemble": 4}, "tune": {"metric": "val_accuracy"}}, "tune.metric"),
+        ({"model": {"ensemble": 4}, "train": {"fine_tune": {"epochs": 2}}}, "train.fine_tune.epochs must be 0"),
     ],
 )
 def test_cross_fit_refuses_what_it_cannot_fold(changes, named):
@@ -147,7 +183,7 @@ def test_a_killed_cross_fitted_fit_resumes_after_its_last_finished_epoch(cancer,
     setup = build_setup(spec, params, 0, data)
     history = fit_setup(spec, params, 0, data, setup, [Recorder()], backup=backup)
     assert [epoch for epoch, _ in seen] == [2, 3, 4] and len(history["loss"]) == 3
-    assert seen[0][1] == ["loss", "val_loss"]  # the members' own losses left out of the logs
+    assert seen[0][1] == ["accuracy", "loss", "val_accuracy", "val_loss"]  # the members' own entries left out
     assert Backup(backup).completed_epochs() == 5
     # Resumed from the weights the killed attempt left, not from a new start: its first epoch's loss is below the
     # killed attempt's first, and the served model beats chance (about 0.63).
