@@ -296,15 +296,18 @@ def predictions_frame(
     return pd.DataFrame({"actual": [as_label(i) for i in y_true], "predicted": [as_label(i) for i in predicted]})
 
 
-def plot_training_curves(history: pd.DataFrame, path: Path, best_epoch: int | None = None, title: str = "") -> None:
-    """Loss and each metric per epoch, training against validation, with the epoch the model keeps marked."""
+def plot_training_curves(
+    history: pd.DataFrame, path: Path, best_epoch: int | None = None, title: str = "", validation: str = "validation"
+) -> None:
+    """Loss and each metric per epoch, training against validation (named `validation` in the legend), with the
+    epoch the model keeps marked."""
     plt = pyplot()
     names = [column for column in history.columns if column != "epoch" and not column.startswith(("val_", "start_"))]
     figure, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.8), squeeze=False)
     for axis, name in zip(axes[0], names, strict=True):
         axis.plot(history["epoch"], history[name], label="train")
         if f"val_{name}" in history:
-            axis.plot(history["epoch"], history[f"val_{name}"], label="validation")
+            axis.plot(history["epoch"], history[f"val_{name}"], label=validation)
         if f"start_val_{name}" in history:  # train.early_stopping.from_start: the start's score, epoch 0
             start = history[f"start_val_{name}"].dropna()
             axis.axhline(start.iloc[0], color="black", linestyle=":", linewidth=1, label="validation, at the start")

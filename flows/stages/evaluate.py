@@ -343,7 +343,9 @@ def draw_plots(
             predictions_frame(state.task, y_test, outputs, state.classes).to_csv(temporary, index=False)
     name = params.register_.model_name
     pictures = [layout.plots_dir / "training_curves.png"]
-    plot_training_curves(pd.read_csv(layout.history), pictures[0], best_epoch, title=f"{name}: training curves")
+    validation = "validation, out of fold" if params.train.cross_fit else "validation"
+    curves = pd.read_csv(layout.history)
+    plot_training_curves(curves, pictures[0], best_epoch, title=f"{name}: training curves", validation=validation)
     if state.task == "classification":
         pictures.append(layout.plots_dir / "confusion_matrix.png")
         plot_confusion_matrix(y_test, predicted_classes(outputs, config.threshold), state.classes, pictures[-1])
