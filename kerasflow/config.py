@@ -240,6 +240,9 @@ class ModelParams(_Section):
     backbone: BackboneParams | None = None
     # No layers (and no backbone) is a linear model: the output layer alone.
     layers: list[LayerSpec] = Field(default_factory=list)
+    # Dropout on the input vector (a table's features, a bag of words), in training only: drawn once and shared by
+    # the ensemble's members, where a dropout layer first in `layers` draws anew for each member.
+    input_dropout: float = Field(0.0, ge=0, lt=1)
     output_activation: str = "auto"
     # Binary classification: the probability from which the model calls an example positive; auto: the one that
     # scores best on the validation split (for accuracy when that is the primary metric, else for macro F1).

@@ -193,6 +193,9 @@ def build_model(spec: ModelParams, data: PreprocessState, jit_compile: bool | st
     check_spec_fits_data(spec, data, tensors)
     # A backbone does its own input scaling, so it starts from the raw image.
     tensors["input"] = image_stem(spec, inputs if spec.backbone else tensors["input"])
+    features = tensors["input"]  # what the wide layer (model.linear_skip) reads, without the input dropout
+    if spec.input_dropout:
+        tensors["input"] = keras.layers.Dropout(spec.input_dropout, name="input_dropout")(features)
     members = []
     for member in range(spec.ensemble):
         # Each member: the spec's layers made anew (their own weights) on the same input tensors; a named layer
@@ -206,7 +209,7 @@ def build_model(spec: ModelParams, data: PreprocessState, jit_compile: bool | st
             for index, layer in enumerate(spec.layers)
         ]
         members.append(wire_layers(spec, layers, dict(tensors)))
-    model = keras.Model(inputs, output_head(spec, data, members, tensors["input"]), name=f"kerasflow_{spec.api}")
+    model = keras.Model(inputs, output_head(spec, data, members, features), name=f"kerasflow_{spec.api}")
     return compile_model(model, spec, data, jit_compile)
 
 
@@ -220,6 +223,12 @@ def check_spec_fits_data(spec: ModelParams, data: PreprocessState, tensors: dict
             "api: functional (start branches from 'text' and 'features'), or choose columns with ingest.features"
         )
     features = tensors["input"]
+    if spec.input_dropout and "float" not in str(features.dtype):
+        raise ConfigError(
+            f"model.input_dropout drops numbers of the input; this data's input is {str(features.dtype)} of shape "
+            f"{tuple(features.shape)[1:]} (token ids): set model.input_dropout: 0, or a dropout layer after the "
+            "embedding in model.layers"
+        )
     if spec.linear_skip and (len(features.shape) != 2 or "float" not in str(features.dtype)):
         raise ConfigError(
             "model.linear_skip adds a linear layer on a vector of numbers per example (a table's features, or a "

@@ -127,6 +127,35 @@ def test_an_ensemble_averages_k_members_in_one_model():
         ModelParams(layers=layers, ensemble=0)
 
 
+def test_input_dropout_is_drawn_once_for_every_member_and_only_in_training():
+    state = model_state(NUMBERS, "regression", 1, fitted_for(skewed(), NUMBERS))
+    spec = ModelParams(ensemble=3, input_dropout=0.5, linear_skip=True)  # three linear members and the wide layer
+    model = build_model(spec, state)
+    dropped = model.get_layer("input_dropout")
+    members = [model.get_layer(f"logits_{index}") for index in range(3)]
+    assert all(member.input is dropped.output for member in members)  # one draw, shared
+    assert model.get_layer("wide").input is not dropped.output  # the wide layer reads the whole input
+    x = {"numeric": tf.constant(np.random.default_rng(2).normal(size=(64, 2)), dtype=tf.float32)}
+    np.testing.assert_allclose(np.asarray(model(x)), np.asarray(model(x)), rtol=1e-6)  # no dropout at inference
+    assert not np.allclose(np.asarray(model(x, training=True)), np.asarray(model(x)), atol=1e-4)
+    plain = build_model(ModelParams(ensemble=3), state)
+    assert "input_dropout" not in [layer.name for layer in plain.layers]  # off unless asked for
+    with pytest.raises(ValueError):
+        ModelParams(input_dropout=1.0)
+
+
+def test_input_dropout_refuses_token_ids():
+    text = ModelInputs("columns", (InputColumn("review", "review", "text"),))
+    frame = pd.DataFrame({"review": ["good film", "bad plot", "very good", "dull film"] * 10})
+    fitted = fitted_for(frame, text, text=TextParams(output_mode="int", sequence_length=4, max_tokens=20))
+    state = model_state(text, "classification", 2, fitted)
+    layers = [{"type": "embedding", "output_dim": 4}, {"type": "global_average_pooling1d"}]
+    with pytest.raises(ConfigError, match="model.input_dropout"):
+        build_model(ModelParams(layers=layers, input_dropout=0.2), state)
+    tf_idf = fitted_for(frame, text, text=TextParams(output_mode="tf_idf", max_tokens=20))
+    assert build_model(ModelParams(input_dropout=0.2), model_state(text, "classification", 2, tf_idf))
+
+
 def test_linear_skip_adds_a_linear_layer_on_the_features_to_the_networks_logits():
     state = model_state(NUMBERS, "regression", 1, fitted_for(skewed(), NUMBERS))
     layers = [{"type": "dense", "units": 8, "activation": "relu"}]
