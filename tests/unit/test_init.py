@@ -135,8 +135,11 @@ def test_text_gets_ngrams_or_a_sequence_model_by_samples_per_word(tmp_path, rows
     assert not params.model.linear_skip  # the tabular recipe's wide layer is for tables
     if mode == "int":
         assert params.model.layers[0].type == "embedding" and params.model.layers[0].arguments["mask_zero"] is True
+        assert params.model.input_dropout == 0  # token ids are not numbers to drop
     else:
         assert params.preprocess.text.ngrams == 2 and params.preprocess.text.words_first
+        # A linear model over the TF-IDF, its input dropout drawn once for every member.
+        assert params.model.layers == [] and params.model.input_dropout == 0.5
     # Under 20,000 texts the bag of n-grams' linear models are cross-fitted, as a small table's MLPs; from there
     # (and for a sequence model) one model and one validation split.
     assert params.train.cross_fit == cross_fit and params.model.ensemble == (4 if cross_fit else 1)
