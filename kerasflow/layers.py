@@ -1,7 +1,8 @@
 """The layer types a model spec (`model.layers`, `model.augmentation`) may name.
 
-Adding a layer type: one entry in `LAYER_TYPES`, the params name mapped to the Keras class (keras.layers.<Class>);
-its arguments are the Keras layer's own. The params check and the model builder (tasks/model.py) read it here.
+Adding a layer type: one entry in `LAYER_TYPES`, the params name mapped to the Keras class (keras.layers.<Class>,
+or a class of kerasflow/model_layers.py, which travels with each logged model); its arguments are the layer's own.
+The params check and the model builder (tasks/model.py) read it here.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ LAYER_TYPES = {
     "random_zoom": "RandomZoom",
     "random_contrast": "RandomContrast",
     "gaussian_noise": "GaussianNoise",
+    # kerasflow/model_layers.py
+    "oblivious_trees": "ObliviousTrees",
 }
 # Layers that take several inputs (the functional API's merges), and those that augment images in training only.
 MERGE_LAYERS = ("concatenate", "add", "average", "multiply")

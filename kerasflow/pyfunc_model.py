@@ -30,9 +30,10 @@ EAGER_ROWS = 2048
 PREDICT_BATCH = 65536
 
 
-def load_interface(path: str) -> Any:
-    """The model's own copy of model_interface.py, as a module of a name no other model shares."""
-    name = f"kerasflow_model_interface_{uuid.uuid4().hex}"
+def load_interface(path: str, module: str = "model_interface") -> Any:
+    """The model's own copy of model_interface.py (or model_layers.py), as a module of a name no other model
+    shares."""
+    name = f"kerasflow_{module}_{uuid.uuid4().hex}"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses look their module up by name
@@ -47,6 +48,9 @@ class KerasRawInputModel(mlflow.pyfunc.PythonModel):
         import keras
 
         self.interface = load_interface(context.artifacts["model_interface"])
+        if "model_layers" in context.artifacts:  # versions logged before it carry none
+            # Running it registers kerasflow's own layer classes with Keras, which the `.keras` file may name.
+            load_interface(context.artifacts["model_layers"], "model_layers")
         # Predicting needs no optimizer: compile=False skips restoring its state.
         self.model = keras.saving.load_model(context.artifacts["keras_model"], safe_mode=True, compile=False)
         self.config = self.interface.ModelConfig.from_dict(dict(context.model_config or {}))

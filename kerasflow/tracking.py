@@ -458,7 +458,8 @@ def log_model(
 
     The `.keras` file is the model's one artifact: the pyfunc wrapper (`pyfunc_model.py`,
     logged as model from code) loads it with safe_mode, and turns raw input into the model's
-    inputs with the copy of `model_interface.py` logged beside it, the same code training used.
+    inputs with the copy of `model_interface.py` logged beside it, the same code training used (and
+    `model_layers.py`, kerasflow's own layer classes, likewise).
     The training split's statistics (`statistics`) travel with it for drift checks.
     The SavedModel export for TF Serving is logged beside it. Requirements are given, not
     inferred, which saves a subprocess that loads the model again.
@@ -482,6 +483,8 @@ def log_model(
         artifacts={
             "keras_model": str(keras_file),
             "model_interface": str(package / "model_interface.py"),
+            # kerasflow's own layer classes, registered with Keras before the `.keras` file loads.
+            "model_layers": str(package / "model_layers.py"),
             # The training split's per-column statistics: every version carries what its drift is measured against.
             **({"training_statistics": str(statistics)} if statistics else {}),
         },

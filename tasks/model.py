@@ -110,7 +110,7 @@ def make_layer(layer: LayerSpec, position: str, vocabulary: int | None = None) -
         arguments["kernel_regularizer"] = keras.regularizers.L1L2(l1=layer.l1, l2=layer.l2)
     if layer.name:
         arguments["name"] = layer.name
-    layer_class = getattr(keras.layers, LAYER_TYPES[layer.type])
+    layer_class = layer_type(layer.type)
     check_arguments(layer_class, arguments, f"{position} ({layer.type})")
     try:
         if layer.type == "bidirectional":
@@ -121,6 +121,14 @@ def make_layer(layer: LayerSpec, position: str, vocabulary: int | None = None) -
         return layer_class(**arguments)
     except (TypeError, ValueError) as error:
         raise ConfigError(f"{position} ({layer.type}): {error}") from None
+
+
+def layer_type(name: str) -> type:
+    """The layer class a params layer type names: Keras' own, or one of kerasflow/model_layers.py."""
+    from kerasflow import model_layers
+
+    class_name = LAYER_TYPES[name]
+    return getattr(keras.layers, class_name, None) or getattr(model_layers, class_name)
 
 
 def check_arguments(layer_class: type, arguments: dict[str, Any], where: str) -> None:

@@ -117,11 +117,11 @@ def digit_images(rows: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
 
 
 def log_mixed_model(
-    folder: Path, task: str, export: bool = False, statistics: bool = False
+    folder: Path, task: str, export: bool = False, statistics: bool = False, layers: list[dict] | None = None
 ) -> tuple[str, Any, Prepared, pd.DataFrame]:
-    """A small model on a numeric and a categorical column, saved in `folder` as .keras and logged to the
-    active MLflow run as the raw-input pyfunc (with its training statistics, if asked); returns (model URI,
-    Keras model, its data, the input example)."""
+    """A small model (a dense layer of 4 units, or `layers`) on a numeric and a categorical column, saved in
+    `folder` as .keras and logged to the active MLflow run as the raw-input pyfunc (with its training statistics,
+    if asked); returns (model URI, Keras model, its data, the input example)."""
     import keras
 
     from kerasflow import tracking
@@ -134,7 +134,8 @@ def log_mixed_model(
         frame["label"] = frame["label"] * 2.5
     prepared = prepare(frame, "label", task)
     keras.utils.set_random_seed(0)
-    model = build_model(ModelParams.model_validate({"layers": [{"type": "dense", "units": 4}]}), prepared.data)
+    layers = layers or [{"type": "dense", "units": 4}]
+    model = build_model(ModelParams.model_validate({"layers": layers}), prepared.data)
     model.save(folder / "model.keras")
     saved_model = None
     if export:
