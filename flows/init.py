@@ -328,14 +328,29 @@ def table_model(plan: Plan, columns: Columns, rows: int) -> None:
         {"type": "dense", "units": units, "activation": "relu"},
         {"type": "dropout", "rate": 0.3},
     ]
-    plan.choose("model", "layers", layers, f"an MLP of two layers of {units} units for {rows:,} rows")
-    plan.choose("model", "ensemble", 4, "four such MLPs side by side in one model, their outputs averaged")
     if rows >= CROSS_FIT_BELOW_ROWS:
+        plan.choose("model", "layers", layers, f"an MLP of two layers of {units} units for {rows:,} rows")
+        plan.choose("model", "ensemble", 4, "four such MLPs side by side in one model, their outputs averaged")
         plan.choose("model", "linear_skip", True, "a linear layer on the same features added to the MLPs' "
                     "output (wide and deep): a nearly linear table needs nothing of the MLPs")  # fmt: skip
     else:
-        plan.choose("train", "cross_fit", True, "the training and validation rows pooled in four folds, each MLP "
-                    "learning from three and validated on the fourth (k-fold bagging): on a small table every "
+        # Soft decision trees beside the MLP, below CROSS_FIT_BELOW_ROWS rows. Measured on the quality benchmark's
+        # eight such tables (3 seeds, the same folds): forensic_glass 0.752 -> 0.767, auto_mpg 0.861 -> 0.864,
+        # anes96 0.914 -> 0.917, breast_cancer 0.982 -> 0.985, wine 0.981 -> 0.972 (one test row), iris, diabetes
+        # and penguins the same; over 10 seeds, forensic_glass 0.760 -> 0.770 (from 2.7 % behind gradient boosting
+        # to 1.5 %) and wine 0.972 -> 0.978. The trees alone, in place of the MLP, did worse (forensic_glass 0.736).
+        # From CROSS_FIT_BELOW_ROWS rows, not measured: the MLPs keep the wide layer beside them.
+        layers[0] = {**layers[0], "inputs": ["input"]}
+        layers[-1] = {**layers[-1], "name": "mlp"}
+        trees = {"type": "oblivious_trees", "trees": 64, "depth": 6, "units": 16, "inputs": ["input"], "name": "trees"}
+        layers += [trees, {"type": "concatenate", "inputs": ["mlp", "trees"]}]
+        plan.choose("model", "api", "functional", "two branches from the input, joined (the Functional API)")
+        plan.choose("model", "layers", layers, f"an MLP of two layers of {units} units beside 64 soft decision "
+                    "trees of depth 6 (NODE: cuts of single features, as gradient boosting makes), their outputs "
+                    f"joined, for {rows:,} rows")  # fmt: skip
+        plan.choose("model", "ensemble", 4, "four such networks side by side in one model, their outputs averaged")
+        plan.choose("train", "cross_fit", True, "the training and validation rows pooled in four folds, each "
+                    "member learning from three and validated on the fourth (k-fold bagging): on a small table every "
                     "labelled row both trains and validates")  # fmt: skip
     optimizer = {"name": "adamw", "learning_rate": 0.001, "weight_decay": 0.001}
     plan.choose("model", "optimizer", optimizer, "AdamW: Adam with decoupled weight decay")

@@ -113,6 +113,11 @@ def test_a_table_gets_the_tabular_recipe_sized_by_its_rows(tmp_path):
     assert params.model.linear_skip  # wide and deep from 1,250 rows: the linear baseline's form is inside the model
     small, _ = plan_project(write_csv(frame.head(1200), tmp_path / "small.csv"), "y", tmp_path)
     assert not small.model.linear_skip  # below it, no wide layer: it would learn from every fold
+    # Below it, soft decision trees beside the MLP, both reading the input, joined (the Functional API).
+    trees = [layer for layer in small.model.layers if layer.type == "oblivious_trees"]
+    assert small.model.api == "functional" and len(trees) == 1 and trees[0].inputs == ["input"]
+    assert small.model.layers[-1].type == "concatenate" and small.model.layers[-1].inputs == ["mlp", "trees"]
+    assert params.model.api == "sequential" and "oblivious_trees" not in [layer.type for layer in params.model.layers]
     # Below it, the members are cross-fitted (k-fold bagging): every labelled row of a small table trains and validates.
     assert small.train.cross_fit and small.model.ensemble >= 2 and not params.train.cross_fit
     assert small.train.epochs == 300 and small.train.early_stopping.monitor == "val_loss"  # the rest of train is kept
