@@ -30,10 +30,10 @@ EAGER_ROWS = 2048
 PREDICT_BATCH = 65536
 
 
-def load_interface(path: str, module: str = "model_interface") -> Any:
-    """The model's own copy of model_interface.py (or model_layers.py), as a module of a name no other model
-    shares."""
-    name = f"kerasflow_{module}_{uuid.uuid4().hex}"
+def load_interface(path: str, kind: str = "model_interface") -> Any:
+    """The model's own copy of model_interface.py (or model_layers.py: `kind`), as a module of a name no other
+    model shares."""
+    name = f"kerasflow_{kind}_{uuid.uuid4().hex}"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses look their module up by name

@@ -111,6 +111,8 @@ def make_layer(layer: LayerSpec, position: str, vocabulary: int | None = None) -
     if layer.name:
         arguments["name"] = layer.name
     layer_class = layer_type(layer.type)
+    if (layer.l1 or layer.l2) and "kernel_regularizer" not in accepted_arguments(layer_class):
+        raise ConfigError(f"{position} ({layer.type}): l1 and l2 penalize a layer's kernel; {layer.type} has none")
     check_arguments(layer_class, arguments, f"{position} ({layer.type})")
     try:
         if layer.type == "bidirectional":
@@ -131,17 +133,23 @@ def layer_type(name: str) -> type:
     return getattr(keras.layers, class_name, None) or getattr(model_layers, class_name)
 
 
-def check_arguments(layer_class: type, arguments: dict[str, Any], where: str) -> None:
-    """An argument the Keras layer does not take is a ConfigError naming it (and the closest one it takes)."""
-    import difflib
+def accepted_arguments(layer_class: type) -> set[str]:
+    """The keyword arguments a Keras layer class takes (its own and keras.layers.Layer's)."""
     import inspect
 
-    known = {
+    return {
         name
         for cls in (layer_class, keras.layers.Layer)
         for name, parameter in inspect.signature(cls.__init__).parameters.items()
         if parameter.kind not in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL) and name != "self"
     }
+
+
+def check_arguments(layer_class: type, arguments: dict[str, Any], where: str) -> None:
+    """An argument the Keras layer does not take is a ConfigError naming it (and the closest one it takes)."""
+    import difflib
+
+    known = accepted_arguments(layer_class)
     for name in arguments:
         if name not in known:
             close = difflib.get_close_matches(name, sorted(known), n=1)

@@ -107,4 +107,6 @@ def test_bad_tree_arguments_name_the_layer():
         make_layer(LayerSpec(type="oblivious_trees", depth=12), "model.layers[0]")
     with pytest.raises(ConfigError, match="unknown argument 'leaves'"):
         make_layer(LayerSpec(type="oblivious_trees", leaves=8), "model.layers[0]")
+    with pytest.raises(ConfigError, match=r"l1 and l2 penalize a layer's kernel; oblivious_trees has none"):
+        make_layer(LayerSpec(type="oblivious_trees", l2=0.01), "model.layers[0]")
     assert isinstance(make_layer(LayerSpec(type="oblivious_trees", trees=2), "model.layers[0]"), ObliviousTrees)
