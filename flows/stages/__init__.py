@@ -162,8 +162,7 @@ def build_stages(layout: Layout, params: Params | None = None) -> list[Stage]:
         ),
         Stage(
             "register",
-            # predict.drift: the model card states the drift thresholds a scoring run checks.
-            ("register", "predict.drift"),
+            ("register",),
             deps=(path(layout.metrics), path(layout.run_file), path(layout.processed_dir)),
             git_outs=(path(layout.registration), path(layout.model_card)),
         ),
